@@ -1,0 +1,213 @@
+"""COCO datasets: validated annotations, lazy image reads, one box format.
+
+Annotations are loaded with :class:`pycocotools.coco.COCO` and checked once
+at construction; images are read only when a sample is requested. Boxes come
+out as ``float32`` xyxy in full-resolution pixels (converted from COCO xywh by
+:func:`torchvision.ops.box_convert`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+from torchvision.ops import box_convert
+
+__all__ = ["DatasetError", "Sample", "CocoDataset", "read_image", "image_to_tensor"]
+
+# Pillow refuses images above ~179 Mpx by default (decompression bomb guard);
+# high-resolution aerial imagery stays well below that, so keep the guard.
+BOX_TOLERANCE_PX = 1.0
+
+
+class DatasetError(ValueError):
+    """A dataset problem that names the file and id concerned."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its ground truth.
+
+    Attributes:
+        image_id: COCO image id.
+        file_name: path of the image file.
+        image: ``Tensor[3, H, W]`` float32 RGB in [0, 1].
+        boxes: ``Tensor[N, 4]`` float32 xyxy, pixels.
+        labels: ``Tensor[N]`` int64 category ids.
+        iscrowd: ``Tensor[N]`` bool, regions COCOeval ignores.
+    """
+
+    image_id: int
+    file_name: str
+    image: Tensor
+    boxes: Tensor
+    labels: Tensor
+    iscrowd: Tensor
+
+
+def image_to_tensor(img: Image.Image) -> Tensor:
+    """PIL image of any common mode to ``Tensor[3, H, W]`` float32 RGB in [0, 1].
+
+    Handles 8-bit grey (``L``), palette, RGBA / LA (alpha dropped, composited
+    on black), and 16-bit or 32-bit integer grey (``I;16``, ``I``), which is
+    scaled by its bit depth rather than clipped.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        maxval = 65535.0 if img.mode.startswith("I;16") or arr.max() <= 65535 else float(arr.max())
+        grey = torch.from_numpy(arr / maxval).clamp_(0, 1)
+        return grey.unsqueeze(0).expand(3, -1, -1).contiguous()
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        grey = torch.from_numpy((arr - lo) / max(hi - lo, 1e-12))
+        return grey.unsqueeze(0).expand(3, -1, -1).contiguous()
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(black, rgba)
+    img = img.convert("RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def read_image(path: str | os.PathLike) -> Tensor:
+    """Read an image file, apply its EXIF orientation, return ``Tensor[3, H, W]`` in [0, 1]."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        return image_to_tensor(img)
+
+
+class CocoDataset:
+    """A COCO detection dataset with lazy image reads.
+
+    Args:
+        ann_file: COCO ``instances``-style json.
+        image_root: folder that ``file_name`` is relative to. Defaults to
+            ``<json folder>/images`` when that exists, else the json's folder.
+        check_files: check at construction that every image file exists.
+
+    Raises:
+        DatasetError: unknown category, box outside its image, duplicate or
+            missing image, naming the file and the ids concerned.
+    """
+
+    def __init__(self, ann_file: str | os.PathLike, image_root: Optional[str | os.PathLike] = None,
+                 check_files: bool = True) -> None:
+        from pycocotools.coco import COCO
+
+        self.ann_file = Path(ann_file)
+        if not self.ann_file.is_file():
+            raise DatasetError(f"annotation file not found: {self.ann_file}")
+        if image_root is None:
+            cand = self.ann_file.parent / "images"
+            image_root = cand if cand.is_dir() else self.ann_file.parent
+        self.image_root = Path(image_root)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            try:
+                self.coco = COCO(str(self.ann_file))
+            except Exception as e:  # malformed json or missing keys
+                raise DatasetError(f"{self.ann_file}: not a COCO detection file ({e})") from e
+        self.image_ids: list[int] = sorted(self.coco.getImgIds())
+        self.categories: dict[int, str] = {c["id"]: c["name"] for c in self.coco.loadCats(self.coco.getCatIds())}
+        self._validate(check_files)
+
+    def _validate(self, check_files: bool) -> None:
+        for ann in self.coco.dataset.get("annotations", []):
+            img = self.coco.imgs.get(ann["image_id"])
+            if img is None:
+                raise DatasetError(f"{self.ann_file}: annotation id {ann.get('id')} refers to unknown image id {ann['image_id']}")
+            if ann["category_id"] not in self.categories:
+                raise DatasetError(
+                    f"{self.ann_file}: annotation id {ann.get('id')} in image {img['file_name']} (id {img['id']}) "
+                    f"has unknown category_id {ann['category_id']}; known: {sorted(self.categories)}"
+                )
+            x, y, w, h = ann["bbox"]
+            W, H = img["width"], img["height"]
+            t = BOX_TOLERANCE_PX
+            if w <= 0 or h <= 0 or x < -t or y < -t or x + w > W + t or y + h > H + t:
+                raise DatasetError(
+                    f"{self.ann_file}: annotation id {ann.get('id')} in image {img['file_name']} (id {img['id']}) "
+                    f"has box xywh={ann['bbox']} outside the {W}x{H} image or empty"
+                )
+        if check_files:
+            for iid in self.image_ids:
+                p = self.image_path(iid)
+                if not p.is_file():
+                    raise DatasetError(f"{self.ann_file}: image file {p} (image id {iid}) not found")
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def image_info(self, image_id: int) -> dict:
+        return self.coco.imgs[image_id]
+
+    def image_path(self, image_id: int) -> Path:
+        return self.image_root / self.coco.imgs[image_id]["file_name"]
+
+    def load_image(self, image_id: int) -> Tensor:
+        """``Tensor[3, H, W]`` float32 in [0, 1] for ``image_id``; checks the size against the json."""
+        info = self.coco.imgs[image_id]
+        path = self.image_path(image_id)
+        try:
+            image = read_image(path)
+        except FileNotFoundError as e:
+            raise DatasetError(f"image file {path} (image id {image_id}) not found") from e
+        except OSError as e:
+            raise DatasetError(f"image file {path} (image id {image_id}) cannot be decoded: {e}") from e
+        h, w = image.shape[1:]
+        if (w, h) != (info["width"], info["height"]):
+            raise DatasetError(
+                f"image file {path} (image id {image_id}) is {w}x{h} after EXIF orientation, "
+                f"but the annotations say {info['width']}x{info['height']}"
+            )
+        return image
+
+    def targets(self, image_id: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Ground truth of ``image_id``: boxes ``[N, 4]`` xyxy pixels, labels ``[N]``, iscrowd ``[N]`` bool."""
+        anns = self.coco.imgToAnns.get(image_id, [])
+        if not anns:
+            return torch.zeros((0, 4)), torch.zeros((0,), dtype=torch.int64), torch.zeros((0,), dtype=torch.bool)
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32)
+        info = self.coco.imgs[image_id]
+        boxes = box_convert(xywh, "xywh", "xyxy")
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, info["width"])
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, info["height"])
+        labels = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
+        crowd = torch.tensor([bool(a.get("iscrowd", 0)) for a in anns])
+        return boxes, labels, crowd
+
+    def __getitem__(self, index: int) -> Sample:
+        iid = self.image_ids[index]
+        boxes, labels, crowd = self.targets(iid)
+        return Sample(iid, str(self.image_path(iid)), self.load_image(iid), boxes, labels, crowd)
+
+    def subset(self, n: int) -> list[int]:
+        """The first ``n`` image ids (all when ``n <= 0``)."""
+        return self.image_ids if n <= 0 else self.image_ids[:n]
+
+
+SIZE_BUCKETS = [("<16", 0.0, 16.0), ("16-32", 16.0, 32.0), ("32-96", 32.0, 96.0), (">=96", 96.0, float("inf"))]
+
+
+def dataset_stats(ds: CocoDataset) -> dict:
+    """Counts and an object-size histogram (size = sqrt(box area), pixels)."""
+    anns = [a for a in ds.coco.dataset.get("annotations", []) if not a.get("iscrowd", 0)]
+    sizes = np.array([np.sqrt(a["bbox"][2] * a["bbox"][3]) for a in anns]) if anns else np.zeros(0)
+    per_cat = {name: 0 for name in ds.categories.values()}
+    for a in anns:
+        per_cat[ds.categories[a["category_id"]]] += 1
+    hist = {label: int(((sizes >= lo) & (sizes < hi)).sum()) for label, lo, hi in SIZE_BUCKETS}
+    dims = sorted({(i["width"], i["height"]) for i in ds.coco.imgs.values()})
+    return {"images": len(ds), "annotations": len(anns),
+            "crowd_regions": len(ds.coco.dataset.get("annotations", [])) - len(anns),
+            "per_category": per_cat, "size_histogram_px": hist,
+            "image_sizes": [f"{w}x{h}" for w, h in dims[:5]] + (["..."] if len(dims) > 5 else [])}

@@ -1,0 +1,176 @@
+"""The stateless detector wrapper every ZoomDet component calls.
+
+``Detector.detect(image, windows)`` crops each :class:`~zoomdet.types.Window`
+from the full-resolution image, resizes it by the window's scale (the only
+resize anywhere: the model's own transform is pinned), runs the model in
+batches of equal-size inputs, and returns one :class:`~zoomdet.types.Detections`
+per window in full-image pixels. The wrapper holds only weights and
+construction config, so one instance can serve concurrent requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+from zoomdet.detector.models import ModelConfig, build_model
+from zoomdet.types import Detections, Window
+
+__all__ = ["Detector", "crop_window", "save_checkpoint", "load_checkpoint", "default_checkpoint"]
+
+
+def crop_window(image: Tensor, window: Window) -> Tensor:
+    """Crop ``window`` from ``image`` (``Tensor[3, H, W]``) and resize it by ``window.scale``.
+
+    Returns:
+        ``Tensor[3, h, w]`` float32 with ``(h, w) == window.input_size``;
+        antialiased bilinear resize when the scale is not 1.
+    """
+    _, H, W = image.shape
+    if window.x1 > W or window.y1 > H or window.x0 < 0 or window.y0 < 0:
+        raise ValueError(f"window {window.as_tuple()} leaves the {W}x{H} image")
+    crop = image[:, window.y0:window.y1, window.x0:window.x1]
+    size = window.input_size
+    if size == (window.height, window.width):
+        return crop
+    return F.interpolate(crop[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+class Detector:
+    """A detection model plus the explicit input scale it runs at.
+
+    Args:
+        model: a torchvision detection model built by
+            :func:`~zoomdet.detector.models.build_model` (pinned transform).
+        config: the model's :class:`ModelConfig`.
+        categories: dataset category ids, ``categories[i]`` is model class
+            ``i + 1``; names alongside.
+        device: torch device for the forward passes.
+        batch_size: crops per forward pass (crops of equal size are batched).
+        checkpoint_id: short hash of the weights, reported by the service.
+    """
+
+    def __init__(self, model: nn.Module, config: ModelConfig, categories: dict[int, str],
+                 device: str | torch.device = "cpu", batch_size: int = 4, checkpoint_id: str = "untrained") -> None:
+        if len(categories) != config.num_classes - 1:
+            raise ValueError(f"{len(categories)} categories for a model with {config.num_classes - 1} classes")
+        self.model = model.to(device).eval()
+        self.config = config
+        self.categories = dict(categories)
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.checkpoint_id = checkpoint_id
+        self._index_to_category = torch.tensor([0] + list(self.categories.keys()), dtype=torch.int64)
+
+    @property
+    def feature_dim(self) -> Optional[int]:
+        """Length of the RoI feature vector per detection (R-CNN models), else ``None``."""
+        if isinstance(self.model, GeneralizedRCNN) and hasattr(self.model, "roi_heads"):
+            return int(self.model.roi_heads.box_predictor.cls_score.in_features)
+        return None
+
+    @torch.inference_mode()
+    def detect(self, image: Tensor, windows: Sequence[Window]) -> list[Detections]:
+        """Detect objects in each window of ``image``.
+
+        Args:
+            image: ``Tensor[3, H, W]`` float32 RGB in [0, 1], full resolution.
+                Not modified.
+            windows: regions to run on, each with its own scale.
+
+        Returns:
+            One :class:`Detections` per window, boxes xyxy in full-image
+            pixels, labels as dataset category ids, RoI features for R-CNN
+            models.
+        """
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"image must be Tensor[3, H, W], got {tuple(image.shape)}")
+        results: list[Optional[Detections]] = [None] * len(windows)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, w in enumerate(windows):
+            by_size.setdefault(w.input_size, []).append(i)
+        for idx in by_size.values():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start:start + self.batch_size]
+                crops = [crop_window(image, windows[i]).to(self.device) for i in chunk]
+                for i, det in zip(chunk, self._forward(crops)):
+                    results[i] = det.with_boxes(windows[i].to_image(det.boxes))
+        return results  # type: ignore[return-value]
+
+    def _forward(self, crops: list[Tensor]) -> list[Detections]:
+        """Model forward on same-size crops; boxes in crop-input pixels."""
+        m = self.model
+        if isinstance(m, GeneralizedRCNN) and hasattr(m, "roi_heads"):
+            images, _ = m.transform(crops)
+            feats = m.backbone(images.tensors)
+            proposals, _ = m.rpn(images, feats)
+            dets, _ = m.roi_heads(feats, proposals, images.image_sizes)
+            pooled = m.roi_heads.box_roi_pool(feats, [d["boxes"] for d in dets], images.image_sizes)
+            vectors = m.roi_heads.box_head(pooled).split([len(d["boxes"]) for d in dets])
+        else:
+            dets = m(crops)
+            vectors = [None] * len(dets)
+        out = []
+        for d, v in zip(dets, vectors):
+            labels = self._index_to_category[d["labels"].cpu()]
+            out.append(Detections(d["boxes"].float().cpu(), d["scores"].float().cpu(), labels,
+                                  None if v is None else v.float().cpu()))
+        return out
+
+    # -- checkpoints -------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", batch_size: int = 4) -> "Detector":
+        """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+        model, cfg, cats, _ = load_checkpoint(path)
+        return cls(model, cfg, cats, device=device, batch_size=batch_size, checkpoint_id=file_digest(path))
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: ModelConfig, categories: dict[int, str],
+                    extra: Optional[dict] = None) -> None:
+    """Write ``{state_dict, model_config, categories, extra}`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": asdict(cfg),
+        "categories": [[int(k), str(v)] for k, v in categories.items()],
+        "extra": extra or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ModelConfig, dict[int, str], dict]:
+    """Rebuild the model from a checkpoint; returns ``(model, config, categories, extra)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"detector checkpoint not found: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        cfg = ModelConfig(**payload["model_config"])
+        cats = {int(k): str(v) for k, v in payload["categories"]}
+        state = payload["state_dict"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a ZoomDet detector checkpoint (missing {e})") from e
+    model = build_model(cfg)
+    model.load_state_dict(state)
+    return model.eval(), cfg, cats, payload.get("extra", {})
+
+
+def default_checkpoint() -> Path:
+    """The embedded detector trained on the synthetic set (see README for the command)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "tiny_synth.pt"

@@ -1,0 +1,173 @@
+"""Detection models: a tiny CPU-friendly Faster R-CNN and torchvision's zoo.
+
+Every model returned by :func:`build_model` has its input transform replaced
+by :class:`PinnedScaleTransform`, which normalises and pads but never resizes.
+torchvision's default transform silently rescales every input to
+``min_size=800``; here the caller (:class:`zoomdet.detector.Detector`) does
+the one explicit resize, so the pixels the model sees are exactly the pixels
+the zoom engine accounts for.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import (
+    FasterRCNN,
+    fasterrcnn_mobilenet_v3_large_fpn,
+    fasterrcnn_resnet50_fpn_v2,
+    fcos_resnet50_fpn,
+    retinanet_resnet50_fpn_v2,
+)
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
+
+__all__ = ["ModelConfig", "PinnedScaleTransform", "TinyBackbone", "build_model", "MODEL_NAMES"]
+
+MODEL_NAMES = (
+    "tiny_frcnn",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "retinanet_resnet50_fpn_v2",
+    "fcos_resnet50_fpn",
+)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a detector (saved inside every checkpoint)."""
+
+    name: str = "tiny_frcnn"
+    """One of ``tiny_frcnn`` (default, CPU), ``fasterrcnn_mobilenet_v3_large_fpn``,
+    ``fasterrcnn_resnet50_fpn_v2``, ``retinanet_resnet50_fpn_v2``, ``fcos_resnet50_fpn``."""
+    num_classes: int = 4
+    """Number of classes including background (index 0); labels are dataset category ids."""
+    widths: list[int] = field(default_factory=lambda: [24, 48, 96, 160])
+    """tiny_frcnn: channels of the stride-4/8/16/32 stages."""
+    fpn_channels: int = 64
+    """tiny_frcnn: FPN output channels."""
+    anchor_sizes: list[list[int]] = field(default_factory=lambda: [[8, 12], [16, 24], [32, 48], [64, 96], [128, 192]])
+    """Anchor sizes (pixels of the model input) per FPN level: strides 4, 8, 16, 32 and the
+    max-pooled stride-64 level (tiny_frcnn); fasterrcnn_resnet50_fpn_v2 takes them when given as
+    5 levels of one size each."""
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    """Anchor aspect ratios (height / width)."""
+    representation_size: int = 256
+    """tiny_frcnn: width of the box head, i.e. the RoI feature vector handed to the R-net."""
+    score_thresh: float = 0.05
+    """Detections below this score are dropped."""
+    nms_thresh: float = 0.5
+    """Per-class NMS IoU inside one detector call."""
+    detections_per_img: int = 300
+    """Maximum detections per model input."""
+    image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+class PinnedScaleTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform without its hidden resize.
+
+    Normalisation and padding to a multiple of 32 are kept; ``resize`` is the
+    identity, so ``postprocess`` maps boxes back to exactly the input size.
+    """
+
+    def __init__(self, image_mean: list[float], image_std: list[float]) -> None:
+        super().__init__(min_size=1, max_size=1_000_000, image_mean=image_mean, image_std=image_std)
+
+    def resize(self, image: Tensor, target: Optional[dict] = None):  # type: ignore[override]
+        return image, target
+
+
+def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class TinyBackbone(nn.Module):
+    """Four-stage CNN with outputs at strides 4, 8, 16 and 32.
+
+    Input ``Tensor[B, 3, H, W]``; children ``layer1..layer4`` produce
+    ``widths[i]`` channels at stride ``4 * 2**i``. Small enough to train from
+    scratch on a CPU, with a stride-4 level so 8-16 px objects cover 2-4 cells.
+    """
+
+    def __init__(self, widths: list[int]) -> None:
+        super().__init__()
+        w1, w2, w3, w4 = widths
+        self.stem = nn.Sequential(_conv(3, w1 // 2, 2), _conv(w1 // 2, w1, 1))
+        self.layer1 = nn.Sequential(_conv(w1, w1, 2), _conv(w1, w1, 1))
+        self.layer2 = nn.Sequential(_conv(w1, w2, 2), _conv(w2, w2, 1))
+        self.layer3 = nn.Sequential(_conv(w2, w3, 2), _conv(w3, w3, 1))
+        self.layer4 = nn.Sequential(_conv(w3, w4, 2), _conv(w4, w4, 1))
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - used through IntermediateLayerGetter
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+
+def _anchor_generator(cfg: ModelConfig, levels: int) -> AnchorGenerator:
+    sizes = [tuple(s) for s in cfg.anchor_sizes]
+    if len(sizes) != levels:
+        raise ValueError(f"anchor_sizes has {len(sizes)} levels, the backbone has {levels}: give one list per level")
+    if len({len(s) for s in sizes}) != 1:
+        raise ValueError(f"every level needs the same number of anchor sizes, got {cfg.anchor_sizes}")
+    return AnchorGenerator(sizes, (tuple(cfg.aspect_ratios),) * levels)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Build an untrained detector with the pinned-scale transform.
+
+    No weights are downloaded: backbones start from scratch (``weights=None``,
+    ``weights_backbone=None``).
+    """
+    if cfg.name == "tiny_frcnn":
+        body = TinyBackbone(cfg.widths)
+        backbone = BackboneWithFPN(
+            body,
+            return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+            in_channels_list=list(cfg.widths),
+            out_channels=cfg.fpn_channels,
+        )  # adds a max-pooled stride-64 level "pool" for the RPN
+        roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+        model: nn.Module = FasterRCNN(
+            backbone,
+            num_classes=None,
+            rpn_anchor_generator=_anchor_generator(cfg, 5),
+            box_roi_pool=roi_pool,
+            box_head=TwoMLPHead(cfg.fpn_channels * 49, cfg.representation_size),
+            box_predictor=FastRCNNPredictor(cfg.representation_size, cfg.num_classes),
+            rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=1000,
+            rpn_pre_nms_top_n_test=2000, rpn_post_nms_top_n_test=1000,
+            box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.nms_thresh,
+            box_detections_per_img=cfg.detections_per_img,
+        )
+    elif cfg.name == "fasterrcnn_mobilenet_v3_large_fpn":
+        model = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=cfg.num_classes,
+                                                  box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.nms_thresh,
+                                                  box_detections_per_img=cfg.detections_per_img)
+    elif cfg.name == "fasterrcnn_resnet50_fpn_v2":
+        # FPN from ResNet's first stage (stride 4); 5 levels with the config's
+        # anchors when it gives 5 levels of one size each (e.g. 8, 16, 32, 64, 128)
+        model = fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=cfg.num_classes,
+                                           trainable_backbone_layers=5,
+                                           box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.nms_thresh,
+                                           box_detections_per_img=cfg.detections_per_img)
+        if len(cfg.anchor_sizes) == 5 and all(len(s) == 1 for s in cfg.anchor_sizes):
+            model.rpn.anchor_generator = _anchor_generator(cfg, 5)
+    elif cfg.name == "retinanet_resnet50_fpn_v2":
+        model = retinanet_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=cfg.num_classes,
+                                          trainable_backbone_layers=5, score_thresh=cfg.score_thresh,
+                                          nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
+    elif cfg.name == "fcos_resnet50_fpn":
+        model = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=cfg.num_classes,
+                                  trainable_backbone_layers=5, score_thresh=cfg.score_thresh,
+                                  nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
+    else:
+        raise ValueError(f"unknown model name {cfg.name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    model.transform = PinnedScaleTransform(cfg.image_mean, cfg.image_std)
+    return model

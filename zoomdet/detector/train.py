@@ -1,0 +1,215 @@
+"""``zoomdet detector train``: train a detector at the scales zooming uses.
+
+One model serves both passes. Every training sample is a random square crop
+read from the full-resolution image and resized by a scale drawn from
+``scales`` (1.0 = the fine pass, 0.5 = the coarse pass), through the same
+:func:`~zoomdet.detector.detector.crop_window` the detector uses at inference,
+so training and inference see identically resized pixels.
+
+Checkpoints (``last.pt``, then ``model.pt``) hold the state_dict and the
+config and load with ``torch.load(weights_only=True)``; the optimiser state
+sits beside them in ``train_state.pt`` so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from zoomdet.config import save_config
+from zoomdet.data.coco import CocoDataset
+from zoomdet.detector.detector import Detector, crop_window, load_checkpoint, save_checkpoint
+from zoomdet.detector.models import ModelConfig, build_model
+from zoomdet.types import Window
+
+__all__ = ["TrainConfig", "DetectorTrainConfig", "train_detector", "evaluate_scales"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation options of ``zoomdet detector train``."""
+
+    data: str = "data/synth-train/annotations.json"
+    """Training COCO json (images relative to ``<json dir>/images`` or the json's dir)."""
+    val_data: Optional[str] = "data/synth-val/annotations.json"
+    """Validation COCO json for the final evaluation (``null`` to skip)."""
+    out: str = "runs/detector/tiny_synth"
+    """Output folder: ``last.pt``, ``model.pt``, ``train_state.pt``, ``config.yaml``, ``eval.json``."""
+    crop_size: int = 512
+    """Side of the square model input during training, pixels."""
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.5])
+    """Resize factors sampled per crop; the zoom pipeline's fine and coarse scales."""
+    object_centred: float = 0.7
+    """Fraction of crops centred near a random object (the rest are uniform)."""
+    batch_size: int = 4
+    lr: float = 1e-3
+    """AdamW peak learning rate (linear warm-up, cosine decay)."""
+    weight_decay: float = 1e-4
+    warmup_iters: int = 100
+    max_iters: int = 3000
+    max_minutes: float = 0.0
+    """Stop after this much wall time (0 = no limit); the schedule still follows ``max_iters``."""
+    checkpoint_every: int = 200
+    seed: int = 0
+    val_images: int = 20
+    """Validation images evaluated at the end (0 = all)."""
+    val_scales: list[float] = field(default_factory=lambda: [1.0, 0.5])
+    """Whole-image scales evaluated at the end."""
+    device: str = "cpu"
+
+
+@dataclass
+class DetectorTrainConfig:
+    """``configs/detector/*.yaml``: the model and how to train it."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _sample_crop(rng: random.Random, image: torch.Tensor, boxes: torch.Tensor, cfg: TrainConfig):
+    """A training crop and its targets (boxes in crop-input pixels)."""
+    _, H, W = image.shape
+    scale = rng.choice(cfg.scales)
+    side = int(round(cfg.crop_size / scale))
+    cw, ch = min(side, W), min(side, H)
+    if len(boxes) and rng.random() < cfg.object_centred:
+        b = boxes[rng.randrange(len(boxes))]
+        cx = float(b[0] + b[2]) / 2 + rng.uniform(-0.4, 0.4) * cw
+        cy = float(b[1] + b[3]) / 2 + rng.uniform(-0.4, 0.4) * ch
+    else:
+        cx, cy = rng.uniform(0, W), rng.uniform(0, H)
+    x0 = int(min(max(cx - cw / 2, 0), W - cw))
+    y0 = int(min(max(cy - ch / 2, 0), H - ch))
+    win = Window(x0, y0, x0 + cw, y0 + ch, scale)
+    crop = crop_window(image, win)
+    in_h, in_w = win.input_size
+    sx, sy = in_w / cw, in_h / ch
+    shifted = boxes - torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
+    clipped = shifted.clone()
+    clipped[:, 0::2] = clipped[:, 0::2].clamp(0, cw)
+    clipped[:, 1::2] = clipped[:, 1::2].clamp(0, ch)
+    area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
+    carea = (clipped[:, 2] - clipped[:, 0]).clamp(min=0) * (clipped[:, 3] - clipped[:, 1]).clamp(min=0)
+    scaled = clipped * torch.tensor([sx, sy, sx, sy])
+    keep = (carea >= 0.5 * area) & ((scaled[:, 2] - scaled[:, 0]) >= 2) & ((scaled[:, 3] - scaled[:, 1]) >= 2)
+    if rng.random() < 0.5:  # horizontal flip
+        crop = crop.flip(-1)
+        scaled = scaled[:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1]) + torch.tensor([in_w, 0.0, in_w, 0])
+    return crop.contiguous(), scaled[keep], keep
+
+
+def train_detector(cfg: DetectorTrainConfig, resume: bool = True, progress: bool = True) -> Path:
+    """Train, checkpoint, evaluate; returns the path of ``model.pt``."""
+    tc = cfg.train
+    out = Path(tc.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(tc.seed)
+    ds = CocoDataset(tc.data)
+    categories = {cid: name for cid, name in sorted(ds.categories.items())}
+    if len(categories) != cfg.model.num_classes - 1:
+        raise ValueError(
+            f"{tc.data} has {len(categories)} categories but model.num_classes={cfg.model.num_classes}; "
+            f"set model.num_classes={len(categories) + 1}"
+        )
+    cat_to_index = {cid: i + 1 for i, cid in enumerate(categories)}
+    save_config(cfg, out / "config.yaml")
+
+    model = build_model(cfg.model).to(tc.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    start = 0
+    if resume and (out / "last.pt").is_file() and (out / "train_state.pt").is_file():
+        loaded, _, _, extra = load_checkpoint(out / "last.pt")
+        model.load_state_dict(loaded.state_dict())
+        state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["iteration"])
+        print(f"resuming {out} from iteration {start}")
+
+    def lr_at(it: int) -> float:
+        if it < tc.warmup_iters:
+            return tc.lr * (it + 1) / tc.warmup_iters
+        t = (it - tc.warmup_iters) / max(1, tc.max_iters - tc.warmup_iters)
+        return tc.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+    def checkpoint(it: int, name: str) -> None:
+        save_checkpoint(out / name, model, cfg.model, categories, extra={"iteration": it, "data": tc.data})
+        tmp = out / "train_state.pt.tmp"
+        torch.save({"optimizer": opt.state_dict(), "iteration": it}, tmp)
+        os.replace(tmp, out / "train_state.pt")
+
+    t0 = time.time()
+    model.train()
+    it = start
+    bar = tqdm(range(start, tc.max_iters), desc="detector train", disable=not progress, initial=start, total=tc.max_iters)
+    for it in bar:
+        rng = random.Random(tc.seed * 1_000_003 + it)  # resumable: the sample stream depends only on the iteration
+        images, targets = [], []
+        while len(images) < tc.batch_size:
+            iid = ds.image_ids[rng.randrange(len(ds))]
+            image = ds.load_image(iid)
+            boxes, labels, crowd = ds.targets(iid)
+            boxes, labels = boxes[~crowd], labels[~crowd]
+            for _ in range(2):  # two crops per decoded image
+                crop, tboxes, keep = _sample_crop(rng, image, boxes, tc)
+                tl = torch.tensor([cat_to_index[int(c)] for c in labels[keep]], dtype=torch.int64)
+                images.append(crop.to(tc.device))
+                targets.append({"boxes": tboxes.to(tc.device), "labels": tl.to(tc.device)})
+        images, targets = images[: tc.batch_size], targets[: tc.batch_size]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(it)
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_at(it):.1e}")
+        if (it + 1) % tc.checkpoint_every == 0:
+            checkpoint(it + 1, "last.pt")
+        if tc.max_minutes and (time.time() - t0) / 60 > tc.max_minutes:
+            print(f"time limit of {tc.max_minutes} min reached at iteration {it + 1}")
+            break
+    final_it = it + 1 if tc.max_iters > start else start
+    checkpoint(final_it, "last.pt")
+    model.eval()
+    save_checkpoint(out / "model.pt", model, cfg.model, categories,
+                    extra={"iteration": final_it, "data": tc.data, "train_minutes": round((time.time() - t0) / 60, 2)})
+    if tc.val_data:
+        det = Detector.from_checkpoint(out / "model.pt", device=tc.device)
+        report = evaluate_scales(det, CocoDataset(tc.val_data), tc.val_scales, tc.val_images, progress)
+        (out / "eval.json").write_text(json.dumps(report, indent=2))
+        for s, m in report["scales"].items():
+            print(f"scale {s}: AP {m['ap']:.3f}  AP50 {m['ap50']:.3f}  AP50<32px {m['ap50_small']:.3f}  "
+                  f"AP50<16px {m['ap50_tiny']:.3f}  AR100 {m['ar100']:.3f}")
+    return out / "model.pt"
+
+
+def evaluate_scales(det: Detector, ds: CocoDataset, scales: list[float], n_images: int = 0,
+                    progress: bool = True) -> dict:
+    """COCO metrics of whole-image detection at each scale (the coarse-vs-fine check)."""
+    from zoomdet.eval.coco_eval import coco_metrics
+
+    ids = ds.subset(n_images)
+    results: dict[float, list] = {s: [] for s in scales}
+    seconds: dict[float, float] = {s: 0.0 for s in scales}
+    for iid in tqdm(ids, desc="evaluate scales", disable=not progress):
+        image = ds.load_image(iid)
+        H, W = image.shape[1:]
+        for s in scales:
+            t = time.perf_counter()
+            (d,) = det.detect(image, [Window.full(W, H, s)])
+            seconds[s] += time.perf_counter() - t
+            results[s] += d.to_coco(iid)
+    return {"data": str(ds.ann_file), "images": len(ids), "checkpoint": det.checkpoint_id,
+            "scales": {str(s): {**coco_metrics(ds.coco, results[s], ids),
+                                "seconds_per_image": seconds[s] / max(1, len(ids))} for s in scales}}

@@ -1,0 +1,87 @@
+"""COCO metrics from pycocotools' COCOeval, plus a tiny-object bucket.
+
+All AP numbers come from :class:`pycocotools.cocoeval.COCOeval`; this module
+only chooses the area ranges and reads the accumulated precision/recall
+arrays the way ``COCOeval.summarize`` does, so that a ``tiny`` bucket
+(area < 16² px) can sit beside COCO's ``small`` (< 32²).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from typing import Sequence
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+__all__ = ["coco_metrics", "AREA_RANGES"]
+
+# name -> [min area, max area] in px², as COCOeval expects
+AREA_RANGES = {
+    "all": [0.0, 1e10],
+    "tiny": [0.0, 16.0**2],
+    "small": [0.0, 32.0**2],
+    "medium": [32.0**2, 96.0**2],
+    "large": [96.0**2, 1e10],
+}
+
+
+def _mean_valid(x: np.ndarray) -> float:
+    v = x[x > -1]
+    return float(v.mean()) if v.size else float("nan")
+
+
+def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: Sequence[int]) -> dict[str, float]:
+    """AP / AR of ``results`` on ``image_ids`` of ``coco_gt``.
+
+    Args:
+        coco_gt: ground truth (crowd regions are ignored by COCOeval).
+        results: COCO result dicts (``image_id``, ``category_id``, ``bbox``
+            xywh pixels, ``score``).
+        image_ids: the images evaluated (images without results count as
+            misses).
+
+    Returns:
+        ``ap`` (AP@[.5:.95]), ``ap50``, ``ap75``, ``ap_small``, ``ap_tiny``,
+        ``ap_medium``, ``ap_large``, ``ap50_small``, ``ap50_tiny``, ``ar100``,
+        ``ar100_small``, ``ar100_tiny``; fractions in [0, 1], NaN where a
+        bucket has no ground truth.
+    """
+    keys = ["ap", "ap50", "ap75", "ap_small", "ap_tiny", "ap_medium", "ap_large",
+            "ap50_small", "ap50_tiny", "ar100", "ar100_small", "ar100_tiny"]
+    if not results:
+        return {k: 0.0 for k in keys}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.params.imgIds = list(image_ids)
+        ev.params.areaRng = list(AREA_RANGES.values())
+        ev.params.areaRngLbl = list(AREA_RANGES.keys())
+        ev.params.maxDets = [1, 10, 100, 1000]
+        ev.evaluate()
+        ev.accumulate()
+    p = ev.eval["precision"]  # [T, R, K, A, M]
+    r = ev.eval["recall"]  # [T, K, A, M]
+    iou = ev.params.iouThrs
+    a = {name: i for i, name in enumerate(ev.params.areaRngLbl)}
+    m100 = ev.params.maxDets.index(100)
+    m_all = ev.params.maxDets.index(1000)  # dense crowds: AP over all detections
+    t50 = int(np.argmin(np.abs(iou - 0.5)))
+    t75 = int(np.argmin(np.abs(iou - 0.75)))
+    return {
+        "ap": _mean_valid(p[:, :, :, a["all"], m_all]),
+        "ap50": _mean_valid(p[t50, :, :, a["all"], m_all]),
+        "ap75": _mean_valid(p[t75, :, :, a["all"], m_all]),
+        "ap_small": _mean_valid(p[:, :, :, a["small"], m_all]),
+        "ap_tiny": _mean_valid(p[:, :, :, a["tiny"], m_all]),
+        "ap_medium": _mean_valid(p[:, :, :, a["medium"], m_all]),
+        "ap_large": _mean_valid(p[:, :, :, a["large"], m_all]),
+        "ap50_small": _mean_valid(p[t50, :, :, a["small"], m_all]),
+        "ap50_tiny": _mean_valid(p[t50, :, :, a["tiny"], m_all]),
+        "ar100": _mean_valid(r[:, :, a["all"], m100]),
+        "ar100_small": _mean_valid(r[:, :, a["small"], m100]),
+        "ar100_tiny": _mean_valid(r[:, :, a["tiny"], m100]),
+    }
