@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny untrained models, a scale-aware stub detector, small datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from zoomdet.detector.detector import Detector
+from zoomdet.detector.models import ModelConfig, build_model
+from zoomdet.types import Detections, Window
+
+HIT_UAV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hit-uav"
+
+
+class StubDetector:
+    """Finds a known object iff its box is at least ``min_px`` wide and tall *in the model input*.
+
+    Deterministic and fast: it lets engine tests check pixel accounting,
+    merging and policies with hand-computable outcomes. Like the real
+    wrapper, it returns boxes in image pixels and keeps no state per call.
+    """
+
+    def __init__(self, boxes: torch.Tensor, labels: torch.Tensor, min_px: float = 10.0, batch_size: int = 4):
+        self.boxes, self.labels, self.min_px, self.batch_size = boxes.float(), labels.long(), min_px, batch_size
+        self.categories = {1: "a", 2: "b"}
+        self.device = torch.device("cpu")
+        self.checkpoint_id = "stub"
+        self.calls: list[list[Window]] = []
+
+    def detect(self, image: torch.Tensor, windows):
+        self.calls.append(list(windows))
+        out = []
+        for w in windows:
+            b = self.boxes
+            inside = (b[:, 0] >= w.x0) & (b[:, 1] >= w.y0) & (b[:, 2] <= w.x1) & (b[:, 3] <= w.y1)
+            big = ((b[:, 2] - b[:, 0]) * w.scale >= self.min_px) & ((b[:, 3] - b[:, 1]) * w.scale >= self.min_px)
+            keep = inside & big
+            n = int(keep.sum())
+            out.append(Detections(b[keep].clone(), torch.full((n,), 0.9), self.labels[keep].clone(), torch.ones(n, 8)))
+        return out
+
+
+def tiny_model_config(**kw) -> ModelConfig:
+    base = dict(name="tiny_frcnn", num_classes=3, widths=[8, 16, 16, 16], fpn_channels=16, representation_size=32,
+                detections_per_img=50)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.fixture
+def tiny_detector() -> Detector:
+    torch.manual_seed(0)
+    cfg = tiny_model_config()
+    return Detector(build_model(cfg), cfg, {1: "person", 2: "car"})
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory) -> Path:
+    """Four 320x240 synthetic images; returns the annotation path."""
+    from zoomdet.data.synth import SynthConfig, generate_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    return generate_dataset(SynthConfig(images=4, width=320, height=240, seed=3), out, progress=False)

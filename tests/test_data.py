@@ -1,0 +1,106 @@
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import HIT_UAV
+from zoomdet.data.coco import CocoDataset, DatasetError, dataset_stats, read_image
+from zoomdet.data.synth import SynthConfig, generate_dataset, generate_image
+
+
+def test_synthetic_dataset_is_byte_identical_for_a_seed(tmp_path):
+    a = generate_dataset(SynthConfig(images=2, width=256, height=192, seed=7), tmp_path / "a", progress=False)
+    b = generate_dataset(SynthConfig(images=2, width=256, height=192, seed=7), tmp_path / "b", progress=False)
+    c = generate_dataset(SynthConfig(images=2, width=256, height=192, seed=8), tmp_path / "c", progress=False)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+    assert digest(tmp_path / "a/images/000001.jpg") == digest(tmp_path / "b/images/000001.jpg")
+
+
+def test_synthetic_objects_span_small_to_large_and_several_classes():
+    sizes, cats = [], set()
+    for i in range(3):
+        _, anns = generate_image(SynthConfig(), i)
+        sizes += [min(a["bbox"][2], a["bbox"][3]) for a in anns]
+        cats |= {a["category_id"] for a in anns}
+    sizes = np.array(sizes)
+    assert cats == {1, 2, 3}
+    assert (sizes < 12).mean() > 0.2  # many tiny objects
+    assert sizes.max() > 40
+    for _, anns in [generate_image(SynthConfig(width=512, height=384), 0)]:
+        for a in anns:
+            x, y, w, h = a["bbox"]
+            assert x >= 0 and y >= 0 and x + w <= 512 and y + h <= 384
+
+
+def _subset(tmp_path, n=3):
+    d = json.loads((HIT_UAV / "test.json").read_text())
+    ids = [im["id"] for im in d["images"][:n]]
+    d["images"] = d["images"][:n]
+    d["annotations"] = [a for a in d["annotations"] if a["image_id"] in ids]
+    p = tmp_path / "hit.json"
+    p.write_text(json.dumps(d))
+    return p, d
+
+
+@pytest.mark.skipif(not (HIT_UAV / "test.json").exists(), reason="HIT-UAV not beside the project")
+def test_loads_real_hit_uav_images(tmp_path):
+    p, d = _subset(tmp_path)
+    ds = CocoDataset(p, image_root=HIT_UAV / "images")
+    s = ds[0]
+    assert s.image.shape == (3, 512, 640) and s.image.dtype == torch.float32
+    assert 0 <= float(s.image.min()) and float(s.image.max()) <= 1
+    assert s.boxes.shape[1] == 4 and (s.boxes[:, 2] > s.boxes[:, 0]).all()
+    assert len(s.boxes) == sum(a["image_id"] == s.image_id for a in d["annotations"])
+    stats = dataset_stats(ds)
+    assert stats["images"] == 3 and sum(stats["size_histogram_px"].values()) == stats["annotations"]
+
+
+def _write(tmp_path, images, anns, cats=None):
+    (tmp_path / "images").mkdir(exist_ok=True)
+    p = tmp_path / "ann.json"
+    p.write_text(json.dumps({"images": images, "annotations": anns,
+                             "categories": cats or [{"id": 1, "name": "a"}]}))
+    return p
+
+
+def test_bad_inputs_name_file_and_id(tmp_path):
+    Image.new("RGB", (50, 40)).save(tmp_path / "ok.jpg")
+    img = [{"id": 7, "file_name": "ok.jpg", "width": 50, "height": 40}]
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (50, 40)).save(tmp_path / "images" / "ok.jpg")
+    with pytest.raises(DatasetError, match=r"annotation id 3 in image ok.jpg \(id 7\).*unknown category_id 9"):
+        CocoDataset(_write(tmp_path, img, [{"id": 3, "image_id": 7, "category_id": 9, "bbox": [1, 1, 5, 5], "iscrowd": 0, "area": 25}]))
+    with pytest.raises(DatasetError, match=r"annotation id 4 in image ok.jpg \(id 7\).*outside the 50x40 image"):
+        CocoDataset(_write(tmp_path, img, [{"id": 4, "image_id": 7, "category_id": 1, "bbox": [40, 1, 20, 5], "iscrowd": 0, "area": 100}]))
+    missing = [{"id": 8, "file_name": "gone.jpg", "width": 50, "height": 40}]
+    with pytest.raises(DatasetError, match=r"gone.jpg \(image id 8\) not found"):
+        CocoDataset(_write(tmp_path, missing, []))
+    with pytest.raises(DatasetError, match="annotation file not found"):
+        CocoDataset(tmp_path / "nope.json")
+
+
+def test_image_modes_are_read_as_rgb_in_unit_range(tmp_path):
+    Image.new("L", (20, 10), 128).save(tmp_path / "g.png")
+    Image.new("RGBA", (20, 10), (255, 0, 0, 0)).save(tmp_path / "a.png")  # fully transparent red -> black
+    Image.fromarray(np.full((10, 20), 65535, dtype=np.uint16)).save(tmp_path / "d16.png")
+    g, a, d16 = (read_image(tmp_path / n) for n in ("g.png", "a.png", "d16.png"))
+    assert g.shape == a.shape == d16.shape == (3, 10, 20)
+    assert torch.allclose(g, torch.full_like(g, 128 / 255))
+    assert float(a.max()) == 0.0
+    assert torch.allclose(d16, torch.ones_like(d16))
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    img = Image.new("RGB", (30, 10), (0, 0, 0))
+    img.putpixel((0, 0), (255, 255, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    img.save(tmp_path / "r.jpg", exif=exif, quality=100)
+    t = read_image(tmp_path / "r.jpg")
+    assert t.shape == (3, 30, 10)
+    assert float(t[:, 0, -1].mean()) > 0.8  # the white corner moved to the top-right

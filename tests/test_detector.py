@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from tests.conftest import tiny_model_config
+from zoomdet.detector.detector import Detector, crop_window, load_checkpoint, save_checkpoint
+from zoomdet.detector.models import MODEL_NAMES, ModelConfig, PinnedScaleTransform, build_model
+from zoomdet.types import Window
+
+
+def test_forward_backward_on_cpu():
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config()).train()
+    images = [torch.rand(3, 128, 160), torch.rand(3, 128, 160)]
+    targets = [{"boxes": torch.tensor([[10.0, 10, 30, 40]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # an empty image
+    losses = model(images, targets)
+    loss = sum(losses.values())
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_input_scale_is_pinned(tiny_detector):
+    """The model sees exactly window.input_size pixels: torchvision's resize is off."""
+    seen = []
+    hook = tiny_detector.model.backbone.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
+    image = torch.rand(3, 256, 320)
+    tiny_detector.detect(image, [Window.full(320, 256, 0.5), Window(0, 0, 128, 96, 1.0)])
+    hook.remove()
+    assert isinstance(tiny_detector.model.transform, PinnedScaleTransform)
+    # 160x128 and 128x96 inputs, padded only to a multiple of 32 (no resize to min_size=800)
+    assert sorted(seen) == [(96, 128), (128, 160)]
+
+
+def test_detect_returns_image_frame_boxes_and_features(tiny_detector):
+    image = torch.rand(3, 200, 300)
+    before = image.clone()
+    win = Window(100, 50, 300, 200, 0.5)
+    (d,) = tiny_detector.detect(image, [win])
+    assert torch.equal(image, before)
+    assert d.features is not None and d.features.shape == (len(d), tiny_detector.feature_dim)
+    if len(d):
+        assert (d.boxes[:, 0] >= 100 - 1e-3).all() and (d.boxes[:, 2] <= 300 + 1e-3).all()
+        assert set(d.labels.tolist()) <= {1, 2}
+
+
+def test_detect_on_blank_image_and_bad_shape(tiny_detector):
+    res = tiny_detector.detect(torch.zeros(3, 64, 64), [Window.full(64, 64)])
+    assert len(res) == 1 and res[0].boxes.shape[1] == 4
+    with pytest.raises(ValueError, match=r"Tensor\[3, H, W\]"):
+        tiny_detector.detect(torch.zeros(64, 64), [Window.full(64, 64)])
+    with pytest.raises(ValueError, match="leaves"):
+        crop_window(torch.zeros(3, 64, 64), Window(0, 0, 65, 64))
+
+
+def test_checkpoint_round_trip(tmp_path, tiny_detector):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, tiny_detector.model, tiny_detector.config, tiny_detector.categories, {"note": "x"})
+    payload = torch.load(path, weights_only=True)  # loadable without unpickling code
+    assert payload["extra"] == {"note": "x"}
+    det2 = Detector.from_checkpoint(path)
+    image = torch.rand(3, 96, 128)
+    a = tiny_detector.detect(image, [Window.full(128, 96)])[0]
+    b = det2.detect(image, [Window.full(128, 96)])[0]
+    assert torch.allclose(a.boxes, b.boxes) and torch.allclose(a.scores, b.scores)
+    assert det2.categories == {1: "person", 2: "car"} and len(det2.checkpoint_id) == 12
+
+
+def test_bad_checkpoint_and_model_name(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"state_dict": {}}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="not a ZoomDet detector checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="unknown model name"):
+        build_model(ModelConfig(name="yolo"))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES[1:])
+def test_torchvision_zoo_models_build_with_pinned_transform(name):
+    model = build_model(ModelConfig(name=name, num_classes=3))
+    assert isinstance(model.transform, PinnedScaleTransform)

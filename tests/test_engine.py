@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import StubDetector
+from zoomdet.types import Window
+from zoomdet.zoom.engine import GroundTruth, ZoomConfig, ZoomEngine
+from zoomdet.zoom.policies import OraclePolicy, RandomPolicy, SahiConfig, get_slice_windows, make_policy
+
+W, H = 400, 300
+# two small objects (8 px: missed at scale 0.5 by a stub needing 6 px) and one large one
+BOXES = torch.tensor([[20.0, 20, 28, 28], [360, 260, 368, 268], [150, 100, 250, 200]])
+LABELS = torch.tensor([1, 1, 2])
+
+
+def make_engine(**cfg):
+    return ZoomEngine(StubDetector(BOXES, LABELS, min_px=6), ZoomConfig(**cfg))
+
+
+def image():
+    return torch.rand(3, H, W)
+
+
+def test_coarse_and_fine_cost_accounting():
+    eng = make_engine()
+    c = eng.run(image(), make_policy("coarse"))
+    assert c.cost.pixels_ratio == pytest.approx(0.25)
+    assert c.cost.model_input_pixels == 200 * 150 and c.cost.pixels_source == W * H and c.cost.detector_calls == 1
+    assert len(c.detections) == 1  # only the large object survives half resolution
+    f = eng.run(image(), make_policy("fine"))
+    assert f.cost.pixels_ratio == pytest.approx(1.0) and len(f.detections) == 3
+    assert set(c.timing) >= {"decode", "coarse", "gain", "policy", "fine", "merge", "total"}
+
+
+def test_sahi_counts_overlapping_slices_as_often_as_processed():
+    cfg = SahiConfig(slice_width=200, slice_height=200, overlap_width_ratio=0.2, overlap_height_ratio=0.2,
+                     perform_standard_pred=True)
+    slices = get_slice_windows(W, H, cfg)
+    # x: 0, 160 -> 200 (clipped back to end at 400); y: 0, 100 (clipped back to end at 300)
+    assert [s.as_tuple() for s in slices] == [(0, 0, 200, 200), (160, 0, 360, 200), (200, 0, 400, 200),
+                                               (0, 100, 200, 300), (160, 100, 360, 300), (200, 100, 400, 300)]
+    eng = make_engine()
+    r = eng.run(image(), make_policy("sahi", __import__("zoomdet.zoom.policies", fromlist=["PolicyConfig"]).PolicyConfig(sahi=cfg)))
+    assert r.cost.model_input_pixels == 6 * 200 * 200 + 200 * 150
+    assert r.cost.pixels_ratio == pytest.approx((6 * 40000 + 30000) / (W * H))
+    assert r.cost.pixels_ratio > 1
+    assert len(r.detections) == 3
+
+
+def test_random_policy_respects_pixel_budget_and_steps():
+    eng = make_engine(max_pixels_ratio=0.5)
+    wins = eng.candidates(W, H)
+    r = eng.run(image(), RandomPolicy(k=10), seed=1)
+    assert r.cost.pixels_ratio <= 0.5 + 1e-9
+    expected = 0.25 + sum(reg.window.input_pixels for reg in r.regions) / (W * H)
+    assert r.cost.pixels_ratio == pytest.approx(expected)
+    assert len({reg.candidate for reg in r.regions}) == len(r.regions)  # no window twice
+    r2 = eng.run(image(), RandomPolicy(k=10), seed=1, max_steps=1, max_pixels_ratio=10)
+    assert len(r2.regions) == 1
+    assert all(w.scale == 1.0 for w in wins)
+
+
+def test_overlapping_windows_are_counted_twice():
+    eng = make_engine(max_pixels_ratio=10)
+    r = eng.run(image(), RandomPolicy(k=13), seed=0)
+    assert len(r.regions) == 13
+    total_window_px = sum(w.input_pixels for w in eng.candidates(W, H))
+    assert total_window_px > W * H  # the candidates overlap...
+    assert r.cost.model_input_pixels == W * H // 4 + total_window_px  # ...and every pass is paid for
+
+
+def test_fine_crops_of_an_episode_are_batched():
+    det = StubDetector(BOXES, LABELS, min_px=6, batch_size=8)
+    eng = ZoomEngine(det, ZoomConfig(max_pixels_ratio=10))
+    r = eng.run(image(), RandomPolicy(k=13), seed=0)
+    # one coarse call, then 4 large + 9 small windows in batches of 8: 1 + 2 calls
+    assert r.cost.detector_calls == 1 + 1 + 2
+    assert len(det.calls) == 2 and len(det.calls[1]) == 13
+
+
+def test_oracle_zooms_where_small_objects_are_and_matches_fine():
+    eng = make_engine(max_pixels_ratio=1.0)
+    gt = GroundTruth(BOXES, LABELS, torch.zeros(3, dtype=torch.bool))
+    r = eng.run(image(), OraclePolicy(), ground_truth=gt)
+    assert len(r.detections) == 3  # both small objects recovered
+    assert r.cost.pixels_ratio < 1.0  # with less than the full-resolution cost
+    assert "oracle_lookahead" in r.timing
+    with pytest.raises(ValueError, match="needs ground truth"):
+        eng.run(image(), OraclePolicy())
+
+
+def test_engine_does_not_mutate_input_and_handles_empty_image():
+    eng = ZoomEngine(StubDetector(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)), ZoomConfig())
+    img = image()
+    before = img.clone()
+    for name in ("coarse", "fine", "sahi", "random"):
+        r = eng.run(img, make_policy(name))
+        assert len(r.detections) == 0
+    assert torch.equal(img, before)
+
+
+def test_bad_budget_and_unknown_policy():
+    eng = make_engine()
+    with pytest.raises(ValueError, match="max_pixels_ratio"):
+        eng.run(image(), RandomPolicy(), max_pixels_ratio=0)
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("zoom-everything")

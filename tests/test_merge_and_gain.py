@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from zoomdet.types import Detections, Window
+from zoomdet.zoom.gain import detection_gains
+from zoomdet.zoom.merge import MergeConfig, merge_zoom, sahi_postprocess
+
+
+def dets(boxes, scores=None, labels=None):
+    b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    n = len(b)
+    s = torch.tensor(scores if scores is not None else [0.9] * n, dtype=torch.float32)
+    l = torch.tensor(labels if labels is not None else [1] * n, dtype=torch.int64)
+    return Detections(b, s, l)
+
+
+def test_coarse_box_mostly_inside_window_is_replaced_by_fine():
+    coarse = dets([[10, 10, 20, 20], [95, 10, 115, 20], [150, 150, 160, 160]], [0.5, 0.5, 0.5])
+    win = Window(0, 0, 100, 100)
+    fine = dets([[11, 11, 21, 21]], [0.95])
+    out = merge_zoom(coarse, [fine], [win], 200, 200)
+    got = {tuple(b) for b in out.detections.boxes.tolist()}
+    # box 0 (IoS 1.0) replaced; box 1 has 5/20 = 25% inside -> kept; box 2 outside -> kept
+    assert got == {(11.0, 11.0, 21.0, 21.0), (95.0, 10.0, 115.0, 20.0), (150.0, 150.0, 160.0, 160.0)}
+    assert sorted(out.stage.tolist()) == [0, 0, 1]
+    assert out.region[out.stage == 1].tolist() == [0]
+
+
+def test_large_object_cut_by_window_border_keeps_the_whole_coarse_box():
+    coarse = dets([[60, 20, 140, 80]], [0.8])  # 60% inside the window -> would be replaced
+    win = Window(0, 0, 108, 100)  # interior right edge at x=108
+    fragment = dets([[61, 21, 108, 79]], [0.7])  # what the fine pass sees: cut at the border
+    out = merge_zoom(coarse, [fragment], [win], 200, 200)
+    assert out.detections.boxes.tolist() == [[60.0, 20.0, 140.0, 80.0]]
+    assert out.stage.tolist() == [0]
+
+
+def test_two_overlapping_windows_seeing_one_object_give_one_box():
+    coarse = dets([[45, 45, 55, 55]], [0.3])
+    w1, w2 = Window(0, 0, 80, 80), Window(30, 30, 110, 110)
+    f1, f2 = dets([[45, 45, 55, 55]], [0.9]), dets([[45.5, 45, 55.5, 55]], [0.85])
+    out = merge_zoom(coarse, [f1, f2], [w1, w2], 200, 200)
+    assert len(out.detections) == 1
+    assert out.detections.scores.tolist() == [pytest.approx(0.9)]
+    assert out.region.tolist() == [0]
+
+
+def test_merge_with_no_windows_and_no_detections():
+    out = merge_zoom(Detections.empty(), [], [], 100, 100)
+    assert len(out.detections) == 0
+    with pytest.raises(ValueError, match="fine results"):
+        merge_zoom(Detections.empty(), [Detections.empty()], [], 100, 100)
+
+
+def test_sahi_postprocess_kinds():
+    d = dets([[0, 0, 10, 10], [0, 0, 10, 12], [50, 50, 60, 60]], [0.9, 0.8, 0.7])
+    nms, idx = sahi_postprocess(d, "NMS", "IOU", 0.5)
+    assert nms.boxes.tolist() == [[0, 0, 10, 10], [50, 50, 60, 60]] and idx.tolist() == [0, 2]
+    g, _ = sahi_postprocess(d, "GREEDYNMM", "IOS", 0.5)
+    assert g.boxes.tolist() == [[0, 0, 10, 12], [50, 50, 60, 60]]  # union box, best score
+    assert g.scores.tolist() == [pytest.approx(0.9), pytest.approx(0.7)]
+    # other classes never merge unless class_agnostic
+    d2 = dets([[0, 0, 10, 10], [0, 0, 10, 10]], [0.9, 0.8], [1, 2])
+    assert len(sahi_postprocess(d2, "NMS", "IOU", 0.5)[0]) == 2
+    assert len(sahi_postprocess(d2, "NMS", "IOU", 0.5, class_agnostic=True)[0]) == 1
+    with pytest.raises(ValueError, match="postprocess type"):
+        sahi_postprocess(d, "SOFTNMS")
+
+
+def test_nmm_merges_transitively_but_greedy_does_not():
+    # a-b overlap, b-c overlap, a-c do not: NMM chains them into one group
+    d = dets([[0, 0, 10, 10], [6, 0, 16, 10], [12, 0, 22, 10]], [0.9, 0.8, 0.7])
+    assert len(sahi_postprocess(d, "NMM", "IOS", 0.3)[0]) == 1
+    assert len(sahi_postprocess(d, "GREEDYNMM", "IOS", 0.3)[0]) == 2
+
+
+GT_B = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]])
+GT_L = torch.tensor([1, 1])
+
+
+def test_gain_of_matched_pair_follows_eq1():
+    coarse, fine = dets([[0, 0, 10, 10]], [0.4]), dets([[0, 0, 10, 10]], [0.9])
+    g = detection_gains(coarse, fine, GT_B, GT_L)
+    # g=1: |1-0.4| - |1-0.9| = 0.5
+    assert g.kind.tolist() == [0] and g.gains.tolist() == [pytest.approx(0.5)]
+
+
+def test_gain_of_unmatched_detections():
+    # fine-only TP gains p_h; fine-only FP loses p_h; coarse-only TP lost by zooming: -p_l; coarse-only FP removed: +p_l
+    fine = dets([[50, 50, 60, 60], [100, 100, 110, 110]], [0.8, 0.6])
+    coarse = dets([[0, 0, 10, 10], [200, 200, 210, 210]], [0.7, 0.3])
+    g = detection_gains(coarse, fine, GT_B, GT_L)
+    assert g.kind.tolist() == [1, 1, 2, 2]
+    assert g.gains.tolist() == pytest.approx([0.8, -0.6, -0.7, 0.3])
+
+
+def test_gain_when_zooming_hurts_and_crowd_regions():
+    coarse, fine = dets([[0, 0, 10, 10]], [0.9]), dets([[0, 0, 10, 10]], [0.2])
+    assert detection_gains(coarse, fine, GT_B, GT_L).total() == pytest.approx(-0.7)
+    crowd = torch.tensor([False, True])
+    fp_in_crowd = dets([[50, 50, 60, 60]], [0.9], [2])
+    assert detection_gains(Detections.empty(), fp_in_crowd, GT_B, GT_L, crowd).gains.tolist() == [0.0]

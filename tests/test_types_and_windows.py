@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from zoomdet.types import Detections, Window
+from zoomdet.zoom.windows import GainMap, WindowConfig, candidate_windows, refine_window
+
+
+def test_window_maps_boxes_back_with_offset_and_scale():
+    w = Window(100, 50, 300, 250, scale=0.5)  # 200x200 source -> 100x100 input
+    assert w.input_size == (100, 100)
+    assert w.source_pixels == 40000 and w.input_pixels == 10000
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 40.0]])
+    mapped = w.to_image(boxes)
+    assert torch.allclose(mapped, torch.tensor([[120.0, 90.0, 160.0, 130.0]]))
+    assert torch.equal(boxes, torch.tensor([[10.0, 20.0, 30.0, 40.0]]))  # input not mutated
+
+
+@pytest.mark.parametrize("bad", [(5, 0, 5, 10), (0, 10, 10, 3)])
+def test_empty_window_is_rejected(bad):
+    with pytest.raises(ValueError, match="empty window"):
+        Window(*bad)
+
+
+def test_detections_shape_checks_and_empty():
+    with pytest.raises(ValueError, match=r"\[N, 4\]"):
+        Detections(torch.zeros(3, 5), torch.zeros(3), torch.zeros(3, dtype=torch.long))
+    e = Detections.empty()
+    assert len(e) == 0 and e.to_coco(1) == []
+
+
+def test_paper_action_set_has_13_windows_covering_the_image():
+    wins = candidate_windows(2048, 1536)
+    assert len(wins) == 13
+    assert all(0 <= w.x0 < w.x1 <= 2048 and 0 <= w.y0 < w.y1 <= 1536 for w in wins)
+    cover = torch.zeros(1536, 2048, dtype=torch.bool)
+    for w in wins[:4]:  # the 2x2 large grid alone covers everything
+        cover[w.y0:w.y1, w.x0:w.x1] = True
+    assert cover.all()
+    cover[:] = False
+    for w in wins[4:]:
+        cover[w.y0:w.y1, w.x0:w.x1] = True
+    assert cover.all()
+    # hand-computed: large side 0.55*2048=1126.4 -> rounded up to 1152 (multiple of 32); last starts at 2048-1152
+    assert wins[0].as_tuple()[:2] == (0, 0) and wins[0].width == 1152 and wins[3].x0 == 2048 - 1152
+
+
+def test_window_config_rejects_grids_that_cannot_cover():
+    with pytest.raises(ValueError, match="cannot cover"):
+        WindowConfig(grids=[2], fractions=[0.3])
+
+
+def test_gain_map_integral_matches_spread_gains():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [5, 5, 15, 25], [30, 30, 40, 40]])
+    gains = torch.tensor([1.0, -0.5, 2.0])
+    gm = GainMap(50, 40, boxes, gains)
+    assert gm.window_sum(Window(0, 0, 50, 40)) == pytest.approx(2.5)
+    # half of box 0 (x 0..5), nothing else: 0.5
+    assert gm.window_sum(Window(0, 0, 5, 5)) == pytest.approx(0.25)
+    assert gm.window_sum(Window(0, 0, 5, 10)) == pytest.approx(0.5)
+    # box 1 is 10x20=200 px with -0.5; window 5..15 x 5..15 covers 100 px of it and 25 px of box 0
+    assert gm.window_sum(Window(5, 5, 15, 15)) == pytest.approx(-0.25 + 0.25)
+    z = gm.zeroed(Window(25, 25, 50, 40))
+    assert z.total() == pytest.approx(0.5) and gm.total() == pytest.approx(2.5)
+
+
+def test_refinement_shifts_toward_gain_and_stays_inside():
+    gm = GainMap(100, 100, torch.tensor([[80.0, 40, 100, 60]]), torch.tensor([1.0]))
+    w = Window(40, 30, 80, 70)  # touches the gain box only at its edge
+    r = refine_window(w, gm, WindowConfig(refine_shift=0.5, refine_steps=2))
+    assert (r.width, r.height) == (w.width, w.height)
+    assert r.x0 > w.x0 and r.x1 <= 100
+    assert gm.window_sum(r) == pytest.approx(1.0)
+    # no gain anywhere: the window stays where it is
+    flat = GainMap(100, 100, torch.zeros(0, 4), torch.zeros(0))
+    assert refine_window(w, flat, WindowConfig(refine_shift=0.5)) == w

@@ -1,0 +1,317 @@
+"""The zoom engine: the one place that runs passes, merges and counts pixels.
+
+Every detector pass is a :class:`~zoomdet.types.Window` with its own scale,
+so the coarse pass (whole image at ``coarse_scale``), a zoom window (a region
+at ``fine_scale``), the full-resolution reference and SAHI's slices are all
+counted the same way.
+
+Two kinds of policy drive it (see :mod:`zoomdet.zoom.policies`):
+
+* a :class:`PlanPolicy` returns its windows up front (``coarse``, ``fine``,
+  ``sahi``) and merges their detections itself;
+* a :class:`ZoomPolicy` picks candidate windows one at a time after the
+  coarse pass (``random``, ``oracle``, and the learned policies). As in the
+  paper, its state is the coarse result, the gain map and the windows
+  already zoomed, never the fine detections, so the engine runs all fine
+  crops of an episode together in batched detector calls.
+
+Cost accounting (:class:`Cost`), per image:
+
+* ``model_input_pixels``: pixels the detector received, summed over passes,
+  after the one explicit resize (the model's own resize is pinned off).
+  Overlapping windows count as often as they are processed.
+* ``pixels_ratio``: ``model_input_pixels / (width * height)``; the coarse
+  pass at 0.5 costs 0.25, the full-resolution pass 1.0, SAHI > 1.
+* ``pixels_source``: full-resolution source pixels read, summed over passes
+  (the coarse pass reads the whole image once).
+* ``detector_calls``: batched model forward calls.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from zoomdet.detector.detector import Detector
+from zoomdet.types import Detections, Window
+from zoomdet.zoom.merge import MergeConfig, MergeResult, merge_zoom
+from zoomdet.zoom.windows import GainMap, WindowConfig, candidate_windows, refine_window
+
+__all__ = ["ZoomConfig", "Cost", "Region", "ZoomResult", "EpisodeState", "PlanPolicy", "ZoomPolicy", "ZoomEngine",
+           "GroundTruth", "STAGES"]
+
+STAGES = ("decode", "coarse", "gain", "policy", "fine", "merge")
+
+
+@dataclass
+class ZoomConfig:
+    """Options of the zoom engine."""
+
+    coarse_scale: float = 0.5
+    """Resize factor of the coarse pass (0.5 per side = 25% of the pixels)."""
+    fine_scale: float = 1.0
+    """Resize factor of zoomed windows (1.0 = full resolution)."""
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    max_pixels_ratio: float = 1.0
+    """Budget per image: a window is taken only if the total ``pixels_ratio`` stays within it."""
+    max_steps: int = 13
+    """Budget per image: at most this many zoom windows."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.coarse_scale <= 1 or not 0 < self.fine_scale <= 4:
+            raise ValueError(f"scales must be in (0, 1] and (0, 4], got {self.coarse_scale}, {self.fine_scale}")
+        if self.max_pixels_ratio <= 0 or self.max_steps < 0:
+            raise ValueError(f"max_pixels_ratio must be > 0 and max_steps >= 0, got {self.max_pixels_ratio}, {self.max_steps}")
+
+
+@dataclass
+class Cost:
+    """What an image cost; see the module docstring for definitions."""
+
+    pixels_source: int = 0
+    model_input_pixels: int = 0
+    detector_calls: int = 0
+    image_pixels: int = 1
+
+    @property
+    def pixels_ratio(self) -> float:
+        return self.model_input_pixels / self.image_pixels
+
+    def add(self, windows: Sequence[Window], calls: int) -> None:
+        self.pixels_source += sum(w.source_pixels for w in windows)
+        self.model_input_pixels += sum(w.input_pixels for w in windows)
+        self.detector_calls += calls
+
+    def as_dict(self) -> dict:
+        return {"pixels_source": self.pixels_source, "pixels_ratio": self.pixels_ratio,
+                "model_input_pixels": self.model_input_pixels, "detector_calls": self.detector_calls}
+
+
+@dataclass(frozen=True)
+class Region:
+    """A zoomed window: ``candidate`` index, the window before and after refinement, the step."""
+
+    id: int
+    step: int
+    candidate: int
+    proposed: Window
+    window: Window
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """Ground truth handed to oracle policies only: boxes ``[G, 4]`` xyxy, labels ``[G]``, crowd ``[G]``."""
+
+    boxes: Tensor
+    labels: Tensor
+    crowd: Tensor
+
+
+@dataclass
+class ZoomResult:
+    """Everything one image produced: merged detections, regions, cost and timing (seconds)."""
+
+    detections: Detections
+    stage: Tensor
+    region: Tensor
+    coarse: Detections
+    regions: list[Region]
+    cost: Cost
+    timing: dict[str, float]
+    width: int
+    height: int
+
+
+@dataclass
+class EpisodeState:
+    """What a :class:`ZoomPolicy` sees when choosing the next window.
+
+    Attributes:
+        width, height: image size, pixels.
+        coarse: coarse detections, image pixels.
+        candidates: the candidate windows (actions).
+        zoomed: indices of candidates already taken, in order.
+        pixels_ratio: cost so far, coarse pass included.
+        gain: the current gain map (zeroed where zoomed) or ``None``.
+        available: ``bool[len(candidates)]``, windows not taken and within budget.
+        rng: per-image random generator.
+        ground_truth: oracle policies only.
+        lookahead: oracle policies only; fine detections of candidate windows,
+            timed separately (``oracle_lookahead``), not in the cost.
+        memory: per-episode scratch space for the policy, so policy objects
+            themselves keep no per-image state.
+    """
+
+    width: int
+    height: int
+    coarse: Detections
+    candidates: list[Window]
+    zoomed: list[int]
+    pixels_ratio: float
+    gain: Optional[GainMap]
+    available: np.ndarray
+    rng: np.random.Generator
+    ground_truth: Optional[GroundTruth] = None
+    lookahead: Optional[Callable[[Sequence[Window]], list[Detections]]] = None
+    memory: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class PlanPolicy(Protocol):
+    """A policy whose windows do not depend on any detection (coarse, fine, SAHI)."""
+
+    name: str
+
+    def plan(self, width: int, height: int, config: ZoomConfig) -> list[Window]: ...
+
+    def combine(self, detections: list[Detections], windows: list[Window], width: int, height: int,
+                config: ZoomConfig) -> MergeResult: ...
+
+
+@runtime_checkable
+class ZoomPolicy(Protocol):
+    """A sequential policy over candidate windows after the coarse pass."""
+
+    name: str
+    needs_ground_truth: bool
+
+    def gain_map(self, state: EpisodeState) -> Optional[GainMap]:
+        """Initial gain map from the coarse result (``None`` = no refinement, no gain stop)."""
+        ...
+
+    def select(self, state: EpisodeState) -> Optional[int]:
+        """Index of the next candidate window, or ``None`` to stop."""
+        ...
+
+
+class ZoomEngine:
+    """Coarse pass, sequential window choice, batched fine pass, merge, cost.
+
+    Args:
+        detector: the detector used for every pass.
+        config: scales, candidate windows, merge rule and default budgets.
+    """
+
+    def __init__(self, detector: Detector, config: Optional[ZoomConfig] = None) -> None:
+        self.detector = detector
+        self.config = config or ZoomConfig()
+
+    def _detect(self, image: Tensor, windows: Sequence[Window]) -> tuple[list[Detections], int]:
+        """Detections per window and the number of batched model calls it took."""
+        if not windows:
+            return [], 0
+        sizes: dict[tuple[int, int], int] = {}
+        for w in windows:
+            sizes[w.input_size] = sizes.get(w.input_size, 0) + 1
+        bs = self.detector.batch_size
+        calls = sum(-(-n // bs) for n in sizes.values())
+        return self.detector.detect(image, windows), calls
+
+    def candidates(self, width: int, height: int) -> list[Window]:
+        c = self.config
+        return [w.with_scale(c.fine_scale) for w in candidate_windows(width, height, c.windows)]
+
+    def run(self, image: Tensor, policy: PlanPolicy | ZoomPolicy, *, ground_truth: Optional[GroundTruth] = None,
+            seed: int = 0, max_pixels_ratio: Optional[float] = None, max_steps: Optional[int] = None,
+            decode_seconds: float = 0.0) -> ZoomResult:
+        """Detect objects in ``image`` with ``policy``.
+
+        Args:
+            image: ``Tensor[3, H, W]`` float32 RGB in [0, 1], full resolution (not modified).
+            policy: a :class:`PlanPolicy` or :class:`ZoomPolicy`.
+            ground_truth: required by oracle policies, ignored otherwise.
+            seed: seed of the per-image random generator (random policy).
+            max_pixels_ratio, max_steps: per-call budgets (default: the config's).
+            decode_seconds: time the caller spent decoding, reported as stage ``decode``.
+        """
+        c = self.config
+        budget = c.max_pixels_ratio if max_pixels_ratio is None else float(max_pixels_ratio)
+        steps = c.max_steps if max_steps is None else int(max_steps)
+        if budget <= 0 or steps < 0:
+            raise ValueError(f"max_pixels_ratio must be > 0 and max_steps >= 0, got {budget}, {steps}")
+        _, H, W = image.shape
+        timing = {s: 0.0 for s in STAGES}
+        timing["decode"] = decode_seconds
+        cost = Cost(image_pixels=W * H)
+        t_start = time.perf_counter()
+
+        if isinstance(policy, PlanPolicy):
+            windows = policy.plan(W, H, c)
+            t = time.perf_counter()
+            dets, calls = self._detect(image, windows)
+            cost.add(windows, calls)
+            timing["fine"] = time.perf_counter() - t
+            t = time.perf_counter()
+            merged = policy.combine(dets, windows, W, H, c)
+            timing["merge"] = time.perf_counter() - t
+            timing["total"] = time.perf_counter() - t_start + decode_seconds
+            coarse = dets[0] if len(windows) == 1 else Detections.empty()
+            regions = [Region(i, i, -1, w, w) for i, w in enumerate(windows)]
+            return ZoomResult(merged.detections, merged.stage, merged.region, coarse, regions, cost, timing, W, H)
+
+        if getattr(policy, "needs_ground_truth", False) and ground_truth is None:
+            raise ValueError(f"policy {policy.name!r} needs ground truth (it is an oracle); pass ground_truth=")
+        t = time.perf_counter()
+        coarse_win = Window.full(W, H, c.coarse_scale)
+        (coarse,), calls = self._detect(image, [coarse_win])
+        cost.add([coarse_win], calls)
+        timing["coarse"] = time.perf_counter() - t
+
+        cands = self.candidates(W, H)
+        lookahead_calls, lookahead_s = [0], [0.0]
+
+        def lookahead(windows: Sequence[Window]) -> list[Detections]:
+            t0 = time.perf_counter()
+            dets, n = self._detect(image, windows)
+            lookahead_calls[0] += n
+            lookahead_s[0] += time.perf_counter() - t0
+            return dets
+
+        state = EpisodeState(W, H, coarse, cands, [], cost.pixels_ratio, None, np.ones(len(cands), dtype=bool),
+                             np.random.default_rng(seed), ground_truth, lookahead if ground_truth is not None else None)
+        t = time.perf_counter()
+        state.gain = policy.gain_map(state)
+        timing["gain"] = time.perf_counter() - t
+
+        regions: list[Region] = []
+        spent = cost.model_input_pixels
+        t = time.perf_counter()
+        while len(regions) < steps:
+            state.available = np.array(
+                [i not in state.zoomed and spent + w.input_pixels <= budget * W * H + 1e-6 for i, w in enumerate(cands)],
+                dtype=bool)
+            if not state.available.any():
+                break
+            choice = policy.select(state)
+            if choice is None:
+                break
+            if not (0 <= choice < len(cands)) or not state.available[choice]:
+                raise ValueError(f"policy {policy.name!r} chose window {choice}, which is not available")
+            proposed = cands[choice]
+            window = refine_window(proposed, state.gain, c.windows) if state.gain is not None else proposed
+            regions.append(Region(len(regions), len(regions), choice, proposed, window))
+            spent += window.input_pixels
+            state.zoomed.append(choice)
+            state.pixels_ratio = spent / (W * H)
+            if state.gain is not None:
+                state.gain = state.gain.zeroed(window)
+        timing["policy"] = time.perf_counter() - t - lookahead_s[0]
+
+        t = time.perf_counter()
+        fine, calls = self._detect(image, [r.window for r in regions])
+        cost.add([r.window for r in regions], calls)
+        timing["fine"] = time.perf_counter() - t
+        t = time.perf_counter()
+        merged = merge_zoom(coarse, fine, [r.window for r in regions], W, H, c.merge)
+        timing["merge"] = time.perf_counter() - t
+        # an oracle's look-ahead at every candidate is not part of its cost
+        timing["total"] = time.perf_counter() - t_start + decode_seconds - lookahead_s[0]
+        if lookahead_calls[0]:
+            timing["oracle_lookahead"] = lookahead_s[0]
+        return ZoomResult(merged.detections, merged.stage, merged.region, coarse, regions, cost, timing, W, H)

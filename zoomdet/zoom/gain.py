@@ -1,0 +1,124 @@
+"""True accuracy gain of zooming (Dynamic Zoom-in Network, Eq. 1-2).
+
+For the coarse detections a window would replace and the fine detections
+the window produces:
+
+* coarse and fine boxes of the same class are matched greedily (fine boxes
+  in score order) at IoU > ``match_iou``;
+* ``g`` = 1 when a detection matches a same-class, non-crowd ground-truth box
+  at IoU >= 0.5, else 0; for a pair, ``g`` is 1 if either box matches;
+* a matched pair with coarse score ``p_l`` and fine score ``p_h`` gains
+  ``|g - p_l| - |g - p_h|``, in [-1, 1];
+* an unmatched detection has score 0 on the other side: a fine-only true
+  positive gains ``p_h``, a fine-only false positive ``-p_h``; a coarse-only
+  true positive the fine pass loses gains ``-p_l``, a coarse-only false
+  positive that zooming removes gains ``+p_l``;
+* detections lying mostly (IoS >= 0.5) in crowd / ignore regions gain 0.
+
+The gain of a window is the sum over its items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from zoomdet.types import Detections
+
+__all__ = ["GainItems", "detection_gains"]
+
+
+@dataclass(frozen=True)
+class GainItems:
+    """Gain of each coarse/fine detection (pair), located at a box.
+
+    Attributes:
+        boxes: ``Tensor[K, 4]`` xyxy pixels (the fine box of a pair).
+        gains: ``Tensor[K]`` float32 in [-1, 1].
+        kind: ``Tensor[K]`` int64, 0 = matched pair, 1 = fine only, 2 = coarse only.
+    """
+
+    boxes: Tensor
+    gains: Tensor
+    kind: Tensor
+
+    def total(self) -> float:
+        return float(self.gains.sum())
+
+
+def _true_positive(det: Detections, gt_boxes: Tensor, gt_labels: Tensor, thr: float = 0.5) -> Tensor:
+    if len(det) == 0 or len(gt_boxes) == 0:
+        return torch.zeros(len(det))
+    iou = box_iou(det.boxes, gt_boxes) * (det.labels[:, None] == gt_labels[None, :])
+    return (iou >= thr).any(dim=1).float()
+
+
+def _in_crowd(det: Detections, crowd_boxes: Tensor) -> Tensor:
+    if len(det) == 0 or len(crowd_boxes) == 0:
+        return torch.zeros(len(det), dtype=torch.bool)
+    from zoomdet.zoom.merge import intersection_over_self
+
+    return (intersection_over_self(det.boxes, crowd_boxes) >= 0.5).any(dim=1)
+
+
+def detection_gains(coarse: Detections, fine: Detections, gt_boxes: Tensor, gt_labels: Tensor,
+                    gt_crowd: Tensor | None = None, match_iou: float = 0.5) -> GainItems:
+    """Gain items for one window (see the module docstring for every case).
+
+    Args:
+        coarse: the coarse detections the window replaces, image pixels.
+        fine: the window's fine detections, image pixels.
+        gt_boxes: ``Tensor[G, 4]`` xyxy ground truth; ``gt_labels`` ``[G]``;
+            ``gt_crowd`` ``[G]`` bool (crowd boxes are ignore regions).
+        match_iou: coarse/fine matching threshold (strictly greater).
+    """
+    if gt_crowd is None:
+        gt_crowd = torch.zeros(len(gt_boxes), dtype=torch.bool)
+    real_b, real_l = gt_boxes[~gt_crowd], gt_labels[~gt_crowd]
+    crowd_b = gt_boxes[gt_crowd]
+    g_c, g_f = _true_positive(coarse, real_b, real_l), _true_positive(fine, real_b, real_l)
+    ign_c, ign_f = _in_crowd(coarse, crowd_b), _in_crowd(fine, crowd_b)
+
+    fine_match = torch.full((len(fine),), -1, dtype=torch.int64)
+    coarse_used = torch.zeros(len(coarse), dtype=torch.bool)
+    if len(fine) and len(coarse):
+        iou = box_iou(fine.boxes, coarse.boxes) * (fine.labels[:, None] == coarse.labels[None, :])
+        for i in torch.argsort(fine.scores, descending=True).tolist():
+            cand = iou[i].clone()
+            cand[coarse_used] = 0
+            j = int(torch.argmax(cand))
+            if cand[j] > match_iou:
+                fine_match[i] = j
+                coarse_used[j] = True
+
+    boxes, gains, kinds = [], [], []
+    for i in range(len(fine)):
+        j = int(fine_match[i])
+        p_h = float(fine.scores[i])
+        if j >= 0:
+            g = max(float(g_f[i]), float(g_c[j]))
+            gain = abs(g - float(coarse.scores[j])) - abs(g - p_h)
+            ignore = bool(ign_f[i]) or bool(ign_c[j])
+            kind = 0
+        else:
+            g = float(g_f[i])
+            gain = g - abs(g - p_h)
+            ignore = bool(ign_f[i])
+            kind = 1
+        boxes.append(fine.boxes[i])
+        gains.append(0.0 if ignore else gain)
+        kinds.append(kind)
+    for j in range(len(coarse)):
+        if coarse_used[j]:
+            continue
+        g, p_l = float(g_c[j]), float(coarse.scores[j])
+        boxes.append(coarse.boxes[j])
+        gains.append(0.0 if ign_c[j] else abs(g - p_l) - g)
+        kinds.append(2)
+    if not boxes:
+        return GainItems(torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+    return GainItems(torch.stack(boxes).float(), torch.tensor(gains, dtype=torch.float32),
+                     torch.tensor(kinds, dtype=torch.int64))

@@ -1,0 +1,200 @@
+"""Merging coarse and fine detections, and SAHI-style postprocessing.
+
+The zoom merge rule (:func:`merge_zoom`), in order:
+
+1. A coarse box is *replaced* by a zoomed window when its intersection with
+   the window covers at least ``drop_ios`` of the box's own area (IoS).
+2. A fine box that touches an interior edge of its window (an edge that is
+   not the image border, within ``border_px``) may be a fragment of an object
+   the window cuts. If it lies mostly inside (IoS >= 0.5) a same-class
+   coarse box that extends past that window, the fragment is dropped and the
+   coarse box is kept.
+3. Class-wise NMS (:func:`torchvision.ops.batched_nms`, IoU ``nms_iou``) over
+   the kept coarse boxes and all fine boxes removes duplicates where windows
+   overlap or a fine box re-finds a kept coarse one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms, box_area, box_iou
+
+from zoomdet.types import Detections, Window
+
+__all__ = ["MergeConfig", "MergeResult", "intersection_over_self", "merge_zoom", "sahi_postprocess", "STAGE_COARSE", "STAGE_FINE"]
+
+STAGE_COARSE = 0
+STAGE_FINE = 1
+
+
+@dataclass
+class MergeConfig:
+    """How fine detections replace coarse ones."""
+
+    drop_ios: float = 0.5
+    """A coarse box is replaced when this fraction of its area lies inside a zoomed window."""
+    nms_iou: float = 0.5
+    """IoU of the final class-wise NMS."""
+    border_px: float = 2.0
+    """A fine box within this many pixels of an interior window edge counts as possibly cut."""
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """Merged detections and where each came from.
+
+    Attributes:
+        detections: merged detections, xyxy pixels.
+        stage: ``Tensor[N]`` int64, 0 = coarse pass, 1 = fine pass.
+        region: ``Tensor[N]`` int64 index of the window that produced a fine
+            box, -1 for coarse boxes.
+    """
+
+    detections: Detections
+    stage: Tensor
+    region: Tensor
+
+
+def intersection_over_self(a: Tensor, b: Tensor) -> Tensor:
+    """``Tensor[N, M]``: area of ``a[i] ∩ b[j]`` divided by the area of ``a[i]`` (xyxy boxes)."""
+    lt = torch.max(a[:, None, :2], b[None, :, :2])
+    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    return inter / box_area(a).clamp(min=1e-9)[:, None]
+
+
+def _touches_interior_edge(boxes: Tensor, window: Window, width: int, height: int, border: float) -> Tensor:
+    x0, y0, x1, y1 = window.as_tuple()
+    t = torch.zeros(len(boxes), dtype=torch.bool)
+    if x0 > 0:
+        t |= boxes[:, 0] <= x0 + border
+    if y0 > 0:
+        t |= boxes[:, 1] <= y0 + border
+    if x1 < width:
+        t |= boxes[:, 2] >= x1 - border
+    if y1 < height:
+        t |= boxes[:, 3] >= y1 - border
+    return t
+
+
+def merge_zoom(coarse: Detections, fine: Sequence[Detections], windows: Sequence[Window], width: int, height: int,
+               cfg: MergeConfig | None = None) -> MergeResult:
+    """Merge the coarse detections with the fine detections of zoomed windows.
+
+    Args:
+        coarse: coarse-pass detections, image pixels.
+        fine: fine-pass detections of each window, image pixels.
+        windows: the zoomed windows (``len(windows) == len(fine)``).
+        width, height: image size, pixels.
+        cfg: merge thresholds.
+
+    Returns:
+        The merged detections (features kept only if all parts have them),
+        with per-box stage and region. Inputs are not modified.
+    """
+    cfg = cfg or MergeConfig()
+    if len(fine) != len(windows):
+        raise ValueError(f"{len(fine)} fine results for {len(windows)} windows")
+    keep_coarse = torch.ones(len(coarse), dtype=torch.bool)
+    if len(coarse) and windows:
+        wboxes = torch.stack([w.box() for w in windows])
+        ios = intersection_over_self(coarse.boxes, wboxes)  # [Nc, W]
+        keep_coarse = ~(ios >= cfg.drop_ios).any(dim=1)
+    parts, stages, regions = [], [], []
+    restore = torch.zeros(len(coarse), dtype=torch.bool)
+    for r, (det, win) in enumerate(zip(fine, windows)):
+        keep = torch.ones(len(det), dtype=torch.bool)
+        if len(det) and len(coarse):
+            cut = _touches_interior_edge(det.boxes, win, width, height, cfg.border_px)
+            if cut.any():
+                inside = intersection_over_self(det.boxes, coarse.boxes) >= 0.5  # fragment lies in coarse box
+                same = det.labels[:, None] == coarse.labels[None, :]
+                extends = intersection_over_self(coarse.boxes, win.box()[None])[:, 0] < 0.999  # coarse box leaves window
+                parent = inside & same & extends[None, :] & cut[:, None]
+                keep = ~parent.any(dim=1)
+                restore |= parent.any(dim=0)
+        parts.append(det.select(keep))
+        stages.append(torch.full((int(keep.sum()),), STAGE_FINE, dtype=torch.int64))
+        regions.append(torch.full((int(keep.sum()),), r, dtype=torch.int64))
+    keep_coarse |= restore
+    kept = coarse.select(keep_coarse)
+    all_det = Detections.cat([kept] + parts) if len(coarse) or parts else Detections.empty()
+    stage = torch.cat([torch.full((len(kept),), STAGE_COARSE, dtype=torch.int64)] + stages)
+    region = torch.cat([torch.full((len(kept),), -1, dtype=torch.int64)] + regions)
+    if len(all_det) == 0:
+        return MergeResult(all_det, stage, region)
+    idx = batched_nms(all_det.boxes, all_det.scores, all_det.labels, cfg.nms_iou)
+    return MergeResult(all_det.select(idx), stage[idx], region[idx])
+
+
+def _match_matrix(boxes: Tensor, labels: Tensor, metric: str, class_agnostic: bool) -> Tensor:
+    if metric == "IOU":
+        m = box_iou(boxes, boxes)
+    elif metric == "IOS":
+        # SAHI's IOS: intersection over the smaller box
+        inter = intersection_over_self(boxes, boxes) * box_area(boxes)[:, None]
+        smaller = torch.min(box_area(boxes)[:, None], box_area(boxes)[None, :]).clamp(min=1e-9)
+        m = inter / smaller
+    else:
+        raise ValueError(f"match metric must be IOU or IOS, got {metric!r}")
+    if not class_agnostic:
+        m = m * (labels[:, None] == labels[None, :])
+    return m
+
+
+def sahi_postprocess(det: Detections, kind: str = "GREEDYNMM", metric: str = "IOS", threshold: float = 0.5,
+                     class_agnostic: bool = False) -> tuple[Detections, Tensor]:
+    """SAHI's postprocessing of sliced predictions, with SAHI's names.
+
+    Args:
+        det: detections of all slices, image pixels.
+        kind: ``NMS`` (suppress), ``GREEDYNMM`` (each kept box, in score
+            order, absorbs the unassigned boxes that match it: their union
+            box, its own score) or ``NMM`` (like GREEDYNMM, but matches are
+            merged transitively).
+        metric: ``IOU`` or ``IOS`` (intersection over the smaller box).
+        threshold: match when the metric exceeds this.
+        class_agnostic: match across classes.
+
+    Returns:
+        The kept (merged) detections and, for each, the index in ``det`` of
+        the highest-scoring member of its group.
+    """
+    kind = kind.upper()
+    if kind not in ("NMS", "GREEDYNMM", "NMM"):
+        raise ValueError(f"postprocess type must be NMS, GREEDYNMM or NMM, got {kind!r}")
+    if len(det) == 0:
+        return det, torch.zeros(0, dtype=torch.int64)
+    order = torch.argsort(det.scores, descending=True)
+    d = det.select(order)
+    match = _match_matrix(d.boxes, d.labels, metric.upper(), class_agnostic) > threshold
+    n = len(d)
+    assigned = torch.zeros(n, dtype=torch.bool)
+    keep, boxes = [], []
+    for i in range(n):
+        if assigned[i]:
+            continue
+        group = torch.zeros(n, dtype=torch.bool)
+        group[i] = True
+        frontier = match[i] & ~assigned
+        group |= frontier
+        if kind == "NMM":  # transitive closure
+            while True:
+                grown = group | (match[group].any(dim=0) & ~assigned)
+                if bool((grown == group).all()):
+                    break
+                group = grown
+        assigned |= group
+        keep.append(i)
+        if kind == "NMS":
+            boxes.append(d.boxes[i])
+        else:
+            g = d.boxes[group]
+            boxes.append(torch.cat([g[:, :2].min(0).values, g[:, 2:].max(0).values]))
+    k = torch.tensor(keep, dtype=torch.int64)
+    out = d.select(k)
+    return out.with_boxes(torch.stack(boxes)), order[k]

@@ -1,0 +1,235 @@
+"""Baseline policies run through the one zoom engine.
+
+* :class:`CoarsePolicy`: the coarse pass only (a plan of one window).
+* :class:`FinePolicy`: the whole image at full resolution, the 100% reference
+  ("FD" in the paper).
+* :class:`SahiPolicy`: uniform sliced inference with SAHI's knobs and names;
+  its ``pixels_ratio`` is above 1 because slices overlap.
+* :class:`RandomPolicy`: ``k`` random candidate windows after the coarse pass.
+* :class:`OraclePolicy`: looks at the fine detections of every candidate and
+  the ground truth, and takes windows in order of their remaining true
+  accuracy gain (:mod:`zoomdet.zoom.gain`) while it is positive: the upper
+  bound a learned policy should approach. Its look-ahead is not counted as
+  cost.
+
+:func:`make_policy` builds one from its name; learned policies plug in with
+the same :class:`~zoomdet.zoom.engine.ZoomPolicy` interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from zoomdet.types import Detections, Window
+from zoomdet.zoom.engine import EpisodeState, ZoomConfig
+from zoomdet.zoom.gain import GainItems, detection_gains
+from zoomdet.zoom.merge import STAGE_COARSE, STAGE_FINE, MergeResult, intersection_over_self, sahi_postprocess
+from zoomdet.zoom.windows import GainMap
+
+__all__ = ["SahiConfig", "PolicyConfig", "CoarsePolicy", "FinePolicy", "SahiPolicy", "RandomPolicy", "OraclePolicy",
+           "make_policy", "BASELINES", "get_slice_windows"]
+
+BASELINES = ("coarse", "fine", "sahi", "random", "oracle")
+
+
+@dataclass
+class SahiConfig:
+    """SAHI's sliced-inference options, under SAHI's own names."""
+
+    slice_height: int = 512
+    slice_width: int = 512
+    overlap_height_ratio: float = 0.2
+    overlap_width_ratio: float = 0.2
+    perform_standard_pred: bool = True
+    """Also run the whole image, at the engine's ``coarse_scale`` (SAHI runs it at the model's own input size)."""
+    postprocess_type: str = "GREEDYNMM"
+    """``GREEDYNMM``, ``NMM`` or ``NMS``."""
+    postprocess_match_metric: str = "IOS"
+    """``IOS`` or ``IOU``."""
+    postprocess_match_threshold: float = 0.5
+    postprocess_class_agnostic: bool = False
+
+
+@dataclass
+class PolicyConfig:
+    """Options of the baseline policies."""
+
+    sahi: SahiConfig = field(default_factory=SahiConfig)
+    random_k: int = 3
+    """Windows the random policy takes (fewer if the budget runs out)."""
+    oracle_min_gain: float = 0.0
+    """The oracle stops when no window's remaining true gain exceeds this."""
+
+
+def _single(det: Detections, region: int = -1, stage: int = STAGE_COARSE) -> MergeResult:
+    n = len(det)
+    return MergeResult(det, torch.full((n,), stage, dtype=torch.int64), torch.full((n,), region, dtype=torch.int64))
+
+
+class CoarsePolicy:
+    """The whole image at ``coarse_scale`` and nothing else."""
+
+    name = "coarse"
+
+    def plan(self, width: int, height: int, config: ZoomConfig) -> list[Window]:
+        return [Window.full(width, height, config.coarse_scale)]
+
+    def combine(self, detections, windows, width, height, config) -> MergeResult:
+        return _single(detections[0])
+
+
+class FinePolicy:
+    """The whole image at ``fine_scale``: the reference every ratio is relative to."""
+
+    name = "fine"
+
+    def plan(self, width: int, height: int, config: ZoomConfig) -> list[Window]:
+        return [Window.full(width, height, config.fine_scale)]
+
+    def combine(self, detections, windows, width, height, config) -> MergeResult:
+        return _single(detections[0], region=0, stage=STAGE_FINE)
+
+
+def get_slice_windows(width: int, height: int, cfg: SahiConfig, scale: float = 1.0) -> list[Window]:
+    """SAHI's slicing: ``slice_width`` x ``slice_height`` windows stepping by
+    ``(1 - overlap_ratio)`` of a slice; the last row/column is moved back so it
+    ends at the image border. Slices larger than the image are clipped."""
+    sw, sh = min(cfg.slice_width, width), min(cfg.slice_height, height)
+    step_x = max(1, int(sw * (1 - cfg.overlap_width_ratio)))
+    step_y = max(1, int(sh * (1 - cfg.overlap_height_ratio)))
+    out = []
+    y = 0
+    while True:
+        y0 = min(y, height - sh)
+        x = 0
+        while True:
+            x0 = min(x, width - sw)
+            out.append(Window(x0, y0, x0 + sw, y0 + sh, scale))
+            if x0 + sw >= width:
+                break
+            x += step_x
+        if y0 + sh >= height:
+            break
+        y += step_y
+    return out
+
+
+class SahiPolicy:
+    """Uniform sliced inference (SAHI), optionally with a whole-image pass."""
+
+    name = "sahi"
+
+    def __init__(self, cfg: Optional[SahiConfig] = None) -> None:
+        self.cfg = cfg or SahiConfig()
+
+    def plan(self, width: int, height: int, config: ZoomConfig) -> list[Window]:
+        windows = get_slice_windows(width, height, self.cfg, config.fine_scale)
+        if self.cfg.perform_standard_pred:
+            windows.append(Window.full(width, height, config.coarse_scale))
+        return windows
+
+    def combine(self, detections, windows, width, height, config) -> MergeResult:
+        parts, regions, stages = [], [], []
+        for i, (d, w) in enumerate(zip(detections, windows)):
+            parts.append(d.without_features())
+            standard = self.cfg.perform_standard_pred and i == len(windows) - 1
+            regions.append(torch.full((len(d),), -1 if standard else i, dtype=torch.int64))
+            stages.append(torch.full((len(d),), STAGE_COARSE if standard else STAGE_FINE, dtype=torch.int64))
+        det = Detections.cat(parts)
+        region, stage = torch.cat(regions), torch.cat(stages)
+        out, idx = sahi_postprocess(det, self.cfg.postprocess_type, self.cfg.postprocess_match_metric,
+                                    self.cfg.postprocess_match_threshold, self.cfg.postprocess_class_agnostic)
+        return MergeResult(out, stage[idx], region[idx])  # provenance: the group's best box
+
+
+class RandomPolicy:
+    """``k`` distinct random candidates (uniform over those within budget)."""
+
+    name = "random"
+    needs_ground_truth = False
+
+    def __init__(self, k: int = 3) -> None:
+        self.k = int(k)
+
+    def gain_map(self, state: EpisodeState) -> Optional[GainMap]:
+        return None
+
+    def select(self, state: EpisodeState) -> Optional[int]:
+        if len(state.zoomed) >= self.k:
+            return None
+        idx = np.flatnonzero(state.available)
+        return int(state.rng.choice(idx))
+
+
+class OraclePolicy:
+    """Greedy on the true remaining gain of each window (uses ground truth).
+
+    On the first call it runs the fine pass on every candidate (the
+    look-ahead, not counted as cost) and computes each window's gain items.
+    A window's remaining gain is the sum of its items whose box centre lies
+    outside every window zoomed so far; the oracle takes the largest while it
+    exceeds ``min_gain``.
+    """
+
+    name = "oracle"
+    needs_ground_truth = True
+
+    def __init__(self, min_gain: float = 0.0, merge_drop_ios: float = 0.5) -> None:
+        self.min_gain = float(min_gain)
+        self.drop_ios = float(merge_drop_ios)
+
+    def gain_map(self, state: EpisodeState) -> Optional[GainMap]:
+        return None
+
+    def window_items(self, state: EpisodeState) -> list[GainItems]:
+        gt = state.ground_truth
+        assert gt is not None and state.lookahead is not None
+        fine = state.lookahead(state.candidates)
+        items = []
+        for w, f in zip(state.candidates, fine):
+            if len(state.coarse):
+                inside = intersection_over_self(state.coarse.boxes, w.box()[None])[:, 0] >= self.drop_ios
+                replaced = state.coarse.select(inside)
+            else:
+                replaced = state.coarse
+            items.append(detection_gains(replaced, f, gt.boxes, gt.labels, gt.crowd))
+        return items
+
+    def select(self, state: EpisodeState) -> Optional[int]:
+        if "oracle_items" not in state.memory:  # once per episode
+            state.memory["oracle_items"] = self.window_items(state)
+        items = state.memory["oracle_items"]
+        zoomed = [state.candidates[i] for i in state.zoomed]
+        best, best_gain = None, self.min_gain
+        for i in np.flatnonzero(state.available):
+            it = items[i]
+            if len(it.gains) == 0:
+                continue
+            centres = (it.boxes[:, :2] + it.boxes[:, 2:]) / 2
+            fresh = torch.ones(len(centres), dtype=torch.bool)
+            for z in zoomed:
+                fresh &= ~((centres[:, 0] >= z.x0) & (centres[:, 0] < z.x1) & (centres[:, 1] >= z.y0) & (centres[:, 1] < z.y1))
+            g = float(it.gains[fresh].sum())
+            if g > best_gain:
+                best, best_gain = int(i), g
+        return best
+
+
+def make_policy(name: str, cfg: Optional[PolicyConfig] = None, zoom: Optional[ZoomConfig] = None):
+    """A baseline policy by name (``coarse``, ``fine``, ``sahi``, ``random``, ``oracle``)."""
+    cfg = cfg or PolicyConfig()
+    if name == "coarse":
+        return CoarsePolicy()
+    if name == "fine":
+        return FinePolicy()
+    if name == "sahi":
+        return SahiPolicy(cfg.sahi)
+    if name == "random":
+        return RandomPolicy(cfg.random_k)
+    if name == "oracle":
+        return OraclePolicy(cfg.oracle_min_gain, (zoom or ZoomConfig()).merge.drop_ios)
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(BASELINES)}")
