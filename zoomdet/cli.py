@@ -21,6 +21,8 @@ EPILOG = """examples:
   zoomdet detector train --config configs/detector/tiny_synth.yaml
   zoomdet evaluate --config configs/eval/synth.yaml --data data/synth-val/annotations.json \\
       --policy coarse --policy fine --policy sahi --policy random --policy oracle --out runs/eval/synth
+  zoomdet cache build --config configs/eval/synth.yaml --data data/synth-train/annotations.json --out runs/cache/train
+  zoomdet rnet train --cache runs/cache/train --val-cache runs/cache/val --out runs/rnet/rnet.pt
 """
 
 
@@ -83,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(ev, None)
     ev.add_argument("--data", required=True, help="COCO annotation json")
     ev.add_argument("--policy", action="append", required=True, metavar="NAME",
-                    help="policy to run: coarse, fine, sahi, random, oracle (repeatable)")
+                    help="policy to run: coarse, fine, sahi, random, oracle, greedy, greedy-entropy (repeatable)")
+    ev.add_argument("--rnet", help="R-net checkpoint for the greedy policy (default: config policies.rnet)")
     ev.add_argument("--out", required=True, help="output folder")
     ev.add_argument("--budget", type=float, nargs="+", metavar="RATIO",
                     help="max_pixels_ratio sweep for sequential policies (e.g. --budget 0.4 0.55 0.7)")
@@ -91,6 +94,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", help="detector checkpoint (default: config, then the embedded one)")
     ev.add_argument("--device", help="cpu or cuda")
     ev.add_argument("--no-progress", action="store_true")
+
+    cache = sub.add_parser("cache", help="rollout cache: detector outputs for every reachable window, computed once") \
+        .add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    cb = cache.add_parser("build", help="run the coarse pass and every reachable fine window on each image; sharded, resumable")
+    _add_config_args(cb, None)
+    cb.add_argument("--data", required=True, help="COCO annotation json")
+    cb.add_argument("--out", required=True, help="cache folder (rerun the same command to resume)")
+    cb.add_argument("--images", type=int, help="first N images (default: config, 0 = all)")
+    cb.add_argument("--checkpoint", help="detector checkpoint (default: config, then the embedded one)")
+    cb.add_argument("--shard-size", type=_positive_int, default=4, help="images per shard (default 4)")
+    cb.add_argument("--workers", type=int, help="parallel Ray tasks on a local Ray instance (default: CPU count; 0 = no Ray)")
+    cb.add_argument("--ray-address", help="run on an existing Ray cluster, e.g. auto or ray://head:10001")
+    cb.add_argument("--device", help="cpu or cuda")
+    cb.add_argument("--no-progress", action="store_true")
+
+    rnet = sub.add_parser("rnet", help="train the R-net that predicts where zooming gains accuracy") \
+        .add_subparsers(dest="rnet_command", required=True, metavar="ACTION")
+    rt = rnet.add_parser("train", help="fit the R-net on a rollout cache; report window-gain correlations")
+    rt.add_argument("--cache", required=True, help="rollout cache folder (training images)")
+    rt.add_argument("--val-cache", help="separate validation cache (default: hold out val_fraction of --cache)")
+    rt.add_argument("--out", required=True, help="checkpoint path; metrics go to PATH.json")
+    rt.add_argument("--config", metavar="YAML", help="R-net options (RNetConfig fields)")
+    rt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override an R-net option, e.g. --set epochs=500")
+    rt.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -143,7 +171,8 @@ def _cmd_evaluate(args) -> int:
     from zoomdet.eval.evaluator import EvalConfig, evaluate
 
     overrides = list(args.overrides)
-    for flag, key in ((args.images, "images"), (args.checkpoint, "checkpoint"), (args.device, "device")):
+    for flag, key in ((args.images, "images"), (args.checkpoint, "checkpoint"), (args.device, "device"),
+                      (args.rnet, "policies.rnet")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     if args.budget:
@@ -154,6 +183,37 @@ def _cmd_evaluate(args) -> int:
 
     print(report_markdown(report))
     print(f"wrote {Path(args.out) / 'report.json'}, report.md, pareto.png")
+    return 0
+
+
+def _cmd_cache(args) -> int:
+    from zoomdet.config import load_config
+    from zoomdet.detector.detector import default_checkpoint
+    from zoomdet.eval.evaluator import EvalConfig
+    from zoomdet.rnet.cache import build_cache
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.images, "images"), (args.checkpoint, "checkpoint"), (args.device, "device")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    cfg = load_config(EvalConfig, args.config, overrides)
+    cache = build_cache(args.data, args.out, cfg.checkpoint or str(default_checkpoint()), cfg.zoom, images=cfg.images,
+                        shard_size=args.shard_size, workers=args.workers, ray_address=args.ray_address,
+                        device=cfg.device, batch_size=cfg.batch_size, progress=not args.no_progress)
+    print(f"cache {args.out}: {len(cache)} images, detector {cache.checkpoint_id}")
+    return 0
+
+
+def _cmd_rnet(args) -> int:
+    from zoomdet.config import load_config
+    from zoomdet.rnet.model import RNetConfig
+    from zoomdet.rnet.train import train_rnet
+
+    cfg = load_config(RNetConfig, args.config, args.overrides)
+    m = train_rnet(args.cache, args.out, cfg, val_cache=args.val_cache, progress=not args.no_progress)
+    print(f"R-net {args.out}: validation window-gain Spearman {m['val_spearman']:.3f}, Pearson {m['val_pearson']:.3f} "
+          f"({m['val_windows']} windows of {m['val_images']} images); entropy state: Spearman {m['entropy_val_spearman']:.3f}")
+    print(f"metrics: {args.out}.json")
     return 0
 
 
@@ -174,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_detector(args)
         if args.command == "evaluate":
             return _cmd_evaluate(args)
+        if args.command == "cache":
+            return _cmd_cache(args)
+        if args.command == "rnet":
+            return _cmd_rnet(args)
     except (ConfigError, DatasetError, FileNotFoundError, ValueError) as e:
         print(f"zoomdet {args.command}: error: {e}", file=sys.stderr)
         return 2

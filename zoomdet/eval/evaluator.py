@@ -57,16 +57,19 @@ class EvalConfig:
     policies: PolicyConfig = field(default_factory=PolicyConfig)
 
 
+def _file_id(path: Optional[str]) -> Optional[str]:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12] if path and Path(path).is_file() else None
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def _run_keys(policy_names: Sequence[str], budgets: Sequence[float], cfg: EvalConfig) -> list[tuple[str, str, Optional[float]]]:
+def _run_keys(policies: dict, budgets: Sequence[float], cfg: EvalConfig) -> list[tuple[str, str, Optional[float]]]:
     keys = []
-    for name in policy_names:
-        pol = make_policy(name, cfg.policies, cfg.zoom)
+    for name, pol in policies.items():
         if isinstance(pol, PlanPolicy):
             keys.append((name, name, None))
         else:
@@ -91,13 +94,14 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
         raise ValueError(f"detector classes {sorted(unknown)} are not categories of {data}; "
                          f"the checkpoint was trained on another label set")
     engine = ZoomEngine(detector, cfg.zoom)
-    keys = _run_keys(policy_names, cfg.budgets, cfg)
-    policies = {name: make_policy(name, cfg.policies, cfg.zoom) for _, name, _ in keys}
+    policies = {name: make_policy(name, cfg.policies, cfg.zoom, detector.checkpoint_id) for name in dict.fromkeys(policy_names)}
+    keys = _run_keys(policies, cfg.budgets, cfg)
     ids = ds.subset(cfg.images)
     save_config(cfg, out / "config.yaml")
 
     signature = hashlib.sha256(json.dumps(
-        [to_dict(cfg), str(Path(data).resolve()), [k[0] for k in keys], ids, detector.checkpoint_id],
+        [to_dict(cfg), str(Path(data).resolve()), [k[0] for k in keys], ids, detector.checkpoint_id,
+         _file_id(cfg.policies.rnet)],
         sort_keys=True, default=str).encode()).hexdigest()[:16]
     partial_path = out / "partial.json"
     state = {"signature": signature, "done": [], "runs": {}}

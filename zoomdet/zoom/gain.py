@@ -39,11 +39,14 @@ class GainItems:
         boxes: ``Tensor[K, 4]`` xyxy pixels (the fine box of a pair).
         gains: ``Tensor[K]`` float32 in [-1, 1].
         kind: ``Tensor[K]`` int64, 0 = matched pair, 1 = fine only, 2 = coarse only.
+        coarse_index: ``Tensor[K]`` int64 index of the coarse detection of the
+            item (pairs and coarse-only), -1 for fine-only items.
     """
 
     boxes: Tensor
     gains: Tensor
     kind: Tensor
+    coarse_index: Tensor
 
     def total(self) -> float:
         return float(self.gains.sum())
@@ -94,7 +97,7 @@ def detection_gains(coarse: Detections, fine: Detections, gt_boxes: Tensor, gt_l
                 fine_match[i] = j
                 coarse_used[j] = True
 
-    boxes, gains, kinds = [], [], []
+    boxes, gains, kinds, cidx = [], [], [], []
     for i in range(len(fine)):
         j = int(fine_match[i])
         p_h = float(fine.scores[i])
@@ -111,6 +114,7 @@ def detection_gains(coarse: Detections, fine: Detections, gt_boxes: Tensor, gt_l
         boxes.append(fine.boxes[i])
         gains.append(0.0 if ignore else gain)
         kinds.append(kind)
+        cidx.append(j)
     for j in range(len(coarse)):
         if coarse_used[j]:
             continue
@@ -118,7 +122,9 @@ def detection_gains(coarse: Detections, fine: Detections, gt_boxes: Tensor, gt_l
         boxes.append(coarse.boxes[j])
         gains.append(0.0 if ign_c[j] else abs(g - p_l) - g)
         kinds.append(2)
+        cidx.append(j)
     if not boxes:
-        return GainItems(torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+        z = torch.zeros(0, dtype=torch.int64)
+        return GainItems(torch.zeros((0, 4)), torch.zeros(0), z, z.clone())
     return GainItems(torch.stack(boxes).float(), torch.tensor(gains, dtype=torch.float32),
-                     torch.tensor(kinds, dtype=torch.int64))
+                     torch.tensor(kinds, dtype=torch.int64), torch.tensor(cidx, dtype=torch.int64))

@@ -30,10 +30,11 @@ from zoomdet.zoom.gain import GainItems, detection_gains
 from zoomdet.zoom.merge import STAGE_COARSE, STAGE_FINE, MergeResult, intersection_over_self, sahi_postprocess
 from zoomdet.zoom.windows import GainMap
 
-__all__ = ["SahiConfig", "PolicyConfig", "CoarsePolicy", "FinePolicy", "SahiPolicy", "RandomPolicy", "OraclePolicy",
+__all__ = ["GAIN_POLICIES", "SahiConfig", "PolicyConfig", "CoarsePolicy", "FinePolicy", "SahiPolicy", "RandomPolicy", "OraclePolicy",
            "make_policy", "BASELINES", "get_slice_windows"]
 
 BASELINES = ("coarse", "fine", "sahi", "random", "oracle")
+GAIN_POLICIES = ("greedy", "greedy-entropy")
 
 
 @dataclass
@@ -63,6 +64,10 @@ class PolicyConfig:
     """Windows the random policy takes (fewer if the budget runs out)."""
     oracle_min_gain: float = 0.0
     """The oracle stops when no window's remaining true gain exceeds this."""
+    rnet: Optional[str] = None
+    """R-net checkpoint for ``greedy`` (train one with ``zoomdet rnet train``)."""
+    greedy_stop: float = 0.1
+    """Greedy policies stop when the remaining positive gain on the map is below this (the paper's 0.1)."""
 
 
 def _single(det: Detections, region: int = -1, stage: int = STAGE_COARSE) -> MergeResult:
@@ -219,9 +224,21 @@ class OraclePolicy:
         return best
 
 
-def make_policy(name: str, cfg: Optional[PolicyConfig] = None, zoom: Optional[ZoomConfig] = None):
-    """A baseline policy by name (``coarse``, ``fine``, ``sahi``, ``random``, ``oracle``)."""
+def make_policy(name: str, cfg: Optional[PolicyConfig] = None, zoom: Optional[ZoomConfig] = None,
+                detector_id: Optional[str] = None):
+    """A policy by name: ``coarse``, ``fine``, ``sahi``, ``random``, ``oracle``, ``greedy`` (needs
+    ``cfg.rnet``, trained on features of the detector ``detector_id``) or ``greedy-entropy``."""
     cfg = cfg or PolicyConfig()
+    if name in GAIN_POLICIES:
+        from zoomdet.rnet.model import EntropyGain, RNetGain
+        from zoomdet.rnet.policies import GreedyPolicy
+
+        if name == "greedy-entropy":
+            return GreedyPolicy(EntropyGain(), cfg.greedy_stop)
+        if not cfg.rnet:
+            raise ValueError("policy 'greedy' needs an R-net checkpoint: pass --rnet PATH (or set policies.rnet); "
+                             "train one with zoomdet rnet train")
+        return GreedyPolicy(RNetGain.from_checkpoint(cfg.rnet, expect_detector=detector_id), cfg.greedy_stop)
     if name == "coarse":
         return CoarsePolicy()
     if name == "fine":
@@ -232,4 +249,4 @@ def make_policy(name: str, cfg: Optional[PolicyConfig] = None, zoom: Optional[Zo
         return RandomPolicy(cfg.random_k)
     if name == "oracle":
         return OraclePolicy(cfg.oracle_min_gain, (zoom or ZoomConfig()).merge.drop_ios)
-    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(BASELINES)}")
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(BASELINES + GAIN_POLICIES)}")

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from zoomdet.types import Window
 
-__all__ = ["WindowConfig", "candidate_windows", "GainMap", "refine_window"]
+__all__ = ["WindowConfig", "candidate_windows", "GainMap", "refine_window", "refinement_windows"]
 
 
 @dataclass
@@ -140,28 +140,40 @@ class GainMap:
         return new
 
 
-def refine_window(window: Window, gain: GainMap, cfg: Optional[WindowConfig] = None) -> Window:
-    """Paper Eq. 6: the shift of ``window`` within ±μ that covers the most gain.
+def refinement_windows(window: Window, width: int, height: int, cfg: Optional[WindowConfig] = None) -> list[Window]:
+    """Every position refinement can move ``window`` to, the unshifted window first.
 
     Offsets ``(dx, dy) = (i, j) / refine_steps * μ * (width, height)`` for
-    integers ``|i|, |j| <= refine_steps`` are tried; positions are clamped so
-    the window stays inside the image; ties keep the smallest shift (the
-    original window first). Size and scale are unchanged.
+    integers ``|i|, |j| <= refine_steps``, ordered by ``|i| + |j|``; positions
+    are clamped inside the image and duplicates dropped. This is the set the
+    rollout cache stores fine detections for.
     """
     cfg = cfg or WindowConfig()
     if cfg.refine_shift <= 0 or cfg.refine_steps <= 0:
-        return window
-    best, best_gain, best_dist = window, gain.window_sum(window), 0
+        return [window]
     ks = range(-cfg.refine_steps, cfg.refine_steps + 1)
-    for j in ks:
-        for i in ks:
-            dx = round(i / cfg.refine_steps * cfg.refine_shift * window.width)
-            dy = round(j / cfg.refine_steps * cfg.refine_shift * window.height)
-            x0 = min(max(window.x0 + dx, 0), gain.width - window.width)
-            y0 = min(max(window.y0 + dy, 0), gain.height - window.height)
-            cand = Window(x0, y0, x0 + window.width, y0 + window.height, window.scale)
-            g = gain.window_sum(cand)
-            dist = abs(i) + abs(j)
-            if g > best_gain + 1e-9 or (abs(g - best_gain) <= 1e-9 and dist < best_dist):
-                best, best_gain, best_dist = cand, g, dist
+    offsets = sorted(((i, j) for j in ks for i in ks), key=lambda ij: (abs(ij[0]) + abs(ij[1]), ij[1], ij[0]))
+    out: list[Window] = []
+    for i, j in offsets:
+        dx = round(i / cfg.refine_steps * cfg.refine_shift * window.width)
+        dy = round(j / cfg.refine_steps * cfg.refine_shift * window.height)
+        x0 = min(max(window.x0 + dx, 0), width - window.width)
+        y0 = min(max(window.y0 + dy, 0), height - window.height)
+        cand = Window(x0, y0, x0 + window.width, y0 + window.height, window.scale)
+        if cand not in out:
+            out.append(cand)
+    return out
+
+
+def refine_window(window: Window, gain: GainMap, cfg: Optional[WindowConfig] = None) -> Window:
+    """Paper Eq. 6: the position in :func:`refinement_windows` that covers the most gain.
+
+    Size and scale are unchanged and the window stays inside the image; ties
+    keep the smallest shift (the original window first).
+    """
+    best, best_gain = window, gain.window_sum(window)
+    for cand in refinement_windows(window, gain.width, gain.height, cfg)[1:]:
+        g = gain.window_sum(cand)
+        if g > best_gain + 1e-9:
+            best, best_gain = cand, g
     return best

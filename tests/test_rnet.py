@@ -1,0 +1,172 @@
+import json
+import os
+
+import pytest
+import torch
+
+from tests.conftest import StubDetector, tiny_model_config
+from zoomdet.detector.detector import save_checkpoint
+from zoomdet.detector.models import build_model
+from zoomdet.rnet.cache import CACHE_VERSION, CacheMismatch, CacheRecord, RolloutCache, build_cache, cached_windows, zoom_digest
+from zoomdet.rnet.model import EntropyGain, RNetConfig, RNetGain, coarse_gain_targets, window_predicted_gains, window_true_gains
+from zoomdet.rnet.policies import GreedyPolicy
+from zoomdet.rnet.train import train_rnet
+from zoomdet.types import Detections, Window
+from zoomdet.zoom.engine import ZoomConfig, ZoomEngine
+from zoomdet.zoom.windows import WindowConfig
+
+
+def D(boxes, scores, labels=None, feats=None):
+    b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    l = torch.tensor(labels or [1] * len(b))
+    return Detections(b, torch.tensor(scores, dtype=torch.float32), l, feats)
+
+
+def hand_record(feats=None):
+    """200x100 image, one candidate window = left half; gt at (10,10,20,20) and (150,10,160,20)."""
+    coarse = D([[10, 10, 20, 20], [150, 10, 160, 20], [60, 60, 70, 70]], [0.4, 0.6, 0.5],
+               feats=feats if feats is not None else torch.zeros(3, 4))
+    w = Window(0, 0, 100, 100)
+    fine = D([[10, 10, 20, 20], [80, 80, 90, 90]], [0.9, 0.7])  # pair TP (+0.5), fine-only FP (-0.7)
+    gt = torch.tensor([[10.0, 10, 20, 20], [150, 10, 160, 20]])
+    return CacheRecord(1, 200, 100, coarse, [w], [[0]], [fine], gt, torch.tensor([1, 1]), torch.zeros(2, dtype=torch.bool))
+
+
+def test_gain_labels_of_a_hand_built_record():
+    rec = hand_record()
+    t = coarse_gain_targets(rec, fine_only_iou=0.1)
+    # box 0: matched pair |1-.4|-|1-.9| = 0.5; box 1 outside the window: 0;
+    # box 2 (60..70): coarse-only FP removed by zooming: +0.5; the fine-only FP at (80..90) overlaps no coarse box: dropped
+    assert t.tolist() == pytest.approx([0.5, 0.0, 0.5])
+    # the window's true gain counts every item, the unattributed fine-only FP included
+    assert window_true_gains(rec).tolist() == pytest.approx([0.5 + 0.5 - 0.7])
+
+
+def test_window_prediction_is_the_integral_of_spread_gains():
+    rec = hand_record()
+    rec2 = CacheRecord(1, 200, 100, rec.coarse, [Window(0, 0, 15, 100)], [[0]], [rec.fine[0]], rec.gt_boxes,
+                       rec.gt_labels, rec.gt_crowd)
+    g = torch.tensor([1.0, 2.0, -1.0])
+    # window x<15 covers half of box 0 only: 0.5 * 1.0
+    assert window_predicted_gains(rec2, g).tolist() == pytest.approx([0.5])
+
+
+def test_entropy_state_peaks_at_half():
+    e = EntropyGain().predict(D([[0, 0, 1, 1]] * 3, [0.5, 0.99, 0.01]))
+    assert e[0] == pytest.approx(1.0) and e[1] < 0.1 and e[2] < 0.1
+
+
+def write_fake_cache(root, records, checkpoint_id="fake"):
+    root.mkdir(parents=True, exist_ok=True)
+    torch.save([r.to_payload() for r in records], root / "shard_00000.pt")
+    (root / "manifest.json").write_text(json.dumps({
+        "version": CACHE_VERSION, "checkpoint_id": checkpoint_id, "checkpoint": "x", "zoom_digest": zoom_digest(ZoomConfig()),
+        "zoom": {"coarse_scale": 0.5}, "data": "x", "data_digest": "x",
+        "image_ids": [r.image_id for r in records], "shards": [[r.image_id for r in records]]}))
+
+
+def test_rnet_learns_gains_from_features_on_a_toy_cache(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    records = []
+    for i in range(24):
+        # coarse box k has feature = its true score gap; the fine pass finds the object with score 0.95
+        scores = torch.rand(6, generator=gen) * 0.9
+        boxes = torch.tensor([[10.0 + 30 * k, 10, 30 + 30 * k, 30] for k in range(6)])
+        feats = torch.stack([scores, torch.rand(6, generator=gen)], 1)
+        coarse = Detections(boxes, scores, torch.ones(6, dtype=torch.long), feats)
+        fine = Detections(boxes.clone(), torch.full((6,), 0.95), torch.ones(6, dtype=torch.long))
+        windows = [Window(0, 0, 100, 40), Window(90, 0, 200, 40)]
+        fines = [fine.select(boxes[:, 2] <= 100), fine.select(boxes[:, 0] >= 90)]
+        records.append(CacheRecord(i + 1, 200, 40, coarse, windows, [[0], [1]], fines, boxes.clone(),
+                                   torch.ones(6, dtype=torch.long), torch.zeros(6, dtype=torch.bool)))
+    write_fake_cache(tmp_path / "c", records)
+    m = train_rnet(str(tmp_path / "c"), str(tmp_path / "r.pt"), RNetConfig(epochs=300, val_fraction=0.25), progress=False)
+    assert m["val_spearman"] > 0.8 and m["val_images"] == 6
+    assert (tmp_path / "r.pt.json").is_file()
+    r = RNetGain.from_checkpoint(tmp_path / "r.pt")
+    # a low coarse score means a large gain from zooming (true gain = 0.95 - p)
+    pred = r.predict(records[0].coarse)
+    target = coarse_gain_targets(records[0])
+    assert torch.corrcoef(torch.stack([pred, target]))[0, 1] > 0.9
+    with pytest.raises(ValueError, match="trained on features of detector"):
+        RNetGain.from_checkpoint(tmp_path / "r.pt", expect_detector="another")
+
+
+class FixedGain:
+    name = "fixed"
+
+    def predict(self, coarse):
+        return coarse.scores.clone()  # score stands in for predicted gain
+
+
+def test_greedy_takes_the_richest_window_per_pixel_then_stops():
+    W, H = 400, 300
+    boxes = torch.tensor([[350.0, 250, 390, 290]])  # one object, bottom-right, visible at coarse scale
+    eng = ZoomEngine(StubDetector(boxes, torch.tensor([1]), min_px=6), ZoomConfig(max_pixels_ratio=1.0))
+    r = eng.run(torch.rand(3, H, W), GreedyPolicy(FixedGain(), stop_gain=0.1))
+    assert len(r.regions) == 1  # after zooming it, the remaining gain is 0 < 0.1
+    w = r.regions[0].window
+    assert w.x1 == W and w.y1 == H and w.width < 300  # a small bottom-right window beats a large one per pixel
+    empty = ZoomEngine(StubDetector(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)), ZoomConfig())
+    assert len(empty.run(torch.rand(3, H, W), GreedyPolicy(FixedGain())).regions) == 0
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = tiny_model_config(num_classes=4)
+    p = tmp_path_factory.mktemp("ck") / "tiny.pt"
+    save_checkpoint(p, build_model(cfg), cfg, {1: "person", 2: "car", 3: "truck"})
+    return p
+
+
+def small_zoom():
+    return ZoomConfig(windows=WindowConfig(refine_shift=0.1, refine_steps=1))
+
+
+def test_cache_windows_include_every_refinement(synth_small):
+    wins, reach = cached_windows(320, 240, small_zoom())
+    assert len(reach) == 13 and wins[:13] == [w for w in wins[:13]]
+    assert all(r[0] == k for k, r in enumerate(reach))  # the unshifted candidate first
+    assert len(wins) == len(set(wins)) > 13
+
+
+def test_serial_build_resumes_refuses_mismatch_and_loads(tmp_path, synth_small, ckpt):
+    out = tmp_path / "cache"
+    c = build_cache(str(synth_small), out, str(ckpt), small_zoom(), shard_size=2, workers=0, progress=False)
+    assert len(c) == 4 and sorted(p.name for p in out.glob("shard_*.pt")) == ["shard_00000.pt", "shard_00001.pt"]
+    recs = c.records()
+    assert recs[0].coarse.features is not None and len(recs[0].fine) == len(recs[0].windows)
+    assert recs[0].fine_for(recs[0].windows[3]) is recs[0].fine[3]
+    # a killed build: one shard missing, a stray temporary file left behind
+    first = (out / "shard_00000.pt").stat().st_mtime_ns
+    os.remove(out / "shard_00001.pt")
+    (out / "shard_00001.pt.tmp999").write_bytes(b"partial")
+    with pytest.raises(CacheMismatch, match="incomplete"):
+        RolloutCache(out)
+    build_cache(str(synth_small), out, str(ckpt), small_zoom(), shard_size=2, workers=0, progress=False)
+    assert (out / "shard_00000.pt").stat().st_mtime_ns == first  # not rebuilt
+    again = RolloutCache(out, expect_checkpoint_id=c.checkpoint_id, expect_zoom=small_zoom()).records()
+    assert torch.allclose(again[3].coarse.boxes, recs[3].coarse.boxes)
+    with pytest.raises(CacheMismatch, match="built with detector"):
+        RolloutCache(out, expect_checkpoint_id="0123456789ab")
+    with pytest.raises(CacheMismatch, match="another zoom config"):
+        RolloutCache(out, expect_zoom=ZoomConfig(coarse_scale=0.25))
+    with pytest.raises(CacheMismatch, match="another detector, zoom config"):
+        build_cache(str(synth_small), out, str(ckpt), ZoomConfig(coarse_scale=0.25), shard_size=2, workers=0, progress=False)
+    with pytest.raises(FileNotFoundError, match="no rollout cache"):
+        RolloutCache(tmp_path / "nothing")
+
+
+def test_ray_build_equals_serial_build(tmp_path, synth_small, ckpt):
+    serial = build_cache(str(synth_small), tmp_path / "s", str(ckpt), small_zoom(), images=2, shard_size=1,
+                         workers=0, progress=False).records()
+    parallel = build_cache(str(synth_small), tmp_path / "p", str(ckpt), small_zoom(), images=2, shard_size=1,
+                           workers=2, progress=False).records()
+    assert [r.image_id for r in serial] == [r.image_id for r in parallel]
+    for a, b in zip(serial, parallel):
+        assert a.windows == b.windows and a.reach == b.reach
+        assert torch.allclose(a.coarse.boxes, b.coarse.boxes, atol=1e-3)
+        assert [len(f) for f in a.fine] == [len(f) for f in b.fine]
+        for fa, fb in zip(a.fine, b.fine):
+            assert torch.allclose(fa.boxes, fb.boxes, atol=1e-3) and torch.allclose(fa.scores, fb.scores, atol=1e-4)

@@ -1,0 +1,316 @@
+"""The rollout cache: every detector output training will ever need, computed once.
+
+``zoomdet cache build`` runs, for every image, the coarse pass once and the
+fine pass on every window the environment can reach: each candidate window
+and each position refinement can shift it to
+(:func:`~zoomdet.zoom.windows.refinement_windows`). It stores the coarse
+detections with their RoI features, the fine detections per window and the
+ground truth. Training the R-net and the agent then reads shards and never
+calls the detector.
+
+Layout of a cache folder::
+
+    manifest.json        what it was built from (detector, zoom config, data) and the shard plan
+    shard_00000.pt ...   list of per-image records, torch.save, loads with weights_only=True
+
+Shards are written to a temporary name and renamed, so a killed build leaves
+no corrupt shard; rerunning the same command builds only the missing shards.
+A cache is refused (:class:`CacheMismatch`) when opened for another detector
+checkpoint or zoom configuration.
+
+Work is parallel through Ray: one task per shard, on a local Ray instance
+sized to this machine by default, or on an existing cluster with
+``ray_address``; ``workers=0`` builds in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from zoomdet.config import to_dict
+from zoomdet.types import Detections, Window
+from zoomdet.zoom.engine import ZoomConfig
+from zoomdet.zoom.windows import candidate_windows, refinement_windows
+
+__all__ = ["CacheMismatch", "CacheRecord", "RolloutCache", "build_cache", "zoom_digest", "cached_windows"]
+
+CACHE_VERSION = 1
+
+
+class CacheMismatch(ValueError):
+    """The cache was built from another detector, zoom config or dataset."""
+
+
+def zoom_digest(zoom: ZoomConfig) -> str:
+    """Digest of the parts of the zoom config that change cached detections."""
+    keys = {"coarse_scale": zoom.coarse_scale, "fine_scale": zoom.fine_scale, "windows": to_dict(zoom.windows)}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cached_windows(width: int, height: int, zoom: ZoomConfig) -> tuple[list[Window], list[list[int]]]:
+    """All windows the cache holds for an image, and for each candidate the indices of its reachable windows.
+
+    The first ``len(candidates)`` windows are the candidates themselves, in
+    :func:`candidate_windows` order; refined positions follow, deduplicated.
+    """
+    cands = [w.with_scale(zoom.fine_scale) for w in candidate_windows(width, height, zoom.windows)]
+    windows: list[Window] = list(cands)
+    index = {w: i for i, w in enumerate(windows)}
+    reach = []
+    for c in cands:
+        ids = []
+        for r in refinement_windows(c, width, height, zoom.windows):
+            if r not in index:
+                index[r] = len(windows)
+                windows.append(r)
+            ids.append(index[r])
+        reach.append(ids)
+    return windows, reach
+
+
+def _det_to_dict(d: Detections, with_features: bool) -> dict:
+    out = {"boxes": d.boxes.float(), "scores": d.scores.float(), "labels": d.labels.long()}
+    if with_features and d.features is not None:
+        out["features"] = d.features.half()  # halves the cache size; R-net inputs tolerate it
+    return out
+
+
+def _det_from_dict(d: dict) -> Detections:
+    f = d.get("features")
+    return Detections(d["boxes"], d["scores"], d["labels"], None if f is None else f.float())
+
+
+@dataclass(frozen=True)
+class CacheRecord:
+    """One image of the cache.
+
+    Attributes:
+        image_id, width, height: the COCO image and its size in pixels.
+        coarse: coarse detections with RoI features.
+        windows: every cached window (candidates first), fine scale.
+        reach: for each candidate, indices into ``windows`` of its reachable positions.
+        fine: fine detections of each window in ``windows``.
+        gt_boxes, gt_labels, gt_crowd: ground truth (xyxy pixels).
+    """
+
+    image_id: int
+    width: int
+    height: int
+    coarse: Detections
+    windows: list[Window]
+    reach: list[list[int]]
+    fine: list[Detections]
+    gt_boxes: Tensor
+    gt_labels: Tensor
+    gt_crowd: Tensor
+
+    @property
+    def num_candidates(self) -> int:
+        return len(self.reach)
+
+    def fine_for(self, window: Window) -> Detections:
+        """Fine detections of a cached window (raises ``KeyError`` for a window the cache lacks)."""
+        for w, d in zip(self.windows, self.fine):
+            if w == window:
+                return d
+        raise KeyError(f"window {window.as_tuple()} is not in the cache of image {self.image_id}")
+
+    def to_payload(self) -> dict:
+        fine_boxes = [d.boxes for d in self.fine]
+        return {
+            "image_id": self.image_id, "width": self.width, "height": self.height,
+            "coarse": _det_to_dict(self.coarse, True),
+            "windows": torch.tensor([[*w.as_tuple()] for w in self.windows], dtype=torch.int64),
+            "scale": float(self.windows[0].scale),
+            "reach": [list(r) for r in self.reach],
+            "fine": {"boxes": torch.cat(fine_boxes) if fine_boxes else torch.zeros(0, 4),
+                     "scores": torch.cat([d.scores for d in self.fine]) if self.fine else torch.zeros(0),
+                     "labels": torch.cat([d.labels for d in self.fine]) if self.fine else torch.zeros(0, dtype=torch.int64),
+                     "counts": torch.tensor([len(d) for d in self.fine], dtype=torch.int64)},
+            "gt": {"boxes": self.gt_boxes, "labels": self.gt_labels, "crowd": self.gt_crowd},
+        }
+
+    @classmethod
+    def from_payload(cls, p: dict) -> "CacheRecord":
+        scale = p["scale"]
+        windows = [Window(*map(int, row), scale) for row in p["windows"].tolist()]
+        f = p["fine"]
+        fine, start = [], 0
+        for n in f["counts"].tolist():
+            fine.append(Detections(f["boxes"][start:start + n], f["scores"][start:start + n], f["labels"][start:start + n]))
+            start += n
+        g = p["gt"]
+        return cls(int(p["image_id"]), int(p["width"]), int(p["height"]), _det_from_dict(p["coarse"]), windows,
+                   [list(r) for r in p["reach"]], fine, g["boxes"], g["labels"], g["crowd"])
+
+
+def build_record(detector, zoom: ZoomConfig, image: Tensor, image_id: int, gt: tuple[Tensor, Tensor, Tensor]) -> CacheRecord:
+    """Run the coarse pass and every reachable fine window on one image."""
+    _, H, W = image.shape
+    (coarse,) = detector.detect(image, [Window.full(W, H, zoom.coarse_scale)])
+    windows, reach = cached_windows(W, H, zoom)
+    fine = [d.without_features() for d in detector.detect(image, windows)]
+    return CacheRecord(int(image_id), W, H, coarse, windows, reach, fine, *gt)
+
+
+def _shard_path(root: Path, k: int) -> Path:
+    return root / f"shard_{k:05d}.pt"
+
+
+def _build_shard(root: str, k: int, image_ids: Sequence[int], data: str, checkpoint: str, zoom_dict: dict,
+                 device: str, batch_size: int, threads: int) -> int:
+    """Build and atomically write shard ``k`` (runs in-process or as a Ray task)."""
+    from zoomdet.config import from_dict
+    from zoomdet.data.coco import CocoDataset
+    from zoomdet.detector.detector import Detector
+
+    if threads:
+        torch.set_num_threads(threads)
+    zoom = from_dict(ZoomConfig, zoom_dict)
+    ds = CocoDataset(data, check_files=False)
+    det = Detector.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
+    records = [build_record(det, zoom, ds.load_image(i), i, ds.targets(i)).to_payload() for i in image_ids]
+    path = _shard_path(Path(root), k)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(records, tmp)
+    os.replace(tmp, path)
+    return len(records)
+
+
+def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomConfig, *, images: int = 0,
+                shard_size: int = 4, workers: Optional[int] = None, ray_address: Optional[str] = None,
+                device: str = "cpu", batch_size: int = 4, progress: bool = True) -> "RolloutCache":
+    """Build (or finish building) a rollout cache; returns it opened.
+
+    Args:
+        data: COCO json of the images to cache.
+        out: cache folder.
+        checkpoint: detector checkpoint path.
+        zoom: zoom config (scales, candidate windows, refinement).
+        images: first N images (0 = all).
+        shard_size: images per shard.
+        workers: parallel Ray tasks on a local instance (default: CPU count);
+            0 builds in-process without Ray.
+        ray_address: address of an existing Ray cluster (``auto`` or
+            ``ray://host:10001``); tasks then use its resources.
+    """
+    from tqdm import tqdm
+
+    from zoomdet.data.coco import CocoDataset
+    from zoomdet.detector.detector import file_digest
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    ds = CocoDataset(data)
+    ids = ds.subset(images)
+    shards = [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)]
+    manifest = {
+        "version": CACHE_VERSION, "checkpoint_id": file_digest(checkpoint), "checkpoint": str(checkpoint),
+        "zoom_digest": zoom_digest(zoom), "zoom": to_dict(zoom), "data": str(Path(data).resolve()),
+        "data_digest": hashlib.sha256(Path(data).read_bytes()).hexdigest()[:12],
+        "image_ids": ids, "shards": shards, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    mpath = root / "manifest.json"
+    if mpath.is_file():
+        old = json.loads(mpath.read_text())
+        same = all(old.get(k) == manifest[k] for k in ("version", "checkpoint_id", "zoom_digest", "data_digest", "shards"))
+        if not same:
+            raise CacheMismatch(f"{root} holds a cache built from another detector, zoom config, dataset or image "
+                                f"selection; use a new --out folder or delete {root}")
+        manifest["created"] = old["created"]
+    tmp = mpath.with_name("manifest.json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, mpath)
+
+    todo = [k for k in range(len(shards)) if not _shard_path(root, k).is_file()]
+    if len(todo) < len(shards):
+        print(f"resuming: {len(shards) - len(todo)}/{len(shards)} shards already built")
+    zd = to_dict(zoom)
+    bar = tqdm(total=len(shards), initial=len(shards) - len(todo), desc="cache build", unit="shard", disable=not progress)
+    if workers == 0 and ray_address is None:
+        for k in todo:
+            _build_shard(str(root), k, shards[k], data, str(checkpoint), zd, device, batch_size, 0)
+            bar.update(1)
+    elif todo:
+        import ray
+
+        started = False
+        if not ray.is_initialized():
+            if ray_address:
+                ray.init(address=ray_address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            started = True
+        try:
+            task = ray.remote(num_cpus=1, num_gpus=1 if device == "cuda" else 0)(_build_shard)
+            pending = [task.remote(str(root), k, shards[k], str(Path(data).resolve()), str(Path(checkpoint).resolve()),
+                                   zd, device, batch_size, 1) for k in todo]
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                ray.get(done)
+                bar.update(1)
+        finally:
+            if started:
+                ray.shutdown()
+    bar.close()
+    return RolloutCache(root)
+
+
+class RolloutCache:
+    """Read access to a built cache.
+
+    Args:
+        root: cache folder.
+        expect_checkpoint_id: refuse unless built with this detector checkpoint digest.
+        expect_zoom: refuse unless built with an equivalent zoom config.
+    """
+
+    def __init__(self, root: str | os.PathLike, expect_checkpoint_id: Optional[str] = None,
+                 expect_zoom: Optional[ZoomConfig] = None) -> None:
+        self.root = Path(root)
+        mpath = self.root / "manifest.json"
+        if not mpath.is_file():
+            raise FileNotFoundError(f"no rollout cache at {self.root} (manifest.json missing); build one with zoomdet cache build")
+        self.manifest = json.loads(mpath.read_text())
+        if self.manifest.get("version") != CACHE_VERSION:
+            raise CacheMismatch(f"{self.root}: cache version {self.manifest.get('version')}, this ZoomDet reads {CACHE_VERSION}; rebuild it")
+        if expect_checkpoint_id and self.manifest["checkpoint_id"] != expect_checkpoint_id:
+            raise CacheMismatch(f"{self.root} was built with detector {self.manifest['checkpoint_id']} "
+                                f"({self.manifest['checkpoint']}), not {expect_checkpoint_id}; rebuild the cache for this detector")
+        if expect_zoom is not None and self.manifest["zoom_digest"] != zoom_digest(expect_zoom):
+            raise CacheMismatch(f"{self.root} was built with another zoom config (scales or windows differ: "
+                                f"{self.manifest['zoom']}); rebuild the cache for this config")
+        missing = [k for k in range(len(self.manifest["shards"])) if not _shard_path(self.root, k).is_file()]
+        if missing:
+            raise CacheMismatch(f"{self.root} is incomplete ({len(missing)} shards missing); rerun zoomdet cache build to finish it")
+        from zoomdet.config import from_dict
+
+        self.zoom = from_dict(ZoomConfig, self.manifest["zoom"])
+
+    @property
+    def checkpoint_id(self) -> str:
+        return self.manifest["checkpoint_id"]
+
+    @property
+    def image_ids(self) -> list[int]:
+        return list(self.manifest["image_ids"])
+
+    def __len__(self) -> int:
+        return len(self.manifest["image_ids"])
+
+    def __iter__(self) -> Iterator[CacheRecord]:
+        for k in range(len(self.manifest["shards"])):
+            for p in torch.load(_shard_path(self.root, k), weights_only=True):
+                yield CacheRecord.from_payload(p)
+
+    def records(self) -> list[CacheRecord]:
+        return list(self)

@@ -1,0 +1,197 @@
+"""R-net: predict, from a coarse detection alone, how much zooming on it gains.
+
+The paper's form: two fully connected layers on each coarse detection's RoI
+feature vector, trained with an L2 loss on that detection's gain label. One
+documented addition: the input also carries the detection's score and its
+log width and height (in coarse-pass pixels), because small, uncertain boxes
+are where zooming pays; ``extra_inputs: false`` gives the paper's exact input.
+
+Gain labels (:func:`coarse_gain_targets`), from a rollout cache record: for
+every candidate window, the coarse boxes it replaces (IoS >= ``drop_ios``)
+are matched with the window's fine detections and scored with
+:func:`zoomdet.zoom.gain.detection_gains`. A matched pair's or coarse-only
+item's gain goes to its coarse box; a fine-only item goes to the replaced
+coarse box that overlaps it most (IoU >= ``fine_only_iou``), else nowhere
+(an object the coarse pass did not see at all cannot be predicted from
+coarse detections). A box replaced by several candidate windows gets the
+mean over them.
+
+State builders turn per-detection gains into a :class:`~zoomdet.zoom.windows.GainMap`:
+``RNetGain`` (learned), ``EntropyGain`` (the paper's "ER" baseline: binary
+entropy of the coarse score) and ``oracle_gain_map`` (the true labels).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Protocol
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import box_iou
+
+from zoomdet.types import Detections, Window
+from zoomdet.zoom.gain import detection_gains
+from zoomdet.zoom.merge import intersection_over_self
+from zoomdet.zoom.windows import GainMap
+
+__all__ = ["RNetConfig", "RNet", "rnet_inputs", "coarse_gain_targets", "window_true_gains", "window_predicted_gains",
+           "GainModel", "RNetGain", "EntropyGain", "oracle_gain_map", "save_rnet"]
+
+
+@dataclass
+class RNetConfig:
+    """R-net architecture and training options."""
+
+    hidden: int = 128
+    """Width of the hidden fully connected layer."""
+    extra_inputs: bool = True
+    """Append score, log2 width and log2 height of the box to the RoI features."""
+    epochs: int = 300
+    """Full-batch Adam steps."""
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.25
+    """Held-out share of the cache's images (when no separate validation cache is given)."""
+    drop_ios: float = 0.5
+    """Which coarse boxes a window replaces (must match the merge rule)."""
+    fine_only_iou: float = 0.1
+    """A fine-only gain is credited to a replaced coarse box overlapping it at least this much."""
+    seed: int = 0
+
+
+def rnet_inputs(det: Detections, extra: bool = True) -> Tensor:
+    """``Tensor[N, D (+3)]`` float32 R-net input of coarse detections (needs RoI features)."""
+    if det.features is None:
+        raise ValueError("the R-net needs RoI features; use an R-CNN detector (tiny_frcnn or fasterrcnn_*)")
+    x = det.features.float()
+    if extra:
+        wh = (det.boxes[:, 2:] - det.boxes[:, :2]).clamp(min=1.0)
+        x = torch.cat([x, det.scores[:, None], torch.log2(wh) / 4.0], dim=1)
+    return x
+
+
+class RNet(nn.Module):
+    """Two fully connected layers: ``Tensor[N, in_dim]`` -> ``Tensor[N]`` predicted gain."""
+
+    def __init__(self, in_dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).squeeze(-1)
+
+
+def _replaced(coarse: Detections, window: Window, drop_ios: float) -> Tensor:
+    if len(coarse) == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    return torch.nonzero(intersection_over_self(coarse.boxes, window.box()[None])[:, 0] >= drop_ios).flatten()
+
+
+def coarse_gain_targets(rec, drop_ios: float = 0.5, fine_only_iou: float = 0.1) -> Tensor:
+    """Gain label of each coarse detection of a cache record (``Tensor[Nc]``; see module docstring)."""
+    n = len(rec.coarse)
+    sums, counts = torch.zeros(n), torch.zeros(n)
+    for k in range(rec.num_candidates):
+        idx = _replaced(rec.coarse, rec.windows[k], drop_ios)
+        if len(idx) == 0:
+            continue
+        replaced = rec.coarse.select(idx)
+        items = detection_gains(replaced, rec.fine[k], rec.gt_boxes, rec.gt_labels, rec.gt_crowd)
+        per = torch.zeros(len(idx))
+        has = items.coarse_index >= 0
+        per.index_add_(0, items.coarse_index[has], items.gains[has])
+        fo = ~has
+        if fo.any():
+            iou = box_iou(items.boxes[fo], replaced.boxes)
+            best, arg = iou.max(dim=1)
+            ok = best >= fine_only_iou
+            per.index_add_(0, arg[ok], items.gains[fo][ok])
+        sums[idx] += per
+        counts[idx] += 1
+    return sums / counts.clamp(min=1)
+
+
+def window_true_gains(rec, drop_ios: float = 0.5) -> Tensor:
+    """True gain of each candidate window (``Tensor[K]``): the sum of its gain items."""
+    out = []
+    for k in range(rec.num_candidates):
+        replaced = rec.coarse.select(_replaced(rec.coarse, rec.windows[k], drop_ios))
+        out.append(detection_gains(replaced, rec.fine[k], rec.gt_boxes, rec.gt_labels, rec.gt_crowd).total())
+    return torch.tensor(out)
+
+
+def window_predicted_gains(rec, gains: Tensor) -> Tensor:
+    """Predicted gain of each candidate window: its sum on the AG map of ``gains``."""
+    gm = GainMap(rec.width, rec.height, rec.coarse.boxes, gains)
+    return torch.tensor([gm.window_sum(rec.windows[k]) for k in range(rec.num_candidates)])
+
+
+class GainModel(Protocol):
+    """A state builder: a gain per coarse detection (its AG map spreads them over boxes)."""
+
+    name: str
+
+    def predict(self, coarse: Detections) -> Tensor: ...
+
+
+class EntropyGain:
+    """The paper's "ER" state: binary entropy (bits) of each coarse score."""
+
+    name = "entropy"
+
+    def predict(self, coarse: Detections) -> Tensor:
+        p = coarse.scores.clamp(1e-6, 1 - 1e-6)
+        return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+
+
+class RNetGain:
+    """A trained R-net as a state builder (stateless per call)."""
+
+    name = "rnet"
+
+    def __init__(self, model: RNet, cfg: RNetConfig, detector_checkpoint_id: str) -> None:
+        self.model = model.eval()
+        self.cfg = cfg
+        self.detector_checkpoint_id = detector_checkpoint_id
+
+    @torch.inference_mode()
+    def predict(self, coarse: Detections) -> Tensor:
+        if len(coarse) == 0:
+            return torch.zeros(0)
+        return self.model(rnet_inputs(coarse, self.cfg.extra_inputs))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, expect_detector: Optional[str] = None) -> "RNetGain":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"R-net checkpoint not found: {path}; train one with zoomdet rnet train")
+        p = torch.load(path, map_location="cpu", weights_only=True)
+        if "rnet_config" not in p:
+            raise ValueError(f"{path} is not a ZoomDet R-net checkpoint")
+        if expect_detector and p["detector_checkpoint_id"] != expect_detector:
+            raise ValueError(f"R-net {path} was trained on features of detector {p['detector_checkpoint_id']}, "
+                             f"not {expect_detector}; train an R-net from a cache of this detector")
+        cfg = RNetConfig(**p["rnet_config"])
+        model = RNet(int(p["in_dim"]), cfg.hidden)
+        model.load_state_dict(p["state_dict"])
+        return cls(model, cfg, p["detector_checkpoint_id"])
+
+
+def save_rnet(path: str | Path, model: RNet, cfg: RNetConfig, in_dim: int, detector_checkpoint_id: str, metrics: dict) -> None:
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"state_dict": model.state_dict(), "rnet_config": asdict(cfg), "in_dim": in_dim,
+                "detector_checkpoint_id": detector_checkpoint_id,
+                "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not math.isnan(v)}}, tmp)
+    os.replace(tmp, path)
+
+
+def oracle_gain_map(rec, drop_ios: float = 0.5) -> GainMap:
+    """The oracle state of a cache record: true per-detection gains spread over their boxes."""
+    return GainMap(rec.width, rec.height, rec.coarse.boxes, coarse_gain_targets(rec, drop_ios))
