@@ -29,7 +29,8 @@ doctor: venv
 demo: venv
 	$(BIN)/zoomdet data synth --out runs/demo/data --images 10 --seed 1
 	$(BIN)/zoomdet evaluate --config configs/eval/synth.yaml --data runs/demo/data/annotations.json \
-		--policy coarse --policy fine --policy sahi --policy random --policy oracle --out runs/demo/eval
+		--policy coarse --policy fine --policy sahi --policy random --policy oracle --policy greedy-entropy \
+		--budget 0.6 --images 10 --out runs/demo/eval
 	@echo "report: runs/demo/eval/report.md  plot: runs/demo/eval/pareto.png"
 
 # pytest exits 5 when it collects no test; that is not a failure of the suite.

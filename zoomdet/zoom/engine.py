@@ -164,9 +164,13 @@ class EpisodeState:
 
 @runtime_checkable
 class PlanPolicy(Protocol):
-    """A policy whose windows do not depend on any detection (coarse, fine, SAHI)."""
+    """A policy whose windows do not depend on any detection (coarse, fine, SAHI).
+
+    Its detector time is reported under the stage named by ``stage`` (``coarse`` or ``fine``).
+    """
 
     name: str
+    stage: str
 
     def plan(self, width: int, height: int, config: ZoomConfig) -> list[Window]: ...
 
@@ -246,7 +250,7 @@ class ZoomEngine:
             t = time.perf_counter()
             dets, calls = self._detect(image, windows)
             cost.add(windows, calls)
-            timing["fine"] = time.perf_counter() - t
+            timing[getattr(policy, "stage", "fine")] = time.perf_counter() - t
             t = time.perf_counter()
             merged = policy.combine(dets, windows, W, H, c)
             timing["merge"] = time.perf_counter() - t
@@ -300,7 +304,7 @@ class ZoomEngine:
             state.zoomed.append(choice)
             state.pixels_ratio = spent / (W * H)
             if state.gain is not None:
-                state.gain = state.gain.zeroed(window)
+                state.gain.zero_(window)  # the episode owns its map
         timing["policy"] = time.perf_counter() - t - lookahead_s[0]
 
         t = time.perf_counter()

@@ -79,6 +79,7 @@ class CoarsePolicy:
     """The whole image at ``coarse_scale`` and nothing else."""
 
     name = "coarse"
+    stage = "coarse"
 
     def plan(self, width: int, height: int, config: ZoomConfig) -> list[Window]:
         return [Window.full(width, height, config.coarse_scale)]
@@ -91,6 +92,7 @@ class FinePolicy:
     """The whole image at ``fine_scale``: the reference every ratio is relative to."""
 
     name = "fine"
+    stage = "fine"
 
     def plan(self, width: int, height: int, config: ZoomConfig) -> list[Window]:
         return [Window.full(width, height, config.fine_scale)]
@@ -127,6 +129,7 @@ class SahiPolicy:
     """Uniform sliced inference (SAHI), optionally with a whole-image pass."""
 
     name = "sahi"
+    stage = "fine"
 
     def __init__(self, cfg: Optional[SahiConfig] = None) -> None:
         self.cfg = cfg or SahiConfig()

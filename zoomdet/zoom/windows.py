@@ -82,8 +82,9 @@ class GainMap:
     """Per-pixel accuracy gain of an image, with an integral image.
 
     Each item's gain is spread uniformly over its box (gain / box area) and
-    summed, at full-image size: ``values[y, x]`` is gain per pixel. Box
-    bounds are rounded outward to whole pixels.
+    summed, at full-image size: ``values[y, x]`` is gain per pixel (float32).
+    Box bounds are rounded outward to whole pixels. ``integral`` (float64,
+    ``(H + 1) x (W + 1)``) makes any window's sum O(1).
 
     Args:
         width, height: image size, pixels.
@@ -110,13 +111,14 @@ class GainMap:
             np.add.at(diff, (y0, x1), -v)
             np.add.at(diff, (y1, x0), -v)
             np.add.at(diff, (y1, x1), v)
-        self.values = diff.cumsum(0).cumsum(1)[: self.height, : self.width]
-        self._integrate()
-
-    def _integrate(self) -> None:
+        np.cumsum(diff, axis=0, out=diff)
+        np.cumsum(diff, axis=1, out=diff)
+        self.values = diff[: self.height, : self.width].astype(np.float32)
         integral = np.zeros((self.height + 1, self.width + 1), dtype=np.float64)
-        integral[1:, 1:] = self.values.cumsum(0).cumsum(1)
+        np.cumsum(self.values, axis=0, out=integral[1:, 1:])
+        np.cumsum(integral[1:, 1:], axis=1, out=integral[1:, 1:])
         self.integral = integral
+        self._positive = float(np.maximum(self.values, 0).sum(dtype=np.float64))
 
     def window_sum(self, window: Window) -> float:
         """Total gain inside ``window`` (O(1))."""
@@ -127,17 +129,36 @@ class GainMap:
         return float(self.integral[-1, -1])
 
     def positive_total(self) -> float:
-        """Sum of the positive part of the map (the paper's stop rule uses the remaining gain)."""
-        return float(np.clip(self.values, 0, None).sum())
+        """Sum of the positive part of the map (the paper's stop rule uses the remaining gain); O(1)."""
+        return max(self._positive, 0.0)
+
+    def zero_(self, window: Window) -> "GainMap":
+        """Set ``window`` to zero in place (the paper's state update after zooming) and return ``self``.
+
+        The integral is updated from the window's own local integral, so the
+        cost is one pass over the window plus additions to the part of the
+        integral right of and below it, not a full re-integration.
+        """
+        x0, y0, x1, y1 = window.x0, window.y0, min(window.x1, self.width), min(window.y1, self.height)
+        patch = self.values[y0:y1, x0:x1]
+        local = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=np.float64)
+        np.cumsum(patch, axis=0, out=local[1:, 1:])
+        np.cumsum(local[1:, 1:], axis=1, out=local[1:, 1:])
+        self._positive -= float(np.maximum(patch, 0).sum(dtype=np.float64))
+        I = self.integral
+        I[y0:y1 + 1, x0:x1 + 1] -= local
+        I[y1 + 1:, x0:x1 + 1] -= local[-1][None, :]
+        I[y0:y1 + 1, x1 + 1:] -= local[:, -1][:, None]
+        I[y1 + 1:, x1 + 1:] -= local[-1, -1]
+        patch[...] = 0.0
+        return self
 
     def zeroed(self, window: Window) -> "GainMap":
-        """A copy with ``window`` set to zero (the paper's state update after zooming)."""
+        """A copy with ``window`` set to zero; the original is unchanged."""
         new = object.__new__(GainMap)
         new.width, new.height = self.width, self.height
-        new.values = self.values.copy()
-        new.values[window.y0:window.y1, window.x0:window.x1] = 0.0
-        new._integrate()
-        return new
+        new.values, new.integral, new._positive = self.values.copy(), self.integral.copy(), self._positive
+        return new.zero_(window)
 
 
 def refinement_windows(window: Window, width: int, height: int, cfg: Optional[WindowConfig] = None) -> list[Window]:
