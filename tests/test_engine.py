@@ -30,6 +30,8 @@ def test_coarse_and_fine_cost_accounting():
     f = eng.run(image(), make_policy("fine"))
     assert f.cost.pixels_ratio == pytest.approx(1.0) and len(f.detections) == 3
     assert set(c.timing) >= {"decode", "coarse", "gain", "policy", "fine", "merge", "total"}
+    assert c.timing["coarse"] > 0 and c.timing["fine"] == 0  # the coarse plan is booked as the coarse stage
+    assert f.timing["fine"] > 0 and f.timing["coarse"] == 0
 
 
 def test_sahi_counts_overlapping_slices_as_often_as_processed():
@@ -105,3 +107,16 @@ def test_bad_budget_and_unknown_policy():
         eng.run(image(), RandomPolicy(), max_pixels_ratio=0)
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("zoom-everything")
+
+
+def test_only_oracles_see_ground_truth():
+    seen = []
+
+    class Peek(RandomPolicy):
+        def select(self, state):
+            seen.append((state.ground_truth, state.lookahead))
+            return None
+
+    gt = GroundTruth(BOXES, LABELS, torch.zeros(3, dtype=torch.bool))
+    make_engine().run(image(), Peek(), ground_truth=gt)
+    assert seen == [(None, None)]

@@ -277,8 +277,9 @@ class ZoomEngine:
             lookahead_s[0] += time.perf_counter() - t0
             return dets
 
+        oracle = bool(getattr(policy, "needs_ground_truth", False))  # only oracles may see ground truth
         state = EpisodeState(W, H, coarse, cands, [], cost.pixels_ratio, None, np.ones(len(cands), dtype=bool),
-                             np.random.default_rng(seed), ground_truth, lookahead if ground_truth is not None else None)
+                             np.random.default_rng(seed), ground_truth if oracle else None, lookahead if oracle else None)
         t = time.perf_counter()
         state.gain = policy.gain_map(state)
         timing["gain"] = time.perf_counter() - t
