@@ -120,3 +120,13 @@ def test_only_oracles_see_ground_truth():
     gt = GroundTruth(BOXES, LABELS, torch.zeros(3, dtype=torch.bool))
     make_engine().run(image(), Peek(), ground_truth=gt)
     assert seen == [(None, None)]
+
+
+def test_sahi_drops_predictions_under_its_confidence_threshold():
+    from zoomdet.zoom.policies import PolicyConfig
+
+    eng = make_engine()
+    low = PolicyConfig(sahi=SahiConfig(slice_width=200, slice_height=200, confidence_threshold=0.95))
+    assert len(eng.run(image(), make_policy("sahi", low)).detections) == 0  # the stub scores 0.9
+    ok = PolicyConfig(sahi=SahiConfig(slice_width=200, slice_height=200, confidence_threshold=0.5))
+    assert len(eng.run(image(), make_policy("sahi", ok)).detections) == 3

@@ -45,6 +45,10 @@ class SahiConfig:
     slice_width: int = 512
     overlap_height_ratio: float = 0.2
     overlap_width_ratio: float = 0.2
+    confidence_threshold: float = 0.3
+    """Slice (and full-image) predictions below this score are dropped before postprocessing, as
+    SAHI's detection models do (their default is 0.3); without it, GREEDYNMM chains low-score boxes
+    into large unions."""
     perform_standard_pred: bool = True
     """Also run the whole image, at the engine's ``coarse_scale`` (SAHI runs it at the model's own input size)."""
     postprocess_type: str = "GREEDYNMM"
@@ -143,6 +147,7 @@ class SahiPolicy:
     def combine(self, detections, windows, width, height, config) -> MergeResult:
         parts, regions, stages = [], [], []
         for i, (d, w) in enumerate(zip(detections, windows)):
+            d = d.select(d.scores >= self.cfg.confidence_threshold)
             parts.append(d.without_features())
             standard = self.cfg.perform_standard_pred and i == len(windows) - 1
             regions.append(torch.full((len(d),), -1 if standard else i, dtype=torch.int64))
