@@ -81,3 +81,24 @@ def test_bad_checkpoint_and_model_name(tmp_path):
 def test_torchvision_zoo_models_build_with_pinned_transform(name):
     model = build_model(ModelConfig(name=name, num_classes=3))
     assert isinstance(model.transform, PinnedScaleTransform)
+
+
+def test_training_checkpoints_and_resumes(tmp_path, synth_small, capsys):
+    import json
+
+    from zoomdet.detector.train import DetectorTrainConfig, TrainConfig, train_detector
+
+    model = tiny_model_config(num_classes=4)
+    train = TrainConfig(data=str(synth_small), val_data=str(synth_small), out=str(tmp_path / "run"), crop_size=96,
+                        batch_size=2, max_iters=2, checkpoint_every=1, val_images=1, warmup_iters=1)
+    train_detector(DetectorTrainConfig(model, train), progress=False)
+    first = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert first["extra"]["iteration"] == 2 and "model_config" in first
+    # "interrupted" at 2 of 3 iterations: the same command with a higher limit continues from there
+    train.max_iters = 3
+    train_detector(DetectorTrainConfig(model, train), progress=False)
+    assert "resuming" in capsys.readouterr().out
+    final = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert final["extra"]["iteration"] == 3
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert set(report["scales"]) == {"1.0", "0.5"} and "ap50_small" in report["scales"]["1.0"]
