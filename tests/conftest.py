@@ -57,6 +57,18 @@ def tiny_detector() -> Detector:
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained tiny_frcnn checkpoint for the synthetic classes (person, car, truck)."""
+    from zoomdet.detector.detector import save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = tiny_model_config(num_classes=4)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, build_model(cfg), cfg, {1: "person", 2: "car", 3: "truck"})
+    return path
+
+
+@pytest.fixture(scope="session")
 def synth_small(tmp_path_factory) -> Path:
     """Four 320x240 synthetic images; returns the annotation path."""
     from zoomdet.data.synth import SynthConfig, generate_dataset

@@ -3,12 +3,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from tests.conftest import tiny_model_config
 from zoomdet.cli import main
-from zoomdet.detector.detector import save_checkpoint
-from zoomdet.detector.models import build_model
 
 
 def test_doctor_passes_on_this_install(capsys):
@@ -37,18 +33,9 @@ def test_bad_cli_input_gives_clear_errors(tmp_path, capsys):
     assert "unknown option(s) train.lr_typo" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = tiny_model_config(num_classes=4)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, build_model(cfg), cfg, {1: "person", 2: "car", 3: "truck"})
-    return path
-
-
-def test_evaluate_writes_report_and_resumes(tmp_path, synth_small, tiny_ckpt, capsys):
+def test_evaluate_writes_report_and_resumes(tmp_path, synth_small, tiny_checkpoint, capsys):
     out = tmp_path / "ev"
-    args = ["evaluate", "--data", str(synth_small), "--checkpoint", str(tiny_ckpt), "--out", str(out),
+    args = ["evaluate", "--data", str(synth_small), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
             "--policy", "coarse", "--policy", "fine", "--policy", "sahi", "--policy", "random", "--policy", "oracle",
             "--budget", "0.5", "0.8", "--images", "2", "--no-progress",
             "--set", "policies.sahi.slice_width=160", "--set", "policies.sahi.slice_height=160"]
@@ -72,8 +59,8 @@ def test_evaluate_writes_report_and_resumes(tmp_path, synth_small, tiny_ckpt, ca
     assert [r["ap"] for r in rep2["policies"]] == [r["ap"] for r in rep["policies"]]
 
 
-def test_evaluate_rejects_unknown_policy(tmp_path, synth_small, tiny_ckpt, capsys):
-    code = main(["evaluate", "--data", str(synth_small), "--checkpoint", str(tiny_ckpt), "--out", str(tmp_path),
+def test_evaluate_rejects_unknown_policy(tmp_path, synth_small, tiny_checkpoint, capsys):
+    code = main(["evaluate", "--data", str(synth_small), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path),
                  "--policy", "magic", "--no-progress"])
     assert code == 2 and "unknown policy 'magic'" in capsys.readouterr().err
 

@@ -1,9 +1,7 @@
-import numpy as np
 import pytest
 import torch
 
 from tests.conftest import StubDetector
-from zoomdet.types import Window
 from zoomdet.zoom.engine import GroundTruth, ZoomConfig, ZoomEngine
 from zoomdet.zoom.policies import OraclePolicy, RandomPolicy, SahiConfig, get_slice_windows, make_policy
 

@@ -3,7 +3,7 @@ import torch
 
 from zoomdet.types import Detections, Window
 from zoomdet.zoom.gain import detection_gains
-from zoomdet.zoom.merge import MergeConfig, merge_zoom, sahi_postprocess
+from zoomdet.zoom.merge import merge_zoom, sahi_postprocess
 
 
 def dets(boxes, scores=None, labels=None):

@@ -4,9 +4,7 @@ import os
 import pytest
 import torch
 
-from tests.conftest import StubDetector, tiny_model_config
-from zoomdet.detector.detector import save_checkpoint
-from zoomdet.detector.models import build_model
+from tests.conftest import StubDetector
 from zoomdet.rnet.cache import CACHE_VERSION, CacheMismatch, CacheRecord, RolloutCache, build_cache, cached_windows, zoom_digest
 from zoomdet.rnet.model import EntropyGain, RNetConfig, RNetGain, coarse_gain_targets, window_predicted_gains, window_true_gains
 from zoomdet.rnet.policies import GreedyPolicy
@@ -111,15 +109,6 @@ def test_greedy_takes_the_richest_window_per_pixel_then_stops():
     assert len(empty.run(torch.rand(3, H, W), GreedyPolicy(FixedGain())).regions) == 0
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = tiny_model_config(num_classes=4)
-    p = tmp_path_factory.mktemp("ck") / "tiny.pt"
-    save_checkpoint(p, build_model(cfg), cfg, {1: "person", 2: "car", 3: "truck"})
-    return p
-
-
 def small_zoom():
     return ZoomConfig(windows=WindowConfig(refine_shift=0.1, refine_steps=1))
 
@@ -131,9 +120,9 @@ def test_cache_windows_include_every_refinement(synth_small):
     assert len(wins) == len(set(wins)) > 13
 
 
-def test_serial_build_resumes_refuses_mismatch_and_loads(tmp_path, synth_small, ckpt):
+def test_serial_build_resumes_refuses_mismatch_and_loads(tmp_path, synth_small, tiny_checkpoint):
     out = tmp_path / "cache"
-    c = build_cache(str(synth_small), out, str(ckpt), small_zoom(), shard_size=2, workers=0, progress=False)
+    c = build_cache(str(synth_small), out, str(tiny_checkpoint), small_zoom(), shard_size=2, workers=0, progress=False)
     assert len(c) == 4 and sorted(p.name for p in out.glob("shard_*.pt")) == ["shard_00000.pt", "shard_00001.pt"]
     recs = c.records()
     assert recs[0].coarse.features is not None and len(recs[0].fine) == len(recs[0].windows)
@@ -144,7 +133,7 @@ def test_serial_build_resumes_refuses_mismatch_and_loads(tmp_path, synth_small, 
     (out / "shard_00001.pt.tmp999").write_bytes(b"partial")
     with pytest.raises(CacheMismatch, match="incomplete"):
         RolloutCache(out)
-    build_cache(str(synth_small), out, str(ckpt), small_zoom(), shard_size=2, workers=0, progress=False)
+    build_cache(str(synth_small), out, str(tiny_checkpoint), small_zoom(), shard_size=2, workers=0, progress=False)
     assert (out / "shard_00000.pt").stat().st_mtime_ns == first  # not rebuilt
     again = RolloutCache(out, expect_checkpoint_id=c.checkpoint_id, expect_zoom=small_zoom()).records()
     assert torch.allclose(again[3].coarse.boxes, recs[3].coarse.boxes)
@@ -153,15 +142,15 @@ def test_serial_build_resumes_refuses_mismatch_and_loads(tmp_path, synth_small, 
     with pytest.raises(CacheMismatch, match="another zoom config"):
         RolloutCache(out, expect_zoom=ZoomConfig(coarse_scale=0.25))
     with pytest.raises(CacheMismatch, match="another detector, zoom config"):
-        build_cache(str(synth_small), out, str(ckpt), ZoomConfig(coarse_scale=0.25), shard_size=2, workers=0, progress=False)
+        build_cache(str(synth_small), out, str(tiny_checkpoint), ZoomConfig(coarse_scale=0.25), shard_size=2, workers=0, progress=False)
     with pytest.raises(FileNotFoundError, match="no rollout cache"):
         RolloutCache(tmp_path / "nothing")
 
 
-def test_ray_build_equals_serial_build(tmp_path, synth_small, ckpt):
-    serial = build_cache(str(synth_small), tmp_path / "s", str(ckpt), small_zoom(), images=2, shard_size=1,
+def test_ray_build_equals_serial_build(tmp_path, synth_small, tiny_checkpoint):
+    serial = build_cache(str(synth_small), tmp_path / "s", str(tiny_checkpoint), small_zoom(), images=2, shard_size=1,
                          workers=0, progress=False).records()
-    parallel = build_cache(str(synth_small), tmp_path / "p", str(ckpt), small_zoom(), images=2, shard_size=1,
+    parallel = build_cache(str(synth_small), tmp_path / "p", str(tiny_checkpoint), small_zoom(), images=2, shard_size=1,
                            workers=2, progress=False).records()
     assert [r.image_id for r in serial] == [r.image_id for r in parallel]
     for a, b in zip(serial, parallel):

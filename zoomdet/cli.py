@@ -49,6 +49,23 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
                    help="override a config field, e.g. --set zoom.coarse_scale=0.5 (repeatable; values are YAML)")
 
 
+def _add_detector_args(p: argparse.ArgumentParser) -> None:
+    """Flags that override the detector part of an EvalConfig (evaluate, cache build)."""
+    p.add_argument("--images", type=int, help="first N images (default: config, 0 = all)")
+    p.add_argument("--checkpoint", help="detector checkpoint (default: config, then the embedded one)")
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _detector_overrides(args) -> list[str]:
+    """``--set`` overrides plus the flags of :func:`_add_detector_args`, as ``key=value`` strings."""
+    overrides = list(args.overrides)
+    for key in ("images", "checkpoint", "device"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    return overrides
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zoomdet",
@@ -90,10 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="output folder")
     ev.add_argument("--budget", type=float, nargs="+", metavar="RATIO",
                     help="max_pixels_ratio sweep for sequential policies (e.g. --budget 0.4 0.55 0.7)")
-    ev.add_argument("--images", type=int, help="first N images (default: config, 0 = all)")
-    ev.add_argument("--checkpoint", help="detector checkpoint (default: config, then the embedded one)")
-    ev.add_argument("--device", help="cpu or cuda")
-    ev.add_argument("--no-progress", action="store_true")
+    _add_detector_args(ev)
 
     cache = sub.add_parser("cache", help="rollout cache: detector outputs for every reachable window, computed once") \
         .add_subparsers(dest="cache_command", required=True, metavar="ACTION")
@@ -101,13 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(cb, None)
     cb.add_argument("--data", required=True, help="COCO annotation json")
     cb.add_argument("--out", required=True, help="cache folder (rerun the same command to resume)")
-    cb.add_argument("--images", type=int, help="first N images (default: config, 0 = all)")
-    cb.add_argument("--checkpoint", help="detector checkpoint (default: config, then the embedded one)")
+    _add_detector_args(cb)
     cb.add_argument("--shard-size", type=_positive_int, default=4, help="images per shard (default 4)")
     cb.add_argument("--workers", type=int, help="parallel Ray tasks on a local Ray instance (default: CPU count; 0 = no Ray)")
     cb.add_argument("--ray-address", help="run on an existing Ray cluster, e.g. auto or ray://head:10001")
-    cb.add_argument("--device", help="cpu or cuda")
-    cb.add_argument("--no-progress", action="store_true")
 
     rnet = sub.add_parser("rnet", help="train the R-net that predicts where zooming gains accuracy") \
         .add_subparsers(dest="rnet_command", required=True, metavar="ACTION")
@@ -170,11 +181,9 @@ def _cmd_evaluate(args) -> int:
     from zoomdet.config import load_config
     from zoomdet.eval.evaluator import EvalConfig, evaluate
 
-    overrides = list(args.overrides)
-    for flag, key in ((args.images, "images"), (args.checkpoint, "checkpoint"), (args.device, "device"),
-                      (args.rnet, "policies.rnet")):
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
+    overrides = _detector_overrides(args)
+    if args.rnet is not None:
+        overrides.append(f"policies.rnet={args.rnet}")
     if args.budget:
         overrides.append(f"budgets={json.dumps(args.budget)}")
     cfg = load_config(EvalConfig, args.config, overrides)
@@ -192,11 +201,7 @@ def _cmd_cache(args) -> int:
     from zoomdet.eval.evaluator import EvalConfig
     from zoomdet.rnet.cache import build_cache
 
-    overrides = list(args.overrides)
-    for flag, key in ((args.images, "images"), (args.checkpoint, "checkpoint"), (args.device, "device")):
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
-    cfg = load_config(EvalConfig, args.config, overrides)
+    cfg = load_config(EvalConfig, args.config, _detector_overrides(args))
     cache = build_cache(args.data, args.out, cfg.checkpoint or str(default_checkpoint()), cfg.zoom, images=cfg.images,
                         shard_size=args.shard_size, workers=args.workers, ray_address=args.ray_address,
                         device=cfg.device, batch_size=cfg.batch_size, progress=not args.no_progress)

@@ -24,7 +24,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from zoomdet.detector.models import ModelConfig, build_model
 from zoomdet.types import Detections, Window
 
-__all__ = ["Detector", "crop_window", "save_checkpoint", "load_checkpoint", "default_checkpoint"]
+__all__ = ["Detector", "batch_plan", "crop_window", "save_checkpoint", "load_checkpoint", "default_checkpoint"]
 
 
 def crop_window(image: Tensor, window: Window) -> Tensor:
@@ -42,6 +42,15 @@ def crop_window(image: Tensor, window: Window) -> Tensor:
     if size == (window.height, window.width):
         return crop
     return F.interpolate(crop[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def batch_plan(windows: Sequence[Window], batch_size: int) -> list[list[int]]:
+    """How :meth:`Detector.detect` batches ``windows``: indices grouped by input size, in chunks
+    of at most ``batch_size``. One list per model forward call."""
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, w in enumerate(windows):
+        by_size.setdefault(w.input_size, []).append(i)
+    return [idx[s:s + batch_size] for idx in by_size.values() for s in range(0, len(idx), batch_size)]
 
 
 class Detector:
@@ -94,15 +103,10 @@ class Detector:
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image must be Tensor[3, H, W], got {tuple(image.shape)}")
         results: list[Optional[Detections]] = [None] * len(windows)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i, w in enumerate(windows):
-            by_size.setdefault(w.input_size, []).append(i)
-        for idx in by_size.values():
-            for start in range(0, len(idx), self.batch_size):
-                chunk = idx[start:start + self.batch_size]
-                crops = [crop_window(image, windows[i]).to(self.device) for i in chunk]
-                for i, det in zip(chunk, self._forward(crops)):
-                    results[i] = det.with_boxes(windows[i].to_image(det.boxes))
+        for chunk in batch_plan(windows, self.batch_size):
+            crops = [crop_window(image, windows[i]).to(self.device) for i in chunk]
+            for i, det in zip(chunk, self._forward(crops)):
+                results[i] = det.with_boxes(windows[i].to_image(det.boxes))
         return results  # type: ignore[return-value]
 
     def _forward(self, crops: list[Tensor]) -> list[Detections]:

@@ -10,11 +10,9 @@ the zoom engine accounts for.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.detection import (
     FasterRCNN,

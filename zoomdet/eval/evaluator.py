@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from zoomdet.config import save_config, to_dict
 from zoomdet.data.coco import CocoDataset
-from zoomdet.detector.detector import Detector, default_checkpoint
+from zoomdet.detector.detector import Detector, default_checkpoint, file_digest
 from zoomdet.eval.coco_eval import coco_metrics
 from zoomdet.zoom.engine import STAGES, GroundTruth, PlanPolicy, ZoomConfig, ZoomEngine
 from zoomdet.zoom.policies import PolicyConfig, make_policy
@@ -55,10 +55,6 @@ class EvalConfig:
     """``max_pixels_ratio`` sweep for sequential policies (empty = ``zoom.max_pixels_ratio`` only)."""
     zoom: ZoomConfig = field(default_factory=ZoomConfig)
     policies: PolicyConfig = field(default_factory=PolicyConfig)
-
-
-def _file_id(path: Optional[str]) -> Optional[str]:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12] if path and Path(path).is_file() else None
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -101,7 +97,7 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
 
     signature = hashlib.sha256(json.dumps(
         [to_dict(cfg), str(Path(data).resolve()), [k[0] for k in keys], ids, detector.checkpoint_id,
-         _file_id(cfg.policies.rnet)],
+         file_digest(cfg.policies.rnet) if cfg.policies.rnet and Path(cfg.policies.rnet).is_file() else None],
         sort_keys=True, default=str).encode()).hexdigest()[:16]
     partial_path = out / "partial.json"
     state = {"signature": signature, "done": [], "runs": {}}

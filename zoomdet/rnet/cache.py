@@ -216,7 +216,7 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     manifest = {
         "version": CACHE_VERSION, "checkpoint_id": file_digest(checkpoint), "checkpoint": str(checkpoint),
         "zoom_digest": zoom_digest(zoom), "zoom": to_dict(zoom), "data": str(Path(data).resolve()),
-        "data_digest": hashlib.sha256(Path(data).read_bytes()).hexdigest()[:12],
+        "data_digest": file_digest(data),
         "image_ids": ids, "shards": shards, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     mpath = root / "manifest.json"

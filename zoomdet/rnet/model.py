@@ -32,9 +32,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
-from zoomdet.types import Detections, Window
-from zoomdet.zoom.gain import detection_gains
-from zoomdet.zoom.merge import intersection_over_self
+from zoomdet.types import Detections
+from zoomdet.zoom.gain import window_gain_items
 from zoomdet.zoom.windows import GainMap
 
 __all__ = ["RNetConfig", "RNet", "rnet_inputs", "coarse_gain_targets", "window_true_gains", "window_predicted_gains",
@@ -84,28 +83,21 @@ class RNet(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-def _replaced(coarse: Detections, window: Window, drop_ios: float) -> Tensor:
-    if len(coarse) == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    return torch.nonzero(intersection_over_self(coarse.boxes, window.box()[None])[:, 0] >= drop_ios).flatten()
-
-
 def coarse_gain_targets(rec, drop_ios: float = 0.5, fine_only_iou: float = 0.1) -> Tensor:
     """Gain label of each coarse detection of a cache record (``Tensor[Nc]``; see module docstring)."""
     n = len(rec.coarse)
     sums, counts = torch.zeros(n), torch.zeros(n)
     for k in range(rec.num_candidates):
-        idx = _replaced(rec.coarse, rec.windows[k], drop_ios)
+        idx, items = window_gain_items(rec.coarse, rec.fine[k], rec.windows[k], rec.gt_boxes, rec.gt_labels,
+                                       rec.gt_crowd, drop_ios)
         if len(idx) == 0:
             continue
-        replaced = rec.coarse.select(idx)
-        items = detection_gains(replaced, rec.fine[k], rec.gt_boxes, rec.gt_labels, rec.gt_crowd)
         per = torch.zeros(len(idx))
         has = items.coarse_index >= 0
         per.index_add_(0, items.coarse_index[has], items.gains[has])
         fo = ~has
         if fo.any():
-            iou = box_iou(items.boxes[fo], replaced.boxes)
+            iou = box_iou(items.boxes[fo], rec.coarse.boxes[idx])
             best, arg = iou.max(dim=1)
             ok = best >= fine_only_iou
             per.index_add_(0, arg[ok], items.gains[fo][ok])
@@ -116,11 +108,8 @@ def coarse_gain_targets(rec, drop_ios: float = 0.5, fine_only_iou: float = 0.1) 
 
 def window_true_gains(rec, drop_ios: float = 0.5) -> Tensor:
     """True gain of each candidate window (``Tensor[K]``): the sum of its gain items."""
-    out = []
-    for k in range(rec.num_candidates):
-        replaced = rec.coarse.select(_replaced(rec.coarse, rec.windows[k], drop_ios))
-        out.append(detection_gains(replaced, rec.fine[k], rec.gt_boxes, rec.gt_labels, rec.gt_crowd).total())
-    return torch.tensor(out)
+    return torch.tensor([window_gain_items(rec.coarse, rec.fine[k], rec.windows[k], rec.gt_boxes, rec.gt_labels,
+                                           rec.gt_crowd, drop_ios)[1].total() for k in range(rec.num_candidates)])
 
 
 def window_predicted_gains(rec, gains: Tensor) -> Tensor:

@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from zoomdet.detector.detector import Detector
+from zoomdet.detector.detector import Detector, batch_plan
 from zoomdet.types import Detections, Window
 from zoomdet.zoom.merge import MergeConfig, MergeResult, merge_zoom
 from zoomdet.zoom.windows import GainMap, WindowConfig, candidate_windows, refine_window
@@ -210,11 +209,7 @@ class ZoomEngine:
         """Detections per window and the number of batched model calls it took."""
         if not windows:
             return [], 0
-        sizes: dict[tuple[int, int], int] = {}
-        for w in windows:
-            sizes[w.input_size] = sizes.get(w.input_size, 0) + 1
-        bs = self.detector.batch_size
-        calls = sum(-(-n // bs) for n in sizes.values())
+        calls = len(batch_plan(windows, self.detector.batch_size))
         return self.detector.detect(image, windows), calls
 
     def candidates(self, width: int, height: int) -> list[Window]:

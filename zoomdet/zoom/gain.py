@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from zoomdet.types import Detections
+from zoomdet.types import Detections, Window
 
-__all__ = ["GainItems", "detection_gains"]
+__all__ = ["GainItems", "detection_gains", "window_gain_items"]
 
 
 @dataclass(frozen=True)
@@ -128,3 +128,21 @@ def detection_gains(coarse: Detections, fine: Detections, gt_boxes: Tensor, gt_l
         return GainItems(torch.zeros((0, 4)), torch.zeros(0), z, z.clone())
     return GainItems(torch.stack(boxes).float(), torch.tensor(gains, dtype=torch.float32),
                      torch.tensor(kinds, dtype=torch.int64), torch.tensor(cidx, dtype=torch.int64))
+
+
+def window_gain_items(coarse: Detections, fine: Detections, window: Window, gt_boxes: Tensor, gt_labels: Tensor,
+                      gt_crowd: Tensor | None = None, drop_ios: float = 0.5) -> tuple[Tensor, GainItems]:
+    """Gain items of zooming into ``window``: the coarse boxes the merge rule would replace there
+    (IoS with the window >= ``drop_ios``) against the window's ``fine`` detections.
+
+    Returns:
+        The indices into ``coarse`` of the replaced boxes (``GainItems.coarse_index`` indexes
+        this subset) and the items.
+    """
+    from zoomdet.zoom.merge import intersection_over_self
+
+    if len(coarse):
+        idx = torch.nonzero(intersection_over_self(coarse.boxes, window.box()[None])[:, 0] >= drop_ios).flatten()
+    else:
+        idx = torch.zeros(0, dtype=torch.int64)
+    return idx, detection_gains(coarse.select(idx), fine, gt_boxes, gt_labels, gt_crowd)

@@ -26,8 +26,8 @@ import torch
 
 from zoomdet.types import Detections, Window
 from zoomdet.zoom.engine import EpisodeState, ZoomConfig
-from zoomdet.zoom.gain import GainItems, detection_gains
-from zoomdet.zoom.merge import STAGE_COARSE, STAGE_FINE, MergeResult, intersection_over_self, sahi_postprocess
+from zoomdet.zoom.gain import GainItems, window_gain_items
+from zoomdet.zoom.merge import STAGE_COARSE, STAGE_FINE, MergeResult, sahi_postprocess
 from zoomdet.zoom.windows import GainMap
 
 __all__ = ["GAIN_POLICIES", "SahiConfig", "PolicyConfig", "CoarsePolicy", "FinePolicy", "SahiPolicy", "RandomPolicy", "OraclePolicy",
@@ -202,15 +202,8 @@ class OraclePolicy:
         gt = state.ground_truth
         assert gt is not None and state.lookahead is not None
         fine = state.lookahead(state.candidates)
-        items = []
-        for w, f in zip(state.candidates, fine):
-            if len(state.coarse):
-                inside = intersection_over_self(state.coarse.boxes, w.box()[None])[:, 0] >= self.drop_ios
-                replaced = state.coarse.select(inside)
-            else:
-                replaced = state.coarse
-            items.append(detection_gains(replaced, f, gt.boxes, gt.labels, gt.crowd))
-        return items
+        return [window_gain_items(state.coarse, f, w, gt.boxes, gt.labels, gt.crowd, self.drop_ios)[1]
+                for w, f in zip(state.candidates, fine)]
 
     def select(self, state: EpisodeState) -> Optional[int]:
         if "oracle_items" not in state.memory:  # once per episode
