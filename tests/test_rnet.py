@@ -42,11 +42,11 @@ def test_gain_labels_of_a_hand_built_record():
 
 def test_window_prediction_is_the_integral_of_spread_gains():
     rec = hand_record()
-    rec2 = CacheRecord(1, 200, 100, rec.coarse, [Window(0, 0, 15, 100)], [[0]], [rec.fine[0]], rec.gt_boxes,
+    rec2 = CacheRecord(1, 200, 100, rec.coarse, [Window(0, 0, 16, 100)], [[0]], [rec.fine[0]], rec.gt_boxes,
                        rec.gt_labels, rec.gt_crowd)
     g = torch.tensor([1.0, 2.0, -1.0])
-    # window x<15 covers half of box 0 only: 0.5 * 1.0
-    assert window_predicted_gains(rec2, g).tolist() == pytest.approx([0.5])
+    # window x<16 (a cell edge of the 8-px gain map) covers 6/10 of box 0 (x 10..20) only: 0.6 * 1.0
+    assert window_predicted_gains(rec2, g).tolist() == pytest.approx([0.6])
 
 
 def test_entropy_state_peaks_at_half():

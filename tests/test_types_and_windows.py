@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -52,7 +53,7 @@ def test_window_config_rejects_grids_that_cannot_cover():
 def test_gain_map_integral_matches_spread_gains():
     boxes = torch.tensor([[0.0, 0, 10, 10], [5, 5, 15, 25], [30, 30, 40, 40]])
     gains = torch.tensor([1.0, -0.5, 2.0])
-    gm = GainMap(50, 40, boxes, gains)
+    gm = GainMap(50, 40, boxes, gains, cell=1)
     assert gm.window_sum(Window(0, 0, 50, 40)) == pytest.approx(2.5)
     # half of box 0 (x 0..5), nothing else: 0.5
     assert gm.window_sum(Window(0, 0, 5, 5)) == pytest.approx(0.25)
@@ -81,11 +82,40 @@ def test_in_place_zeroing_matches_a_fresh_integral():
     wh = torch.rand(40, 2, generator=gen) * 30 + 2
     boxes = torch.cat([xy, xy + wh], 1)
     gains = torch.randn(40, generator=gen)
-    gm = GainMap(320, 220, boxes, gains)
-    ref = gm.values.astype("float64").copy()
+    gm = GainMap(320, 220, boxes.round(), gains, cell=1)
+    ref = gm.cells.copy()
     for w in (Window(10, 20, 150, 120), Window(100, 60, 300, 200), Window(0, 0, 320, 5)):
         gm.zero_(w)
         ref[w.y0:w.y1, w.x0:w.x1] = 0.0
         for q in (Window(0, 0, 320, 220), Window(50, 50, 200, 210), Window(140, 10, 160, 215)):
             assert gm.window_sum(q) == pytest.approx(ref[q.y0:q.y1, q.x0:q.x1].sum(), abs=1e-4)
         assert gm.positive_total() == pytest.approx(ref.clip(min=0).sum(), abs=1e-4)
+
+
+def test_coarse_cells_are_exact_on_cell_edges_and_close_elsewhere():
+    gen = torch.Generator().manual_seed(1)
+    xy = torch.rand(30, 2, generator=gen) * torch.tensor([280.0, 180])
+    boxes = torch.cat([xy, xy + torch.rand(30, 2, generator=gen) * 30 + 2], 1)
+    gains = torch.randn(30, generator=gen)
+    fine, coarse = GainMap(320, 220, boxes, gains, cell=1), GainMap(320, 220, boxes, gains, cell=8)
+    assert coarse.cells.shape == (28, 40)  # ceil(220 / 8) x ceil(320 / 8)
+    assert coarse.total() == pytest.approx(float(gains.sum()), abs=1e-6)
+    on_edges = Window(16, 8, 200, 160)
+    assert coarse.window_sum(on_edges) == pytest.approx(fine.window_sum(on_edges), abs=1e-6)
+    off = Window(13, 5, 203, 161)
+    assert coarse.window_sum(off) == pytest.approx(fine.window_sum(off), abs=0.15)
+    # zeroing removes exactly what the window held; a window on cell edges then sums to zero
+    for w in (off, on_edges):
+        before, held = coarse.total(), coarse.window_sum(w)
+        coarse.zero_(w)
+        assert coarse.total() == pytest.approx(before - held, abs=1e-9)
+    assert coarse.window_sum(on_edges) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_pooled_grid_sums_to_the_map_and_places_gain():
+    gm = GainMap(256, 128, torch.tensor([[192.0, 0, 256, 64]]), torch.tensor([2.0]))
+    grid = gm.pooled(2, 4)
+    assert grid.shape == (2, 4) and grid.dtype == np.float32
+    assert grid.sum() == pytest.approx(2.0, abs=1e-5)
+    assert grid[0, 3] == pytest.approx(2.0, abs=1e-5)  # the box fills the top-right grid cell
+    assert np.abs(grid).sum() == pytest.approx(2.0, abs=1e-5)

@@ -5,8 +5,8 @@ Pure functions over integer pixel windows of the full-resolution image.
 * :func:`candidate_windows`: the Dynamic Zoom-in Network's action set, a
   ``2x2`` grid of large windows and a ``3x3`` grid of small ones, overlapping
   and covering the image (configurable).
-* :class:`GainMap`: a per-pixel accuracy-gain map with an integral image, so
-  the gain inside any window costs O(1).
+* :class:`GainMap`: the accuracy-gain map on a grid of small cells with an
+  integral image, so the gain inside a window is cheap to sum, zero and pool.
 * :func:`refine_window`: paper Eq. 6, shift a window by up to ±μ of its size
   to where it covers the most gain, keeping its size and staying inside the
   image.
@@ -78,86 +78,113 @@ def candidate_windows(width: int, height: int, cfg: Optional[WindowConfig] = Non
 
 
 class GainMap:
-    """Per-pixel accuracy gain of an image, with an integral image.
+    """Accuracy gain of an image on a grid of ``cell`` x ``cell`` pixel cells, with an integral image.
 
     Each item's gain is spread uniformly over its box (gain / box area) and
-    summed, at full-image size: ``values[y, x]`` is gain per pixel (float32).
-    Box bounds are rounded outward to whole pixels. ``integral`` (float64,
-    ``(H + 1) x (W + 1)``) makes any window's sum O(1).
+    summed. ``cells[j, i]`` (float64, ``ceil(H / cell) x ceil(W / cell)``) is
+    the exact gain inside cell ``(j, i)``; ``integral`` holds the cumulative
+    sums at cell corners. A window's sum interpolates the integral
+    bilinearly, which is exact for windows on cell edges and treats the gain
+    inside a cell as uniform otherwise. ``cell=1`` is the exact per-pixel map
+    for integer windows; the default 8 px keeps building, refining and
+    zeroing cheap (microseconds instead of milliseconds for a 2048 x 1536
+    image), which the environment's step rate depends on.
 
     Args:
         width, height: image size, pixels.
         boxes: ``Tensor[N, 4]`` xyxy pixels.
         gains: ``Tensor[N]`` gain of each box (any sign).
+        cell: cell side, pixels.
     """
 
-    def __init__(self, width: int, height: int, boxes: Tensor, gains: Tensor) -> None:
-        self.width, self.height = int(width), int(height)
-        diff = np.zeros((self.height + 1, self.width + 1), dtype=np.float64)
+    def __init__(self, width: int, height: int, boxes: Tensor, gains: Tensor, cell: int = 8) -> None:
+        self.width, self.height, self.cell = int(width), int(height), max(1, int(cell))
+        self.xs = np.minimum(np.arange(-(-self.width // self.cell) + 1) * self.cell, self.width).astype(np.float64)
+        self.ys = np.minimum(np.arange(-(-self.height // self.cell) + 1) * self.cell, self.height).astype(np.float64)
+        corner = np.zeros((len(self.ys), len(self.xs)), dtype=np.float64)
         if len(boxes):
             b = boxes.detach().cpu().double().numpy()
-            x0 = np.clip(np.floor(b[:, 0]), 0, self.width).astype(int)
-            y0 = np.clip(np.floor(b[:, 1]), 0, self.height).astype(int)
-            x1 = np.clip(np.ceil(b[:, 2]), 0, self.width).astype(int)
-            y1 = np.clip(np.ceil(b[:, 3]), 0, self.height).astype(int)
-            x1 = np.maximum(x1, np.minimum(x0 + 1, self.width))
-            y1 = np.maximum(y1, np.minimum(y0 + 1, self.height))
-            area = np.maximum((x1 - x0) * (y1 - y0), 1)
-            v = gains.detach().cpu().double().numpy() / area
-            valid = (x1 > x0) & (y1 > y0)
-            x0, y0, x1, y1, v = x0[valid], y0[valid], x1[valid], y1[valid], v[valid]
-            np.add.at(diff, (y0, x0), v)
-            np.add.at(diff, (y0, x1), -v)
-            np.add.at(diff, (y1, x0), -v)
-            np.add.at(diff, (y1, x1), v)
-        np.cumsum(diff, axis=0, out=diff)
-        np.cumsum(diff, axis=1, out=diff)
-        self.values = diff[: self.height, : self.width].astype(np.float32)
-        integral = np.zeros((self.height + 1, self.width + 1), dtype=np.float64)
-        np.cumsum(self.values, axis=0, out=integral[1:, 1:])
+            x0, x1 = np.clip(b[:, 0], 0, self.width), np.clip(b[:, 2], 0, self.width)
+            y0, y1 = np.clip(b[:, 1], 0, self.height), np.clip(b[:, 3], 0, self.height)
+            w, h = np.maximum(x1 - x0, 1e-6), np.maximum(y1 - y0, 1e-6)
+            density = gains.detach().cpu().double().numpy() / np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1.0)
+            # integral at corner (Y, X) = sum_n density_n * overlap_x_n(X) * overlap_y_n(Y): one matrix product
+            fx = np.clip(self.xs[None, :] - x0[:, None], 0, w[:, None]) * ((x1 > x0)[:, None])
+            fy = np.clip(self.ys[None, :] - y0[:, None], 0, h[:, None]) * ((y1 > y0)[:, None])
+            corner = (fy * density[:, None]).T @ fx
+        self.cells = np.diff(np.diff(corner, axis=0), axis=1)
+        self._integrate()
+
+    def _integrate(self) -> None:
+        integral = np.zeros((self.cells.shape[0] + 1, self.cells.shape[1] + 1), dtype=np.float64)
+        np.cumsum(self.cells, axis=0, out=integral[1:, 1:])
         np.cumsum(integral[1:, 1:], axis=1, out=integral[1:, 1:])
         self.integral = integral
-        self._positive = float(np.maximum(self.values, 0).sum(dtype=np.float64))
+        self._positive = float(np.maximum(self.cells, 0).sum())
+
+    def _coverage(self, lo: float, hi: float, edges: np.ndarray) -> tuple[int, np.ndarray]:
+        """First cell index and covered fraction of each cell between pixel ``lo`` and ``hi`` on one axis."""
+        i0 = min(int(lo // self.cell), len(edges) - 2)
+        i1 = max(min(int(-(-hi // self.cell)), len(edges) - 1), i0 + 1)
+        a, b = edges[i0:i1], edges[i0 + 1:i1 + 1]
+        frac = np.clip(np.minimum(b, hi) - np.maximum(a, lo), 0, None) / np.maximum(b - a, 1e-9)
+        return i0, frac
 
     def window_sum(self, window: Window) -> float:
-        """Total gain inside ``window`` (O(1))."""
-        I = self.integral
-        return float(I[window.y1, window.x1] - I[window.y0, window.x1] - I[window.y1, window.x0] + I[window.y0, window.x0])
+        """Total gain inside ``window``."""
+        x0, fx = self._coverage(window.x0, min(window.x1, self.width), self.xs)
+        y0, fy = self._coverage(window.y0, min(window.y1, self.height), self.ys)
+        if self.cell == 1 or (fx.min() >= 1 and fy.min() >= 1):
+            I = self.integral
+            xa, xb, ya, yb = x0, x0 + len(fx), y0, y0 + len(fy)
+            return float(I[yb, xb] - I[ya, xb] - I[yb, xa] + I[ya, xa])
+        return float(fy @ self.cells[y0:y0 + len(fy), x0:x0 + len(fx)] @ fx)
 
     def total(self) -> float:
         return float(self.integral[-1, -1])
 
     def positive_total(self) -> float:
-        """Sum of the positive part of the map (the paper's stop rule uses the remaining gain); O(1)."""
+        """Sum of the positive cells of the map (the paper's stop rule uses the remaining gain)."""
         return max(self._positive, 0.0)
+
+    def pooled(self, rows: int, cols: int) -> np.ndarray:
+        """``float32[rows, cols]``: the gain inside each cell of a ``rows x cols`` grid over the image.
+
+        Interpolates the integral at the grid's corners, so it costs O(rows * cols)
+        for any image size (the environment's observation)."""
+        X = np.linspace(0, self.width, cols + 1)
+        Y = np.linspace(0, self.height, rows + 1)
+        cx = np.arange(len(self.xs))
+        cy = np.arange(len(self.ys))
+        # fractional corner coordinates in cell units, then bilinear interpolation of the integral
+        u = np.interp(X, self.xs, cx)
+        v = np.interp(Y, self.ys, cy)
+        ui, vi = np.minimum(u.astype(int), len(cx) - 2), np.minimum(v.astype(int), len(cy) - 2)
+        du, dv = u - ui, v - vi
+        I = self.integral
+        corner = ((1 - dv)[:, None] * ((1 - du)[None, :] * I[vi][:, ui] + du[None, :] * I[vi][:, ui + 1])
+                  + dv[:, None] * ((1 - du)[None, :] * I[vi + 1][:, ui] + du[None, :] * I[vi + 1][:, ui + 1]))
+        return np.diff(np.diff(corner, axis=0), axis=1).astype(np.float32)
 
     def zero_(self, window: Window) -> "GainMap":
         """Set ``window`` to zero in place (the paper's state update after zooming) and return ``self``.
 
-        The integral is updated from the window's own local integral, so the
-        cost is one pass over the window plus additions to the part of the
-        integral right of and below it, not a full re-integration.
-        """
-        x0, y0, x1, y1 = window.x0, window.y0, min(window.x1, self.width), min(window.y1, self.height)
-        patch = self.values[y0:y1, x0:x1]
-        local = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=np.float64)
-        np.cumsum(patch, axis=0, out=local[1:, 1:])
-        np.cumsum(local[1:, 1:], axis=1, out=local[1:, 1:])
-        self._positive -= float(np.maximum(patch, 0).sum(dtype=np.float64))
-        I = self.integral
-        I[y0:y1 + 1, x0:x1 + 1] -= local
-        I[y1 + 1:, x0:x1 + 1] -= local[-1][None, :]
-        I[y0:y1 + 1, x1 + 1:] -= local[:, -1][:, None]
-        I[y1 + 1:, x1 + 1:] -= local[-1, -1]
-        patch[...] = 0.0
+        A cell the window covers partly keeps the uncovered share of its gain."""
+        x0, fx = self._coverage(window.x0, min(window.x1, self.width), self.xs)
+        y0, fy = self._coverage(window.y0, min(window.y1, self.height), self.ys)
+        self.cells[y0:y0 + len(fy), x0:x0 + len(fx)] *= 1.0 - fy[:, None] * fx[None, :]
+        self._integrate()
         return self
+
+    def copy(self) -> "GainMap":
+        new = object.__new__(GainMap)
+        new.__dict__.update(self.__dict__)
+        new.cells, new.integral = self.cells.copy(), self.integral.copy()
+        return new
 
     def zeroed(self, window: Window) -> "GainMap":
         """A copy with ``window`` set to zero; the original is unchanged."""
-        new = object.__new__(GainMap)
-        new.width, new.height = self.width, self.height
-        new.values, new.integral, new._positive = self.values.copy(), self.integral.copy(), self._positive
-        return new.zero_(window)
+        return self.copy().zero_(window)
 
 
 def refinement_windows(window: Window, width: int, height: int, cfg: Optional[WindowConfig] = None) -> list[Window]:
