@@ -90,7 +90,10 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
         raise ValueError(f"detector classes {sorted(unknown)} are not categories of {data}; "
                          f"the checkpoint was trained on another label set")
     engine = ZoomEngine(detector, cfg.zoom)
-    policies = {name: make_policy(name, cfg.policies, cfg.zoom, detector.checkpoint_id) for name in dict.fromkeys(policy_names)}
+    policies = {}
+    for name in dict.fromkeys(policy_names):
+        pol = make_policy(name, cfg.policies, cfg.zoom, detector.checkpoint_id)
+        policies[pol.name] = pol
     keys = _run_keys(policies, cfg.budgets, cfg)
     ids = ds.subset(cfg.images)
     save_config(cfg, out / "config.yaml")

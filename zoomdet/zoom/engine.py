@@ -145,6 +145,8 @@ class EpisodeState:
             timed separately (``oracle_lookahead``), not in the cost.
         memory: per-episode scratch space for the policy, so policy objects
             themselves keep no per-image state.
+        zoomed_windows: the windows zoomed so far, after refinement.
+        max_pixels_ratio: the episode's pixel budget.
     """
 
     width: int
@@ -159,6 +161,8 @@ class EpisodeState:
     ground_truth: Optional[GroundTruth] = None
     lookahead: Optional[Callable[[Sequence[Window]], list[Detections]]] = None
     memory: dict = field(default_factory=dict)
+    zoomed_windows: list[Window] = field(default_factory=list)
+    max_pixels_ratio: float = 1.0
 
 
 @runtime_checkable
@@ -274,7 +278,8 @@ class ZoomEngine:
 
         oracle = bool(getattr(policy, "needs_ground_truth", False))  # only oracles may see ground truth
         state = EpisodeState(W, H, coarse, cands, [], cost.pixels_ratio, None, np.ones(len(cands), dtype=bool),
-                             np.random.default_rng(seed), ground_truth if oracle else None, lookahead if oracle else None)
+                             np.random.default_rng(seed), ground_truth if oracle else None, lookahead if oracle else None,
+                             max_pixels_ratio=budget)
         t = time.perf_counter()
         state.gain = policy.gain_map(state)
         timing["gain"] = time.perf_counter() - t
@@ -298,6 +303,7 @@ class ZoomEngine:
             regions.append(Region(len(regions), len(regions), choice, proposed, window))
             spent += window.input_pixels
             state.zoomed.append(choice)
+            state.zoomed_windows.append(window)
             state.pixels_ratio = spent / (W * H)
             if state.gain is not None:
                 state.gain.zero_(window)  # the episode owns its map

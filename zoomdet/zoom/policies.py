@@ -26,7 +26,7 @@ import torch
 
 from zoomdet.types import Detections, Window
 from zoomdet.zoom.engine import EpisodeState, ZoomConfig
-from zoomdet.zoom.gain import GainItems, window_gain_items
+from zoomdet.zoom.gain import GainItems, fresh_gain, window_gain_items
 from zoomdet.zoom.merge import STAGE_COARSE, STAGE_FINE, MergeResult, sahi_postprocess
 from zoomdet.zoom.windows import GainMap
 
@@ -212,14 +212,7 @@ class OraclePolicy:
         zoomed = [state.candidates[i] for i in state.zoomed]
         best, best_gain = None, self.min_gain
         for i in np.flatnonzero(state.available):
-            it = items[i]
-            if len(it.gains) == 0:
-                continue
-            centres = (it.boxes[:, :2] + it.boxes[:, 2:]) / 2
-            fresh = torch.ones(len(centres), dtype=torch.bool)
-            for z in zoomed:
-                fresh &= ~((centres[:, 0] >= z.x0) & (centres[:, 0] < z.x1) & (centres[:, 1] >= z.y0) & (centres[:, 1] < z.y1))
-            g = float(it.gains[fresh].sum())
+            g = fresh_gain(items[i], zoomed)
             if g > best_gain:
                 best, best_gain = int(i), g
         return best
@@ -228,8 +221,13 @@ class OraclePolicy:
 def make_policy(name: str, cfg: Optional[PolicyConfig] = None, zoom: Optional[ZoomConfig] = None,
                 detector_id: Optional[str] = None):
     """A policy by name: ``coarse``, ``fine``, ``sahi``, ``random``, ``oracle``, ``greedy`` (needs
-    ``cfg.rnet``, trained on features of the detector ``detector_id``) or ``greedy-entropy``."""
+    ``cfg.rnet``, trained on features of the detector ``detector_id``), ``greedy-entropy``, or the
+    path of a trained agent (``.zip`` from ``zoomdet train``)."""
     cfg = cfg or PolicyConfig()
+    if name.endswith(".zip"):
+        from zoomdet.agents.policy import AgentPolicy
+
+        return AgentPolicy.from_path(name, detector_id=detector_id)
     if name in GAIN_POLICIES:
         from zoomdet.rnet.model import EntropyGain, RNetGain
         from zoomdet.rnet.policies import GreedyPolicy
@@ -250,4 +248,5 @@ def make_policy(name: str, cfg: Optional[PolicyConfig] = None, zoom: Optional[Zo
         return RandomPolicy(cfg.random_k)
     if name == "oracle":
         return OraclePolicy(cfg.oracle_min_gain, (zoom or ZoomConfig()).merge.drop_ios)
-    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(BASELINES + GAIN_POLICIES)}")
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(BASELINES + GAIN_POLICIES)} "
+                     f"or the path of a trained agent (.zip)")

@@ -15,7 +15,7 @@ Pure functions over integer pixel windows of the full-resolution image.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from torch import Tensor
@@ -147,33 +147,48 @@ class GainMap:
         """Sum of the positive cells of the map (the paper's stop rule uses the remaining gain)."""
         return max(self._positive, 0.0)
 
+    def _pool_weights(self, rows: int, cols: int):
+        """Corner positions of a ``rows x cols`` grid in cell units (integer part, fraction), memoized per shape."""
+        key = (rows, cols)
+        cache = self.__dict__.setdefault("_pool_cache", {})
+        if key not in cache:
+            u = np.interp(np.linspace(0, self.width, cols + 1), self.xs, np.arange(len(self.xs)))
+            v = np.interp(np.linspace(0, self.height, rows + 1), self.ys, np.arange(len(self.ys)))
+            ui, vi = np.minimum(u.astype(int), len(self.xs) - 2), np.minimum(v.astype(int), len(self.ys) - 2)
+            cache[key] = (ui, u - ui, vi, v - vi)
+        return cache[key]
+
     def pooled(self, rows: int, cols: int) -> np.ndarray:
         """``float32[rows, cols]``: the gain inside each cell of a ``rows x cols`` grid over the image.
 
-        Interpolates the integral at the grid's corners, so it costs O(rows * cols)
-        for any image size (the environment's observation)."""
-        X = np.linspace(0, self.width, cols + 1)
-        Y = np.linspace(0, self.height, rows + 1)
-        cx = np.arange(len(self.xs))
-        cy = np.arange(len(self.ys))
-        # fractional corner coordinates in cell units, then bilinear interpolation of the integral
-        u = np.interp(X, self.xs, cx)
-        v = np.interp(Y, self.ys, cy)
-        ui, vi = np.minimum(u.astype(int), len(cx) - 2), np.minimum(v.astype(int), len(cy) - 2)
-        du, dv = u - ui, v - vi
+        Interpolates the integral bilinearly at the grid's corners, so it costs
+        O(rows * cols) for any image size (the environment's observation)."""
+        ui, du, vi, dv = self._pool_weights(rows, cols)
         I = self.integral
-        corner = ((1 - dv)[:, None] * ((1 - du)[None, :] * I[vi][:, ui] + du[None, :] * I[vi][:, ui + 1])
-                  + dv[:, None] * ((1 - du)[None, :] * I[vi + 1][:, ui] + du[None, :] * I[vi + 1][:, ui + 1]))
+        top = I[vi][:, ui] * (1 - du) + I[vi][:, ui + 1] * du
+        bottom = I[vi + 1][:, ui] * (1 - du) + I[vi + 1][:, ui + 1] * du
+        corner = top * (1 - dv)[:, None] + bottom * dv[:, None]
         return np.diff(np.diff(corner, axis=0), axis=1).astype(np.float32)
 
     def zero_(self, window: Window) -> "GainMap":
         """Set ``window`` to zero in place (the paper's state update after zooming) and return ``self``.
 
-        A cell the window covers partly keeps the uncovered share of its gain."""
+        A cell the window covers partly keeps the uncovered share of its gain.
+        The integral is updated from the block's own cumulative sums (only the
+        part right of and below the window changes), not re-integrated."""
         x0, fx = self._coverage(window.x0, min(window.x1, self.width), self.xs)
         y0, fy = self._coverage(window.y0, min(window.y1, self.height), self.ys)
-        self.cells[y0:y0 + len(fy), x0:x0 + len(fx)] *= 1.0 - fy[:, None] * fx[None, :]
-        self._integrate()
+        x1, y1 = x0 + len(fx), y0 + len(fy)
+        block = self.cells[y0:y1, x0:x1]
+        delta = -block * (fy[:, None] * fx[None, :])
+        self._positive += float(np.maximum(block + delta, 0).sum() - np.maximum(block, 0).sum())
+        block += delta
+        local = np.cumsum(np.cumsum(delta, axis=0), axis=1)
+        I = self.integral
+        I[y0 + 1:y1 + 1, x0 + 1:x1 + 1] += local
+        I[y1 + 1:, x0 + 1:x1 + 1] += local[-1]
+        I[y0 + 1:y1 + 1, x1 + 1:] += local[:, -1:]
+        I[y1 + 1:, x1 + 1:] += local[-1, -1]
         return self
 
     def copy(self) -> "GainMap":
@@ -212,14 +227,18 @@ def refinement_windows(window: Window, width: int, height: int, cfg: Optional[Wi
     return out
 
 
-def refine_window(window: Window, gain: GainMap, cfg: Optional[WindowConfig] = None) -> Window:
+def refine_window(window: Window, gain: GainMap, cfg: Optional[WindowConfig] = None,
+                  positions: Optional[Sequence[Window]] = None) -> Window:
     """Paper Eq. 6: the position in :func:`refinement_windows` that covers the most gain.
 
     Size and scale are unchanged and the window stays inside the image; ties
-    keep the smallest shift (the original window first).
+    keep the smallest shift (the original window first). ``positions`` may
+    pass ``refinement_windows(window, ...)`` precomputed (the environment does).
     """
+    if positions is None:
+        positions = refinement_windows(window, gain.width, gain.height, cfg)
     best, best_gain = window, gain.window_sum(window)
-    for cand in refinement_windows(window, gain.width, gain.height, cfg)[1:]:
+    for cand in positions[1:]:
         g = gain.window_sum(cand)
         if g > best_gain + 1e-9:
             best, best_gain = cand, g

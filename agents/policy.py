@@ -1,0 +1,112 @@
+"""A trained agent as a :class:`~zoomdet.zoom.engine.ZoomPolicy` of the live zoom engine.
+
+``zoomdet evaluate --policy logs/dqn/ZoomDet-v0_1/best_model.zip`` (and the
+service) load the ``.zip`` with :meth:`AgentPolicy.from_path`. The run
+folder's ``zoomdet.json`` (written by ``zoomdet train``) names the algorithm
+and the environment options, so the live policy builds exactly the
+observation the agent was trained on (:func:`zoomdet.envs.zoom_env.observe`)
+from the coarse detections, and stops where the environment would have
+terminated (remaining gain under ``stop_gain``, the stop action, or
+``max_steps``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from zoomdet.envs.zoom_env import ZoomEnvConfig, budget_left, covered_by, gain_model_for, observe
+from zoomdet.zoom.engine import EpisodeState
+from zoomdet.zoom.windows import GainMap
+
+__all__ = ["AgentPolicy", "RUN_FILE", "load_run_info", "ALGOS", "algorithm_class"]
+
+RUN_FILE = "zoomdet.json"
+
+
+ALGOS = ("dqn", "ppo_mask")
+
+
+def algorithm_class(algo: str):
+    """The SB3 class of an algorithm name: ``dqn`` (:class:`~zoomdet.agents.qnet.MaskableDQN`) or ``ppo_mask`` (MaskablePPO)."""
+    if algo == "dqn":
+        from zoomdet.agents.qnet import MaskableDQN
+
+        return MaskableDQN
+    if algo == "ppo_mask":
+        from sb3_contrib import MaskablePPO
+
+        return MaskablePPO
+    raise ValueError(f"unknown algo {algo!r}; choose from {', '.join(ALGOS)}")
+
+
+def load_run_info(model_path: str | Path) -> dict:
+    """``zoomdet.json`` of the run a model file belongs to (its folder, or the one above for checkpoints)."""
+    p = Path(model_path)
+    for folder in (p.parent, p.parent.parent):
+        if (folder / RUN_FILE).is_file():
+            return json.loads((folder / RUN_FILE).read_text())
+    raise FileNotFoundError(f"no {RUN_FILE} next to {p} or in its parent folder; was it trained with zoomdet train?")
+
+
+class AgentPolicy:
+    """Picks windows with a trained SB3 model (stateless per call: episode data lives in ``EpisodeState``).
+
+    Args:
+        model: a loaded ``MaskableDQN`` or ``MaskablePPO``.
+        algo: ``dqn`` or ``ppo_mask``.
+        env_config: the environment options the model was trained with.
+        gain_model: the state builder (R-net or entropy); ``None`` is refused (the oracle state needs ground truth).
+        name: name in reports.
+    """
+
+    needs_ground_truth = False
+
+    def __init__(self, model, algo: str, env_config: ZoomEnvConfig, gain_model, name: str = "agent") -> None:
+        if gain_model is None:
+            raise ValueError("an agent trained on the oracle state cannot run live (it needs ground truth); "
+                             "train it with state rnet or entropy")
+        self.model, self.algo, self.config, self.gain_model, self.name = model, algo, env_config, gain_model, name
+
+    @classmethod
+    def from_path(cls, path: str | Path, detector_id: Optional[str] = None, name: Optional[str] = None) -> "AgentPolicy":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"agent model not found: {path}; train one with zoomdet train")
+        info = load_run_info(path)
+        algo = info["algo"]
+        cfg = ZoomEnvConfig(**info["env_config"])
+        if detector_id and info.get("detector_checkpoint_id") not in (None, detector_id):
+            raise ValueError(f"agent {path} was trained on a cache of detector {info['detector_checkpoint_id']}, "
+                             f"not {detector_id}")
+        model = algorithm_class(algo).load(str(path), device="cpu")
+        run = path.parent.name if path.parent.name != "checkpoints" else path.parent.parent.name
+        return cls(model, algo, cfg, gain_model_for(cfg, detector_id), name or f"{algo}:{run}/{path.stem}")
+
+    def gain_map(self, state: EpisodeState) -> GainMap:
+        return GainMap(state.width, state.height, state.coarse.boxes, self.gain_model.predict(state.coarse))
+
+    def action_mask(self, state: EpisodeState) -> np.ndarray:
+        covered = np.array(covered_by(state.candidates, state.zoomed_windows), dtype=bool)
+        return np.append(state.available & ~covered, True)
+
+    def select(self, state: EpisodeState) -> Optional[int]:
+        gm = state.gain
+        assert gm is not None
+        if gm.positive_total() < self.config.stop_gain or len(state.zoomed) >= self.config.max_steps:
+            return None
+        mask = self.action_mask(state)
+        if not mask[:-1].any():
+            return None
+        coarse_ratio = state.memory.setdefault("coarse_ratio", state.pixels_ratio)  # first call: coarse pass only
+        left = budget_left(state.max_pixels_ratio, state.pixels_ratio, coarse_ratio)
+        obs = observe(gm, state.zoomed_windows, mask, left, self.config)
+        if self.algo == "ppo_mask":
+            action, _ = self.model.predict(obs, deterministic=True, action_masks=mask)
+        else:
+            action, _ = self.model.predict(obs, deterministic=True)
+        a = int(action)
+        return None if a >= len(state.candidates) else a

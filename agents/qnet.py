@@ -1,0 +1,149 @@
+"""The paper's Q-net as a stable-baselines3 DQN policy, and DQN with action masking.
+
+:class:`WindowQHead`: fully convolutional on the pooled AG map. One 3x3
+convolution, then one branch per window grid (large 2x2, small 3x3): each
+candidate window's Q-value is a 1x1 convolution (a linear map of the
+hidden channels) of the convolution's output averaged over the grid cells
+that window covers, so each output cell of a branch *is* a window, as in the
+paper. The stop action's Q-value is a linear map of the globally averaged
+features. Masked actions get ``-1e8``, so the greedy choice, the TD target's
+max and :meth:`MaskableDQN.predict` never pick one.
+
+:class:`ZoomDQNPolicy` plugs the head into SB3's ``DQNPolicy`` (its target
+network and replay come from SB3); :class:`MaskableDQN` is SB3's DQN whose
+random actions (warm-up and epsilon-greedy) are drawn among allowed ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3 import DQN
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
+from torch import Tensor, nn
+
+__all__ = ["WindowQHead", "ZoomQNetwork", "ZoomDQNPolicy", "MaskableDQN", "window_pooling", "random_masked_actions"]
+
+MASKED_Q = -1e8
+
+
+def window_pooling(window_boxes: Sequence[Sequence[float]], rows: int, cols: int) -> Tensor:
+    """``float32[K, rows * cols]``: for each window (normalized xyxy in [0, 1]) the share of it in each grid
+    cell, normalized to sum to 1 (a weighted average over the cells it covers)."""
+    xs, ys = np.linspace(0, 1, cols + 1), np.linspace(0, 1, rows + 1)
+    out = []
+    for x0, y0, x1, y1 in window_boxes:
+        fx = np.clip(np.minimum(xs[1:], x1) - np.maximum(xs[:-1], x0), 0, None)
+        fy = np.clip(np.minimum(ys[1:], y1) - np.maximum(ys[:-1], y0), 0, None)
+        w = np.outer(fy, fx).ravel()
+        out.append(w / max(w.sum(), 1e-12))
+    return torch.tensor(np.stack(out), dtype=torch.float32)
+
+
+class WindowQHead(nn.Module):
+    """Q-values ``[B, K + 1]`` from the map ``[B, C, rows, cols]`` and the mask ``[B, K + 1]`` (see module docstring).
+
+    Args:
+        in_channels, rows, cols: observation map shape.
+        window_boxes: ``K`` candidate windows, normalized xyxy, in action order.
+        window_groups: ``K`` branch indices (0 = large grid, 1 = small grid, ...).
+        hidden: channels of the 3x3 convolution.
+    """
+
+    def __init__(self, in_channels: int, rows: int, cols: int, window_boxes: Sequence[Sequence[float]],
+                 window_groups: Sequence[int], hidden: int = 64) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(inplace=True))
+        self.register_buffer("pool", window_pooling(window_boxes, rows, cols))
+        self.register_buffer("groups", torch.tensor(list(window_groups), dtype=torch.int64))
+        n_groups = int(max(window_groups)) + 1
+        self.branch_weight = nn.Parameter(torch.randn(n_groups, hidden) * (1.0 / hidden) ** 0.5)
+        self.branch_bias = nn.Parameter(torch.zeros(n_groups))
+        self.stop = nn.Linear(hidden + in_channels, 1)
+
+    def forward(self, grid: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        h = self.conv(grid)  # [B, hidden, rows, cols]
+        pooled = torch.einsum("bhn,kn->bkh", h.flatten(2), self.pool)  # [B, K, hidden]
+        q_windows = (pooled * self.branch_weight[self.groups]).sum(-1) + self.branch_bias[self.groups]
+        q_stop = self.stop(torch.cat([h.mean((2, 3)), grid.mean((2, 3))], dim=1))
+        q = torch.cat([q_windows, q_stop], dim=1)
+        if mask is not None:
+            q = q.masked_fill(mask < 0.5, MASKED_Q)
+        return q
+
+
+class ZoomQNetwork(QNetwork):
+    """SB3 ``QNetwork`` whose Q-values come from :class:`WindowQHead` on the ``map`` and ``mask`` observations."""
+
+    def __init__(self, observation_space: spaces.Dict, action_space: spaces.Discrete, features_extractor, features_dim: int,
+                 window_boxes: Sequence[Sequence[float]] = (), window_groups: Sequence[int] = (), hidden: int = 64,
+                 **kwargs: Any) -> None:
+        super().__init__(observation_space, action_space, features_extractor, features_dim, **kwargs)
+        c, rows, cols = observation_space["map"].shape
+        if len(window_boxes) != action_space.n - 1:
+            raise ValueError(f"{len(window_boxes)} window boxes for {action_space.n - 1} window actions")
+        self.window_boxes, self.window_groups, self.hidden = [list(map(float, b)) for b in window_boxes], list(window_groups), hidden
+        self.q_net = WindowQHead(c, rows, cols, window_boxes, window_groups, hidden)
+
+    def forward(self, obs) -> Tensor:
+        obs = preprocess_obs(obs, self.observation_space, normalize_images=False)
+        return self.q_net(obs["map"], obs["mask"])
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(window_boxes=self.window_boxes, window_groups=self.window_groups, hidden=self.hidden)
+        return data
+
+
+class ZoomDQNPolicy(DQNPolicy):
+    """DQN policy with the window Q-net; ``policy_kwargs``: ``window_boxes``, ``window_groups``, ``hidden``."""
+
+    def __init__(self, *args: Any, window_boxes: Sequence[Sequence[float]] = (), window_groups: Sequence[int] = (),
+                 hidden: int = 64, **kwargs: Any) -> None:
+        self.head_kwargs = dict(window_boxes=[list(map(float, b)) for b in window_boxes],
+                                window_groups=list(map(int, window_groups)), hidden=int(hidden))
+        super().__init__(*args, **kwargs)
+
+    def make_q_net(self) -> ZoomQNetwork:
+        net_args = self._update_features_extractor(self.net_args, features_extractor=None)
+        return ZoomQNetwork(**net_args, **self.head_kwargs).to(self.device)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(self.head_kwargs)
+        return data
+
+
+def random_masked_actions(observation: dict, rng: np.random.Generator) -> np.ndarray:
+    """One uniformly random allowed action per observation (``observation["mask"]``, batched or not)."""
+    mask = np.asarray(observation["mask"])
+    rows = mask.reshape(-1, mask.shape[-1])
+    acts = np.array([rng.choice(np.flatnonzero(r)) for r in rows])
+    return acts if mask.ndim > 1 else acts.reshape(())
+
+
+class MaskableDQN(DQN):
+    """SB3 DQN whose warm-up and epsilon-greedy actions respect the observation's action mask."""
+
+    def _mask_rng(self) -> np.random.Generator:
+        if not hasattr(self, "_masked_rng"):
+            self._masked_rng = np.random.default_rng(self.seed)
+        return self._masked_rng
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
+        if not deterministic and np.random.rand() < self.exploration_rate:
+            return random_masked_actions(observation, self._mask_rng()), state
+        return self.policy.predict(observation, state, episode_start, deterministic)
+
+    def _sample_action(self, learning_starts: int, action_noise=None, n_envs: int = 1):
+        if self.num_timesteps < learning_starts:
+            action = random_masked_actions(self._last_obs, self._mask_rng())
+            return action, action
+        return super()._sample_action(learning_starts, action_noise, n_envs)
+
+    def _excluded_save_params(self) -> list[str]:
+        return super()._excluded_save_params() + ["_masked_rng"]

@@ -1,0 +1,188 @@
+"""``zoomdet train``: train a zoom agent on a rollout cache, laid out like rl-baselines3-zoo.
+
+Hyperparameters come from a zoo-style YAML file (``configs/agents/dqn.yml``)
+keyed by environment id, overridden by ``--hyperparams key:value``;
+``env_kwargs`` in the file and ``--env-kwargs key:value`` set
+:class:`~zoomdet.envs.ZoomEnvConfig` fields. Each run writes to
+``<log-folder>/<algo>/<env>_<n>/``:
+
+* ``<env>.zip``: the final model; ``best_model.zip``: the best on the
+  evaluation cache (``--eval-freq``); ``checkpoints/rl_model_<steps>_steps.zip``
+  (``--save-freq``, with the replay buffer for DQN);
+* ``config.yml`` (resolved hyperparameters), ``args.yml`` (the command's
+  arguments), ``zoomdet.json`` (algorithm, environment options, cache and
+  detector: what ``AgentPolicy.from_path`` needs), ``evaluations.npz``.
+
+``--trained-agent PATH`` resumes: it loads the model (and the replay buffer
+saved beside a checkpoint) and trains until ``n_timesteps`` in total.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from zoomdet.agents.policy import ALGOS, RUN_FILE, algorithm_class
+from zoomdet.envs import ENV_ID, ZoomEnv, ZoomEnvConfig
+
+__all__ = ["TrainArgs", "train_agent", "parse_key_values", "next_run_dir"]
+
+
+@dataclass
+class TrainArgs:
+    """What ``zoomdet train`` was asked (saved as ``args.yml``)."""
+
+    algo: str = "dqn"
+    env: str = ENV_ID
+    cache: str = ""
+    eval_cache: Optional[str] = None
+    n_timesteps: int = -1
+    """-1: the config file's ``n_timesteps``."""
+    seed: int = 0
+    conf_file: Optional[str] = None
+    hyperparams: dict = field(default_factory=dict)
+    env_kwargs: dict = field(default_factory=dict)
+    eval_freq: int = 5000
+    eval_episodes: int = 0
+    """0: one episode per image of the evaluation cache."""
+    save_freq: int = -1
+    tensorboard_log: Optional[str] = None
+    log_folder: str = "logs"
+    trained_agent: Optional[str] = None
+    progress: bool = True
+    verbose: int = 0
+
+
+def parse_key_values(items: list[str]) -> dict[str, Any]:
+    """``["lam:5", "grid:[12,16]"]`` -> ``{"lam": 5, "grid": [12, 16]}`` (values parsed as YAML)."""
+    out = {}
+    for item in items or []:
+        if ":" not in item:
+            raise ValueError(f"expected key:value, got {item!r}")
+        k, v = item.split(":", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def next_run_dir(log_folder: str | Path, algo: str, env_id: str) -> Path:
+    """``<log_folder>/<algo>/<env_id>_<n>`` with ``n`` one above the largest existing."""
+    base = Path(log_folder) / algo
+    base.mkdir(parents=True, exist_ok=True)
+    ids = [int(m.group(1)) for p in base.iterdir() if (m := re.fullmatch(re.escape(env_id) + r"_(\d+)", p.name))]
+    run = base / f"{env_id}_{max(ids, default=0) + 1}"
+    run.mkdir()
+    return run
+
+
+def load_hyperparams(args: TrainArgs) -> dict:
+    conf = Path(args.conf_file or f"configs/agents/{args.algo}.yml")
+    if not conf.is_file():
+        raise FileNotFoundError(f"hyperparameter file not found: {conf} (pass --conf-file)")
+    table = yaml.safe_load(conf.read_text()) or {}
+    if args.env not in table:
+        raise ValueError(f"{conf} has no entry for {args.env} (entries: {sorted(table)})")
+    hp = dict(table[args.env])
+    hp.update(args.hyperparams)
+    return hp
+
+
+def _make_env(cache: str, env_kwargs: dict, seed: int, sequential: bool = False):
+    from stable_baselines3.common.monitor import Monitor
+
+    kw = dict(env_kwargs, info_detections=False)
+    if sequential:
+        kw["order"] = "sequential"
+    env = Monitor(ZoomEnv(cache, **kw))
+    env.reset(seed=seed)
+    return env
+
+
+def train_agent(args: TrainArgs) -> Path:
+    """Train (or resume) an agent; returns the run folder."""
+    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    if args.algo not in ALGOS:
+        raise ValueError(f"unknown algo {args.algo!r}; choose from {', '.join(ALGOS)}")
+    if args.env != ENV_ID:
+        raise ValueError(f"unknown env {args.env!r}; ZoomDet provides {ENV_ID}")
+    hp = load_hyperparams(args)
+    n_timesteps = int(args.n_timesteps if args.n_timesteps > 0 else hp.pop("n_timesteps", 20000))
+    hp.pop("n_timesteps", None)
+    hp.pop("policy", None)  # the policy class follows from the algorithm
+    env_kwargs = {**hp.pop("env_kwargs", {}), **args.env_kwargs}
+    ZoomEnvConfig(**env_kwargs)  # fail early on bad options
+    policy_kwargs = dict(hp.pop("policy_kwargs", {}) or {})
+
+    train_env = _make_env(args.cache, env_kwargs, args.seed)
+    base_env: ZoomEnv = train_env.unwrapped
+    vec = DummyVecEnv([lambda: train_env])
+    run = next_run_dir(args.log_folder, args.algo, args.env)
+    algo_cls = algorithm_class(args.algo)
+
+    if args.algo == "dqn":
+        from zoomdet.agents.qnet import ZoomDQNPolicy
+        from zoomdet.envs.zoom_env import window_geometry
+
+        policy = ZoomDQNPolicy
+        policy_kwargs = {**window_geometry(base_env), **policy_kwargs}
+    else:
+        policy = "MultiInputPolicy"
+    if args.tensorboard_log:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ValueError("--tensorboard-log needs tensorboard: pip install 'zoomdet[tensorboard]'") from None
+
+    if args.trained_agent:
+        path = Path(args.trained_agent)
+        if not path.is_file():
+            raise FileNotFoundError(f"--trained-agent {path} not found")
+        model = algo_cls.load(str(path), env=vec, tensorboard_log=args.tensorboard_log, device="cpu")
+        buf = _replay_buffer_for(path)
+        if args.algo == "dqn" and buf is not None:
+            model.load_replay_buffer(str(buf))
+        print(f"resuming {path} at {model.num_timesteps} steps" + (f" with replay buffer {buf.name}" if buf else ""))
+    else:
+        model = algo_cls(policy, vec, seed=args.seed, verbose=args.verbose, tensorboard_log=args.tensorboard_log,
+                         policy_kwargs=policy_kwargs, device="cpu", **hp)
+
+    info = {"algo": args.algo, "env_id": args.env, "env_config": asdict(ZoomEnvConfig(**env_kwargs)),
+            "cache": str(Path(args.cache).resolve()), "detector_checkpoint_id": base_env.cache.checkpoint_id,
+            "n_timesteps": n_timesteps}
+    info["env_config"]["grid"] = list(info["env_config"]["grid"])
+    (run / RUN_FILE).write_text(json.dumps(info, indent=1))
+    (run / "config.yml").write_text(yaml.safe_dump({args.env: {"n_timesteps": n_timesteps, **hp, "env_kwargs": env_kwargs,
+                                                                "policy_kwargs": {k: v for k, v in policy_kwargs.items() if not k.startswith("window_")}}}))
+    (run / "args.yml").write_text(yaml.safe_dump(asdict(args)))
+
+    callbacks = []
+    if args.save_freq > 0:
+        callbacks.append(CheckpointCallback(args.save_freq, str(run / "checkpoints"), save_replay_buffer=args.algo == "dqn"))
+    if args.eval_cache and args.eval_freq > 0:
+        eval_env = _make_env(args.eval_cache, env_kwargs, args.seed + 1, sequential=True)
+        n_eval = args.eval_episodes or len(eval_env.unwrapped.records)
+        if args.algo == "ppo_mask":
+            from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback as Eval
+        else:
+            from stable_baselines3.common.callbacks import EvalCallback as Eval
+        callbacks.append(Eval(eval_env, n_eval_episodes=n_eval, eval_freq=args.eval_freq, log_path=str(run),
+                              best_model_save_path=str(run), deterministic=True, verbose=0))
+    remaining = n_timesteps - model.num_timesteps if args.trained_agent else n_timesteps
+    if remaining > 0:
+        model.learn(remaining, callback=CallbackList(callbacks), progress_bar=args.progress,
+                    reset_num_timesteps=not args.trained_agent, tb_log_name=run.name)
+    model.save(str(run / args.env))
+    return run
+
+
+def _replay_buffer_for(model_path: Path) -> Optional[Path]:
+    m = re.fullmatch(r"(.*)_(\d+)_steps", model_path.stem)
+    cands = [model_path.with_name(f"{m.group(1)}_replay_buffer_{m.group(2)}_steps.pkl")] if m else []
+    cands.append(model_path.with_name("replay_buffer.pkl"))
+    return next((c for c in cands if c.is_file()), None)

@@ -1,0 +1,349 @@
+"""``ZoomDet-v0``: the zoom-in decision process of the Dynamic Zoom-in Network over a rollout cache.
+
+One episode is one image of a :class:`~zoomdet.rnet.cache.RolloutCache`; the
+detector never runs inside :meth:`ZoomEnv.step` (every window the agent can
+reach, refined or not, was detected when the cache was built).
+
+Observation (``Dict``):
+
+* ``map``: ``float32[3, rows, cols]`` (default ``3 x 12 x 16``), channel first:
+
+  0. the accuracy-gain (AG) map pooled to the grid (the gain inside each grid
+     cell, times ``obs_scale``), zeroed where the agent already zoomed: the
+     paper's state;
+  1. the share of each grid cell already zoomed (0..1): the zoom history,
+     which the zeroed AG map alone cannot tell apart from "no gain here";
+  2. a constant plane: the share of the pixel budget still unspent (0..1).
+
+  The paper pools the map 16x; a fixed grid instead makes one Q-net serve
+  every image size (cells of 40-128 px for 640-2048 px images), and keeps
+  the replay buffer small. The candidate windows span 5-7 cells per side.
+* ``mask``: ``int8[K + 1]``, 1 where :meth:`ZoomEnv.action_masks` allows the action.
+
+Actions: ``Discrete(K + 1)``: candidate window ``a < K`` of the zoom engine
+(13 by default: 2x2 large, then 3x3 small), or ``K`` = stop.
+
+Step with window ``a``: refine it on the AG map (paper Eq. 6), look up the
+fine detections of the refined window in the cache, zero it on the map.
+Reward (paper Eq. 1): the window's true accuracy gain (items whose centre no
+earlier window covered, :func:`~zoomdet.zoom.gain.fresh_gain`) minus
+``lam * window pixels / image pixels`` (model input pixels at the fine
+scale). Stop: reward 0.
+
+Terminated on stop, when the remaining positive AG sum falls under
+``stop_gain`` (0.1, the paper's rule), or when every window has been taken.
+Truncated at ``max_steps`` and when the pixel budget leaves no window that
+fits. A masked-out action (a window already zoomed, fully covered, or over
+budget) changes nothing and earns 0; masked agents never take one.
+
+``info``: ``pixels_ratio`` (coarse pass included, as the engine counts it),
+``window`` (the refined window, xyxy pixels) and ``proposed``, ``true_gain``,
+``predicted_gain``, ``image_id``; on the last step of an episode also
+``detections`` (coarse and fine merged exactly as the live engine merges
+them), so an episode can be scored with COCOeval like the live pipeline.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Optional, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from zoomdet.rnet.cache import CacheRecord, RolloutCache
+from zoomdet.types import Detections, Window
+from zoomdet.zoom.gain import GainItems, fresh_gain, window_gain_items
+from zoomdet.zoom.merge import merge_zoom
+from zoomdet.zoom.windows import GainMap, refine_window
+
+__all__ = ["ZoomEnvConfig", "ZoomEnv", "observe", "budget_left", "gain_model_for", "zoomed_coverage", "covered_by",
+           "window_geometry"]
+
+STATES = ("rnet", "entropy", "oracle")
+
+
+@dataclass
+class ZoomEnvConfig:
+    """Options of :class:`ZoomEnv` (also the keyword arguments of ``gymnasium.make("ZoomDet-v0", cache=...)``)."""
+
+    state: str = "rnet"
+    """What builds the AG map: ``rnet`` (a trained R-net, needs ``rnet``), ``entropy`` (binary
+    entropy of coarse scores, the paper's ER) or ``oracle`` (true gain labels; an upper bound)."""
+    rnet: Optional[str] = None
+    """R-net checkpoint (``zoomdet rnet train``), trained on features of the cache's detector."""
+    lam: float = 5.0
+    """λ of the reward: cost of zooming into the whole image, in gain units."""
+    stop_gain: float = 0.1
+    """Terminate when the positive AG sum left on the map falls below this (the paper's 0.1)."""
+    max_steps: int = 13
+    """Step cap (truncation)."""
+    max_pixels_ratio: float = 1.0
+    """Pixel budget, coarse pass included (windows that do not fit are masked; truncation when none fits)."""
+    grid: Sequence[int] = (12, 16)
+    """Observation grid ``[rows, cols]``."""
+    obs_scale: float = 4.0
+    """Multiplier of the pooled AG channel."""
+    order: str = "random"
+    """``random``: each reset draws an image; ``sequential``: images in cache order (evaluation)."""
+    info_detections: bool = True
+    """Merge the episode's detections into ``info["detections"]`` on its last step (training turns
+    this off: the merge costs more than the rest of an episode)."""
+
+    def __post_init__(self) -> None:
+        if self.state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {self.state!r}")
+        if self.state == "rnet" and not self.rnet:
+            raise ValueError("state 'rnet' needs an R-net checkpoint: pass rnet=PATH (or state='entropy')")
+        if self.order not in ("random", "sequential"):
+            raise ValueError(f"order must be 'random' or 'sequential', got {self.order!r}")
+        if self.max_pixels_ratio <= 0 or self.max_steps < 1 or self.lam < 0:
+            raise ValueError("max_pixels_ratio must be > 0, max_steps >= 1 and lam >= 0")
+        if len(self.grid) != 2 or min(self.grid) < 3:
+            raise ValueError(f"grid must be [rows, cols] with both >= 3, got {self.grid}")
+        self.grid = tuple(int(g) for g in self.grid)
+
+
+def gain_model_for(cfg: ZoomEnvConfig, detector_checkpoint_id: Optional[str] = None):
+    """The state builder of a config (:class:`~zoomdet.rnet.model.RNetGain` or ``EntropyGain``); ``None`` for the oracle."""
+    from zoomdet.rnet.model import EntropyGain, RNetGain
+
+    if cfg.state == "rnet":
+        return RNetGain.from_checkpoint(cfg.rnet, expect_detector=detector_checkpoint_id)
+    if cfg.state == "entropy":
+        return EntropyGain()
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_edges(width: int, height: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    X, Y = np.linspace(0, width, cols + 1), np.linspace(0, height, rows + 1)
+    return X[:-1], X[1:], Y[:-1], Y[1:]
+
+
+def zoomed_coverage(zoomed: Sequence[Window], width: int, height: int, rows: int, cols: int) -> np.ndarray:
+    """``float32[rows, cols]``: share of each grid cell inside a zoomed window (the largest share over windows)."""
+    out = np.zeros((rows, cols), dtype=np.float32)
+    xa, xb, ya, yb = _grid_edges(width, height, rows, cols)
+    for z in zoomed:
+        fx = np.clip(np.minimum(xb, z.x1) - np.maximum(xa, z.x0), 0, None) / (xb - xa)
+        fy = np.clip(np.minimum(yb, z.y1) - np.maximum(ya, z.y0), 0, None) / (yb - ya)
+        np.maximum(out, np.outer(fy, fx), out=out)
+    return out
+
+
+def budget_left(max_pixels_ratio: float, pixels_ratio: float, coarse_ratio: float) -> float:
+    """Share (0..1) of the zoom budget (``max_pixels_ratio`` minus the coarse pass) still unspent."""
+    return float(np.clip((max_pixels_ratio - pixels_ratio) / max(max_pixels_ratio - coarse_ratio, 1e-9), 0.0, 1.0))
+
+
+def observe(gain: GainMap, zoomed: Sequence[Window], mask: np.ndarray, left: float,
+            cfg: ZoomEnvConfig) -> dict[str, np.ndarray]:
+    """The observation of a state; the live :class:`~zoomdet.agents.AgentPolicy` builds it the same way."""
+    rows, cols = cfg.grid
+    obs = np.empty((3, rows, cols), dtype=np.float32)
+    obs[0] = np.clip(gain.pooled(rows, cols) * cfg.obs_scale, -100, 100)
+    obs[1] = zoomed_coverage(zoomed, gain.width, gain.height, rows, cols)
+    obs[2] = left
+    return {"map": obs, "mask": mask.astype(np.int8)}
+
+
+def available_windows(candidates: Sequence[Window], zoomed_ids: Sequence[int], covered: Sequence[bool],
+                      spent_pixels: float, budget_pixels: float) -> np.ndarray:
+    """``bool[K]``: candidates not taken, not fully covered by zoomed windows, and within the pixel budget."""
+    return np.array([i not in zoomed_ids and not covered[i] and spent_pixels + w.input_pixels <= budget_pixels + 1e-6
+                     for i, w in enumerate(candidates)], dtype=bool)
+
+
+def covered_by(windows: Sequence[Window], zoomed: Sequence[Window]) -> list[bool]:
+    """For each window, whether the union of ``zoomed`` covers it entirely (it would add no new pixels)."""
+    out = []
+    for w in windows:
+        overlap = sum(max(0, min(w.x1, z.x1) - max(w.x0, z.x0)) * max(0, min(w.y1, z.y1) - max(w.y0, z.y0)) for z in zoomed)
+        if overlap < w.width * w.height:  # cannot be covered: the quick, common case
+            out.append(False)
+            continue
+        # a window is covered when every point of it is inside some zoomed window: test on the grid of all edges
+        xs = sorted({w.x0, w.x1, *(min(max(z.x0, w.x0), w.x1) for z in zoomed), *(min(max(z.x1, w.x0), w.x1) for z in zoomed)})
+        ys = sorted({w.y0, w.y1, *(min(max(z.y0, w.y0), w.y1) for z in zoomed), *(min(max(z.y1, w.y0), w.y1) for z in zoomed)})
+        ok = True
+        for xa, xb in zip(xs[:-1], xs[1:]):
+            for ya, yb in zip(ys[:-1], ys[1:]):
+                cx, cy = (xa + xb) / 2, (ya + yb) / 2
+                if not any(z.x0 <= cx < z.x1 and z.y0 <= cy < z.y1 for z in zoomed):
+                    ok = False
+                    break
+            if not ok:
+                break
+        out.append(ok)
+    return out
+
+
+@dataclass
+class _Image:
+    """Per-image data computed once per cache record: the initial AG map and the gain items of every cached window."""
+
+    record: CacheRecord
+    gain: GainMap
+    items: list[GainItems]
+    index: dict[Window, int]
+
+
+class ZoomEnv(gym.Env):
+    """The zoom-in MDP on a rollout cache (see the module docstring).
+
+    Args:
+        cache: rollout cache folder (``zoomdet cache build``) or an opened :class:`RolloutCache`.
+        config: options; keyword arguments override its fields.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, cache: str | os.PathLike | RolloutCache, config: Optional[ZoomEnvConfig] = None, **overrides: Any) -> None:
+        super().__init__()
+        names = {f.name for f in fields(ZoomEnvConfig)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TypeError(f"unknown ZoomEnv option(s) {sorted(unknown)}; options: {sorted(names)}")
+        base = {} if config is None else {f: getattr(config, f) for f in names}
+        config = ZoomEnvConfig(**{**base, **overrides})
+        self.config = config
+        self.cache = cache if isinstance(cache, RolloutCache) else RolloutCache(cache)
+        self.records = self.cache.records()
+        if not self.records:
+            raise ValueError(f"rollout cache {self.cache.root} holds no images")
+        self.zoom = self.cache.zoom
+        self.gain_model = gain_model_for(config, self.cache.checkpoint_id)
+        self._images: dict[int, _Image] = {}
+        self.num_candidates = self.records[0].num_candidates
+        rows, cols = config.grid
+        self.action_space = spaces.Discrete(self.num_candidates + 1)
+        self.observation_space = spaces.Dict({
+            "map": spaces.Box(-100.0, 100.0, shape=(3, rows, cols), dtype=np.float32),
+            "mask": spaces.MultiBinary(self.num_candidates + 1),
+        })
+        self._next = 0
+        self._img: Optional[_Image] = None
+
+    @staticmethod
+    def candidates_of(rec: CacheRecord) -> list[Window]:
+        return rec.windows[: rec.num_candidates]
+
+    @property
+    def stop_action(self) -> int:
+        return self.num_candidates
+
+    # ----------------------------------------------------------------- per-image data
+    def _image(self, k: int) -> _Image:
+        if k not in self._images:
+            rec = self.records[k]
+            if self.gain_model is None:
+                from zoomdet.rnet.model import coarse_gain_targets
+
+                gains = coarse_gain_targets(rec, self.zoom.merge.drop_ios)
+            else:
+                gains = self.gain_model.predict(rec.coarse)
+            gm = GainMap(rec.width, rec.height, rec.coarse.boxes, gains)
+            items = [window_gain_items(rec.coarse, f, w, rec.gt_boxes, rec.gt_labels, rec.gt_crowd,
+                                       self.zoom.merge.drop_ios)[1] for w, f in zip(rec.windows, rec.fine)]
+            self._images[k] = _Image(rec, gm, items, {w: i for i, w in enumerate(rec.windows)})
+        return self._images[k]
+
+    # ----------------------------------------------------------------- gymnasium API
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+        super().reset(seed=seed)
+        options = options or {}
+        if "index" in options:
+            k = int(options["index"])
+            if not 0 <= k < len(self.records):
+                raise ValueError(f"options['index'] must be in [0, {len(self.records)}), got {k}")
+        elif self.config.order == "sequential":
+            k, self._next = self._next, (self._next + 1) % len(self.records)
+        else:
+            k = int(self.np_random.integers(len(self.records)))
+        self._img = self._image(k)
+        rec = self._img.record
+        self.gain = self._img.gain.copy()
+        self.candidates = self.candidates_of(rec)
+        self.image_pixels = rec.width * rec.height
+        coarse_pixels = Window.full(rec.width, rec.height, self.zoom.coarse_scale).input_pixels
+        self.spent = float(coarse_pixels)
+        self.coarse_ratio = coarse_pixels / self.image_pixels
+        self.budget_pixels = self.config.max_pixels_ratio * self.image_pixels
+        self.zoomed_ids: list[int] = []
+        self.zoomed: list[Window] = []
+        self.fine_ids: list[int] = []
+        self.steps = 0
+        self._update_mask()
+        return self._obs(), {"image_id": rec.image_id, "pixels_ratio": self.pixels_ratio}
+
+    @property
+    def pixels_ratio(self) -> float:
+        return self.spent / self.image_pixels
+
+    def _update_mask(self) -> None:
+        covered = covered_by(self.candidates, self.zoomed)
+        self._available = available_windows(self.candidates, self.zoomed_ids, covered, self.spent, self.budget_pixels)
+
+    def action_masks(self) -> np.ndarray:
+        """``bool[K + 1]``: allowed actions (windows adding new pixels within budget; stop always)."""
+        return np.append(self._available, True)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        left = budget_left(self.config.max_pixels_ratio, self.pixels_ratio, self.coarse_ratio)
+        return observe(self.gain, self.zoomed, self.action_masks(), left, self.config)
+
+    def step(self, action):
+        if self._img is None:
+            raise RuntimeError("call reset() before step()")
+        a = int(action)
+        if not 0 <= a <= self.num_candidates:
+            raise ValueError(f"action must be in [0, {self.num_candidates}], got {a}")
+        self.steps += 1
+        info: dict[str, Any] = {"image_id": self._img.record.image_id}
+        reward, terminated = 0.0, False
+        if a == self.stop_action:
+            terminated = True
+        elif self._available[a]:
+            proposed = self.candidates[a]
+            rec = self._img.record
+            window = refine_window(proposed, self.gain, positions=[rec.windows[j] for j in rec.reach[a]])
+            k = self._img.index[window]
+            predicted = self.gain.window_sum(window)
+            true_gain = fresh_gain(self._img.items[k], self.zoomed)
+            reward = true_gain - self.config.lam * window.input_pixels / self.image_pixels
+            self.spent += window.input_pixels
+            self.gain.zero_(window)
+            self.zoomed_ids.append(a)
+            self.zoomed.append(window)
+            self.fine_ids.append(k)
+            self._update_mask()
+            info.update(proposed=proposed.as_tuple(), window=window.as_tuple(), true_gain=true_gain,
+                        predicted_gain=predicted, candidate=a)
+            terminated = self.gain.positive_total() < self.config.stop_gain or len(self.zoomed_ids) == self.num_candidates
+        else:
+            info["invalid_action"] = True
+        truncated = not terminated and (self.steps >= self.config.max_steps or not self._available.any())
+        info["pixels_ratio"] = self.pixels_ratio
+        if (terminated or truncated) and self.config.info_detections:
+            info["detections"] = self.merged()
+        return self._obs(), float(reward), terminated, truncated, info
+
+    def merged(self) -> Detections:
+        """Coarse and fine detections of the episode so far, merged as the live engine merges them."""
+        rec = self._img.record
+        fine = [rec.fine[k] for k in self.fine_ids]
+        return merge_zoom(rec.coarse.without_features(), fine, list(self.zoomed), rec.width, rec.height,
+                          self.zoom.merge).detections
+
+
+def window_geometry(env: "ZoomEnv") -> dict:
+    """``policy_kwargs`` of the Q-net for an environment: candidate windows normalized to [0, 1] and their grid."""
+    rec = env.records[0]
+    boxes = [[w.x0 / rec.width, w.y0 / rec.height, w.x1 / rec.width, w.y1 / rec.height] for w in env.candidates_of(rec)]
+    groups = [g for g, n in enumerate(env.zoom.windows.grids) for _ in range(n * n)]
+    return {"window_boxes": boxes, "window_groups": groups}
