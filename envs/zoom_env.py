@@ -39,8 +39,9 @@ budget) changes nothing and earns 0; masked agents never take one.
 ``info``: ``pixels_ratio`` (coarse pass included, as the engine counts it),
 ``window`` (the refined window, xyxy pixels) and ``proposed``, ``true_gain``,
 ``predicted_gain``, ``image_id``; on the last step of an episode also
-``detections`` (coarse and fine merged exactly as the live engine merges
-them), so an episode can be scored with COCOeval like the live pipeline.
+``detections``: coarse and fine merged exactly as the live engine merges
+them, as COCO result dicts, so episodes can be scored with COCOeval like the
+live pipeline (:meth:`ZoomEnv.merged` gives them as ``Detections``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ from typing import Any, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 
 from zoomdet.rnet.cache import CacheRecord, RolloutCache
@@ -330,7 +330,7 @@ class ZoomEnv(gym.Env):
         truncated = not terminated and (self.steps >= self.config.max_steps or not self._available.any())
         info["pixels_ratio"] = self.pixels_ratio
         if (terminated or truncated) and self.config.info_detections:
-            info["detections"] = self.merged()
+            info["detections"] = self.merged().to_coco(self._img.record.image_id)
         return self._obs(), float(reward), terminated, truncated, info
 
     def merged(self) -> Detections:

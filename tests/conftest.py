@@ -75,3 +75,21 @@ def synth_small(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("synth")
     return generate_dataset(SynthConfig(images=4, width=320, height=240, seed=3), out, progress=False)
+
+
+def write_fake_cache(root, records, checkpoint_id="fake", zoom=None):
+    """Write ``records`` (CacheRecord) as a one-shard rollout cache built for ``zoom`` (default ZoomConfig())."""
+    import json
+
+    from zoomdet.config import to_dict
+    from zoomdet.rnet.cache import CACHE_VERSION, zoom_digest
+    from zoomdet.zoom.engine import ZoomConfig
+
+    zoom = zoom or ZoomConfig()
+    root.mkdir(parents=True, exist_ok=True)
+    torch.save([r.to_payload() for r in records], root / "shard_00000.pt")
+    (root / "manifest.json").write_text(json.dumps({
+        "version": CACHE_VERSION, "checkpoint_id": checkpoint_id, "checkpoint": "x", "zoom_digest": zoom_digest(zoom),
+        "zoom": to_dict(zoom), "data": "x", "data_digest": "x",
+        "image_ids": [r.image_id for r in records], "shards": [[r.image_id for r in records]]}))
+    return root

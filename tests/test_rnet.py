@@ -1,11 +1,10 @@
-import json
 import os
 
 import pytest
 import torch
 
-from tests.conftest import StubDetector
-from zoomdet.rnet.cache import CACHE_VERSION, CacheMismatch, CacheRecord, RolloutCache, build_cache, cached_windows, zoom_digest
+from tests.conftest import StubDetector, write_fake_cache
+from zoomdet.rnet.cache import CacheMismatch, CacheRecord, RolloutCache, build_cache, cached_windows
 from zoomdet.rnet.model import EntropyGain, RNetConfig, RNetGain, coarse_gain_targets, window_predicted_gains, window_true_gains
 from zoomdet.rnet.policies import GreedyPolicy
 from zoomdet.rnet.train import train_rnet
@@ -52,15 +51,6 @@ def test_window_prediction_is_the_integral_of_spread_gains():
 def test_entropy_state_peaks_at_half():
     e = EntropyGain().predict(D([[0, 0, 1, 1]] * 3, [0.5, 0.99, 0.01]))
     assert e[0] == pytest.approx(1.0) and e[1] < 0.1 and e[2] < 0.1
-
-
-def write_fake_cache(root, records, checkpoint_id="fake"):
-    root.mkdir(parents=True, exist_ok=True)
-    torch.save([r.to_payload() for r in records], root / "shard_00000.pt")
-    (root / "manifest.json").write_text(json.dumps({
-        "version": CACHE_VERSION, "checkpoint_id": checkpoint_id, "checkpoint": "x", "zoom_digest": zoom_digest(ZoomConfig()),
-        "zoom": {"coarse_scale": 0.5}, "data": "x", "data_digest": "x",
-        "image_ids": [r.image_id for r in records], "shards": [[r.image_id for r in records]]}))
 
 
 def test_rnet_learns_gains_from_features_on_a_toy_cache(tmp_path):

@@ -23,6 +23,11 @@ EPILOG = """examples:
       --policy coarse --policy fine --policy sahi --policy random --policy oracle --out runs/eval/synth
   zoomdet cache build --config configs/eval/synth.yaml --data data/synth-train/annotations.json --out runs/cache/train
   zoomdet rnet train --cache runs/cache/train --val-cache runs/cache/val --out runs/rnet/rnet.pt
+  zoomdet train --algo dqn --env ZoomDet-v0 --cache runs/cache/train --eval-cache runs/cache/val \
+      --env-kwargs rnet:runs/rnet/rnet.pt lam:5 -n 20000 --seed 0
+  zoomdet evaluate --config configs/eval/synth.yaml --data data/synth-val/annotations.json \
+      --policy fine --policy greedy --policy logs/dqn/ZoomDet-v0_1/best_model.zip --rnet runs/rnet/rnet.pt --out runs/eval/agent
+  zoomdet replay --policy logs/dqn/ZoomDet-v0_1/best_model.zip --data data/synth-val/annotations.json --out runs/replay
 """
 
 
@@ -131,6 +136,40 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override an R-net option, e.g. --set epochs=500")
     rt.add_argument("--no-progress", action="store_true")
+
+    tr = sub.add_parser("train", help="train a zoom agent (Q-net DQN or MaskablePPO) on a rollout cache, rl-zoo style",
+                        description="Train an agent on ZoomDet-v0 (episodes are images of a rollout cache). Artifacts go "
+                                    "to LOG_FOLDER/ALGO/ENV_N/: final and best model, checkpoints, config.yml, args.yml, "
+                                    "zoomdet.json, evaluations.npz.")
+    tr.add_argument("--algo", default="dqn", choices=["dqn", "ppo_mask"], help="dqn: the paper's Q-net (default); ppo_mask: MaskablePPO")
+    tr.add_argument("--env", default="ZoomDet-v0", help="environment id (default ZoomDet-v0)")
+    tr.add_argument("--cache", required=True, help="rollout cache of the training images")
+    tr.add_argument("--eval-cache", help="rollout cache of held-out images for --eval-freq (best_model.zip)")
+    tr.add_argument("-n", "--n-timesteps", type=int, default=-1, help="environment steps (default: the config file's)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--conf-file", help="hyperparameter YAML (default configs/agents/ALGO.yml)")
+    tr.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="override hyperparameters, e.g. learning_rate:1e-3")
+    tr.add_argument("--env-kwargs", nargs="+", default=[], metavar="KEY:VALUE",
+                    help="environment options (ZoomEnvConfig), e.g. rnet:runs/rnet/rnet.pt lam:5 max_pixels_ratio:0.6")
+    tr.add_argument("--eval-freq", type=int, default=5000, help="evaluate on --eval-cache every N steps (default 5000; <=0 off)")
+    tr.add_argument("--eval-episodes", type=int, default=0, help="episodes per evaluation (default: one per cached image)")
+    tr.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N steps (default off)")
+    tr.add_argument("--tensorboard-log", help="TensorBoard folder (needs pip install 'zoomdet[tensorboard]')")
+    tr.add_argument("-f", "--log-folder", default="logs", help="root of the run folders (default logs)")
+    tr.add_argument("--trained-agent", help="resume from this model .zip (and its replay buffer when saved beside it)")
+    tr.add_argument("--verbose", type=int, default=0)
+    tr.add_argument("--no-progress", action="store_true")
+
+    rp = sub.add_parser("replay", help="run a policy through the live engine and record one episode file per image")
+    _add_config_args(rp, "configs/eval/synth.yaml")
+    rp.add_argument("--policy", required=True, help="a trained agent .zip or a policy name (greedy, oracle, ...)")
+    rp.add_argument("--data", required=True, help="COCO annotation json")
+    rp.add_argument("--out", required=True, help="output folder (episode_<image id>.json, index.json)")
+    rp.add_argument("--rnet", help="R-net checkpoint for the greedy policy")
+    rp.add_argument("--budget", type=float, help="max_pixels_ratio (default: the config's zoom.max_pixels_ratio)")
+    rp.add_argument("--lam", type=float, help="λ of the recorded rewards (default: the agent's training λ)")
+    rp.add_argument("--render", action="store_true", help="also draw a PNG per step and an animated GIF per episode")
+    _add_detector_args(rp)
     return parser
 
 
@@ -223,6 +262,37 @@ def _cmd_rnet(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from zoomdet.agents.train import TrainArgs, parse_key_values, train_agent
+
+    targs = TrainArgs(algo=args.algo, env=args.env, cache=args.cache, eval_cache=args.eval_cache, n_timesteps=args.n_timesteps,
+                      seed=args.seed, conf_file=args.conf_file, hyperparams=parse_key_values(args.hyperparams),
+                      env_kwargs=parse_key_values(args.env_kwargs), eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
+                      save_freq=args.save_freq, tensorboard_log=args.tensorboard_log, log_folder=args.log_folder,
+                      trained_agent=args.trained_agent, progress=not args.no_progress, verbose=args.verbose)
+    run = train_agent(targs)
+    best = run / "best_model.zip"
+    print(f"run folder: {run}")
+    print(f"evaluate it: zoomdet evaluate --policy {best if best.is_file() else run / (args.env + '.zip')} --policy fine "
+          f"--data ANN.json --out runs/eval/agent")
+    return 0
+
+
+def _cmd_replay(args) -> int:
+    from zoomdet.config import load_config
+    from zoomdet.eval.evaluator import EvalConfig
+    from zoomdet.eval.replay import replay
+
+    overrides = _detector_overrides(args)
+    if args.rnet is not None:
+        overrides.append(f"policies.rnet={args.rnet}")
+    cfg = load_config(EvalConfig, args.config, overrides)
+    files = replay(cfg, args.data, args.policy, args.out, lam=args.lam, max_pixels_ratio=args.budget, render=args.render,
+                   progress=not args.no_progress)
+    print(f"wrote {len(files)} episodes and {Path(args.out) / 'index.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -244,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_cache(args)
         if args.command == "rnet":
             return _cmd_rnet(args)
+        if args.command == "train":
+            return _cmd_train(args)
+        if args.command == "replay":
+            return _cmd_replay(args)
     except (ConfigError, DatasetError, FileNotFoundError, ValueError) as e:
         print(f"zoomdet {args.command}: error: {e}", file=sys.stderr)
         return 2

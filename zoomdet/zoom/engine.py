@@ -94,13 +94,15 @@ class Cost:
 
 @dataclass(frozen=True)
 class Region:
-    """A zoomed window: ``candidate`` index, the window before and after refinement, the step."""
+    """A zoomed window: ``candidate`` index, the window before and after refinement, the step, and the
+    gain the policy's map predicted inside the refined window when it was chosen (``None`` without a map)."""
 
     id: int
     step: int
     candidate: int
     proposed: Window
     window: Window
+    predicted_gain: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,9 @@ class GroundTruth:
 
 @dataclass
 class ZoomResult:
-    """Everything one image produced: merged detections, regions, cost and timing (seconds)."""
+    """Everything one image produced: merged detections (with ``stage`` and ``region`` per detection),
+    the coarse detections, the regions and their fine detections (``fine[i]`` belongs to ``regions[i]``;
+    for plan policies, each planned window's detections), cost and timing (seconds)."""
 
     detections: Detections
     stage: Tensor
@@ -125,6 +129,7 @@ class ZoomResult:
     timing: dict[str, float]
     width: int
     height: int
+    fine: list[Detections] = field(default_factory=list)
 
 
 @dataclass
@@ -256,7 +261,8 @@ class ZoomEngine:
             timing["total"] = time.perf_counter() - t_start + decode_seconds
             coarse = dets[0] if len(windows) == 1 else Detections.empty()
             regions = [Region(i, i, -1, w, w) for i, w in enumerate(windows)]
-            return ZoomResult(merged.detections, merged.stage, merged.region, coarse, regions, cost, timing, W, H)
+            return ZoomResult(merged.detections, merged.stage, merged.region, coarse, regions, cost, timing, W, H,
+                              [d.without_features() for d in dets])
 
         if getattr(policy, "needs_ground_truth", False) and ground_truth is None:
             raise ValueError(f"policy {policy.name!r} needs ground truth (it is an oracle); pass ground_truth=")
@@ -300,7 +306,8 @@ class ZoomEngine:
                 raise ValueError(f"policy {policy.name!r} chose window {choice}, which is not available")
             proposed = cands[choice]
             window = refine_window(proposed, state.gain, c.windows) if state.gain is not None else proposed
-            regions.append(Region(len(regions), len(regions), choice, proposed, window))
+            predicted = state.gain.window_sum(window) if state.gain is not None else None
+            regions.append(Region(len(regions), len(regions), choice, proposed, window, predicted))
             spent += window.input_pixels
             state.zoomed.append(choice)
             state.zoomed_windows.append(window)
@@ -320,4 +327,5 @@ class ZoomEngine:
         timing["total"] = time.perf_counter() - t_start + decode_seconds - lookahead_s[0]
         if lookahead_calls[0]:
             timing["oracle_lookahead"] = lookahead_s[0]
-        return ZoomResult(merged.detections, merged.stage, merged.region, coarse, regions, cost, timing, W, H)
+        return ZoomResult(merged.detections, merged.stage, merged.region, coarse, regions, cost, timing, W, H,
+                          [f.without_features() for f in fine])

@@ -1,0 +1,183 @@
+"""ZoomDet-v0 on hand-built caches: checkers, reward, termination, masking, and the Q-net agent."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import write_fake_cache
+from zoomdet.rnet.cache import CacheRecord, cached_windows
+from zoomdet.types import Detections, Window
+from zoomdet.zoom.engine import ZoomConfig
+from zoomdet.zoom.windows import WindowConfig
+
+import zoomdet.envs  # noqa: F401  (registers ZoomDet-v0)
+
+W, H = 320, 240
+ZOOM = ZoomConfig(windows=WindowConfig(refine_shift=0.1, refine_steps=1))
+
+
+def D(boxes, scores, labels=None):
+    b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    return Detections(b, torch.tensor(scores, dtype=torch.float32), torch.ones(len(b), dtype=torch.long) if labels is None
+                      else torch.tensor(labels))
+
+
+def toy_record(image_id: int, cluster: int, rng: np.random.Generator) -> CacheRecord:
+    """A 320x240 image: four 10-px objects inside small window ``cluster`` (4 + cluster) that the coarse pass
+    finds with score 0.3 and the fine pass with 0.95, and a large object elsewhere both passes find at 0.9."""
+    windows, reach = cached_windows(W, H, ZOOM)
+    cw = windows[4 + cluster]
+    cx, cy = (cw.x0 + cw.x1) / 2, (cw.y0 + cw.y1) / 2
+    small = [[cx + dx - 5, cy + dy - 5, cx + dx + 5, cy + dy + 5] for dx, dy in ((-20, -15), (20, -15), (-20, 15), (20, 15))]
+    big_x = 20.0 if cx > W / 2 else 250.0
+    big = [[big_x, 150, big_x + 50, 200]]
+    gt = torch.tensor(small + big)
+    coarse = D(small + big, [0.3] * 4 + [0.9])
+
+    def fine_in(w: Window) -> Detections:
+        inside = [b for b in small + big if b[0] >= w.x0 and b[2] <= w.x1 and b[1] >= w.y0 and b[3] <= w.y1]
+        return D(inside, [0.95 if b in small else 0.9 for b in inside]) if inside else Detections.empty()
+
+    return CacheRecord(image_id, W, H, coarse, windows, reach, [fine_in(w) for w in windows], gt,
+                       torch.ones(len(gt), dtype=torch.long), torch.zeros(len(gt), dtype=torch.bool))
+
+
+@pytest.fixture(scope="module")
+def toy_cache(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    recs = [toy_record(i + 1, i % 9, rng) for i in range(18)]
+    return write_fake_cache(tmp_path_factory.mktemp("toy") / "cache", recs, zoom=ZOOM)
+
+
+def make(toy_cache, **kw):
+    kw = {"state": "oracle", "lam": 1.0, **kw}
+    return gym.make("ZoomDet-v0", cache=str(toy_cache), **kw)
+
+
+def test_env_passes_gymnasium_and_sb3_checkers(toy_cache):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = make(toy_cache)
+    check_env(env.unwrapped, skip_render_check=True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SB3 notes the map is not a uint8 image: the Q-net is not a CnnPolicy
+        sb3_check_env(env.unwrapped)
+
+
+def test_reward_is_true_gain_minus_lambda_pixels_and_not_paid_twice(toy_cache):
+    env = make(toy_cache, lam=2.0).unwrapped
+    obs, info = env.reset(options={"index": 0})  # cluster in small window 0 (top-left)
+    assert obs["map"].shape == (3, 12, 16) and obs["map"].dtype == np.float32
+    win = env.candidates[4]
+    _, r, term, trunc, info = env.step(4)
+    # four pairs 0.3 -> 0.95 on true objects: 4 * (|1 - .3| - |1 - .95|) = 2.6; cost 2 * pixels share
+    px = Window(*info["window"], 1.0).input_pixels / (W * H)
+    assert info["true_gain"] == pytest.approx(2.6, abs=1e-4)
+    assert r == pytest.approx(2.6 - 2.0 * px, abs=1e-4)
+    assert info["pixels_ratio"] == pytest.approx(0.25 + px, abs=1e-6)
+    assert tuple(info["proposed"]) == win.as_tuple()
+    # large window 0 covers the same objects: nothing left to collect there, only the cost
+    _, r2, *_ , info2 = env.step(0)
+    assert info2["true_gain"] == pytest.approx(0.0, abs=1e-4) and r2 < 0
+
+
+def test_stop_and_step_cap_and_budget(toy_cache):
+    env = make(toy_cache).unwrapped
+    env.reset(options={"index": 3})
+    _, r, term, trunc, info = env.step(env.stop_action)
+    assert term and not trunc and r == 0.0 and "detections" in info
+    env = make(toy_cache, max_steps=2, state="entropy").unwrapped
+    env.reset(options={"index": 3})
+    env.step(5)
+    _, _, term, trunc, _ = env.step(6)
+    assert trunc and not term
+    # budget 0.45: the coarse pass (0.25) plus one small window (0.16) fits, a second one does not
+    env = make(toy_cache, max_pixels_ratio=0.45, state="entropy").unwrapped
+    env.reset(options={"index": 3})
+    m = env.action_masks()
+    assert not m[:4].any() and m[4:].all()  # large windows never fit
+    _, _, term, trunc, _ = env.step(5)
+    assert trunc and not term and env.action_masks().tolist() == [False] * 13 + [True]
+
+
+def test_oracle_state_terminates_when_the_gain_is_collected(toy_cache):
+    env = make(toy_cache).unwrapped
+    env.reset(options={"index": 4})  # cluster in small window 4 (centre)
+    _, _, term, trunc, info = env.step(8)
+    assert term and not trunc
+    assert env.gain.positive_total() < env.config.stop_gain
+    # merged detections replace the coarse 0.3 boxes with the fine 0.95 ones
+    assert sorted(d["score"] for d in info["detections"]) == pytest.approx([0.9] + [0.95] * 4)
+    assert all(d["image_id"] == 5 for d in info["detections"])
+
+
+def test_masks_taken_covered_and_invalid_actions_are_no_ops(toy_cache):
+    env = make(toy_cache, state="entropy").unwrapped
+    obs, _ = env.reset(options={"index": 1})
+    assert obs["mask"].tolist() == [1] * 14
+    env.step(0)  # large top-left window covers small window 0 (index 4) entirely
+    m = env.action_masks()
+    assert not m[0] and not m[4] and m[5] and m[13]
+    spent = env.pixels_ratio
+    _, r, term, trunc, info = env.step(0)
+    assert info.get("invalid_action") and r == 0.0 and env.pixels_ratio == spent and not term
+    with pytest.raises(ValueError, match="action must be"):
+        env.step(99)
+
+
+def test_bad_options_are_refused(toy_cache, tmp_path):
+    with pytest.raises(ValueError, match="needs an R-net"):
+        gym.make("ZoomDet-v0", cache=str(toy_cache))
+    with pytest.raises(TypeError, match="unknown ZoomEnv option"):
+        make(toy_cache, lamda=1.0)
+    with pytest.raises(ValueError, match="state must be"):
+        make(toy_cache, state="magic")
+    with pytest.raises(FileNotFoundError, match="no rollout cache"):
+        gym.make("ZoomDet-v0", cache=str(tmp_path / "nothing"), state="oracle")
+
+
+def _mean_return(env, act, episodes=18):
+    total = 0.0
+    for k in range(episodes):
+        obs, _ = env.reset(options={"index": k})
+        done = False
+        while not done:
+            obs, r, term, trunc, _ = env.step(act(obs))
+            total += r
+            done = term or trunc
+    return total / episodes
+
+
+def test_dqn_qnet_learns_better_than_random_and_resumes(toy_cache, tmp_path):
+    from zoomdet.agents.policy import algorithm_class
+    from zoomdet.agents.qnet import random_masked_actions
+    from zoomdet.agents.train import TrainArgs, train_agent
+
+    hp = {"learning_starts": 200, "exploration_fraction": 0.5, "target_update_interval": 100, "learning_rate": 2e-3,
+          "buffer_size": 5000}
+    env_kwargs = {"state": "entropy", "lam": 1.0}
+    args = TrainArgs(cache=str(toy_cache), eval_cache=str(toy_cache), n_timesteps=2500, eval_freq=1000, hyperparams=hp,
+                     env_kwargs=env_kwargs, log_folder=str(tmp_path / "logs"), save_freq=1000, progress=False,
+                     conf_file="configs/agents/dqn.yml")
+    run = train_agent(args)
+    assert run == tmp_path / "logs" / "dqn" / "ZoomDet-v0_1"
+    for f in ("ZoomDet-v0.zip", "best_model.zip", "config.yml", "args.yml", "zoomdet.json", "evaluations.npz",
+              "checkpoints/rl_model_1000_steps.zip", "checkpoints/rl_model_replay_buffer_1000_steps.pkl"):
+        assert (run / f).is_file(), f
+    model = algorithm_class("dqn").load(str(run / "ZoomDet-v0.zip"))
+    env = make(toy_cache, **env_kwargs).unwrapped
+    rng = np.random.default_rng(0)
+    learned = _mean_return(env, lambda o: int(model.predict(o, deterministic=True)[0]))
+    random = _mean_return(env, lambda o: int(random_masked_actions(o, rng)))
+    assert learned > random + 0.5, (learned, random)
+
+    # resume from the first checkpoint: trains up to n_timesteps in total, into a new run folder
+    args.trained_agent = str(run / "checkpoints" / "rl_model_1000_steps.zip")
+    args.n_timesteps, args.eval_freq, args.save_freq = 1200, -1, -1
+    run2 = train_agent(args)
+    resumed = algorithm_class("dqn").load(str(run2 / "ZoomDet-v0.zip"))
+    assert run2.name == "ZoomDet-v0_2" and resumed.num_timesteps == 1200
