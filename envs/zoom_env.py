@@ -152,35 +152,35 @@ def observe(gain: GainMap, zoomed: Sequence[Window], mask: np.ndarray, left: flo
     return {"map": obs, "mask": mask.astype(np.int8)}
 
 
-def available_windows(candidates: Sequence[Window], zoomed_ids: Sequence[int], covered: Sequence[bool],
-                      spent_pixels: float, budget_pixels: float) -> np.ndarray:
+def available_windows(candidate_pixels: np.ndarray, taken: np.ndarray, covered: np.ndarray, spent_pixels: float,
+                      budget_pixels: float) -> np.ndarray:
     """``bool[K]``: candidates not taken, not fully covered by zoomed windows, and within the pixel budget."""
-    return np.array([i not in zoomed_ids and not covered[i] and spent_pixels + w.input_pixels <= budget_pixels + 1e-6
-                     for i, w in enumerate(candidates)], dtype=bool)
+    return ~taken & ~covered & (spent_pixels + candidate_pixels <= budget_pixels + 1e-6)
 
 
 def covered_by(windows: Sequence[Window], zoomed: Sequence[Window]) -> list[bool]:
     """For each window, whether the union of ``zoomed`` covers it entirely (it would add no new pixels)."""
-    out = []
-    for w in windows:
-        overlap = sum(max(0, min(w.x1, z.x1) - max(w.x0, z.x0)) * max(0, min(w.y1, z.y1) - max(w.y0, z.y0)) for z in zoomed)
-        if overlap < w.width * w.height:  # cannot be covered: the quick, common case
-            out.append(False)
-            continue
-        # a window is covered when every point of it is inside some zoomed window: test on the grid of all edges
-        xs = sorted({w.x0, w.x1, *(min(max(z.x0, w.x0), w.x1) for z in zoomed), *(min(max(z.x1, w.x0), w.x1) for z in zoomed)})
-        ys = sorted({w.y0, w.y1, *(min(max(z.y0, w.y0), w.y1) for z in zoomed), *(min(max(z.y1, w.y0), w.y1) for z in zoomed)})
-        ok = True
-        for xa, xb in zip(xs[:-1], xs[1:]):
-            for ya, yb in zip(ys[:-1], ys[1:]):
-                cx, cy = (xa + xb) / 2, (ya + yb) / 2
-                if not any(z.x0 <= cx < z.x1 and z.y0 <= cy < z.y1 for z in zoomed):
-                    ok = False
-                    break
-            if not ok:
-                break
-        out.append(ok)
-    return out
+    if not zoomed:
+        return [False] * len(windows)
+    w = np.array([x.as_tuple() for x in windows], dtype=np.float64)
+    z = np.array([x.as_tuple() for x in zoomed], dtype=np.float64)
+    ix = np.clip(np.minimum(w[:, None, 2], z[None, :, 2]) - np.maximum(w[:, None, 0], z[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(w[:, None, 3], z[None, :, 3]) - np.maximum(w[:, None, 1], z[None, :, 1]), 0, None)
+    # necessary condition, and the common case: the overlaps add up to the window's area
+    maybe = (ix * iy).sum(1) >= (w[:, 2] - w[:, 0]) * (w[:, 3] - w[:, 1])
+    return [bool(m) and _union_covers(win, zoomed) for m, win in zip(maybe, windows)]
+
+
+def _union_covers(w: Window, zoomed: Sequence[Window]) -> bool:
+    """Exact test: every cell of the grid formed by all window edges inside ``w`` lies in some zoomed window."""
+    xs = sorted({w.x0, w.x1, *(min(max(v, w.x0), w.x1) for z in zoomed for v in (z.x0, z.x1))})
+    ys = sorted({w.y0, w.y1, *(min(max(v, w.y0), w.y1) for z in zoomed for v in (z.y0, z.y1))})
+    for xa, xb in zip(xs[:-1], xs[1:]):
+        for ya, yb in zip(ys[:-1], ys[1:]):
+            cx, cy = (xa + xb) / 2, (ya + yb) / 2
+            if not any(z.x0 <= cx < z.x1 and z.y0 <= cy < z.y1 for z in zoomed):
+                return False
+    return True
 
 
 @dataclass
@@ -191,6 +191,7 @@ class _Image:
     gain: GainMap
     items: list[GainItems]
     index: dict[Window, int]
+    candidate_pixels: np.ndarray
 
 
 class ZoomEnv(gym.Env):
@@ -250,7 +251,8 @@ class ZoomEnv(gym.Env):
             gm = GainMap(rec.width, rec.height, rec.coarse.boxes, gains)
             items = [window_gain_items(rec.coarse, f, w, rec.gt_boxes, rec.gt_labels, rec.gt_crowd,
                                        self.zoom.merge.drop_ios)[1] for w, f in zip(rec.windows, rec.fine)]
-            self._images[k] = _Image(rec, gm, items, {w: i for i, w in enumerate(rec.windows)})
+            pixels = np.array([w.input_pixels for w in self.candidates_of(rec)], dtype=np.float64)
+            self._images[k] = _Image(rec, gm, items, {w: i for i, w in enumerate(rec.windows)}, pixels)
         return self._images[k]
 
     # ----------------------------------------------------------------- gymnasium API
@@ -286,8 +288,10 @@ class ZoomEnv(gym.Env):
         return self.spent / self.image_pixels
 
     def _update_mask(self) -> None:
-        covered = covered_by(self.candidates, self.zoomed)
-        self._available = available_windows(self.candidates, self.zoomed_ids, covered, self.spent, self.budget_pixels)
+        taken = np.zeros(len(self.candidates), dtype=bool)
+        taken[self.zoomed_ids] = True
+        covered = np.array(covered_by(self.candidates, self.zoomed), dtype=bool)
+        self._available = available_windows(self._img.candidate_pixels, taken, covered, self.spent, self.budget_pixels)
 
     def action_masks(self) -> np.ndarray:
         """``bool[K + 1]``: allowed actions (windows adding new pixels within budget; stop always)."""
