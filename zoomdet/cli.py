@@ -28,6 +28,8 @@ EPILOG = """examples:
   zoomdet evaluate --config configs/eval/synth.yaml --data data/synth-val/annotations.json \
       --policy fine --policy greedy --policy logs/dqn/ZoomDet-v0_1/best_model.zip --rnet runs/rnet/rnet.pt --out runs/eval/agent
   zoomdet replay --policy logs/dqn/ZoomDet-v0_1/best_model.zip --data data/synth-val/annotations.json --out runs/replay
+  zoomdet serve --config serving/config.yaml --port 8000
+  zoomdet query image.jpg --policy greedy --max-pixels-ratio 0.6 --out annotated.png
 """
 
 
@@ -170,6 +172,30 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--lam", type=float, help="λ of the recorded rewards (default: the agent's training λ)")
     rp.add_argument("--render", action="store_true", help="also draw a PNG per step and an animated GIF per episode")
     _add_detector_args(rp)
+
+    sv = sub.add_parser("serve", help="start the HTTP detection service (Ray Serve) from a config file",
+                        description="Start Ray Serve with a ZoomDet config (serving/config.yaml for a 2-core CPU "
+                                    "machine, serving/config.gpu.yaml for a GPU cluster) and block until Ctrl-C. "
+                                    "Same as `serve run CONFIG`, plus --host/--port and a Ray instance without dashboard.")
+    sv.add_argument("--config", default="serving/config.yaml", help="Serve config YAML (default serving/config.yaml)")
+    sv.add_argument("--host", help="bind address (default: the config's, 127.0.0.1)")
+    sv.add_argument("--port", type=int, help="port (default: the config's, 8000)")
+    sv.add_argument("--address", help="an existing Ray cluster (default: start a local Ray instance)")
+    sv.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    sv.add_argument("--non-blocking", action="store_true", help="deploy and return (the service stops with the process)")
+
+    q = sub.add_parser("query", help="send an image to a running service; print detections and cost",
+                       description="POST an image to /v1/detect, print the detections and what they cost; "
+                                   "--out saves the image with boxes and zoom regions drawn.")
+    q.add_argument("image", help="image file (JPEG, PNG, TIFF, BMP, WebP)")
+    q.add_argument("--url", default="http://127.0.0.1:8000", help="service URL (default http://127.0.0.1:8000)")
+    q.add_argument("--policy", help="agent, greedy, fine, coarse, sahi, random, greedy-entropy (default: the service's)")
+    q.add_argument("--max-pixels-ratio", type=float, help="pixel budget, coarse pass included")
+    q.add_argument("--max-steps", type=int, help="most zoom windows")
+    q.add_argument("--score-threshold", type=float, help="drop detections below this score")
+    q.add_argument("--trace", help="also request the per-step episode and write it to this JSON file")
+    q.add_argument("--out", help="save the image with detections and zoom regions drawn (PNG)")
+    q.add_argument("--json", action="store_true", help="print the raw JSON response")
     return parser
 
 
@@ -293,6 +319,50 @@ def _cmd_replay(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from zoomdet.serving.launch import serve_config
+
+    serve_config(args.config, host=args.host, port=args.port, address=args.address, num_cpus=args.num_cpus,
+                 blocking=not args.non_blocking)
+    return 0
+
+
+def _cmd_query(args) -> int:
+    from zoomdet.serving.client import ServiceError, ZoomDetClient
+
+    client = ZoomDetClient(args.url)
+    try:
+        ans = client.detect(args.image, policy=args.policy, max_pixels_ratio=args.max_pixels_ratio,
+                            max_steps=args.max_steps, score_threshold=args.score_threshold, return_trace=bool(args.trace))
+    except ServiceError as e:
+        print(f"zoomdet query: the service refused the image: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # connection refused, timeouts
+        print(f"zoomdet query: cannot reach {args.url}: {e}; is `zoomdet serve` running?", file=sys.stderr)
+        return 1
+    if args.trace:
+        trace = {**ans["trace"], "image": {**ans["trace"]["image"], "path": str(Path(args.image).resolve())}}
+        Path(args.trace).write_text(json.dumps(trace, indent=1))
+    if args.json:
+        print(json.dumps({k: v for k, v in ans.items() if k != "trace"}, indent=1))
+    else:
+        c, t = ans["cost"], ans["timing_ms"]
+        print(f"{args.image}: {ans['image']['width']}x{ans['image']['height']}, policy {ans['policy']}, "
+              f"{len(ans['detections'])} detections, {len(ans['regions'])} zoom regions")
+        print(f"cost: pixels_ratio {c['pixels_ratio']:.3f}, {c['detector_calls']} detector calls, "
+              f"{t['total']:.0f} ms (coarse {t['coarse']:.0f}, fine {t['fine']:.0f}, decode {t['decode']:.0f})")
+        for d in sorted(ans["detections"], key=lambda d: -d["score"])[:20]:
+            print(f"  {d['label']:>10} {d['score']:.2f}  [{', '.join(f'{v:.0f}' for v in d['box_xyxy'])}]  {d['stage']}")
+        if len(ans["detections"]) > 20:
+            print(f"  ... {len(ans['detections']) - 20} more (--json prints all)")
+    if args.out:
+        from zoomdet.viz import save_result_image
+
+        save_result_image(args.image, ans["detections"], ans["regions"], args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -318,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_train(args)
         if args.command == "replay":
             return _cmd_replay(args)
+        if args.command == "serve":
+            return _cmd_serve(args)
+        if args.command == "query":
+            return _cmd_query(args)
     except (ConfigError, DatasetError, FileNotFoundError, ValueError) as e:
         print(f"zoomdet {args.command}: error: {e}", file=sys.stderr)
         return 2

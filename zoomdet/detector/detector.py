@@ -24,7 +24,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from zoomdet.detector.models import ModelConfig, build_model
 from zoomdet.types import Detections, Window
 
-__all__ = ["Detector", "batch_plan", "crop_window", "save_checkpoint", "load_checkpoint", "default_checkpoint"]
+__all__ = ["Detector", "batch_plan", "size_batches", "crop_window", "save_checkpoint", "load_checkpoint", "default_checkpoint"]
 
 
 def crop_window(image: Tensor, window: Window) -> Tensor:
@@ -47,9 +47,14 @@ def crop_window(image: Tensor, window: Window) -> Tensor:
 def batch_plan(windows: Sequence[Window], batch_size: int) -> list[list[int]]:
     """How :meth:`Detector.detect` batches ``windows``: indices grouped by input size, in chunks
     of at most ``batch_size``. One list per model forward call."""
+    return size_batches([w.input_size for w in windows], batch_size)
+
+
+def size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Indices of ``sizes`` grouped by equal size, in chunks of at most ``batch_size``."""
     by_size: dict[tuple[int, int], list[int]] = {}
-    for i, w in enumerate(windows):
-        by_size.setdefault(w.input_size, []).append(i)
+    for i, sz in enumerate(sizes):
+        by_size.setdefault(tuple(sz), []).append(i)
     return [idx[s:s + batch_size] for idx in by_size.values() for s in range(0, len(idx), batch_size)]
 
 
@@ -107,6 +112,17 @@ class Detector:
             crops = [crop_window(image, windows[i]).to(self.device) for i in chunk]
             for i, det in zip(chunk, self._forward(crops)):
                 results[i] = det.with_boxes(windows[i].to_image(det.boxes))
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def detect_crops(self, crops: Sequence[Tensor]) -> list[Detections]:
+        """Detect objects in crops already cut and resized by :func:`crop_window` (the service's batched
+        detector deployment receives these); boxes stay in crop-input pixels, map them back with
+        :meth:`Window.to_image`. Crops of equal size share forward passes of up to ``batch_size``."""
+        results: list[Optional[Detections]] = [None] * len(crops)
+        for chunk in size_batches([tuple(c.shape[-2:]) for c in crops], self.batch_size):
+            for i, det in zip(chunk, self._forward([crops[i].to(self.device) for i in chunk])):
+                results[i] = det
         return results  # type: ignore[return-value]
 
     def _forward(self, crops: list[Tensor]) -> list[Detections]:

@@ -189,11 +189,8 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_pareto(report: dict, path: Path) -> None:
-    """AP vs pixels_ratio: a point per plan policy, a curve per swept policy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def pareto_figure(report: dict):
+    """AP and AP_small vs pixels_ratio: a point per plan policy, a curve per swept policy; returns the figure."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -213,6 +210,17 @@ def plot_pareto(report: dict, path: Path) -> None:
     data = Path(report["data"])
     fig.suptitle(f"{data.parent.name}/{data.name}: {report['images']} images, fine = 1.0")
     fig.tight_layout()
+    return fig
+
+
+def plot_pareto(report: dict, path: Path) -> None:
+    """Write :func:`pareto_figure` to ``path`` atomically (headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(report)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)

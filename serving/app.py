@@ -1,0 +1,395 @@
+"""The ZoomDet detection service: a Ray Serve application with a FastAPI ingress.
+
+Deployments:
+
+* :class:`DetectorServer` runs the detector. Its ``forward`` is a
+  ``@serve.batch`` method over single crops, so the coarse and fine crops of
+  concurrent requests share forward passes (crops of equal size are stacked).
+  It holds only weights: stateless per request.
+* :class:`ZoomDetIngress` (FastAPI) decodes and validates the upload, runs
+  the one :class:`~zoomdet.zoom.ZoomEngine` with a :class:`RemoteDetector`
+  that sends crops to ``DetectorServer``, and answers with detections, cost,
+  latency and, on request, the episode trace. The policy (R-net + agent or
+  greedy) runs inside the ingress: it costs well under a millisecond per step,
+  less than one extra Serve call per step would, so a separate deployment
+  would not pay on CPU. Policies are stateless per call (per-episode data
+  lives in the engine's ``EpisodeState``).
+
+``user_config`` (:class:`~zoomdet.serving.schemas.ServiceConfig`) carries
+checkpoints, thresholds, the default budget and the input caps, so
+``serve deploy`` with a changed config reloads them without a restart.
+
+Start: ``serve run serving/config.yaml`` or ``zoomdet serve --config serving/config.yaml``.
+
+Two rules of this module, both because Ray pickles the ingress class by
+value: no ``from __future__ import annotations`` (FastAPI must see the real
+``Request`` type, not a string it cannot resolve), and module-level helpers
+come before the deployment classes (the pickled class carries the module
+globals that exist when it is decorated).
+"""
+
+
+import asyncio
+import base64
+import binascii
+import io
+import time
+import uuid
+from typing import Any, Optional
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from ray import serve
+
+from zoomdet.serving.schemas import DetectJSON, DetectOptions, DetectorConfig, DetectResponse, Problem, ServiceConfig
+
+__all__ = ["DetectorServer", "ZoomDetIngress", "RemoteDetector", "build_app", "decode_image", "ServiceError", "fastapi_app"]
+
+SUPPORTED_TYPES = {"image/jpeg", "image/png", "image/tiff", "image/bmp", "image/webp"}
+PIL_FORMATS = {"JPEG", "PNG", "TIFF", "BMP", "WEBP", "MPO"}
+
+
+class ServiceError(Exception):
+    """An error answered as ``application/problem+json`` with ``status``."""
+
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
+
+
+def problem(status: int, title: str, detail: str) -> JSONResponse:
+    return JSONResponse(Problem(title=title, status=status, detail=detail).model_dump(), status_code=status,
+                        media_type="application/problem+json")
+
+
+def _validation_detail(e: ValidationError) -> str:
+    """Pydantic errors as one line: ``field: message; ...``."""
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors())
+
+
+def _in_replica() -> bool:
+    try:
+        serve.get_replica_context()
+        return True
+    except Exception:  # RayServeException outside a real replica
+        return False
+
+
+def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
+    """Decode an uploaded image to ``Tensor[3, H, W]`` in [0, 1], refusing what should not be decoded.
+
+    The header is read first: a declared size over ``max_pixels`` is refused
+    (413) before any pixel is decompressed, which also stops decompression
+    bombs. Unknown formats are 415, undecodable or truncated data 400.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from zoomdet.data.coco import image_to_tensor
+
+    if not data:
+        raise ServiceError(400, "Empty image", "the request carries no image bytes")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # PIL's own cap, checked on the header
+        raise ServiceError(413, "Image too large", str(e)) from None
+    except UnidentifiedImageError:
+        raise ServiceError(415, "Unsupported image", "the bytes are not an image format this service reads "
+                                                     f"({', '.join(sorted(PIL_FORMATS))})") from None
+    except (OSError, SyntaxError, ValueError) as e:  # a header cut short
+        raise ServiceError(400, "Undecodable image", f"the image header could not be read ({e})") from None
+    if img.format not in PIL_FORMATS:
+        raise ServiceError(415, "Unsupported image", f"image format {img.format} is not accepted")
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ServiceError(413, "Image too large", f"{w}x{h} = {w * h} pixels exceeds the cap of {max_pixels}")
+    if w < 16 or h < 16:
+        raise ServiceError(400, "Image too small", f"{w}x{h}: each side must be at least 16 pixels")
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return image_to_tensor(img)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ServiceError(400, "Undecodable image", f"the image could not be decoded ({e})") from None
+
+
+class RemoteDetector:
+    """The engine's detector interface over the ``DetectorServer`` deployment: crops here, forward there.
+
+    Attributes mirror :class:`~zoomdet.detector.Detector` (``batch_size``,
+    ``checkpoint_id``, ``categories``) so :class:`ZoomEngine` cannot tell the difference.
+    """
+
+    def __init__(self, handle, batch_size: int, checkpoint_id: str, categories: dict[int, str]) -> None:
+        self.handle, self.batch_size, self.checkpoint_id, self.categories = handle, batch_size, checkpoint_id, categories
+
+    def detect(self, image: torch.Tensor, windows):
+        from zoomdet.detector.detector import crop_window
+
+        responses = [self.handle.forward.remote(crop_window(image, w).contiguous()) for w in windows]
+        out = []
+        for w, r in zip(windows, responses):
+            det = r.result()
+            out.append(det.with_boxes(w.to_image(det.boxes)))
+        return out
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
+class DetectorServer:
+    """The detector deployment: weights only, stateless per request.
+
+    Args:
+        config: a :class:`~zoomdet.serving.schemas.DetectorConfig` as a dict; ``user_config``
+            (``reconfigure``) replaces it without a restart.
+    """
+
+    def __init__(self, config: Optional[dict] = None) -> None:
+        self.config: Optional[DetectorConfig] = None
+        self.detector = None
+        self.reconfigure(config or {})
+
+    def reconfigure(self, config: dict) -> None:
+        from zoomdet.detector.detector import Detector, default_checkpoint
+
+        cfg = DetectorConfig(**(config or {}))
+        if cfg != self.config:
+            self.detector = Detector.from_checkpoint(cfg.checkpoint or str(default_checkpoint()), device=cfg.device,
+                                                     batch_size=cfg.batch_size)
+            self.config = cfg
+        self._forward_batch.set_max_batch_size(cfg.max_batch_size)
+        self._forward_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+
+    def check_health(self) -> None:
+        if self.detector is None:
+            raise RuntimeError("detector not loaded")
+
+    def info(self) -> dict:
+        d = self.detector
+        return {"checkpoint_id": d.checkpoint_id, "categories": d.categories, "batch_size": d.batch_size}
+
+    async def forward(self, crop: torch.Tensor):
+        """One crop (already cut and resized by ``crop_window``) -> its :class:`Detections` in crop pixels.
+
+        Crops of concurrent requests are gathered by ``@serve.batch`` and
+        crops of equal size share a forward pass. Ray Serve's local testing
+        mode (the handle-level tests) has no replica context, which
+        ``@serve.batch`` needs; there each crop runs on its own."""
+        if _in_replica():
+            return await self._forward_batch(crop)
+        return (await asyncio.to_thread(self.detector.detect_crops, [crop]))[0]
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def _forward_batch(self, crops: list[torch.Tensor]):
+        return await asyncio.to_thread(self.detector.detect_crops, crops)
+
+
+fastapi_app = FastAPI(
+    title="ZoomDet", version="1",
+    description="Coarse-to-fine object detection for high-resolution images. Every answer says what it cost: "
+                "pixels processed relative to full resolution, detector calls, and per-stage latency.")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32, max_queued_requests=256)
+@serve.ingress(fastapi_app)
+class ZoomDetIngress:
+    """HTTP ingress: decode, validate, run the zoom loop (see the module docstring).
+
+    Args:
+        detector: handle of the :class:`DetectorServer` deployment.
+        config: a :class:`~zoomdet.serving.schemas.ServiceConfig` as a dict; ``user_config``
+            (``reconfigure``) replaces it without a restart.
+
+    Models are loaded on the first request or ``/readyz`` after a (re)configuration
+    (they need the detector's checkpoint id, asked of the detector deployment).
+    """
+
+    def __init__(self, detector, config: Optional[dict] = None) -> None:
+        self.detector_handle = detector
+        self.cfg = ServiceConfig(**(config or {}))
+        self.engine = None
+        self.load_error: Optional[str] = None
+        self._lock = asyncio.Lock()
+        self.policies: dict[str, Any] = {}
+        self.ids: dict[str, Optional[str]] = {}
+        self._metrics()
+
+    def _metrics(self) -> None:
+        from ray.serve import metrics
+
+        self.m_pixels = metrics.Histogram("zoomdet_pixels_ratio", description="pixels_ratio per request",
+                                          boundaries=[0.1, 0.25, 0.35, 0.45, 0.6, 0.8, 1.0, 1.5, 2.0])
+        self.m_regions = metrics.Histogram("zoomdet_regions_per_request", description="zoom windows per request",
+                                           boundaries=[0.5, 1.5, 2.5, 3.5, 5.5, 8.5, 13.5])
+        self.m_stage = metrics.Histogram("zoomdet_stage_latency_ms", description="latency per stage",
+                                         boundaries=[1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000],
+                                         tag_keys=("stage",))
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Take a new :class:`ServiceConfig`; models reload on the next request."""
+        cfg = ServiceConfig(**(user_config or {}))
+        if cfg != self.cfg or self.engine is None:
+            self.cfg, self.engine, self.load_error = cfg, None, None
+
+    async def ensure_loaded(self) -> None:
+        """Load the policies and the engine for the current config (once); raises :class:`ServiceError` 503."""
+        if self.engine is not None:
+            return
+        async with self._lock:
+            if self.engine is not None:
+                return
+            try:
+                info = await self.detector_handle.info.remote()
+                await asyncio.to_thread(self._load, info)
+            except Exception as e:  # a bad checkpoint path, an agent for another detector, ...
+                self.load_error = f"{type(e).__name__}: {e}"
+                raise ServiceError(503, "Not ready", f"models failed to load: {self.load_error}") from None
+
+    def _load(self, info: dict) -> None:
+        from pathlib import Path
+
+        from zoomdet.config import load_config
+        from zoomdet.detector.detector import file_digest
+        from zoomdet.eval.evaluator import EvalConfig
+        from zoomdet.zoom.engine import ZoomEngine
+        from zoomdet.zoom.policies import make_policy
+
+        cfg = self.cfg
+        base = load_config(EvalConfig, cfg.engine_config)
+        zoom, pcfg = base.zoom, base.policies
+        zoom.max_pixels_ratio, zoom.max_steps = cfg.max_pixels_ratio, cfg.max_steps
+        if cfg.rnet:
+            pcfg.rnet = cfg.rnet
+        did = info["checkpoint_id"]
+        names = ["fine", "coarse", "sahi", "random", "greedy-entropy"] + (["greedy"] if pcfg.rnet else [])
+        policies = {n: make_policy(n, pcfg, zoom, did) for n in names}
+        if cfg.agent:
+            policies["agent"] = make_policy(cfg.agent, pcfg, zoom, did)
+        default = cfg.default_policy or ("agent" if cfg.agent else "greedy" if pcfg.rnet else "fine")
+        if default not in policies:
+            raise ValueError(f"default_policy {default!r} is not loaded (have {sorted(policies)})")
+        remote = RemoteDetector(self.detector_handle, info["batch_size"], did, info["categories"])
+        self.ids = {"detector": did,
+                    "rnet": file_digest(pcfg.rnet) if pcfg.rnet and Path(pcfg.rnet).is_file() else None,
+                    "agent": file_digest(cfg.agent) if cfg.agent and Path(cfg.agent).is_file() else None}
+        self.categories, self.policies, self.default_policy = info["categories"], policies, default
+        self.engine = ZoomEngine(remote, zoom)
+
+    async def check_health(self) -> None:
+        if self.load_error:
+            raise RuntimeError(self.load_error)
+
+    # ------------------------------------------------------------------ core (also called through handles)
+    async def infer(self, data: bytes, options: dict) -> dict:
+        """Detect objects in an encoded image; ``options`` as :class:`DetectOptions`. Raises :class:`ServiceError`."""
+        await self.ensure_loaded()
+        try:
+            opts = DetectOptions(**options)
+        except ValidationError as e:
+            raise ServiceError(422, "Invalid options", _validation_detail(e)) from None
+        if len(data) > self.cfg.max_body_bytes:
+            raise ServiceError(413, "Body too large", f"{len(data)} bytes exceeds the cap of {self.cfg.max_body_bytes}")
+        name = opts.policy or self.default_policy
+        if name not in self.policies:
+            raise ServiceError(422, "Unknown policy", f"policy {name!r} is not available; choose from {sorted(self.policies)}")
+        t0 = time.perf_counter()
+        image = await asyncio.to_thread(decode_image, data, self.cfg.max_image_pixels)
+        decode = time.perf_counter() - t0
+        policy = self.policies[name]
+        result = await asyncio.to_thread(self.engine.run, image, policy, max_pixels_ratio=opts.max_pixels_ratio,
+                                         max_steps=opts.max_steps, decode_seconds=decode)
+        return self._response(result, name, policy, opts)
+
+    def _response(self, result, name: str, policy, opts: DetectOptions) -> dict:
+        from zoomdet.zoom.episode import detections_json, episode_record
+
+        thr = self.cfg.score_threshold if opts.score_threshold is None else opts.score_threshold
+        dets = [d for d in detections_json(result.detections, self.categories, result.stage, result.region) if d["score"] >= thr]
+        sequential = bool(result.regions) and result.regions[0].candidate >= 0
+        regions = [{"id": r.id, "box_xyxy": list(r.window.as_tuple()), "step": r.step} for r in result.regions] if sequential else []
+        timing = {k: round(1000 * result.timing.get(k, 0.0), 3) for k in ("decode", "coarse", "gain", "policy", "fine", "merge", "total")}
+        out = {"request_id": uuid.uuid4().hex, "image": {"width": result.width, "height": result.height},
+               "policy": policy.name, "detections": dets, "regions": regions, "cost": result.cost.as_dict(),
+               "timing_ms": timing, "model": self.ids, "trace": None}
+        if opts.return_trace:
+            out["trace"] = episode_record(result, self.engine.config, policy=policy.name, categories=self.categories,
+                                          image={}, lam=opts.lam, max_pixels_ratio=opts.max_pixels_ratio or self.cfg.max_pixels_ratio)
+        self.m_pixels.observe(result.cost.pixels_ratio)
+        self.m_regions.observe(len(regions))
+        for k, v in timing.items():
+            self.m_stage.observe(v, tags={"stage": k})
+        return out
+
+    # ------------------------------------------------------------------ HTTP
+    @fastapi_app.post("/v1/detect", response_model=DetectResponse, responses={
+        400: {"model": Problem}, 413: {"model": Problem}, 415: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
+        summary="Detect objects; the answer includes pixels processed and latency",
+        openapi_extra={"requestBody": {"content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+                "image": {"type": "string", "format": "binary"}, "policy": {"type": "string", "example": "greedy"},
+                "max_pixels_ratio": {"type": "number", "example": 0.6}, "max_steps": {"type": "integer"},
+                "lambda": {"type": "number"}, "score_threshold": {"type": "number", "example": 0.3},
+                "return_trace": {"type": "boolean"}}}},
+            "application/json": {"schema": DetectJSON.model_json_schema(), "example": {
+                "image_base64": "<base64 of a JPEG>", "policy": "greedy", "max_pixels_ratio": 0.6}}}}})
+    async def detect(self, request: Request):
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > self.cfg.max_body_bytes:
+            return problem(413, "Body too large", f"{declared} bytes exceeds the cap of {self.cfg.max_body_bytes}")
+        try:
+            if ctype == "multipart/form-data":
+                form = await request.form(max_part_size=self.cfg.max_body_bytes)
+                upload = form.get("image")
+                if upload is None or isinstance(upload, str):
+                    raise ServiceError(400, "Missing image", "the multipart form needs a file field named 'image'")
+                if upload.content_type and upload.content_type.lower() not in SUPPORTED_TYPES | {"application/octet-stream"}:
+                    raise ServiceError(415, "Unsupported media type", f"file content type {upload.content_type}")
+                data = await upload.read()
+                options = {k: v for k, v in form.items() if k != "image"}
+                if "return_trace" in options:
+                    options["return_trace"] = str(options["return_trace"]).lower() in ("1", "true", "yes", "on")
+            elif ctype == "application/json":
+                try:
+                    body = DetectJSON.model_validate_json(await request.body())
+                except ValidationError as e:
+                    raise ServiceError(422, "Invalid request", _validation_detail(e)) from None
+                try:
+                    data = base64.b64decode(body.image_base64, validate=True)
+                except (binascii.Error, ValueError):
+                    raise ServiceError(400, "Bad base64", "image_base64 is not valid base64") from None
+                options = body.model_dump(exclude={"image_base64"}, by_alias=True, exclude_none=True)
+            elif ctype in SUPPORTED_TYPES:
+                data = await request.body()
+                options = dict(request.query_params)
+            else:
+                raise ServiceError(415, "Unsupported media type", f"send multipart/form-data (field 'image'), "
+                                                                  f"application/json with image_base64, or an image body; got {ctype or 'none'}")
+            return await self.infer(data, options)
+        except ServiceError as e:
+            return problem(e.status, e.title, e.detail)
+
+    @fastapi_app.get("/healthz", summary="Liveness")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @fastapi_app.get("/readyz", summary="Readiness: models loaded", responses={503: {"model": Problem}})
+    async def readyz(self):
+        try:
+            await self.ensure_loaded()
+        except ServiceError as e:
+            return problem(e.status, e.title, e.detail)
+        return {"status": "ready", "policies": sorted(self.policies), "default_policy": self.default_policy, "model": self.ids}
+
+
+def build_app(args: Optional[dict] = None):
+    """Application builder for ``serve run`` (``import_path: zoomdet.serving.app:build_app``) and tests.
+
+    Args:
+        args: ``{"detector": DetectorConfig fields, "service": ServiceConfig fields}``; a YAML
+            config's per-deployment ``user_config`` then replaces either through ``reconfigure``.
+    """
+    args = args or {}
+    det = DetectorConfig(**(args.get("detector") or {}))
+    svc = ServiceConfig(**(args.get("service") or {}))
+    return ZoomDetIngress.bind(DetectorServer.bind(det.model_dump()), svc.model_dump())

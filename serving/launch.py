@@ -1,0 +1,75 @@
+"""``zoomdet serve``: start Ray Serve from a ZoomDet config file (what ``serve run CONFIG`` does, plus options).
+
+The config is a Ray Serve config (``serving/config.yaml``). Before it is
+handed to Ray Serve's own ``serve run``, ``--host``/``--port`` replace its
+``http_options`` and relative paths in the deployments' ``user_config``
+(``checkpoint``, ``engine_config``, ``rnet``, ``agent``) are made absolute,
+so replicas find the files whatever their working directory.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+__all__ = ["resolve_config", "serve_config", "PATH_KEYS"]
+
+PATH_KEYS = ("checkpoint", "engine_config", "rnet", "agent")
+
+
+def resolve_config(path: str | Path, host: Optional[str] = None, port: Optional[int] = None,
+                   base: Optional[Path] = None) -> dict:
+    """The Serve config of ``path`` with host/port overrides and absolute model paths (validated by Ray's schema).
+
+    Raises:
+        FileNotFoundError: the config or a model file it names does not exist.
+        ValueError: the YAML is not a valid Serve config.
+    """
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"serve config not found: {path} (the CPU one is serving/config.yaml)")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    http = cfg.setdefault("http_options", {})
+    if host:
+        http["host"] = host
+    if port is not None:
+        if not 0 < port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {port}")
+        http["port"] = port
+    base = base or Path.cwd()
+    for app in cfg.get("applications", []):
+        for dep in app.get("deployments", []):
+            uc = dep.get("user_config") or {}
+            for key in PATH_KEYS:
+                if uc.get(key):
+                    p = Path(uc[key]) if Path(uc[key]).is_absolute() else (base / uc[key])
+                    if not p.is_file():
+                        raise FileNotFoundError(f"{path}: {dep.get('name')}.user_config.{key} = {uc[key]} not found")
+                    uc[key] = str(p.resolve())
+    try:
+        ServeDeploySchema.model_validate(cfg)
+    except ValidationError as e:
+        raise ValueError(f"{path} is not a valid Ray Serve config: {e}") from None
+    return cfg
+
+
+def serve_config(path: str | Path, host: Optional[str] = None, port: Optional[int] = None, address: Optional[str] = None,
+                 num_cpus: Optional[int] = None, blocking: bool = True) -> None:
+    """Start (or join) Ray without its dashboard and run the resolved config through Ray Serve's ``serve run``."""
+    import ray
+    from ray.serve.scripts import run as serve_run
+
+    cfg = resolve_config(path, host, port)
+    resolved = Path(tempfile.mkdtemp(prefix="zoomdet-serve-")) / "config.resolved.yaml"
+    resolved.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if not ray.is_initialized():
+        ray.init(address=address, namespace="serve", num_cpus=None if address else num_cpus, include_dashboard=False)
+    h = cfg.get("http_options", {})
+    print(f"ZoomDet service: http://{h.get('host', '127.0.0.1')}:{h.get('port', 8000)}/docs  (resolved config {resolved})")
+    serve_run.main([str(resolved), "--blocking" if blocking else "--non-blocking"], standalone_mode=False)

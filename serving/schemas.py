@@ -1,0 +1,120 @@
+"""Request and response models of the detection service (pydantic; they drive the OpenAPI docs)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["DetectOptions", "DetectJSON", "Detection", "RegionOut", "CostOut", "TimingOut", "ImageOut", "DetectResponse",
+           "Problem", "ServiceConfig", "DetectorConfig"]
+
+
+class DetectOptions(BaseModel):
+    """Per-request options (form fields with a multipart upload, keys of the JSON body otherwise)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    policy: Optional[str] = Field(None, description="agent (trained agent), greedy, fine, coarse, sahi, random, "
+                                                    "greedy-entropy; default: the service's default_policy")
+    max_pixels_ratio: Optional[float] = Field(None, gt=0, le=4, description="pixel budget, coarse pass included")
+    max_steps: Optional[int] = Field(None, ge=0, le=64, description="most zoom windows")
+    lam: Optional[float] = Field(None, alias="lambda", ge=0,
+                                 description="λ: reported with the trace (the agent's own λ is fixed at training)")
+    score_threshold: Optional[float] = Field(None, ge=0, le=1, description="drop returned detections below this score")
+    return_trace: bool = Field(False, description="include the per-step episode (zoomdet.episode/1)")
+
+
+class DetectJSON(DetectOptions):
+    """JSON body: the image base64-encoded plus the options."""
+
+    image_base64: str = Field(..., description="the image file's bytes (JPEG, PNG, ...), base64")
+
+
+class Detection(BaseModel):
+    box_xyxy: list[float] = Field(..., description="[x0, y0, x1, y1], full-resolution image pixels")
+    score: float
+    class_id: int
+    label: str
+    stage: Literal["coarse", "fine"]
+    region_id: int = Field(..., description="zoom region that produced it; -1 for the coarse pass")
+
+
+class RegionOut(BaseModel):
+    id: int
+    box_xyxy: list[int]
+    step: int
+
+
+class CostOut(BaseModel):
+    pixels_source: int = Field(..., description="full-resolution pixels read, summed over passes")
+    pixels_ratio: float = Field(..., description="detector input pixels / full-resolution pixels (fine = 1.0)")
+    model_input_pixels: int
+    detector_calls: int
+
+
+class TimingOut(BaseModel):
+    decode: float
+    coarse: float
+    gain: float
+    policy: float
+    fine: float
+    merge: float
+    total: float
+
+
+class ImageOut(BaseModel):
+    width: int
+    height: int
+
+
+class DetectResponse(BaseModel):
+    request_id: str
+    image: ImageOut
+    policy: str
+    detections: list[Detection]
+    regions: list[RegionOut]
+    cost: CostOut
+    timing_ms: TimingOut
+    model: dict[str, Optional[str]] = Field(..., description="checkpoint ids of the detector, R-net and agent")
+    trace: Optional[dict] = Field(None, description="zoomdet.episode/1 document when return_trace is set")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (``application/problem+json``)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+
+
+class ServiceConfig(BaseModel):
+    """``user_config`` of the ingress deployment (``ZoomDetIngress``): changes apply without a restart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine_config: Optional[str] = Field(None, description="zoom and policy options: a configs/eval/*.yaml "
+                                                           "(EvalConfig; its zoom and policies sections); null: defaults")
+    rnet: Optional[str] = Field(None, description="R-net checkpoint: enables the greedy policy (overrides the "
+                                                  "engine config's policies.rnet)")
+    agent: Optional[str] = Field(None, description="trained agent .zip (zoomdet train): enables the agent policy")
+    default_policy: Optional[str] = Field(None, description="default: agent if set, else greedy if an R-net, else fine")
+    max_pixels_ratio: float = Field(0.6, gt=0, le=4, description="default pixel budget, coarse pass included")
+    max_steps: int = Field(13, ge=0, le=64, description="default most zoom windows")
+    score_threshold: float = Field(0.05, ge=0, le=1, description="default: drop returned detections below this score")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="413 above (checked on the header: also stops "
+                                                                "decompression bombs)")
+    max_body_bytes: int = Field(50_000_000, gt=0, description="413 above")
+
+
+class DetectorConfig(BaseModel):
+    """``user_config`` of the detector deployment (``DetectorServer``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: Optional[str] = Field(None, description="detector checkpoint; null: the embedded synthetic detector")
+    device: str = Field("cpu", description="cpu or cuda")
+    batch_size: int = Field(4, ge=1, description="crops per forward pass")
+    max_batch_size: int = Field(8, ge=1, description="@serve.batch: crops gathered across requests")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="@serve.batch: longest wait for a fuller batch")

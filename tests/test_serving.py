@@ -1,0 +1,228 @@
+"""The detection service: input validation, handle-level tests in Ray Serve's local testing mode, one real HTTP run."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zoomdet.serving.app import ServiceError, build_app, decode_image
+
+CAP = 40_000_000
+
+
+def encode(arr: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    (Image.fromarray(arr, mode) if mode else Image.fromarray(arr)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A real 16x16 PNG whose header is rewritten to declare ``width x height`` (a decompression bomb's header)."""
+    data = bytearray(encode(np.zeros((16, 16, 3), np.uint8)))
+    ihdr = 8 + 8  # signature, then length + "IHDR"
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[12:ihdr + 13]))
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def scene(w: int = 320, h: int = 240) -> np.ndarray:
+    """A dark image with a few bright rectangles (vehicle-like blobs)."""
+    rng = np.random.default_rng(0)
+    arr = (rng.random((h, w, 3)) * 40).astype(np.uint8)
+    for x, y, s in ((40, 50, 12), (200, 60, 20), (120, 160, 40), (260, 200, 10)):
+        arr[y:y + s, x:x + int(s * 1.6)] = 220
+    return arr
+
+
+# ---------------------------------------------------------------- decoding, no Ray
+@pytest.mark.parametrize("data,status", [
+    (b"", 400),
+    (b"not an image at all", 415),
+    (encode(scene(), "JPEG")[:600], 400),  # truncated JPEG
+    (png_declaring(20000, 20000), 413),    # declared size over the cap: refused before decoding
+    (png_declaring(8000, 8000), 413),      # 64 M pixels of zeros would be a ~60 kB bomb
+    (encode(np.zeros((1, 1, 3), np.uint8)), 400),
+])
+def test_bad_images_are_refused_with_their_status(data, status):
+    with pytest.raises(ServiceError) as e:
+        decode_image(data, CAP)
+    assert e.value.status == status, e.value.detail
+
+
+@pytest.mark.parametrize("arr,mode", [
+    (scene()[..., 0], "L"),                                             # grayscale
+    (np.dstack([scene(), np.full((240, 320), 255, np.uint8)]), "RGBA"),
+    ((scene()[..., 0].astype(np.uint16) * 257), None),                  # 16-bit grayscale
+])
+def test_grayscale_rgba_and_16_bit_images_decode_to_rgb(arr, mode):
+    t = decode_image(encode(arr, mode=mode), CAP)
+    assert t.shape == (3, 240, 320) and t.dtype == torch.float32
+    assert 0.0 <= float(t.min()) and float(t.max()) <= 1.0 and float(t.max()) > 0.5
+
+
+# ---------------------------------------------------------------- handles, local testing mode
+@pytest.fixture(scope="module")
+def local_handle():
+    from ray import serve
+
+    handle = serve.run(build_app({"service": {"engine_config": "configs/eval/synth.yaml"}}), _local_testing_mode=True,
+                       name="zoomdet-local")
+    yield handle
+
+
+def in_process(policy_name: str, image: torch.Tensor, max_pixels_ratio: float):
+    from zoomdet.config import load_config
+    from zoomdet.detector.detector import Detector, default_checkpoint
+    from zoomdet.eval.evaluator import EvalConfig
+    from zoomdet.zoom.engine import ZoomEngine
+    from zoomdet.zoom.policies import make_policy
+
+    cfg = load_config(EvalConfig, "configs/eval/synth.yaml")
+    det = Detector.from_checkpoint(default_checkpoint())
+    pol = make_policy(policy_name, cfg.policies, cfg.zoom, det.checkpoint_id)
+    return ZoomEngine(det, cfg.zoom).run(image, pol, max_pixels_ratio=max_pixels_ratio)
+
+
+def assert_same_detections(answer: dict, result, threshold: float) -> None:
+    keep = result.detections.scores >= threshold
+    exp = sorted(zip(result.detections.scores[keep].tolist(), result.detections.boxes[keep].tolist()), reverse=True)
+    got = sorted(((d["score"], d["box_xyxy"]) for d in answer["detections"]), reverse=True)
+    assert len(got) == len(exp) > 0
+    np.testing.assert_allclose([g[0] for g in got], [e[0] for e in exp], atol=2e-3)
+    np.testing.assert_allclose([g[1] for g in got], [e[1] for e in exp], atol=0.05)
+
+
+def test_handle_answers_with_detections_cost_timing_and_trace(local_handle):
+    data = encode(scene())
+    ans = local_handle.infer.remote(data, {"policy": "greedy-entropy", "max_pixels_ratio": 0.6,
+                                           "return_trace": True}).result()
+    assert ans["image"] == {"width": 320, "height": 240}
+    assert 0.25 <= ans["cost"]["pixels_ratio"] <= 0.6 + 1e-9
+    assert ans["timing_ms"]["total"] >= ans["timing_ms"]["coarse"] > 0
+    assert [r["step"] for r in ans["regions"]] == list(range(len(ans["regions"])))
+    assert ans["trace"]["format"] == "zoomdet.episode/1" and len(ans["trace"]["steps"]) == len(ans["regions"])
+    assert {d["stage"] for d in ans["detections"]} <= {"coarse", "fine"}
+    assert ans["model"]["detector"]
+    # the same as the in-process engine
+    image = decode_image(data, CAP)
+    assert_same_detections(ans, in_process("greedy-entropy", image, 0.6), threshold=0.05)
+
+
+@pytest.mark.parametrize("options,status", [
+    ({"policy": "magic"}, 422),
+    ({"max_pixels_ratio": -1}, 422),
+    ({"max_steps": "many"}, 422),
+    ({"unknown_option": 1}, 422),
+    ({"score_threshold": 2}, 422),
+])
+def test_bad_options_are_422_and_the_service_stays_healthy(local_handle, options, status):
+    with pytest.raises(ServiceError) as e:
+        local_handle.infer.remote(encode(scene()), options).result()
+    assert e.value.status == status
+    ok = local_handle.infer.remote(encode(scene()), {"policy": "coarse"}).result()
+    assert ok["cost"]["pixels_ratio"] == pytest.approx(0.25)
+
+
+# ---------------------------------------------------------------- one real HTTP run
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def http_url(tmp_path_factory):
+    """``zoomdet serve`` in a subprocess (Ray with 2 CPUs, no dashboard) on a free loopback port; stopped with Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import requests
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "serving" / "config.yaml").read_text())
+    ingress = next(d for d in cfg["applications"][0]["deployments"] if d["name"] == "ZoomDetIngress")
+    ingress["user_config"]["max_body_bytes"] = 2_000_000
+    path = tmp_path_factory.mktemp("serve") / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    port = _free_port()
+    log = open(path.with_name("serve.log"), "w")
+    proc = subprocess.Popen([sys.executable, "-m", "zoomdet.cli", "serve", "--config", str(path), "--port", str(port),
+                             "--num-cpus", "2"], cwd=repo, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"zoomdet serve exited: {path.with_name('serve.log').read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/readyz", timeout=60).status_code == 200:
+                    break
+            except (requests.ConnectionError, requests.Timeout):
+                pass
+            if time.time() > deadline:
+                raise TimeoutError(f"service not ready after 180 s: {path.with_name('serve.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_http_detect_matches_in_process_and_refuses_bad_input(http_url):
+    import requests
+
+    from zoomdet.serving.client import ServiceError as ClientError
+    from zoomdet.serving.client import ZoomDetClient
+
+    client = ZoomDetClient(http_url)
+    assert client.health() == {"status": "ok"}
+    assert client.ready()["default_policy"] == "fine"
+    data = encode(scene())
+    ans = client.detect(data, policy="greedy-entropy", max_pixels_ratio=0.6, content_type="image/png")
+    assert_same_detections(ans, in_process("greedy-entropy", decode_image(data, CAP), 0.6), threshold=0.05)
+    # JSON with base64 gives the same answer
+    import base64
+
+    r = requests.post(f"{http_url}/v1/detect", json={"image_base64": base64.b64encode(data).decode(),
+                                                     "policy": "greedy-entropy", "max_pixels_ratio": 0.6})
+    assert r.status_code == 200 and len(r.json()["detections"]) == len(ans["detections"])
+
+    def status(**kw) -> tuple[int, str]:
+        r = requests.post(f"{http_url}/v1/detect", **kw)
+        return r.status_code, r.headers.get("content-type", "")
+
+    assert status(data=b"", headers={"content-type": "image/png"}) == (400, "application/problem+json")
+    assert status(files={"image": ("a.jpg", encode(scene(), "JPEG")[:600], "image/jpeg")})[0] == 400
+    assert status(files={"image": ("b.png", png_declaring(20000, 20000), "image/png")})[0] == 413
+    assert status(files={"image": ("c.png", encode(np.zeros((1, 1, 3), np.uint8)), "image/png")})[0] == 400
+    assert status(data=b"hello", headers={"content-type": "text/plain"})[0] == 415
+    assert status(files={"image": ("d.txt", b"hello", "text/plain")})[0] == 415
+    assert status(data=b"x" * 2_100_000, headers={"content-type": "image/png"})[0] == 413
+    assert status(files={"image": ("e.png", data, "image/png")}, data={"max_pixels_ratio": "lots"})[0] == 422
+    assert status(json={"policy": "fine"})[0] == 422  # no image_base64
+    with pytest.raises(ClientError) as e:
+        client.detect(data, policy="magic")
+    assert e.value.status == 422 and "choose from" in e.value.detail
+    # still healthy and answering
+    assert client.detect(data, policy="coarse")["cost"]["pixels_ratio"] == pytest.approx(0.25)
+    assert requests.get(f"{http_url}/docs").status_code == 200
+    assert "/v1/detect" in requests.get(f"{http_url}/openapi.json").json()["paths"]
