@@ -68,3 +68,36 @@ def test_evaluate_rejects_unknown_policy(tmp_path, synth_small, tiny_checkpoint,
 def test_console_script_help():
     r = subprocess.run([sys.executable, "-m", "zoomdet.cli", "evaluate", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--budget" in r.stdout and "--policy" in r.stdout
+
+
+def test_replay_records_episodes_and_renders(tmp_path, synth_small, tiny_checkpoint, capsys):
+    from zoomdet.zoom.episode import load_episode
+
+    out = tmp_path / "rp"
+    assert main(["replay", "--policy", "greedy-entropy", "--data", str(synth_small), "--checkpoint", str(tiny_checkpoint),
+                 "--out", str(out), "--images", "1", "--budget", "0.8", "--lam", "1", "--render", "--no-progress"]) == 0
+    index = json.loads((out / "index.json").read_text())
+    assert len(index["episodes"]) == 1
+    doc = load_episode(out / index["episodes"][0]["file"])
+    assert doc["policy"] == "greedy-entropy" and doc["config"]["max_pixels_ratio"] == 0.8
+    assert doc["cost"]["pixels_ratio"] <= 0.8 + 1e-9 and "ground_truth" in doc
+    assert all(s["reward"] is not None for s in doc["steps"])
+    stem = f"episode_{doc['image']['id']}"
+    assert (out / f"{stem}.gif").is_file() and (out / f"{stem}_step0.png").is_file()
+
+
+def test_serve_and_query_bad_input_give_clear_errors(tmp_path, capsys):
+    assert main(["serve", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "serve config not found" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("applications:\n  - name: x\n    import_path_typo: a.b\n")
+    assert main(["serve", "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "not a valid Ray Serve config" in capsys.readouterr().err
+    assert main(["serve", "--config", "serving/config.yaml", "--port", "70000"]) == 2
+    assert "port must be" in capsys.readouterr().err
+    assert main(["query", str(tmp_path / "missing.jpg")]) == 2
+    assert "image not found" in capsys.readouterr().err
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    assert main(["query", str(tmp_path / "a.png"), "--url", "http://127.0.0.1:9"]) == 1
+    assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err

@@ -328,6 +328,8 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_query(args) -> int:
+    import requests
+
     from zoomdet.serving.client import ServiceError, ZoomDetClient
 
     client = ZoomDetClient(args.url)
@@ -337,7 +339,7 @@ def _cmd_query(args) -> int:
     except ServiceError as e:
         print(f"zoomdet query: the service refused the image: {e}", file=sys.stderr)
         return 1
-    except OSError as e:  # connection refused, timeouts
+    except requests.RequestException as e:  # connection refused, timeouts
         print(f"zoomdet query: cannot reach {args.url}: {e}; is `zoomdet serve` running?", file=sys.stderr)
         return 1
     if args.trace:

@@ -1,0 +1,227 @@
+"""Load test of the detection service on loopback: throughput, latency percentiles, HTTP overhead, replica kill.
+
+    python benchmarks/serve_load.py --requests 1000 --concurrency 16 --out runs/bench/serve_load.json
+
+Starts ``zoomdet serve --config serving/config.yaml`` in a subprocess on a
+free loopback port (or uses ``--url``), then:
+
+1. *in-process*: the same image and policy through :class:`ZoomEngine` with a
+   local detector, ``--baseline`` times; the median is the in-process latency;
+2. *overhead*: ``--baseline`` requests one at a time over HTTP; HTTP overhead
+   = p50 over HTTP minus p50 in-process (the goal is <= 15 ms);
+3. *load*: ``--requests`` requests at ``--concurrency``; counts 2xx/4xx/5xx and
+   lost requests (connection errors, timeouts); throughput and p50/p95/p99;
+4. *replica kill* (``--kill``): SIGKILL the detector replica's process under
+   load, keep sending; report the failures during recovery, the recovery time
+   and that requests after recovery succeed.
+
+Everything is bounded by ``--time-limit`` seconds. Prints a JSON document;
+``--out`` also writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def percentiles(xs: list[float]) -> dict:
+    if not xs:
+        return {}
+    a = np.asarray(xs) * 1000
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "max_ms": float(a.max())}
+
+
+def make_image(size: tuple[int, int]) -> bytes:
+    from zoomdet.data.synth import SynthConfig, generate_dataset
+
+    d = Path(tempfile.mkdtemp(prefix="zoomdet-load-"))
+    ann = generate_dataset(SynthConfig(images=1, width=size[0], height=size[1], seed=5), d, progress=False)
+    img = json.loads(Path(ann).read_text())["images"][0]["file_name"]
+    return (d / img).read_bytes()
+
+
+def start_service(config: str, port: int, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "zoomdet.cli", "serve", "--config", config, "--port", str(port)],
+                            cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+
+
+def wait_ready(url: str, proc, timeout: float = 300) -> float:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("the service exited while starting; see its log")
+        try:
+            if requests.get(f"{url}/readyz", timeout=60).status_code == 200:
+                return time.time() - t0
+        except (requests.ConnectionError, requests.Timeout):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def one(session: requests.Session, url: str, data: bytes, policy: str, budget: float) -> tuple[float, object]:
+    t = time.perf_counter()
+    try:
+        r = session.post(f"{url}/v1/detect", files={"image": ("img.jpg", data, "image/jpeg")},
+                         data={"policy": policy, "max_pixels_ratio": str(budget)}, timeout=120)
+        return time.perf_counter() - t, r.status_code
+    except requests.RequestException as e:
+        return time.perf_counter() - t, type(e).__name__
+
+
+def run_load(url, data, policy, budget, n, concurrency, deadline, on_progress=None):
+    sessions = [requests.Session() for _ in range(concurrency)]
+    results: list[tuple[float, float, object]] = []  # (start offset, latency, status)
+    t0 = time.perf_counter()
+
+    def task(i: int):
+        if time.time() > deadline:
+            return (time.perf_counter() - t0, 0.0, "skipped")
+        start = time.perf_counter() - t0
+        lat, st = one(sessions[i % concurrency], url, data, policy, budget)
+        if on_progress:
+            on_progress(i)
+        return (start, lat, st)
+
+    with ThreadPoolExecutor(concurrency) as ex:
+        results = list(ex.map(task, range(n)))
+    return results, time.perf_counter() - t0
+
+
+def summarize(results, wall) -> dict:
+    done = [r for r in results if r[2] != "skipped"]
+    codes: dict[str, int] = {}
+    for _, _, st in done:
+        key = f"{st // 100}xx" if isinstance(st, int) else "lost"
+        codes[key] = codes.get(key, 0) + 1
+    ok = [lat for _, lat, st in done if st == 200]
+    return {"sent": len(done), "skipped_by_time_limit": len(results) - len(done), "status": codes,
+            "throughput_rps": len(ok) / wall if wall > 0 else 0.0, "wall_s": wall, "latency_ok": percentiles(ok)}
+
+
+def detector_replica_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ServeReplica:zoomdet:DetectorServer"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="an already running service (default: start one)")
+    ap.add_argument("--config", default="serving/config.yaml")
+    ap.add_argument("--image", help="image file (default: a synthetic --size image)")
+    ap.add_argument("--size", default="640x480", help="WxH of the synthetic image (default 640x480)")
+    ap.add_argument("--policy", default="greedy-entropy")
+    ap.add_argument("--budget", type=float, default=0.6)
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--baseline", type=int, default=30, help="sequential requests for the overhead (default 30)")
+    ap.add_argument("--kill", action="store_true", help="also kill the detector replica under load")
+    ap.add_argument("--kill-requests", type=int, default=200)
+    ap.add_argument("--time-limit", type=float, default=900, help="stop sending after this many seconds")
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    deadline = time.time() + a.time_limit
+    w, h = (int(v) for v in a.size.split("x"))
+    data = Path(a.image).read_bytes() if a.image else make_image((w, h))
+
+    proc, log = None, Path(tempfile.mkdtemp(prefix="zoomdet-serve-")) / "serve.log"
+    url = a.url
+    if not url:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        proc = start_service(a.config, port, log)
+    report: dict = {"url": url, "policy": a.policy, "budget": a.budget, "image_bytes": len(data), "size": a.size,
+                    "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    try:
+        report["startup_s"] = wait_ready(url, proc)
+        # in-process reference: same engine config, same image, same policy
+        import torch
+
+        from zoomdet.config import load_config
+        from zoomdet.detector.detector import Detector, default_checkpoint
+        from zoomdet.eval.evaluator import EvalConfig
+        from zoomdet.serving.app import decode_image
+        from zoomdet.zoom.engine import ZoomEngine
+        from zoomdet.zoom.policies import make_policy
+
+        torch.set_num_threads(1)  # the detector replica has one CPU
+        cfg = load_config(EvalConfig, "configs/eval/synth.yaml")
+        det = Detector.from_checkpoint(default_checkpoint())
+        engine, pol = ZoomEngine(det, cfg.zoom), make_policy(a.policy, cfg.policies, cfg.zoom, det.checkpoint_id)
+        inproc = []
+        for _ in range(a.baseline):
+            t = time.perf_counter()
+            engine.run(decode_image(data, 40_000_000), pol, max_pixels_ratio=a.budget)
+            inproc.append(time.perf_counter() - t)
+        del det, engine
+        s = requests.Session()
+        one(s, url, data, a.policy, a.budget)  # warm-up
+        seq = [one(s, url, data, a.policy, a.budget) for _ in range(a.baseline)]
+        seq_ok = [lat for lat, st in seq if st == 200]
+        report["in_process"] = percentiles(inproc)
+        report["http_sequential"] = percentiles(seq_ok)
+        report["http_overhead_p50_ms"] = (statistics.median(seq_ok) - statistics.median(inproc)) * 1000 if seq_ok else None
+
+        results, wall = run_load(url, data, a.policy, a.budget, a.requests, a.concurrency, deadline)
+        report["load"] = {"requests": a.requests, "concurrency": a.concurrency, **summarize(results, wall)}
+
+        if a.kill:
+            pids = detector_replica_pids()
+            killed = {"pids": pids}
+            t_kill = [None]
+
+            def kill_at(i: int) -> None:
+                if i == a.kill_requests // 4 and t_kill[0] is None and pids:
+                    t_kill[0] = time.perf_counter()
+                    for p in pids:
+                        os.kill(p, signal.SIGKILL)
+
+            results, wall = run_load(url, data, a.policy, a.budget, a.kill_requests, a.concurrency, deadline, kill_at)
+            failed = [r for r in results if r[2] not in (200, "skipped")]
+            last_fail = max((r[0] + r[1] for r in failed), default=None)
+            after = [r for r in results if last_fail is not None and r[0] > last_fail] or results
+            killed.update(summarize(results, wall))
+            killed["failures_during_recovery"] = len(failed)
+            killed["requests_after_last_failure"] = len(after)
+            killed["all_after_recovery_ok"] = all(r[2] == 200 for r in after)
+            # the service answers again after the kill
+            killed["post_kill_check"] = one(s, url, data, a.policy, a.budget)[1]
+            killed["new_replica_pids"] = detector_replica_pids()
+            report["replica_kill"] = killed
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        report["service_log"] = str(log)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
