@@ -53,7 +53,8 @@ def main() -> None:
            "cpus_allowed": len(os.sched_getaffinity(0))}
     print(json.dumps(res))
     if a.out:
-        with open(a.out, "w") as f:
+        os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+    with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
 
 

@@ -28,7 +28,8 @@ def episode(tmp_path):
 
 
 def test_episode_round_trip_and_steps_rebuild_the_final_result(tmp_path):
-    from zoomdet.viz import _merged_after
+    from zoomdet.eval.coco_eval import episode_metrics
+    from zoomdet.zoom.episode import merged_after
 
     img, doc, res = episode(tmp_path)
     path = save_episode(doc, tmp_path / "ep.json")
@@ -38,8 +39,12 @@ def test_episode_round_trip_and_steps_rebuild_the_final_result(tmp_path):
     # the coarse pass at 0.5 finds only the large object; its box is in full-resolution pixels
     assert [d["box_xyxy"] for d in doc["coarse"]] == [[150.0, 100.0, 250.0, 200.0]]
     key = lambda d: (tuple(d["box_xyxy"]), d["score"], d["class_id"])  # noqa: E731
-    assert sorted(map(key, _merged_after(doc, len(doc["steps"]) - 1))) == sorted(map(key, doc["final"]))
+    assert sorted(map(key, merged_after(doc, len(doc["steps"]) - 1))) == sorted(map(key, doc["final"]))
     assert sorted(d["box_xyxy"] for d in doc["final"]) == sorted(BOXES.tolist())
+    # per-step AP on the episode's own ground truth: the coarse pass misses the two small objects, zooming finds them
+    m = episode_metrics(doc)
+    assert len(m) == len(doc["steps"]) + 1 and m[0]["pixels_ratio"] == pytest.approx(0.25)
+    assert m[0]["ap50"] < 0.5 and m[-1]["ap50"] == pytest.approx(1.0)
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="not a ZoomDet episode"):
         load_episode(tmp_path / "bad.json")

@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from zoomdet.zoom.episode import merged_after
+
 __all__ = ["load_image_array", "draw_boxes", "draw_windows", "plot_result", "save_result_image", "render_episode",
            "plot_reports", "STAGE_COLORS"]
 
@@ -114,18 +116,6 @@ def _episode_image(doc: dict):
     return np.full((h, w, 3), 96, dtype=np.uint8)
 
 
-def _merged_after(doc: dict, k: int) -> list[dict]:
-    """The merged detections after step ``k`` (``k = -1``: the coarse pass), rebuilt from ``added``/``removed``."""
-    key = lambda d: (tuple(d["box_xyxy"]), d["score"], d["class_id"])  # noqa: E731
-    cur = {key(d): d for d in doc["coarse"]}
-    for s in doc["steps"][: k + 1]:
-        for d in s["removed"]:
-            cur.pop(key(d), None)
-        for d in s["added"]:
-            cur[key(d)] = d
-    return list(cur.values())
-
-
 def render_episode(doc: dict, out_prefix: str | Path, dpi: int = 80) -> list[Path]:
     """Draw an episode: ``<prefix>_step<k>.png`` per step (k = 0: the coarse pass) and ``<prefix>.gif``.
 
@@ -148,7 +138,7 @@ def render_episode(doc: dict, out_prefix: str | Path, dpi: int = 80) -> list[Pat
             gain = "" if s.get("true_gain") is None else f", true gain {s['true_gain']:+.2f}"
             title = (f"step {k + 1}: window {s['candidate']}, pixels {s['pixels_ratio']:.2f}, "
                      f"+{len(s['added'])}/-{len(s['removed'])} detections{gain}")
-        ax = plot_result(image, _merged_after(doc, k), windows, title=title, proposed=proposed)
+        ax = plot_result(image, merged_after(doc, k), windows, title=title, proposed=proposed)
         path = out_prefix.with_name(f"{out_prefix.name}_step{k + 1}.png")
         ax.figure.savefig(path, dpi=dpi)
         buf = io.BytesIO()

@@ -17,7 +17,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["coco_metrics", "AREA_RANGES"]
+__all__ = ["coco_metrics", "episode_metrics", "AREA_RANGES"]
 
 # name -> [min area, max area] in px², as COCOeval expects
 AREA_RANGES = {
@@ -85,3 +85,46 @@ def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: Sequence[int]) -
         "ar100_small": _mean_valid(r[:, :, a["small"], m100]),
         "ar100_tiny": _mean_valid(r[:, :, a["tiny"], m100]),
     }
+
+
+def episode_metrics(doc: dict) -> list[dict]:
+    """COCO metrics of an episode (``zoomdet.episode/1`` with ``ground_truth``) after each step.
+
+    Returns ``len(steps) + 1`` dicts: entry 0 is the coarse pass alone, entry
+    ``k + 1`` the merged result after step ``k``; each holds ``step``,
+    ``pixels_ratio`` (cumulative) and the keys of :func:`coco_metrics`.
+    """
+    from zoomdet.zoom.episode import merged_after
+
+    if "ground_truth" not in doc:
+        raise ValueError("the episode has no ground_truth (record it with zoomdet replay on an annotated dataset)")
+    w, h = doc["image"]["width"], doc["image"]["height"]
+    anns = [{"id": i + 1, "image_id": 1, "category_id": g["class_id"], "iscrowd": int(g["iscrowd"]),
+             "bbox": [g["box_xyxy"][0], g["box_xyxy"][1], g["box_xyxy"][2] - g["box_xyxy"][0],
+                      g["box_xyxy"][3] - g["box_xyxy"][1]]} for i, g in enumerate(doc["ground_truth"])]
+    for a in anns:
+        a["area"] = a["bbox"][2] * a["bbox"][3]
+    cats = sorted({a["category_id"] for a in anns} | {d["class_id"] for d in doc["coarse"]})
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 1, "width": w, "height": h}], "annotations": anns,
+                  "categories": [{"id": c, "name": doc.get("categories", {}).get(str(c), str(c))} for c in cats]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    fine = doc.get("config", {}).get("fine_scale", 1.0)
+    coarse_ratio = (doc["steps"][0]["pixels_ratio"] - _window_ratio(doc["steps"][0], w, h, fine)) if doc["steps"] \
+        else doc["cost"]["pixels_ratio"]
+    out = []
+    for k in range(-1, len(doc["steps"])):
+        dets = merged_after(doc, k)
+        res = [{"image_id": 1, "category_id": d["class_id"], "score": d["score"],
+                "bbox": [d["box_xyxy"][0], d["box_xyxy"][1], d["box_xyxy"][2] - d["box_xyxy"][0],
+                         d["box_xyxy"][3] - d["box_xyxy"][1]]} for d in dets]
+        ratio = coarse_ratio if k < 0 else doc["steps"][k]["pixels_ratio"]
+        out.append({"step": k + 1, "pixels_ratio": ratio, **coco_metrics(gt, res, [1])})
+    return out
+
+
+def _window_ratio(step: dict, w: int, h: int, scale: float) -> float:
+    """Model-input pixels of a step's window (seen at ``scale``) over the image's pixels."""
+    x0, y0, x1, y1 = step["window_xyxy"]
+    return round((x1 - x0) * scale) * round((y1 - y0) * scale) / (w * h)

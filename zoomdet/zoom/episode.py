@@ -50,7 +50,7 @@ from zoomdet.zoom.engine import STAGES, GroundTruth, ZoomConfig, ZoomResult
 from zoomdet.zoom.gain import fresh_gain, window_gain_items
 from zoomdet.zoom.merge import STAGE_FINE, merge_zoom
 
-__all__ = ["EPISODE_FORMAT", "episode_record", "detections_json", "load_episode", "save_episode"]
+__all__ = ["EPISODE_FORMAT", "episode_record", "detections_json", "load_episode", "save_episode", "merged_after"]
 
 EPISODE_FORMAT = "zoomdet.episode/1"
 
@@ -148,3 +148,17 @@ def load_episode(path: str | Path) -> dict:
     if doc.get("format") != EPISODE_FORMAT:
         raise ValueError(f"{path} is not a ZoomDet episode (format {doc.get('format')!r}, expected {EPISODE_FORMAT})")
     return doc
+
+
+def merged_after(doc: dict, k: int) -> list[dict]:
+    """The merged detections of an episode after step ``k`` (``k = -1``: the coarse pass alone),
+    rebuilt from the coarse list and each step's ``added``/``removed``; after the last step this
+    is ``doc["final"]`` (before the service's score threshold)."""
+    key = lambda d: (tuple(d["box_xyxy"]), d["score"], d["class_id"])  # noqa: E731
+    cur = {key(d): d for d in doc["coarse"]}
+    for s in doc["steps"][: k + 1]:
+        for d in s["removed"]:
+            cur.pop(key(d), None)
+        for d in s["added"]:
+            cur[key(d)] = d
+    return list(cur.values())
