@@ -116,7 +116,10 @@ def train_agent(args: TrainArgs) -> Path:
     hp.pop("n_timesteps", None)
     hp.pop("policy", None)  # the policy class follows from the algorithm
     env_kwargs = {**hp.pop("env_kwargs", {}), **args.env_kwargs}
-    ZoomEnvConfig(**env_kwargs)  # fail early on bad options
+    try:
+        ZoomEnvConfig.from_options(**env_kwargs)  # fail early on bad options
+    except TypeError as e:
+        raise ValueError(f"--env-kwargs: {e}") from None
     policy_kwargs = dict(hp.pop("policy_kwargs", {}) or {})
 
     train_env = _make_env(args.cache, env_kwargs, args.seed)

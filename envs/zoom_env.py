@@ -107,6 +107,16 @@ class ZoomEnvConfig:
             raise ValueError(f"grid must be [rows, cols] with both >= 3, got {self.grid}")
         self.grid = tuple(int(g) for g in self.grid)
 
+    @classmethod
+    def from_options(cls, base: Optional["ZoomEnvConfig"] = None, **options: Any) -> "ZoomEnvConfig":
+        """``base`` (or the defaults) with ``options`` replacing fields; unknown names are refused (``TypeError``)."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(options) - names
+        if unknown:
+            raise TypeError(f"unknown ZoomEnv option(s) {sorted(unknown)}; options: {sorted(names)}")
+        current = {} if base is None else {f: getattr(base, f) for f in names}
+        return cls(**{**current, **options})
+
 
 def gain_model_for(cfg: ZoomEnvConfig, detector_checkpoint_id: Optional[str] = None):
     """The state builder of a config (:class:`~zoomdet.rnet.model.RNetGain` or ``EntropyGain``); ``None`` for the oracle."""
@@ -206,12 +216,7 @@ class ZoomEnv(gym.Env):
 
     def __init__(self, cache: str | os.PathLike | RolloutCache, config: Optional[ZoomEnvConfig] = None, **overrides: Any) -> None:
         super().__init__()
-        names = {f.name for f in fields(ZoomEnvConfig)}
-        unknown = set(overrides) - names
-        if unknown:
-            raise TypeError(f"unknown ZoomEnv option(s) {sorted(unknown)}; options: {sorted(names)}")
-        base = {} if config is None else {f: getattr(config, f) for f in names}
-        config = ZoomEnvConfig(**{**base, **overrides})
+        config = ZoomEnvConfig.from_options(config, **overrides)
         self.config = config
         self.cache = cache if isinstance(cache, RolloutCache) else RolloutCache(cache)
         self.records = self.cache.records()

@@ -181,3 +181,45 @@ def test_dqn_qnet_learns_better_than_random_and_resumes(toy_cache, tmp_path):
     run2 = train_agent(args)
     resumed = algorithm_class("dqn").load(str(run2 / "ZoomDet-v0.zip"))
     assert run2.name == "ZoomDet-v0_2" and resumed.num_timesteps == 1200
+
+
+def test_maskable_ppo_trains_and_runs_live_through_the_engine(toy_cache, tmp_path):
+    from tests.conftest import StubDetector
+    from zoomdet.agents import AgentPolicy
+    from zoomdet.agents.train import TrainArgs, train_agent
+    from zoomdet.zoom.engine import ZoomEngine
+    from zoomdet.zoom.policies import make_policy
+
+    args = TrainArgs(algo="ppo_mask", cache=str(toy_cache), n_timesteps=256, eval_freq=-1, progress=False,
+                     hyperparams={"n_steps": 128, "batch_size": 32, "n_epochs": 2},
+                     env_kwargs={"state": "entropy", "lam": 1.0}, log_folder=str(tmp_path / "logs"),
+                     conf_file="configs/agents/ppo_mask.yml")
+    run = train_agent(args)
+    model_path = run / "ZoomDet-v0.zip"
+    assert model_path.is_file() and (run / "zoomdet.json").is_file()
+    # the cache was built by detector "fake": a policy for another detector is refused
+    with pytest.raises(ValueError, match="trained on a cache of detector fake"):
+        make_policy(str(model_path), detector_id="stub")
+    policy = AgentPolicy.from_path(model_path)
+    boxes = torch.tensor([[40.0, 40, 48, 48], [200, 150, 260, 200]])
+    engine = ZoomEngine(StubDetector(boxes, torch.tensor([1, 1]), min_px=6), ZOOM)
+    res = engine.run(torch.rand(3, H, W), policy, max_pixels_ratio=0.6)
+    assert res.cost.pixels_ratio <= 0.6 + 1e-9
+    assert all(r.candidate >= 0 for r in res.regions)
+    # stateless per call: the same image gives the same episode
+    again = engine.run(torch.rand(3, H, W), policy, max_pixels_ratio=0.6)
+    assert [r.window for r in again.regions] == [r.window for r in res.regions]
+
+
+def test_train_cli_refuses_bad_input(toy_cache, tmp_path, capsys):
+    from zoomdet.cli import main
+
+    base = ["train", "--cache", str(toy_cache), "-f", str(tmp_path), "--no-progress", "-n", "10"]
+    assert main(base + ["--env-kwargs", "lamda:1"]) == 2
+    assert "unknown" in capsys.readouterr().err
+    assert main(base + ["--hyperparams", "learning_rate"]) == 2
+    assert "expected key:value" in capsys.readouterr().err
+    assert main(base + ["--trained-agent", str(tmp_path / "none.zip"), "--env-kwargs", "state:entropy"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["train", "--cache", str(tmp_path / "nocache"), "-f", str(tmp_path), "--env-kwargs", "state:entropy"]) == 2
+    assert "no rollout cache" in capsys.readouterr().err
