@@ -24,18 +24,15 @@ venv: $(STAMP)
 doctor: venv
 	$(BIN)/zoomdet doctor
 
-# The main job on the embedded detector: a held-out synthetic set, every
-# baseline policy through the zoom engine, a report table and an AP-vs-pixels plot.
+# The main job: `zoomdet quickstart` (synthetic data -> embedded detector -> rollout cache -> R-net ->
+# DQN agent -> evaluation against coarse, fine, sahi, greedy and oracle -> report, plot, episodes),
+# everything under runs/quickstart; rerunning reuses the finished stages.
 demo: venv
-	$(BIN)/zoomdet data synth --out runs/demo/data --images 10 --seed 1
-	$(BIN)/zoomdet evaluate --config configs/eval/synth.yaml --data runs/demo/data/annotations.json \
-		--policy coarse --policy fine --policy sahi --policy random --policy oracle --policy greedy-entropy \
-		--budget 0.6 --images 10 --out runs/demo/eval
-	@echo "report: runs/demo/eval/report.md  plot: runs/demo/eval/pareto.png"
+	$(BIN)/zoomdet quickstart
 
 # pytest exits 5 when it collects no test; that is not a failure of the suite.
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || { rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc; }
 
 clean:
-	rm -rf $(VENV) runs/demo
+	rm -rf $(VENV) runs/quickstart

@@ -54,7 +54,7 @@ def make_image(size: tuple[int, int]) -> bytes:
     d = Path(tempfile.mkdtemp(prefix="zoomdet-load-"))
     ann = generate_dataset(SynthConfig(images=1, width=size[0], height=size[1], seed=5), d, progress=False)
     img = json.loads(Path(ann).read_text())["images"][0]["file_name"]
-    return (d / img).read_bytes()
+    return (d / "images" / img).read_bytes()
 
 
 def start_service(config: str, port: int, log: Path) -> subprocess.Popen:

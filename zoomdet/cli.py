@@ -15,6 +15,7 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 EPILOG = """examples:
+  zoomdet quickstart                      # the whole pipeline on synthetic data (what make demo runs)
   zoomdet doctor
   zoomdet data synth --out data/synth-val --images 50 --size 2048x1536 --seed 1
   zoomdet data stats ../shared/data/hit-uav/test.json
@@ -82,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("doctor", help="print versions and device; fail clearly if torchvision's ops do not load")
+
+    qs = sub.add_parser("quickstart", help="the whole pipeline on synthetic data: data, cache, R-net, agent, evaluation, replay",
+                        description="Synthetic data -> embedded detector -> rollout cache -> R-net -> DQN agent -> "
+                                    "evaluation against coarse, fine, sahi, greedy and oracle on held-out images -> "
+                                    "report, AP-vs-pixels plot and recorded episodes, all under one run folder. "
+                                    "Rerunning reuses the finished stages.")
+    _add_config_args(qs, None)
+    qs.add_argument("--out", help="run folder (default runs/quickstart)")
+    qs.add_argument("--no-progress", action="store_true")
 
     data = sub.add_parser("data", help="make or inspect datasets").add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synth = data.add_parser("synth", help="write a synthetic high-resolution COCO dataset (images + annotations.json)")
@@ -319,6 +329,15 @@ def _cmd_replay(args) -> int:
     return 0
 
 
+def _cmd_quickstart(args) -> int:
+    from zoomdet.config import load_config
+    from zoomdet.quickstart import QuickstartConfig, run_quickstart
+
+    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    run_quickstart(load_config(QuickstartConfig, args.config, overrides), progress=not args.no_progress)
+    return 0
+
+
 def _cmd_serve(args) -> int:
     from zoomdet.serving.launch import serve_config
 
@@ -390,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_train(args)
         if args.command == "replay":
             return _cmd_replay(args)
+        if args.command == "quickstart":
+            return _cmd_quickstart(args)
         if args.command == "serve":
             return _cmd_serve(args)
         if args.command == "query":

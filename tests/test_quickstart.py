@@ -1,0 +1,33 @@
+"""``zoomdet quickstart`` end to end on tiny settings, then a rerun that reuses every stage."""
+
+import json
+
+from zoomdet.cli import main
+
+
+def test_quickstart_runs_every_stage_and_resumes(tmp_path, tiny_checkpoint, capsys):
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"checkpoint: {tiny_checkpoint}\nzoom:\n  windows:\n    refine_steps: 1\n"
+                   "policies:\n  sahi:\n    slice_width: 160\n    slice_height: 160\n")
+    out = tmp_path / "qs"
+    args = ["quickstart", "--out", str(out), "--no-progress", "--set", "width=320", "--set", "height=240",
+            "--set", "train_images=4", "--set", "tune_images=2", "--set", "val_images=2", "--set", "agent_steps=300",
+            "--set", "workers=0", "--set", "replay_images=1", "--set", "budgets=[0.6]", "--set", f"eval_config={cfg}"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    for stage in ("data", "rnet", "agent", "eval", "replay"):
+        assert f"[quickstart] {stage}: running" in text
+    report = json.loads((out / "eval" / "report.json").read_text())
+    names = {r["name"] for r in report["policies"]}
+    assert {"coarse", "fine", "sahi", "greedy", "oracle"} <= names and any(n.startswith("dqn:") for n in names)
+    assert report["images"] == 2 and (out / "eval" / "pareto.png").is_file()
+    assert len(list((out / "replay").glob("episode_*.json"))) == 1 and list((out / "replay").glob("*.gif"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["agent"].endswith(".zip") and (out / "quickstart.yaml").is_file()
+    # rerun: every stage is reused, nothing is recomputed
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    for stage in ("data", "rnet", "agent", "eval", "replay"):
+        assert f"[quickstart] {stage}: reused" in text
+    assert main(["quickstart", "--out", str(out), "--set", "train_imgs=3"]) == 2
+    assert "unknown option" in capsys.readouterr().err
