@@ -148,7 +148,8 @@ state = json.loads((path.parent / "partial.json").read_text())
 names = [r["policy"] for r in rep["policies"]]
 other = POLICY or next((n for n in names if n.startswith(("dqn", "ppo", "agent"))), None) or \\
     next((n for n in names if n.startswith("greedy")), names[0])
-ds = CocoDataset(rep["data"])
+data = Path(rep["data"]) if Path(rep["data"]).is_absolute() else REPO / rep["data"]  # relative to where it ran
+ds = CocoDataset(data)
 gap = []
 for iid in state["done"]:
     ap = {n: coco_metrics(ds.coco, [d for d in state["runs"][n]["results"] if d["image_id"] == iid], [iid])["ap"]

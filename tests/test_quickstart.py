@@ -7,11 +7,11 @@ from zoomdet.cli import main
 
 def test_quickstart_runs_every_stage_and_resumes(tmp_path, tiny_checkpoint, capsys):
     cfg = tmp_path / "eval.yaml"
-    cfg.write_text(f"checkpoint: {tiny_checkpoint}\nzoom:\n  windows:\n    refine_steps: 1\n"
+    cfg.write_text(f"checkpoint: {tiny_checkpoint}\nzoom:\n  windows:\n    refine_steps: 0  # no refinement positions: 14 cached windows per image\n"
                    "policies:\n  sahi:\n    slice_width: 160\n    slice_height: 160\n")
     out = tmp_path / "qs"
     args = ["quickstart", "--out", str(out), "--no-progress", "--set", "width=320", "--set", "height=240",
-            "--set", "train_images=4", "--set", "tune_images=2", "--set", "val_images=2", "--set", "agent_steps=300",
+            "--set", "train_images=3", "--set", "tune_images=1", "--set", "val_images=2", "--set", "agent_steps=300",
             "--set", "workers=0", "--set", "replay_images=1", "--set", "budgets=[0.6]", "--set", f"eval_config={cfg}"]
     assert main(args) == 0
     text = capsys.readouterr().out
