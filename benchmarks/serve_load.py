@@ -77,11 +77,15 @@ def wait_ready(url: str, proc, timeout: float = 300) -> float:
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
-def one(session: requests.Session, url: str, data: bytes, policy: str, budget: float) -> tuple[float, object]:
+def one(session: requests.Session, url: str, data: bytes, policy: str, budget: float, out: list | None = None
+        ) -> tuple[float, object]:
+    """One request; returns (seconds, status or exception name); appends the response's timing_ms to ``out``."""
     t = time.perf_counter()
     try:
         r = session.post(f"{url}/v1/detect", files={"image": ("img.jpg", data, "image/jpeg")},
                          data={"policy": policy, "max_pixels_ratio": str(budget)}, timeout=120)
+        if out is not None and r.status_code == 200:
+            out.append(r.json()["timing_ms"])
         return time.perf_counter() - t, r.status_code
     except requests.RequestException as e:
         return time.perf_counter() - t, type(e).__name__
@@ -168,19 +172,29 @@ def main() -> None:
         cfg = load_config(EvalConfig, "configs/eval/synth.yaml")
         det = Detector.from_checkpoint(default_checkpoint())
         engine, pol = ZoomEngine(det, cfg.zoom), make_policy(a.policy, cfg.policies, cfg.zoom, det.checkpoint_id)
-        inproc = []
+        inproc, inproc_stages = [], []
         for _ in range(a.baseline):
             t = time.perf_counter()
-            engine.run(decode_image(data, 40_000_000), pol, max_pixels_ratio=a.budget)
+            res = engine.run(decode_image(data, 40_000_000), pol, max_pixels_ratio=a.budget)
             inproc.append(time.perf_counter() - t)
+            inproc_stages.append({k: 1000 * v for k, v in res.timing.items()})
         del det, engine
         s = requests.Session()
         one(s, url, data, a.policy, a.budget)  # warm-up
-        seq = [one(s, url, data, a.policy, a.budget) for _ in range(a.baseline)]
+        served_stages: list[dict] = []
+        seq = [one(s, url, data, a.policy, a.budget, served_stages) for _ in range(a.baseline)]
         seq_ok = [lat for lat, st in seq if st == 200]
         report["in_process"] = percentiles(inproc)
         report["http_sequential"] = percentiles(seq_ok)
         report["http_overhead_p50_ms"] = (statistics.median(seq_ok) - statistics.median(inproc)) * 1000 if seq_ok else None
+        # where the overhead goes: median stage times inside the service's engine vs in-process, and the
+        # part outside the engine (proxy, HTTP, multipart, response encoding) = client latency - engine total
+        med = lambda rows, k: statistics.median(r.get(k, 0.0) for r in rows) if rows else None  # noqa: E731
+        stages = ("decode", "coarse", "gain", "policy", "fine", "merge", "total")
+        report["stages_p50_ms"] = {"in_process": {k: med(inproc_stages, k) for k in stages},
+                                   "service": {k: med(served_stages, k) for k in stages}}
+        report["outside_engine_p50_ms"] = (statistics.median(seq_ok) * 1000 - med(served_stages, "total")
+                                           if seq_ok and served_stages else None)
 
         results, wall = run_load(url, data, a.policy, a.budget, a.requests, a.concurrency, deadline)
         report["load"] = {"requests": a.requests, "concurrency": a.concurrency, **summarize(results, wall)}

@@ -2,9 +2,10 @@
 
 Deployments:
 
-* :class:`DetectorServer` runs the detector. Its ``forward`` is a
-  ``@serve.batch`` method over single crops, so the coarse and fine crops of
-  concurrent requests share forward passes (crops of equal size are stacked).
+* :class:`DetectorServer` runs the detector. ``detect_crops`` takes the
+  crops of one engine pass in one call and feeds each to a ``@serve.batch``
+  method, so the crops of concurrent requests share forward passes (crops of
+  equal size are stacked).
   It holds only weights: stateless per request.
 * :class:`ZoomDetIngress` (FastAPI) decodes and validates the upload, runs
   the one :class:`~zoomdet.zoom.ZoomEngine` with a :class:`RemoteDetector`
@@ -125,14 +126,12 @@ class RemoteDetector:
         self.handle, self.batch_size, self.checkpoint_id, self.categories = handle, batch_size, checkpoint_id, categories
 
     def detect(self, image: torch.Tensor, windows):
+        """Cut and resize every window's crop here, send them in one call, map the boxes back to image pixels."""
         from zoomdet.detector.detector import crop_window
 
-        responses = [self.handle.forward.remote(crop_window(image, w).contiguous()) for w in windows]
-        out = []
-        for w, r in zip(windows, responses):
-            det = r.result()
-            out.append(det.with_boxes(w.to_image(det.boxes)))
-        return out
+        crops = [crop_window(image, w).contiguous() for w in windows]
+        dets = self.handle.detect_crops.remote(crops).result()
+        return [d.with_boxes(w.to_image(d.boxes)) for d, w in zip(dets, windows)]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
@@ -168,16 +167,18 @@ class DetectorServer:
         d = self.detector
         return {"checkpoint_id": d.checkpoint_id, "categories": d.categories, "batch_size": d.batch_size}
 
-    async def forward(self, crop: torch.Tensor):
-        """One crop (already cut and resized by ``crop_window``) -> its :class:`Detections` in crop pixels.
+    async def detect_crops(self, crops: list[torch.Tensor]):
+        """Crops already cut and resized by ``crop_window`` -> their :class:`Detections` in crop pixels.
 
-        Crops of concurrent requests are gathered by ``@serve.batch`` and
-        crops of equal size share a forward pass. Ray Serve's local testing
-        mode (the handle-level tests) has no replica context, which
-        ``@serve.batch`` needs; there each crop runs on its own."""
+        One call per engine pass (the coarse crop, then all fine crops of a
+        request). Each crop goes through ``@serve.batch`` on its own, so crops
+        of concurrent requests are gathered and crops of equal size share a
+        forward pass. Ray Serve's local testing mode (the handle-level tests)
+        has no replica context, which ``@serve.batch`` needs; there the crops
+        run in one direct call."""
         if _in_replica():
-            return await self._forward_batch(crop)
-        return (await asyncio.to_thread(self.detector.detect_crops, [crop]))[0]
+            return list(await asyncio.gather(*(self._forward_batch(c) for c in crops)))
+        return await asyncio.to_thread(self.detector.detect_crops, crops)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _forward_batch(self, crops: list[torch.Tensor]):
