@@ -209,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cmd_doctor(args) -> int:
+    from zoomdet.doctor import run_doctor
+
+    return run_doctor()
+
+
 def _cmd_data(args) -> int:
     if args.data_command == "synth":
         from zoomdet.data.synth import SynthConfig, generate_dataset
@@ -390,36 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     from zoomdet.config import ConfigError
     from zoomdet.data.coco import DatasetError
 
+    commands = {"doctor": _cmd_doctor, "data": _cmd_data, "detector": _cmd_detector, "evaluate": _cmd_evaluate,
+                "cache": _cmd_cache, "rnet": _cmd_rnet, "train": _cmd_train, "replay": _cmd_replay,
+                "quickstart": _cmd_quickstart, "serve": _cmd_serve, "query": _cmd_query}
+    if args.command not in commands:
+        parser.error(f"unknown command {args.command}")
     try:
-        if args.command == "doctor":
-            from zoomdet.doctor import run_doctor
-
-            return run_doctor()
-        if args.command == "data":
-            return _cmd_data(args)
-        if args.command == "detector":
-            return _cmd_detector(args)
-        if args.command == "evaluate":
-            return _cmd_evaluate(args)
-        if args.command == "cache":
-            return _cmd_cache(args)
-        if args.command == "rnet":
-            return _cmd_rnet(args)
-        if args.command == "train":
-            return _cmd_train(args)
-        if args.command == "replay":
-            return _cmd_replay(args)
-        if args.command == "quickstart":
-            return _cmd_quickstart(args)
-        if args.command == "serve":
-            return _cmd_serve(args)
-        if args.command == "query":
-            return _cmd_query(args)
+        return commands[args.command](args)
     except (ConfigError, DatasetError, FileNotFoundError, ValueError) as e:
         print(f"zoomdet {args.command}: error: {e}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command}")
-    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
