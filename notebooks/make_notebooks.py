@@ -65,14 +65,19 @@ display(Markdown("\\n".join(rows)))'''),
         ax.annotate(str(m["step"]), (m["pixels_ratio"], m["ap"]), textcoords="offset points", xytext=(3, 4), fontsize=8)
     ax.set_xlabel("pixels_ratio so far"); ax.set_ylabel("AP on this image"); ax.grid(alpha=0.3); ax.legend()
     plt.show()'''),
-    new_markdown_cell("## Step by step\n\nWith ipywidgets installed (`pip install 'zoomdet[notebooks]'`) a slider "
-                      "walks through the steps; without it every step is drawn in a grid."),
+    new_markdown_cell("## The coarse pass and the AG map\n\nThe policy's accuracy-gain map before any zoom "
+                      "(R-net, entropy or oracle state; red: zooming is predicted to gain, blue: to lose), over the "
+                      "coarse detections."),
     new_code_cell('''array = load_image_array(image) if image else None
 if array is None:
     import numpy as np
     array = np.full((img["height"], img["width"], 3), 96, dtype=np.uint8)  # the image file is not at hand
-
-def show(step: int, ax=None):
+ax = plot_result(array, doc["coarse"], gain_map=doc.get("gain_map"),
+                 title="coarse pass" + (" + AG map" if doc.get("gain_map") else " (this policy has no AG map)"))
+plt.show()'''),
+    new_markdown_cell("## Step by step\n\nWith ipywidgets installed (`pip install 'zoomdet[notebooks]'`) a slider "
+                      "walks through the steps; without it every step is drawn in a grid."),
+    new_code_cell('''def show(step: int, ax=None):
     """Step 0: the coarse pass; step k: after the k-th zoom window."""
     k = step - 1
     windows = [s["window_xyxy"] for s in doc["steps"][: k + 1]]

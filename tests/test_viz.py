@@ -32,6 +32,7 @@ def test_episode_round_trip_and_steps_rebuild_the_final_result(tmp_path):
     from zoomdet.zoom.episode import merged_after
 
     img, doc, res = episode(tmp_path)
+    assert doc["gain_map"] is None  # the oracle has no AG map
     path = save_episode(doc, tmp_path / "ep.json")
     back = load_episode(path)
     assert back == doc
@@ -94,3 +95,31 @@ def test_render_episode_writes_a_frame_per_step_and_a_gif(tmp_path):
     assert len(files) == len(doc["steps"]) + 2 and files[-1].suffix == ".gif"
     gif = Image.open(files[-1])
     assert gif.n_frames == len(doc["steps"]) + 1
+
+
+def test_gain_map_overlay_lies_on_its_grid_cells(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from zoomdet.viz import plot_result
+
+    from zoomdet.zoom.policies import make_policy
+
+    eng = ZoomEngine(StubDetector(BOXES, LABELS, min_px=6), ZoomConfig())
+    res = eng.run(torch.zeros(3, H, W), make_policy("greedy-entropy"), max_pixels_ratio=1.0)
+    doc = episode_record(res, eng.config, policy="greedy-entropy", image={"id": 1})
+    gm = doc["gain_map"]
+    assert gm is not None and (gm["rows"], gm["cols"]) == (-(-H // 32), -(-W // 32))
+    values = np.asarray(gm["values"])
+    j, i = np.unravel_index(np.abs(values).argmax(), values.shape)  # the cell with the most gain
+    fig = plt.figure(figsize=(W / 100, H / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    plot_result(torch.zeros(3, H, W), [], ax=ax, gain_map=gm)
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    plt.close(fig)
+    cy, cx = int((j + 0.5) * H / gm["rows"]), int((i + 0.5) * W / gm["cols"])
+    assert rgba[cy, cx].sum() > 60  # tinted over black where the gain is
+    zero = np.argwhere(values == 0)
+    if len(zero):
+        zj, zi = zero[0]
+        assert rgba[int((zj + 0.5) * H / gm["rows"]), int((zi + 0.5) * W / gm["cols"])].sum() == 0  # transparent

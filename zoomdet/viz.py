@@ -9,7 +9,8 @@ lies on pixel column boundary ``x``.
 
 Colours: coarse-pass detections blue, fine (zoomed) detections orange, zoom
 windows red (after refinement, solid, numbered by step) and grey (as
-proposed, dashed).
+proposed, dashed); the AG map red where zooming is predicted to gain, blue
+where it is predicted to lose.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from zoomdet.zoom.episode import merged_after
 
-__all__ = ["load_image_array", "draw_boxes", "draw_windows", "plot_result", "save_result_image", "render_episode",
+__all__ = ["load_image_array", "draw_boxes", "draw_windows", "draw_gain_map", "plot_result", "save_result_image", "render_episode",
            "plot_reports", "STAGE_COLORS"]
 
 STAGE_COLORS = {"coarse": "tab:blue", "fine": "tab:orange"}
@@ -77,15 +78,33 @@ def draw_windows(ax, windows: Sequence[Sequence[float]], proposed: Optional[Sequ
                 bbox={"facecolor": "red", "edgecolor": "none", "pad": 1.5})
 
 
+def draw_gain_map(ax, gain_map: dict, width: int, height: int, alpha: float = 0.5):
+    """Overlay an episode's ``gain_map`` (``{"rows", "cols", "values"}``, gain per grid cell) on ``ax``:
+    red where zooming is predicted to gain, blue where it is predicted to lose, transparent at 0.
+    The grid spans the full image (``extent`` in image pixels); returns the image artist."""
+    import matplotlib.colors as mcolors
+
+    values = np.asarray(gain_map["values"], dtype=np.float32)
+    nonzero = np.abs(values[values != 0])
+    vmax = float(np.percentile(nonzero, 95)) if nonzero.size else 1.0  # a few hot cells must not wash out the rest
+    cmap = _plt().get_cmap("RdBu_r")
+    rgba = cmap(mcolors.Normalize(-vmax, vmax, clip=True)(values))
+    rgba[..., 3] = alpha * np.clip(np.abs(values) / max(vmax, 1e-12), 0, 1)
+    return ax.imshow(rgba, extent=(0, width, height, 0), interpolation="nearest")
+
+
 def plot_result(image, detections: Sequence[dict], windows: Sequence[Sequence[float]] = (), ax=None,
-                title: Optional[str] = None, proposed=None):
-    """The image with detections coloured by stage and the zoom windows; returns the axes."""
+                title: Optional[str] = None, proposed=None, gain_map: Optional[dict] = None):
+    """The image with detections coloured by stage and the zoom windows (and, if given, the AG map
+    of an episode overlaid); returns the axes."""
     plt = _plt()
     arr = load_image_array(image)
     h, w = arr.shape[:2]
     if ax is None:
         _, ax = plt.subplots(figsize=(10, 10 * h / w))
     ax.imshow(arr, extent=(0, w, h, 0), interpolation="nearest")
+    if gain_map:
+        draw_gain_map(ax, gain_map, w, h)
     draw_boxes(ax, detections)
     draw_windows(ax, windows, proposed)
     ax.set_xlim(0, w)
@@ -132,17 +151,18 @@ def render_episode(doc: dict, out_prefix: str | Path, dpi: int = 80) -> list[Pat
         windows = [s["window_xyxy"] for s in steps[: k + 1]]
         proposed = [steps[k]["proposed_xyxy"]] if k >= 0 else None
         if k < 0:
-            title = f"coarse pass: {len(doc['coarse'])} detections"
+            title = f"coarse pass: {len(doc['coarse'])} detections" + (", AG map (red: gain)" if doc.get("gain_map") else "")
         else:
             s = steps[k]
             gain = "" if s.get("true_gain") is None else f", true gain {s['true_gain']:+.2f}"
             title = (f"step {k + 1}: window {s['candidate']}, pixels {s['pixels_ratio']:.2f}, "
                      f"+{len(s['added'])}/-{len(s['removed'])} detections{gain}")
-        ax = plot_result(image, merged_after(doc, k), windows, title=title, proposed=proposed)
+        ax = plot_result(image, merged_after(doc, k), windows, title=title, proposed=proposed,
+                         gain_map=doc.get("gain_map") if k < 0 else None)
         path = out_prefix.with_name(f"{out_prefix.name}_step{k + 1}.png")
-        ax.figure.savefig(path, dpi=dpi)
+        ax.figure.savefig(path, dpi=dpi, bbox_inches="tight")
         buf = io.BytesIO()
-        ax.figure.savefig(buf, dpi=dpi, format="png")
+        ax.figure.savefig(buf, dpi=dpi, format="png", bbox_inches="tight")
         plt.close(ax.figure)
         frames.append(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
         files.append(path)

@@ -45,6 +45,8 @@ __all__ = ["ZoomConfig", "Cost", "Region", "ZoomResult", "EpisodeState", "PlanPo
            "GroundTruth", "STAGES"]
 
 STAGES = ("decode", "coarse", "gain", "policy", "fine", "merge")
+GAIN_GRID_CELL = 32
+"""Cell side (pixels) of :attr:`ZoomResult.gain_grid`."""
 
 
 @dataclass
@@ -130,6 +132,9 @@ class ZoomResult:
     width: int
     height: int
     fine: list[Detections] = field(default_factory=list)
+    gain_grid: Optional[np.ndarray] = None
+    """The policy's AG map before any zoom, summed over a grid of ~``GAIN_GRID_CELL``-px cells over the image
+    (``float32[rows, cols]``, gain units per cell); ``None`` for policies without a map. For pictures."""
 
 
 @dataclass
@@ -289,6 +294,9 @@ class ZoomEngine:
         t = time.perf_counter()
         state.gain = policy.gain_map(state)
         timing["gain"] = time.perf_counter() - t
+        gain_grid = None
+        if state.gain is not None:  # cheap (O(grid cells)); taken before zooming zeroes the map
+            gain_grid = state.gain.pooled(-(-H // GAIN_GRID_CELL), -(-W // GAIN_GRID_CELL))
 
         regions: list[Region] = []
         spent = cost.model_input_pixels
@@ -328,4 +336,4 @@ class ZoomEngine:
         if lookahead_calls[0]:
             timing["oracle_lookahead"] = lookahead_s[0]
         return ZoomResult(merged.detections, merged.stage, merged.region, coarse, regions, cost, timing, W, H,
-                          [f.without_features() for f in fine])
+                          [f.without_features() for f in fine], gain_grid)

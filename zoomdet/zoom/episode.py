@@ -14,6 +14,9 @@ Format ``zoomdet.episode/1``::
       "config": {"coarse_scale": 0.5, "fine_scale": 1.0, "lam": 5.0 | null, "max_pixels_ratio": 0.6},
       "categories": {"1": "person", ...},
       "coarse": [detection, ...],              # the coarse pass, before any zoom
+      "gain_map": {"rows": 48, "cols": 64, "values": [[...], ...]} | null,
+                                               # the policy's AG map before any zoom, summed over a
+                                               # rows x cols grid over the image (gain units per cell)
       "steps": [{
           "step": 0, "region_id": 0, "candidate": 5,
           "proposed_xyxy": [...], "window_xyxy": [...],   # before and after refinement (Eq. 6)
@@ -121,6 +124,9 @@ def episode_record(result: ZoomResult, zoom: ZoomConfig, *, policy: str, image: 
                    "max_pixels_ratio": max_pixels_ratio},
         "categories": {str(k): v for k, v in (categories or {}).items()},
         "coarse": detections_json(coarse, categories),
+        "gain_map": None if result.gain_grid is None else {
+            "rows": int(result.gain_grid.shape[0]), "cols": int(result.gain_grid.shape[1]),
+            "values": [[round(float(v), 4) for v in row] for row in result.gain_grid]},
         "steps": steps,
         "final": detections_json(result.detections, categories, result.stage, result.region),
         "cost": result.cost.as_dict(),
