@@ -180,7 +180,7 @@ class DetectorServer:
             return list(await asyncio.gather(*(self._forward_batch(c) for c in crops)))
         return await asyncio.to_thread(self.detector.detect_crops, crops)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.001)
     async def _forward_batch(self, crops: list[torch.Tensor]):
         return await asyncio.to_thread(self.detector.detect_crops, crops)
 

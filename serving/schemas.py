@@ -117,4 +117,4 @@ class DetectorConfig(BaseModel):
     device: str = Field("cpu", description="cpu or cuda")
     batch_size: int = Field(4, ge=1, description="crops per forward pass")
     max_batch_size: int = Field(8, ge=1, description="@serve.batch: crops gathered across requests")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, description="@serve.batch: longest wait for a fuller batch")
+    batch_wait_timeout_s: float = Field(0.001, ge=0, description="@serve.batch: longest wait for a fuller batch")
