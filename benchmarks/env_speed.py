@@ -54,7 +54,7 @@ def main() -> None:
     print(json.dumps(res))
     if a.out:
         os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as f:
+        with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
 
 

@@ -59,7 +59,7 @@ from zoomdet.rnet.cache import CacheRecord, RolloutCache
 from zoomdet.types import Detections, Window
 from zoomdet.zoom.gain import GainItems, fresh_gain, window_gain_items
 from zoomdet.zoom.merge import merge_zoom
-from zoomdet.zoom.windows import GainMap, refine_window
+from zoomdet.zoom.windows import GainMap, best_position
 
 __all__ = ["ZoomEnvConfig", "ZoomEnv", "observe", "budget_left", "gain_model_for", "zoomed_coverage", "covered_by",
            "window_geometry"]
@@ -152,12 +152,13 @@ def budget_left(max_pixels_ratio: float, pixels_ratio: float, coarse_ratio: floa
 
 
 def observe(gain: GainMap, zoomed: Sequence[Window], mask: np.ndarray, left: float,
-            cfg: ZoomEnvConfig) -> dict[str, np.ndarray]:
-    """The observation of a state; the live :class:`~zoomdet.agents.AgentPolicy` builds it the same way."""
+            cfg: ZoomEnvConfig, coverage: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+    """The observation of a state; the live :class:`~zoomdet.agents.AgentPolicy` builds it the same way.
+    ``coverage`` may pass :func:`zoomed_coverage` of ``zoomed`` already computed (the environment keeps it)."""
     rows, cols = cfg.grid
     obs = np.empty((3, rows, cols), dtype=np.float32)
     obs[0] = np.clip(gain.pooled(rows, cols) * cfg.obs_scale, -100, 100)
-    obs[1] = zoomed_coverage(zoomed, gain.width, gain.height, rows, cols)
+    obs[1] = zoomed_coverage(zoomed, gain.width, gain.height, rows, cols) if coverage is None else coverage
     obs[2] = left
     return {"map": obs, "mask": mask.astype(np.int8)}
 
@@ -202,6 +203,8 @@ class _Image:
     items: list[GainItems]
     index: dict[Window, int]
     candidate_pixels: np.ndarray
+    positions: list[np.ndarray]
+    """Per candidate: ``float64[P, 4]``, its refinement positions (xyxy, unshifted first)."""
 
 
 class ZoomEnv(gym.Env):
@@ -257,7 +260,8 @@ class ZoomEnv(gym.Env):
             items = [window_gain_items(rec.coarse, f, w, rec.gt_boxes, rec.gt_labels, rec.gt_crowd,
                                        self.zoom.merge.drop_ios)[1] for w, f in zip(rec.windows, rec.fine)]
             pixels = np.array([w.input_pixels for w in self.candidates_of(rec)], dtype=np.float64)
-            self._images[k] = _Image(rec, gm, items, {w: i for i, w in enumerate(rec.windows)}, pixels)
+            positions = [np.array([rec.windows[j].as_tuple() for j in reach], dtype=np.float64) for reach in rec.reach]
+            self._images[k] = _Image(rec, gm, items, {w: i for i, w in enumerate(rec.windows)}, pixels, positions)
         return self._images[k]
 
     # ----------------------------------------------------------------- gymnasium API
@@ -285,6 +289,7 @@ class ZoomEnv(gym.Env):
         self.zoomed: list[Window] = []
         self.fine_ids: list[int] = []
         self.steps = 0
+        self._coverage = np.zeros(self.config.grid, dtype=np.float32)
         self._update_mask()
         return self._obs(), {"image_id": rec.image_id, "pixels_ratio": self.pixels_ratio}
 
@@ -297,14 +302,15 @@ class ZoomEnv(gym.Env):
         taken[self.zoomed_ids] = True
         covered = np.array(covered_by(self.candidates, self.zoomed), dtype=bool)
         self._available = available_windows(self._img.candidate_pixels, taken, covered, self.spent, self.budget_pixels)
+        self._mask = np.append(self._available, True)
 
     def action_masks(self) -> np.ndarray:
         """``bool[K + 1]``: allowed actions (windows adding new pixels within budget; stop always)."""
-        return np.append(self._available, True)
+        return self._mask.copy()
 
     def _obs(self) -> dict[str, np.ndarray]:
         left = budget_left(self.config.max_pixels_ratio, self.pixels_ratio, self.coarse_ratio)
-        return observe(self.gain, self.zoomed, self.action_masks(), left, self.config)
+        return observe(self.gain, self.zoomed, self._mask, left, self.config, coverage=self._coverage)
 
     def step(self, action):
         if self._img is None:
@@ -320,7 +326,8 @@ class ZoomEnv(gym.Env):
         elif self._available[a]:
             proposed = self.candidates[a]
             rec = self._img.record
-            window = refine_window(proposed, self.gain, positions=[rec.windows[j] for j in rec.reach[a]])
+            # paper Eq. 6 over the cached positions (the live engine calls refine_window, same rule)
+            window = rec.windows[rec.reach[a][best_position(self.gain.window_sums(self._img.positions[a]))]]
             k = self._img.index[window]
             predicted = self.gain.window_sum(window)
             true_gain = fresh_gain(self._img.items[k], self.zoomed)
@@ -329,6 +336,7 @@ class ZoomEnv(gym.Env):
             self.gain.zero_(window)
             self.zoomed_ids.append(a)
             self.zoomed.append(window)
+            np.maximum(self._coverage, zoomed_coverage([window], rec.width, rec.height, *self.config.grid), out=self._coverage)
             self.fine_ids.append(k)
             self._update_mask()
             info.update(proposed=proposed.as_tuple(), window=window.as_tuple(), true_gain=true_gain,

@@ -141,6 +141,22 @@ class GainMap:
         a, b, c, d = I[j, i], I[j, i + 1], I[j + 1, i], I[j + 1, i + 1]
         return float(a + fx * (b - a) + fy * (c - a) + fx * fy * (d - b - c + a))
 
+    def window_sums(self, boxes: np.ndarray) -> np.ndarray:
+        """``float64[K]``: :meth:`window_sum` of each row of ``boxes`` (``[K, 4]`` xyxy pixels), vectorized."""
+        b = np.asarray(boxes, dtype=np.float64)
+        x0, y0 = b[:, 0], b[:, 1]
+        x1, y1 = np.minimum(b[:, 2], self.width), np.minimum(b[:, 3], self.height)
+        x = np.concatenate([x1, x0, x1, x0])
+        y = np.concatenate([y1, y1, y0, y0])
+        i = np.minimum((x // self.cell).astype(np.intp), len(self.xs) - 2)
+        j = np.minimum((y // self.cell).astype(np.intp), len(self.ys) - 2)
+        fx = (x - self.xs[i]) / (self.xs[i + 1] - self.xs[i])
+        fy = (y - self.ys[j]) / (self.ys[j + 1] - self.ys[j])
+        I = self.integral
+        a, bb, c, d = I[j, i], I[j, i + 1], I[j + 1, i], I[j + 1, i + 1]
+        v = (a + fx * (bb - a) + fy * (c - a) + fx * fy * (d - bb - c + a)).reshape(4, -1)
+        return v[0] - v[1] - v[2] + v[3]
+
     def window_sum(self, window: Window) -> float:
         """Total gain inside ``window`` (O(1))."""
         x0, y0 = window.x0, window.y0
@@ -245,9 +261,17 @@ def refine_window(window: Window, gain: GainMap, cfg: Optional[WindowConfig] = N
     """
     if positions is None:
         positions = refinement_windows(window, gain.width, gain.height, cfg)
-    best, best_gain = window, gain.window_sum(window)
-    for cand in positions[1:]:
-        g = gain.window_sum(cand)
-        if g > best_gain + 1e-9:
-            best, best_gain = cand, g
+    if len(positions) <= 1:
+        return window
+    return positions[best_position(gain.window_sums(np.array([p.as_tuple() for p in positions], dtype=np.float64)))]
+
+
+def best_position(sums: Sequence[float]) -> int:
+    """Index of the refinement position with the most gain; a later position must beat the best so far by
+    more than 1e-9, so ties keep the smallest shift (``sums[0]`` is the unshifted window)."""
+    sums = list(sums)
+    best, best_gain = 0, sums[0]
+    for k in range(1, len(sums)):
+        if sums[k] > best_gain + 1e-9:
+            best, best_gain = k, sums[k]
     return best
