@@ -51,10 +51,10 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
+def _add_config_args(p: argparse.ArgumentParser, default: str | None, example: str = "zoom.coarse_scale=0.5") -> None:
     p.add_argument("--config", default=default, metavar="YAML", help=f"config file (default: {default or 'built-in defaults'})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set zoom.coarse_scale=0.5 (repeatable; values are YAML)")
+                   help=f"override a config field, e.g. --set {example} (repeatable; values are YAML)")
 
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "evaluation against coarse, fine, sahi, greedy and oracle on held-out images -> "
                                     "report, AP-vs-pixels plot and recorded episodes, all under one run folder. "
                                     "Rerunning reuses the finished stages.")
-    _add_config_args(qs, None)
+    _add_config_args(qs, None, example="train_images=48 (fields of QuickstartConfig: out, width, height, "
+                                       "train_images, tune_images, val_images, agent_steps, lam, budgets, ...)")
     qs.add_argument("--out", help="run folder (default runs/quickstart)")
     qs.add_argument("--no-progress", action="store_true")
 
