@@ -327,9 +327,11 @@ class ZoomEnv(gym.Env):
             proposed = self.candidates[a]
             rec = self._img.record
             # paper Eq. 6 over the cached positions (the live engine calls refine_window, same rule)
-            window = rec.windows[rec.reach[a][best_position(self.gain.window_sums(self._img.positions[a]))]]
+            sums = self.gain.window_sums(self._img.positions[a])
+            best = best_position(sums)
+            window = rec.windows[rec.reach[a][best]]
             k = self._img.index[window]
-            predicted = self.gain.window_sum(window)
+            predicted = float(sums[best])
             true_gain = fresh_gain(self._img.items[k], self.zoomed)
             reward = true_gain - self.config.lam * window.input_pixels / self.image_pixels
             self.spent += window.input_pixels

@@ -40,10 +40,10 @@ def load_image_array(image) -> np.ndarray:
     """``uint8[H, W, 3]`` from a path, a PIL image, a ``Tensor[3, H, W]`` in [0, 1] or an array."""
     from PIL import Image
 
-    from zoomdet.data.coco import image_to_tensor
+    from zoomdet.data.coco import image_to_tensor, read_image
 
     if isinstance(image, (str, Path)):
-        image = Image.open(image)
+        image = read_image(image)  # as the dataset and the service read it (EXIF orientation applied)
     if isinstance(image, Image.Image):
         image = image_to_tensor(image)
     if hasattr(image, "detach"):

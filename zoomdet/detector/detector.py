@@ -107,12 +107,8 @@ class Detector:
         """
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image must be Tensor[3, H, W], got {tuple(image.shape)}")
-        results: list[Optional[Detections]] = [None] * len(windows)
-        for chunk in batch_plan(windows, self.batch_size):
-            crops = [crop_window(image, windows[i]).to(self.device) for i in chunk]
-            for i, det in zip(chunk, self._forward(crops)):
-                results[i] = det.with_boxes(windows[i].to_image(det.boxes))
-        return results  # type: ignore[return-value]
+        dets = self.detect_crops([crop_window(image, w) for w in windows])  # batched as batch_plan(windows) says
+        return [d.with_boxes(w.to_image(d.boxes)) for d, w in zip(dets, windows)]
 
     @torch.inference_mode()
     def detect_crops(self, crops: Sequence[Tensor]) -> list[Detections]:

@@ -110,9 +110,9 @@ def episode_metrics(doc: dict) -> list[dict]:
                   "categories": [{"id": c, "name": doc.get("categories", {}).get(str(c), str(c))} for c in cats]}
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
-    fine = doc.get("config", {}).get("fine_scale", 1.0)
-    coarse_ratio = (doc["steps"][0]["pixels_ratio"] - _window_ratio(doc["steps"][0], w, h, fine)) if doc["steps"] \
-        else doc["cost"]["pixels_ratio"]
+    from zoomdet.types import Window
+
+    coarse_ratio = Window.full(w, h, doc["config"]["coarse_scale"]).input_pixels / (w * h)
     out = []
     for k in range(-1, len(doc["steps"])):
         dets = merged_after(doc, k)
@@ -123,8 +123,3 @@ def episode_metrics(doc: dict) -> list[dict]:
         out.append({"step": k + 1, "pixels_ratio": ratio, **coco_metrics(gt, res, [1])})
     return out
 
-
-def _window_ratio(step: dict, w: int, h: int, scale: float) -> float:
-    """Model-input pixels of a step's window (seen at ``scale``) over the image's pixels."""
-    x0, y0, x1, y1 = step["window_xyxy"]
-    return round((x1 - x0) * scale) * round((y1 - y0) * scale) / (w * h)
