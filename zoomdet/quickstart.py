@@ -53,9 +53,9 @@ class QuickstartConfig:
     seed: int = 0
 
 
-def _stage(name: str, done: bool, log: list) -> bool:
+def _stage(name: str, done: bool) -> bool:
+    """Announce a stage; ``True`` when it must run (its output is missing)."""
     print(f"[quickstart] {name}: {'reused' if done else 'running'}", flush=True)
-    log.append(name)
     return not done
 
 
@@ -73,14 +73,14 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "quickstart.yaml")
-    t_start, times, log = time.time(), {}, []
+    t_start, times = time.time(), {}
     ecfg = load_config(EvalConfig, cfg.eval_config, [f"budgets={json.dumps(cfg.budgets)}"])
 
     t = time.time()
     sets = {"train": (cfg.train_images, cfg.seed), "tune": (cfg.tune_images, cfg.seed + 2),
             "val": (cfg.val_images, cfg.seed + 1)}
     ann = {k: out / "data" / k / "annotations.json" for k in sets}
-    if _stage("data", all(a.is_file() for a in ann.values()), log):
+    if _stage("data", all(a.is_file() for a in ann.values())):
         for k, (n, seed) in sets.items():
             if not ann[k].is_file():
                 generate_dataset(SynthConfig(images=n, width=cfg.width, height=cfg.height, seed=seed), ann[k].parent,
@@ -97,13 +97,13 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
 
     t = time.time()
     rnet = out / "rnet.pt"
-    if _stage("rnet", rnet.is_file(), log):
+    if _stage("rnet", rnet.is_file()):
         train_rnet(str(caches["train"]), str(rnet), val_cache=str(caches["tune"]), progress=progress)
     times["rnet"] = time.time() - t
 
     t = time.time()
     runs = sorted((out / "logs" / "dqn").glob("ZoomDet-v0_*/ZoomDet-v0.zip"))
-    if _stage("agent", bool(runs), log):
+    if _stage("agent", bool(runs)):
         train_agent(TrainArgs(cache=str(caches["train"]), eval_cache=str(caches["tune"]), n_timesteps=cfg.agent_steps,
                               seed=cfg.seed, env_kwargs={"rnet": str(rnet), "lam": cfg.lam}, eval_freq=2500,
                               log_folder=str(out / "logs"), progress=progress))
@@ -115,7 +115,7 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     t = time.time()
     ecfg.policies.rnet = str(rnet)
     report_path = out / "eval" / "report.json"
-    if _stage("eval", report_path.is_file(), log):
+    if _stage("eval", report_path.is_file()):
         evaluate(ecfg, str(ann["val"]), ["coarse", "fine", "sahi", "greedy", "oracle", str(agent)], out / "eval",
                  progress=progress)
     report = json.loads(report_path.read_text())
@@ -123,7 +123,7 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
 
     t = time.time()
     replay_dir = out / "replay"
-    if _stage("replay", (replay_dir / "index.json").is_file(), log):
+    if _stage("replay", (replay_dir / "index.json").is_file()):
         ecfg.images = cfg.replay_images
         replay(ecfg, str(ann["val"]), str(agent), replay_dir, max_pixels_ratio=max(cfg.budgets), render=True,
                progress=progress)
