@@ -37,7 +37,7 @@ def test_evaluate_writes_report_and_resumes(tmp_path, synth_small, tiny_checkpoi
     out = tmp_path / "ev"
     args = ["evaluate", "--data", str(synth_small), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
             "--policy", "coarse", "--policy", "fine", "--policy", "sahi", "--policy", "random", "--policy", "oracle",
-            "--budget", "0.5", "0.8", "--images", "2", "--no-progress",
+            "--budget", "0.5", "0.8", "--images", "3", "--no-progress",
             "--set", "policies.sahi.slice_width=160", "--set", "policies.sahi.slice_height=160"]
     assert main(args) == 0
     rep = json.loads((out / "report.json").read_text())
@@ -51,10 +51,24 @@ def test_evaluate_writes_report_and_resumes(tmp_path, synth_small, tiny_checkpoi
         for k in ("ap", "ap50", "ap_small", "ap_tiny", "ar100", "detector_calls_per_image", "time_per_image_s"):
             assert k in r
     assert (out / "pareto.png").stat().st_size > 1000 and "| policy |" in (out / "report.md").read_text()
+    # every run's detections as a COCO results file that pycocotools re-scores to the report's AP
+    from pycocotools.coco import COCO
+
+    from zoomdet.eval.coco_eval import coco_metrics
+
+    gt = COCO(str(synth_small))
+    for key in ("fine", "oracle@0.5"):
+        res = json.loads((out / rows[key]["detections_file"]).read_text())
+        assert res and set(res[0]) >= {"image_id", "category_id", "bbox", "score"}
+        assert coco_metrics(gt, res, rep["image_ids"])["ap"] == pytest.approx(rows[key]["ap"])
+    assert rows["oracle@0.5"]["detections_file"] == "detections/oracle@0.5.json"
+    # per-class AP, one entry per category of the data, and its table in report.md
+    assert set(rows["fine"]["per_class"]) == set(gt.cats[c]["name"] for c in gt.getCatIds())
+    assert "Per-class AP" in (out / "report.md").read_text()
     # rerun: everything is reused from partial.json and the metrics are identical
     capsys.readouterr()
     assert main(args) == 0
-    assert "resuming: 2/2" in capsys.readouterr().out
+    assert "resuming: 3/3" in capsys.readouterr().out
     rep2 = json.loads((out / "report.json").read_text())
     assert [r["ap"] for r in rep2["policies"]] == [r["ap"] for r in rep["policies"]]
 

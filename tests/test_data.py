@@ -1,5 +1,6 @@
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +105,49 @@ def test_exif_rotation_is_applied(tmp_path):
     t = read_image(tmp_path / "r.jpg")
     assert t.shape == (3, 30, 10)
     assert float(t[:, 0, -1].mean()) > 0.8  # the white corner moved to the top-right
+
+
+def _tiny_coco(root, file_names):
+    """A COCO file at ``root/ann.json`` over blank images written under ``root/images``."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for i, name in enumerate(file_names, start=1):
+        Image.new("RGB", (64, 48)).save(root / "images" / Path(name).name)
+        images.append({"id": i, "file_name": name, "width": 64, "height": 48})
+        anns.append({"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 10, 10], "area": 100, "iscrowd": 0})
+    p = root / "ann.json"
+    p.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}))
+    return p
+
+
+def test_image_root_is_found_whether_file_names_carry_the_folder_or_not(tmp_path):
+    bare = _tiny_coco(tmp_path / "bare", ["a.jpg", "b.jpg"])
+    assert CocoDataset(bare).image_root == tmp_path / "bare" / "images"
+    prefixed = _tiny_coco(tmp_path / "prefixed", ["images/a.jpg", "images/b.jpg"])  # no images/images/a.jpg
+    ds = CocoDataset(prefixed)
+    assert ds.image_root == tmp_path / "prefixed" and ds.load_image(1).shape == (3, 48, 64)
+    with pytest.raises(DatasetError, match="--image-root"):
+        CocoDataset(bare, image_root=tmp_path)  # files are not there: the error says how to point at them
+    with pytest.raises(DatasetError, match="not a folder"):
+        CocoDataset(bare, image_root=tmp_path / "nowhere")
+
+
+def test_subset_is_a_seeded_sample_not_the_first_ids(tmp_path):
+    ds = CocoDataset(_tiny_coco(tmp_path, [f"{i:03d}.jpg" for i in range(40)]))
+    a, b, c = ds.subset(10, seed=0), ds.subset(10, seed=0), ds.subset(10, seed=1)
+    assert a == b and a != c and a == sorted(a) and len(set(a)) == 10
+    assert a != ds.image_ids[:10]
+    assert ds.subset(0) == ds.image_ids and ds.subset(99) == ds.image_ids
+
+
+def test_stats_suggest_a_coarse_scale_from_object_sizes():
+    from zoomdet.data.coco import suggest_settings
+
+    big = suggest_settings(np.full(100, 88.0), [(2560, 2560)], 1)  # Airbus-like: ~22 px at 0.25
+    assert big["coarse_scale"] == 0.25 and big["num_classes"] == 2 and big["scales"] == [1.0, 0.5, 0.25]
+    assert big["budgets"][0] > 0.0625 and big["crop_size"] == 512
+    small = suggest_settings(np.full(100, 20.0), [(640, 512)], 5)  # HIT-UAV-like: zoom is for them
+    assert small["coarse_scale"] == 0.5 and small["scales"] == [1.0, 0.5] and small["crop_size"] == 512
+    anchors = big["anchor_sizes"]
+    assert len(anchors) == 5 and anchors == sorted(anchors) and anchors[0][0] <= 88 * 0.25 <= anchors[-1][0]
+    assert suggest_settings(np.zeros(0), [], 1) == {}

@@ -88,12 +88,12 @@ def test_training_checkpoints_and_resumes(tmp_path, synth_small, capsys):
 
     from zoomdet.detector.train import DetectorTrainConfig, TrainConfig, train_detector
 
-    model = tiny_model_config(num_classes=4)
+    model = tiny_model_config(num_classes=0)  # 0: derived from the data (3 categories + background)
     train = TrainConfig(data=str(synth_small), val_data=str(synth_small), out=str(tmp_path / "run"), crop_size=96,
                         batch_size=2, max_iters=2, checkpoint_every=1, val_images=1, warmup_iters=1)
     train_detector(DetectorTrainConfig(model, train), progress=False)
     first = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert first["extra"]["iteration"] == 2 and "model_config" in first
+    assert first["extra"]["iteration"] == 2 and first["model_config"]["num_classes"] == 4
     # "interrupted" at 2 of 3 iterations: the same command with a higher limit continues from there
     train.max_iters = 3
     train_detector(DetectorTrainConfig(model, train), progress=False)
@@ -102,3 +102,16 @@ def test_training_checkpoints_and_resumes(tmp_path, synth_small, capsys):
     assert final["extra"]["iteration"] == 3
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert set(report["scales"]) == {"1.0", "0.5"} and "ap50_small" in report["scales"]["1.0"]
+
+
+def test_a_time_budget_decays_the_learning_rate_fully():
+    from zoomdet.detector.train import TrainConfig, learning_rate
+
+    tc = TrainConfig(lr=1e-3, warmup_iters=10, max_iters=10_000, max_minutes=10)
+    assert learning_rate(tc, 0, 0) == pytest.approx(1e-4)  # warm-up
+    assert learning_rate(tc, 20, 1) == pytest.approx(1e-3, rel=1e-3)
+    # at iteration 300 of 10,000 but 9 of 10 minutes in, the schedule follows the clock
+    assert learning_rate(tc, 300, 540) < 0.1e-3
+    assert learning_rate(tc, 300, 600) == pytest.approx(0.05e-3)
+    untimed = TrainConfig(lr=1e-3, warmup_iters=10, max_iters=10_000, max_minutes=0)
+    assert learning_rate(untimed, 300, 10_000) > 0.9e-3  # no time budget: iterations only

@@ -3,7 +3,7 @@ import torch
 
 from tests.conftest import StubDetector
 from zoomdet.zoom.engine import GroundTruth, ZoomConfig, ZoomEngine
-from zoomdet.zoom.policies import OraclePolicy, RandomPolicy, SahiConfig, get_slice_windows, make_policy
+from zoomdet.zoom.policies import OraclePolicy, PolicyConfig, RandomPolicy, SahiConfig, get_slice_windows, make_policy
 
 W, H = 400, 300
 # two small objects (8 px: missed at scale 0.5 by a stub needing 6 px) and one large one
@@ -40,9 +40,12 @@ def test_sahi_counts_overlapping_slices_as_often_as_processed():
     assert [s.as_tuple() for s in slices] == [(0, 0, 200, 200), (160, 0, 360, 200), (200, 0, 400, 200),
                                                (0, 100, 200, 300), (160, 100, 360, 300), (200, 100, 400, 300)]
     eng = make_engine()
-    r = eng.run(image(), make_policy("sahi", __import__("zoomdet.zoom.policies", fromlist=["PolicyConfig"]).PolicyConfig(sahi=cfg)))
-    assert r.cost.model_input_pixels == 6 * 200 * 200 + 200 * 150
-    assert r.cost.pixels_ratio == pytest.approx((6 * 40000 + 30000) / (W * H))
+    r = eng.run(image(), make_policy("sahi", PolicyConfig(sahi=cfg)))
+    # the whole-image pass runs at native scale, as SAHI's perform_standard_pred does
+    assert r.cost.model_input_pixels == 6 * 200 * 200 + W * H
+    assert r.cost.pixels_ratio == pytest.approx((6 * 40000 + W * H) / (W * H))
+    half = PolicyConfig(sahi=SahiConfig(slice_width=200, slice_height=200, standard_pred_scale=0.5))
+    assert eng.run(image(), make_policy("sahi", half)).cost.model_input_pixels == 6 * 200 * 200 + 200 * 150
     assert r.cost.pixels_ratio > 1
     assert len(r.detections) == 3
 

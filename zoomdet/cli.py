@@ -59,7 +59,9 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None, example: s
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
     """Flags that override the detector part of an EvalConfig (evaluate, cache build)."""
-    p.add_argument("--images", type=int, help="first N images (default: config, 0 = all)")
+    p.add_argument("--images", type=int, help="N images, a sample drawn with the config's seed (default: config, 0 = all)")
+    p.add_argument("--image-root", help="folder the COCO file_name entries are relative to "
+                                        "(default: <json dir>/images or the json's dir, whichever holds the files)")
     p.add_argument("--checkpoint", help="detector checkpoint (default: config, then the embedded one)")
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--no-progress", action="store_true")
@@ -68,7 +70,7 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
 def _detector_overrides(args) -> list[str]:
     """``--set`` overrides plus the flags of :func:`_add_detector_args`, as ``key=value`` strings."""
     overrides = list(args.overrides)
-    for key in ("images", "checkpoint", "device"):
+    for key in ("images", "checkpoint", "device", "image_root"):
         if getattr(args, key) is not None:
             overrides.append(f"{key}={getattr(args, key)}")
     return overrides
@@ -103,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats = data.add_parser("stats", help="counts and object-size histogram of a COCO json")
     stats.add_argument("ann", help="COCO annotation json")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.add_argument("--image-root", help="image folder (default: guessed beside the json)")
+    stats.add_argument("--no-check-files", action="store_true", help="do not check that every image file exists")
 
     det = sub.add_parser("detector", help="train or check the base detector").add_subparsers(dest="det_command", required=True, metavar="ACTION")
     train = det.add_parser("train", help="train a detector on a COCO dataset at the coarse and fine scales")
@@ -113,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev_det.add_argument("--checkpoint", help="detector checkpoint (default: the embedded one)")
     ev_det.add_argument("--data", required=True, help="COCO annotation json")
     ev_det.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5], help="resize factors (default 1.0 0.5)")
-    ev_det.add_argument("--images", type=int, default=0, help="first N images (0 = all)")
+    ev_det.add_argument("--images", type=int, default=0, help="N images, a seeded sample (0 = all)")
+    ev_det.add_argument("--image-root", help="image folder (default: guessed beside the json)")
+    ev_det.add_argument("--out", help="also write the report to this JSON file")
     ev_det.add_argument("--device", default="cpu")
 
     ev = sub.add_parser("evaluate", help="run policies through the zoom engine; write report.json/.md and pareto.png")
@@ -226,7 +232,7 @@ def _cmd_data(args) -> int:
         return 0
     from zoomdet.data.coco import CocoDataset, dataset_stats
 
-    s = dataset_stats(CocoDataset(args.ann))
+    s = dataset_stats(CocoDataset(args.ann, image_root=args.image_root, check_files=not args.no_check_files))
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
@@ -237,6 +243,13 @@ def _cmd_data(args) -> int:
     print("object size sqrt(w*h), px:")
     for bucket, n in s["size_histogram_px"].items():
         print(f"  {bucket:>6}  {n:7d}  {100 * n / total:5.1f}%  {'#' * round(40 * n / total)}")
+    g = s.get("suggested")
+    if g:
+        print(f"suggested (median object {g['median_object_px']} px, {g['median_object_px_at_coarse']} px at the coarse scale):")
+        print(f"  evaluate / cache:  --set zoom.coarse_scale={g['coarse_scale']:g} --budget "
+              + " ".join(f"{b:g}" for b in g["budgets"]))
+        print(f"  detector train:    --set model.num_classes={g['num_classes']} --set train.crop_size={g['crop_size']} "
+              f"--set 'train.scales={json.dumps(g['scales'])}' --set 'model.anchor_sizes={json.dumps(g['anchor_sizes'])}'")
     return 0
 
 
@@ -255,8 +268,14 @@ def _cmd_detector(args) -> int:
     from zoomdet.detector.train import evaluate_scales
 
     det = Detector.from_checkpoint(args.checkpoint or default_checkpoint(), device=args.device)
-    rep = evaluate_scales(det, CocoDataset(args.data), args.scales, args.images)
+    rep = evaluate_scales(det, CocoDataset(args.data, image_root=args.image_root), args.scales, args.images)
     print(json.dumps(rep, indent=2))
+    for s, m in rep["scales"].items():
+        print(f"scale {s}: AP {m['ap']:.3f}  AP_small {m['ap_small']:.3f}  AP_medium {m['ap_medium']:.3f}  "
+              f"AP_large {m['ap_large']:.3f}  AP50 {m['ap50']:.3f}  {m['seconds_per_image']:.2f} s/img")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(rep, indent=2))
     return 0
 
 
@@ -287,7 +306,8 @@ def _cmd_cache(args) -> int:
     cfg = load_config(EvalConfig, args.config, _detector_overrides(args))
     cache = build_cache(args.data, args.out, cfg.checkpoint or str(default_checkpoint()), cfg.zoom, images=cfg.images,
                         shard_size=args.shard_size, workers=args.workers, ray_address=args.ray_address,
-                        device=cfg.device, batch_size=cfg.batch_size, progress=not args.no_progress)
+                        device=cfg.device, batch_size=cfg.batch_size, progress=not args.no_progress, seed=cfg.seed,
+                        image_root=cfg.image_root)
     print(f"cache {args.out}: {len(cache)} images, detector {cache.checkpoint_id}")
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -91,8 +92,10 @@ class CocoDataset:
 
     Args:
         ann_file: COCO ``instances``-style json.
-        image_root: folder that ``file_name`` is relative to. Defaults to
-            ``<json folder>/images`` when that exists, else the json's folder.
+        image_root: folder that ``file_name`` is relative to. By default the
+            first of ``<json folder>/images`` and ``<json folder>`` in which
+            the first image's ``file_name`` exists (so both ``x.jpg`` and
+            ``images/x.jpg`` work beside an ``images/`` folder).
         check_files: check at construction that every image file exists.
 
     Raises:
@@ -107,18 +110,29 @@ class CocoDataset:
         self.ann_file = Path(ann_file)
         if not self.ann_file.is_file():
             raise DatasetError(f"annotation file not found: {self.ann_file}")
-        if image_root is None:
-            cand = self.ann_file.parent / "images"
-            image_root = cand if cand.is_dir() else self.ann_file.parent
-        self.image_root = Path(image_root)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             try:
                 self.coco = COCO(str(self.ann_file))
             except Exception as e:  # malformed json or missing keys
                 raise DatasetError(f"{self.ann_file}: not a COCO detection file ({e})") from e
         self.image_ids: list[int] = sorted(self.coco.getImgIds())
+        if image_root is None:
+            image_root = self._guess_image_root()
+        elif not Path(image_root).is_dir():
+            raise DatasetError(f"image root {image_root} is not a folder")
+        self.image_root = Path(image_root)
         self.categories: dict[int, str] = {c["id"]: c["name"] for c in self.coco.loadCats(self.coco.getCatIds())}
         self._validate(check_files)
+
+    def _guess_image_root(self) -> Path:
+        here = self.ann_file.parent
+        candidates = [here / "images", here]
+        if self.image_ids:
+            first = self.coco.imgs[self.image_ids[0]]["file_name"]
+            for root in candidates:
+                if (root / first).is_file():
+                    return root
+        return candidates[0] if candidates[0].is_dir() else here
 
     def _validate(self, check_files: bool) -> None:
         for ann in self.coco.dataset.get("annotations", []):
@@ -142,7 +156,8 @@ class CocoDataset:
             for iid in self.image_ids:
                 p = self.image_path(iid)
                 if not p.is_file():
-                    raise DatasetError(f"{self.ann_file}: image file {p} (image id {iid}) not found")
+                    raise DatasetError(f"{self.ann_file}: image file {p} (image id {iid}) not found; "
+                                       f"file_name is read relative to {self.image_root} (pass --image-root FOLDER)")
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -190,9 +205,15 @@ class CocoDataset:
         boxes, labels, crowd = self.targets(iid)
         return Sample(iid, str(self.image_path(iid)), self.load_image(iid), boxes, labels, crowd)
 
-    def subset(self, n: int) -> list[int]:
-        """The first ``n`` image ids (all when ``n <= 0``)."""
-        return self.image_ids if n <= 0 else self.image_ids[:n]
+    def subset(self, n: int, seed: int = 0) -> list[int]:
+        """``n`` image ids drawn at random with ``seed`` (all when ``n <= 0`` or ``n >= len``), sorted.
+
+        A sample, not the first ``n``: datasets are often sorted by source (camera, site, date), and
+        the first ``n`` ids would then see one source only. The same ``n`` and ``seed`` give the same ids.
+        """
+        if n <= 0 or n >= len(self.image_ids):
+            return list(self.image_ids)
+        return sorted(random.Random(seed).sample(self.image_ids, n))
 
 
 SIZE_BUCKETS = [("<16", 0.0, 16.0), ("16-32", 16.0, 32.0), ("32-96", 32.0, 96.0), (">=96", 96.0, float("inf"))]
@@ -210,4 +231,38 @@ def dataset_stats(ds: CocoDataset) -> dict:
     return {"images": len(ds), "annotations": len(anns),
             "crowd_regions": len(ds.coco.dataset.get("annotations", [])) - len(anns),
             "per_category": per_cat, "size_histogram_px": hist,
-            "image_sizes": [f"{w}x{h}" for w, h in dims[:5]] + (["..."] if len(dims) > 5 else [])}
+            "image_sizes": [f"{w}x{h}" for w, h in dims[:5]] + (["..."] if len(dims) > 5 else []),
+            "suggested": suggest_settings(sizes, dims, len(ds.categories))}
+
+
+MIN_DETECTABLE_PX = 16.0
+"""Object size (sqrt of box area, model-input pixels) below which a small CNN detector mostly misses."""
+
+
+def suggest_settings(sizes: np.ndarray, dims: list[tuple[int, int]], n_categories: int) -> dict:
+    """Size-aware defaults for a new dataset, from its object sizes (``sqrt(w*h)``, px) and image sizes.
+
+    * ``coarse_scale``: the cheapest power-of-two scale in [1/8, 1/2] that keeps the median object at
+      least ``MIN_DETECTABLE_PX`` px in the coarse pass (objects below that are what zooming is for).
+    * ``scales`` (detector training): the fine scale 1.0, the coarse scale, and 0.5 between them.
+    * ``anchor_sizes``: five FPN levels spanning the 5th percentile at the coarse scale to the 95th at 1.0.
+    * ``crop_size``: 512 for images of 1024 px and more, else the short side rounded down to 32.
+    * ``budgets``: max_pixels_ratio values from just above the coarse pass's cost.
+    """
+    if sizes.size == 0 or not dims:
+        return {}
+    median = float(np.median(sizes))
+    coarse = float(2.0 ** np.ceil(np.log2(MIN_DETECTABLE_PX / max(median, 1e-6))))
+    coarse = min(0.5, max(0.125, coarse))
+    lo = max(4.0, float(np.percentile(sizes, 5)) * coarse)
+    hi = max(lo * 16, float(np.percentile(sizes, 95)))
+    levels = np.geomspace(lo, hi, 5)
+    anchors = [[int(round(a)), int(round(a * 1.5))] for a in levels]
+    short = min(min(w, h) for w, h in dims)
+    crop = 512 if short >= 1024 else max(64, short // 32 * 32)
+    scales = sorted({1.0, 0.5, coarse}, reverse=True)
+    base = coarse * coarse
+    budgets = [round(base + f * (1 - base), 2) for f in (0.05, 0.15, 0.3, 0.45)]
+    return {"coarse_scale": coarse, "num_classes": n_categories + 1, "scales": scales, "anchor_sizes": anchors,
+            "crop_size": crop, "budgets": budgets, "median_object_px": round(median, 1),
+            "median_object_px_at_coarse": round(median * coarse, 1)}

@@ -46,7 +46,8 @@ class ModelConfig:
     """One of ``tiny_frcnn`` (default, CPU), ``fasterrcnn_mobilenet_v3_large_fpn``,
     ``fasterrcnn_resnet50_fpn_v2``, ``retinanet_resnet50_fpn_v2``, ``fcos_resnet50_fpn``."""
     num_classes: int = 4
-    """Number of classes including background (index 0); labels are dataset category ids."""
+    """Number of classes including background (index 0); labels are dataset category ids.
+    ``zoomdet detector train`` takes 0 to mean "the training set's categories + 1"."""
     widths: list[int] = field(default_factory=lambda: [24, 48, 96, 160])
     """tiny_frcnn: channels of the stride-4/8/16/32 stages."""
     fpn_channels: int = 64

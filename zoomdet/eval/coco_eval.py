@@ -34,7 +34,7 @@ def _mean_valid(x: np.ndarray) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
-def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: Sequence[int]) -> dict[str, float]:
+def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: Sequence[int], per_class: bool = False) -> dict:
     """AP / AR of ``results`` on ``image_ids`` of ``coco_gt``.
 
     Args:
@@ -43,6 +43,8 @@ def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: Sequence[int]) -
             xywh pixels, ``score``).
         image_ids: the images evaluated (images without results count as
             misses).
+        per_class: also return ``per_class``: ``{category name: AP@[.5:.95]}``
+            (NaN for a category without ground truth in ``image_ids``).
 
     Returns:
         ``ap`` (AP@[.5:.95]), ``ap50``, ``ap75``, ``ap_small``, ``ap_tiny``,
@@ -53,7 +55,10 @@ def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: Sequence[int]) -
     keys = ["ap", "ap50", "ap75", "ap_small", "ap_tiny", "ap_medium", "ap_large",
             "ap50_small", "ap50_tiny", "ar100", "ar100_small", "ar100_tiny"]
     if not results:
-        return {k: 0.0 for k in keys}
+        out = {k: 0.0 for k in keys}
+        if per_class:
+            out["per_class"] = {c["name"]: 0.0 for c in coco_gt.loadCats(coco_gt.getCatIds())}
+        return out
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(copy.deepcopy(results))
         ev = COCOeval(coco_gt, coco_dt, "bbox")
@@ -71,7 +76,7 @@ def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: Sequence[int]) -
     m_all = ev.params.maxDets.index(1000)  # dense crowds: AP over all detections
     t50 = int(np.argmin(np.abs(iou - 0.5)))
     t75 = int(np.argmin(np.abs(iou - 0.75)))
-    return {
+    out = {
         "ap": _mean_valid(p[:, :, :, a["all"], m_all]),
         "ap50": _mean_valid(p[t50, :, :, a["all"], m_all]),
         "ap75": _mean_valid(p[t75, :, :, a["all"], m_all]),
@@ -85,6 +90,10 @@ def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: Sequence[int]) -
         "ar100_small": _mean_valid(r[:, :, a["small"], m100]),
         "ar100_tiny": _mean_valid(r[:, :, a["tiny"], m100]),
     }
+    if per_class:
+        names = {c["id"]: c["name"] for c in coco_gt.loadCats(ev.params.catIds)}
+        out["per_class"] = {names[cid]: _mean_valid(p[:, :, k, a["all"], m_all]) for k, cid in enumerate(ev.params.catIds)}
+    return out
 
 
 def episode_metrics(doc: dict) -> list[dict]:

@@ -7,8 +7,11 @@ of the ``budgets`` sweep. AP comes from pycocotools' COCOeval
 engine. Ratios relative to ``fine`` in the same run are the paper's
 Aperc / Pperc / Tperc.
 
-Outputs in ``out``: ``report.json``, ``report.md`` (a table), ``pareto.png``
-(AP vs pixels_ratio) and ``config.yaml``. Progress is checkpointed in
+Outputs in ``out``: ``report.json``, ``report.md`` (a table, and per-class AP
+when the data has several classes), ``pareto.png`` (AP vs pixels_ratio),
+``config.yaml``, and ``detections/<policy>.json``: each run's detections as a
+COCO results file (``image_id``, ``category_id``, ``bbox`` xywh, ``score``),
+so any COCO tool can re-score or inspect them. Progress is checkpointed in
 ``partial.json`` every few images, so an interrupted run continues where it
 stopped; all files are written atomically.
 """
@@ -20,6 +23,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +52,12 @@ class EvalConfig:
     batch_size: int = 4
     """Crops per detector call."""
     images: int = 0
-    """Evaluate the first N images of the dataset (0 = all)."""
+    """Evaluate N images of the dataset, a sample drawn with ``seed`` (0 = all)."""
+    image_root: Optional[str] = None
+    """Folder the COCO ``file_name`` entries are relative to (default: ``<json dir>/images`` or the json's dir,
+    whichever holds the files)."""
     seed: int = 0
-    """Seed of the per-image random generators (image i uses seed + image id)."""
+    """Seed of the image sample and of the per-image random generators (image i uses seed + image id)."""
     budgets: list[float] = field(default_factory=list)
     """``max_pixels_ratio`` sweep for sequential policies (empty = ``zoom.max_pixels_ratio`` only)."""
     zoom: ZoomConfig = field(default_factory=ZoomConfig)
@@ -81,7 +88,7 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
     out.mkdir(parents=True, exist_ok=True)
     if not policy_names:
         raise ValueError("give at least one --policy")
-    ds = CocoDataset(data)
+    ds = CocoDataset(data, image_root=cfg.image_root)
     if detector is None:
         ckpt = cfg.checkpoint or str(default_checkpoint())
         detector = Detector.from_checkpoint(ckpt, device=cfg.device, batch_size=cfg.batch_size)
@@ -95,7 +102,7 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
         pol = make_policy(name, cfg.policies, cfg.zoom, detector.checkpoint_id)
         policies[pol.name] = pol
     keys = _run_keys(policies, cfg.budgets, cfg)
-    ids = ds.subset(cfg.images)
+    ids = ds.subset(cfg.images, cfg.seed)
     save_config(cfg, out / "config.yaml")
 
     signature = hashlib.sha256(json.dumps(
@@ -120,9 +127,10 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
         decode = time.perf_counter() - t
         boxes, labels, crowd = ds.targets(iid)
         gt = GroundTruth(boxes, labels, crowd)
+        memo: dict = {}  # oracle look-ahead, shared by every policy and budget on this image
         for key, name, budget in keys:
             res = engine.run(image, policies[name], ground_truth=gt, seed=cfg.seed + iid,
-                             max_pixels_ratio=budget, decode_seconds=decode)
+                             max_pixels_ratio=budget, decode_seconds=decode, lookahead_memo=memo)
             run = state["runs"][key]
             run["results"] += res.detections.to_coco(iid)
             run["n"] += 1
@@ -136,6 +144,9 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
             write_atomic(partial_path, json.dumps(state))
 
     report = _report(cfg, data, ds, ids, keys, state, detector)
+    (out / "detections").mkdir(exist_ok=True)
+    for row in report["policies"]:
+        write_atomic(out / row["detections_file"], json.dumps(state["runs"][row["policy"]]["results"]))
     write_atomic(out / "report.json", json.dumps(report, indent=2))
     write_atomic(out / "report.md", report_markdown(report))
     plot_pareto(report, out / "pareto.png")
@@ -147,8 +158,9 @@ def _report(cfg, data, ds, ids, keys, state, detector) -> dict:
     for key, name, budget in keys:
         run = state["runs"][key]
         n = max(1, run["n"])
-        m = coco_metrics(ds.coco, run["results"], ids)
+        m = coco_metrics(ds.coco, run["results"], ids, per_class=True)
         row = {"policy": key, "name": name, "budget": budget, **m,
+               "detections_file": f"detections/{results_file_name(key)}",
                "pixels_ratio": run["cost"].get("pixels_ratio", 0.0) / n,
                "pixels_source_per_image": run["cost"].get("pixels_source", 0) / n,
                "model_input_pixels_per_image": run["cost"].get("model_input_pixels", 0) / n,
@@ -163,12 +175,17 @@ def _report(cfg, data, ds, ids, keys, state, detector) -> dict:
         r["rel_pixels"] = r["pixels_ratio"] / fine["pixels_ratio"] if fine else None
         r["rel_time"] = r["time_per_image_s"] / fine["time_per_image_s"] if fine and fine["time_per_image_s"] > 0 else None
     return {
-        "data": str(data), "images": len(ids), "checkpoint": detector.checkpoint_id,
+        "data": str(data), "images": len(ids), "image_ids": list(ids), "checkpoint": detector.checkpoint_id,
         "date": _dt.date.today().isoformat(),
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, device {detector.device}",
         "ap_note": "COCOeval AP@[.5:.95] over up to 1000 detections per image; small < 32² px, tiny < 16² px",
         "config": to_dict(cfg), "policies": rows,
     }
+
+
+def results_file_name(key: str) -> str:
+    """File name of a run's COCO results: the run key with anything but ``[A-Za-z0-9@._-]`` replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9@._-]", "_", key).strip("_.") + ".json"
 
 
 def _fmt(v, pct=False) -> str:
@@ -186,6 +203,14 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {r['policy']} | {_fmt(r['ap'])} | {_fmt(r['ap50'])} | {_fmt(r['ap_small'])} | {_fmt(r['ap_tiny'])} | "
                      f"{_fmt(r['ar100'])} | {r['pixels_ratio']:.3f} | {r['detector_calls_per_image']:.1f} | "
                      f"{r['time_per_image_s']:.2f} | {_fmt(r['rel_ap'], True)} | {_fmt(r['rel_pixels'], True)} | {_fmt(r['rel_time'], True)} |")
+    classes = list(report["policies"][0].get("per_class", {})) if report["policies"] else []
+    if len(classes) > 1:
+        lines += ["", "Per-class AP@[.5:.95] (– where the class has no ground truth in these images):", "",
+                  "| policy | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+        for r in report["policies"]:
+            vals = [r["per_class"].get(c) for c in classes]
+            lines.append(f"| {r['policy']} | " + " | ".join("–" if v is None or v != v else f"{v:.3f}" for v in vals) + " |")
+    lines += ["", "Detections per run: " + ", ".join(f"`{r['detections_file']}`" for r in report["policies"]) + "."]
     return "\n".join(lines) + "\n"
 
 

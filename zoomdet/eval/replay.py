@@ -26,12 +26,12 @@ __all__ = ["replay"]
 
 def replay(cfg: EvalConfig, data: str, policy_name: str, out: str | Path, *, lam: Optional[float] = None,
            max_pixels_ratio: Optional[float] = None, render: bool = False, progress: bool = True) -> list[Path]:
-    """Record episodes of ``policy_name`` on the first ``cfg.images`` images of ``data``; returns the files.
+    """Record episodes of ``policy_name`` on ``cfg.images`` images of ``data`` (a seeded sample; 0 = all); returns the files.
 
     ``lam`` defaults to the agent's training λ (trained agents) and is needed for rewards otherwise.
     """
     out = Path(out)
-    ds = CocoDataset(data)
+    ds = CocoDataset(data, image_root=cfg.image_root)
     detector = Detector.from_checkpoint(cfg.checkpoint or str(default_checkpoint()), device=cfg.device,
                                         batch_size=cfg.batch_size)
     engine = ZoomEngine(detector, cfg.zoom)
@@ -40,7 +40,7 @@ def replay(cfg: EvalConfig, data: str, policy_name: str, out: str | Path, *, lam
         lam = policy.config.lam
     budget = cfg.zoom.max_pixels_ratio if max_pixels_ratio is None else float(max_pixels_ratio)
     files, index = [], []
-    for iid in tqdm(ds.subset(cfg.images), desc="replay", unit="img", disable=not progress):
+    for iid in tqdm(ds.subset(cfg.images, cfg.seed), desc="replay", unit="img", disable=not progress):
         info = ds.coco.imgs[iid]
         boxes, labels, crowd = ds.targets(iid)
         gt = GroundTruth(boxes, labels, crowd)

@@ -167,7 +167,7 @@ def _shard_path(root: Path, k: int) -> Path:
 
 
 def _build_shard(root: str, k: int, image_ids: Sequence[int], data: str, checkpoint: str, zoom_dict: dict,
-                 device: str, batch_size: int, threads: int) -> int:
+                 device: str, batch_size: int, threads: int, image_root: Optional[str] = None) -> int:
     """Build and atomically write shard ``k`` (runs in-process or as a Ray task)."""
     from zoomdet.config import from_dict
     from zoomdet.data.coco import CocoDataset
@@ -176,7 +176,7 @@ def _build_shard(root: str, k: int, image_ids: Sequence[int], data: str, checkpo
     if threads:
         torch.set_num_threads(threads)
     zoom = from_dict(ZoomConfig, zoom_dict)
-    ds = CocoDataset(data, check_files=False)
+    ds = CocoDataset(data, image_root=image_root, check_files=False)
     det = Detector.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
     records = [build_record(det, zoom, ds.load_image(i), i, ds.targets(i)).to_payload() for i in image_ids]
     path = _shard_path(Path(root), k)
@@ -188,7 +188,8 @@ def _build_shard(root: str, k: int, image_ids: Sequence[int], data: str, checkpo
 
 def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomConfig, *, images: int = 0,
                 shard_size: int = 4, workers: Optional[int] = None, ray_address: Optional[str] = None,
-                device: str = "cpu", batch_size: int = 4, progress: bool = True) -> "RolloutCache":
+                device: str = "cpu", batch_size: int = 4, progress: bool = True, seed: int = 0,
+                image_root: Optional[str] = None) -> "RolloutCache":
     """Build (or finish building) a rollout cache; returns it opened.
 
     Args:
@@ -196,7 +197,8 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
         out: cache folder.
         checkpoint: detector checkpoint path.
         zoom: zoom config (scales, candidate windows, refinement).
-        images: first N images (0 = all).
+        images: N images sampled with ``seed`` (0 = all); see :meth:`CocoDataset.subset`.
+        image_root: folder ``file_name`` is relative to (default: guessed beside ``data``).
         shard_size: images per shard.
         workers: parallel Ray tasks on a local instance (default: CPU count);
             0 builds in-process without Ray.
@@ -210,8 +212,9 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    ds = CocoDataset(data)
-    ids = ds.subset(images)
+    ds = CocoDataset(data, image_root=image_root)
+    ids = ds.subset(images, seed)
+    image_root = str(ds.image_root.resolve())
     shards = [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)]
     manifest = {
         "version": CACHE_VERSION, "checkpoint_id": file_digest(checkpoint), "checkpoint": str(checkpoint),
@@ -238,7 +241,7 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     bar = tqdm(total=len(shards), initial=len(shards) - len(todo), desc="cache build", unit="shard", disable=not progress)
     if workers == 0 and ray_address is None:
         for k in todo:
-            _build_shard(str(root), k, shards[k], data, str(checkpoint), zd, device, batch_size, 0)
+            _build_shard(str(root), k, shards[k], data, str(checkpoint), zd, device, batch_size, 0, image_root)
             bar.update(1)
     elif todo:
         import ray
@@ -253,7 +256,7 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
         try:
             task = ray.remote(num_cpus=1, num_gpus=1 if device == "cuda" else 0)(_build_shard)
             pending = [task.remote(str(root), k, shards[k], str(Path(data).resolve()), str(Path(checkpoint).resolve()),
-                                   zd, device, batch_size, 1) for k in todo]
+                                   zd, device, batch_size, 1, image_root) for k in todo]
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 ray.get(done)

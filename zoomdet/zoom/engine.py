@@ -232,7 +232,7 @@ class ZoomEngine:
 
     def run(self, image: Tensor, policy: PlanPolicy | ZoomPolicy, *, ground_truth: Optional[GroundTruth] = None,
             seed: int = 0, max_pixels_ratio: Optional[float] = None, max_steps: Optional[int] = None,
-            decode_seconds: float = 0.0) -> ZoomResult:
+            decode_seconds: float = 0.0, lookahead_memo: Optional[dict] = None) -> ZoomResult:
         """Detect objects in ``image`` with ``policy``.
 
         Args:
@@ -242,6 +242,9 @@ class ZoomEngine:
             seed: seed of the per-image random generator (random policy).
             max_pixels_ratio, max_steps: per-call budgets (default: the config's).
             decode_seconds: time the caller spent decoding, reported as stage ``decode``.
+            lookahead_memo: a dict the caller keeps for one image and passes to every run on it; an
+                oracle's look-ahead then runs each candidate window once for all policies and budgets
+                (the look-ahead is never part of the cost, so this changes no reported figure).
         """
         c = self.config
         budget = c.max_pixels_ratio if max_pixels_ratio is None else float(max_pixels_ratio)
@@ -280,12 +283,16 @@ class ZoomEngine:
         cands = self.candidates(W, H)
         lookahead_calls, lookahead_s = [0], [0.0]
 
+        memo = {} if lookahead_memo is None else lookahead_memo
+
         def lookahead(windows: Sequence[Window]) -> list[Detections]:
             t0 = time.perf_counter()
-            dets, n = self._detect(image, windows)
+            todo = list(dict.fromkeys(w for w in windows if w not in memo))
+            dets, n = self._detect(image, todo)
+            memo.update(zip(todo, dets))
             lookahead_calls[0] += n
             lookahead_s[0] += time.perf_counter() - t0
-            return dets
+            return [memo[w] for w in windows]
 
         oracle = bool(getattr(policy, "needs_ground_truth", False))  # only oracles may see ground truth
         state = EpisodeState(W, H, coarse, cands, [], cost.pixels_ratio, None, np.ones(len(cands), dtype=bool),
