@@ -34,6 +34,8 @@ __all__ = ["GAIN_POLICIES", "SahiConfig", "PolicyConfig", "CoarsePolicy", "FineP
            "make_policy", "BASELINES", "get_slice_windows"]
 
 BASELINES = ("coarse", "fine", "sahi", "random", "oracle")
+SAHI_LOW_MODEL_CONFIDENCE = 0.1
+"""``sahi.predict.LOW_MODEL_CONFIDENCE``: below it SAHI switches its postprocess to NMS/IOU."""
 GAIN_POLICIES = ("greedy", "greedy-entropy")
 
 
@@ -61,6 +63,17 @@ class SahiConfig:
     """``IOS`` or ``IOU``."""
     postprocess_match_threshold: float = 0.5
     postprocess_class_agnostic: bool = False
+    force_postprocess_type: bool = False
+    """As in SAHI's ``get_sliced_prediction``: unless forced, a ``confidence_threshold`` below 0.1 switches
+    the postprocess to ``NMS`` / ``IOU`` (SAHI does this so merging does not grow boxes from low-score
+    predictions)."""
+
+    def effective_postprocess(self) -> tuple[str, str]:
+        """``(postprocess_type, match_metric)`` after SAHI's low-confidence switch."""
+        if (not self.force_postprocess_type and self.confidence_threshold < SAHI_LOW_MODEL_CONFIDENCE
+                and self.postprocess_type.upper() != "NMS"):
+            return "NMS", "IOU"
+        return self.postprocess_type, self.postprocess_match_metric
 
 
 @dataclass
@@ -110,12 +123,12 @@ class FinePolicy:
 
 
 def get_slice_windows(width: int, height: int, cfg: SahiConfig, scale: float = 1.0) -> list[Window]:
-    """SAHI's slicing: ``slice_width`` x ``slice_height`` windows stepping by
-    ``(1 - overlap_ratio)`` of a slice; the last row/column is moved back so it
-    ends at the image border. Slices larger than the image are clipped."""
+    """SAHI's slicing (``sahi.slicing.get_slice_bboxes``): ``slice_width`` x ``slice_height`` windows
+    overlapping by ``int(overlap_ratio * slice)`` pixels; the last row/column is moved back so it ends
+    at the image border. Slices larger than the image are clipped."""
     sw, sh = min(cfg.slice_width, width), min(cfg.slice_height, height)
-    step_x = max(1, int(sw * (1 - cfg.overlap_width_ratio)))
-    step_y = max(1, int(sh * (1 - cfg.overlap_height_ratio)))
+    step_x = max(1, cfg.slice_width - int(cfg.overlap_width_ratio * cfg.slice_width))
+    step_y = max(1, cfg.slice_height - int(cfg.overlap_height_ratio * cfg.slice_height))
     out = []
     y = 0
     while True:
@@ -144,7 +157,7 @@ class SahiPolicy:
 
     def plan(self, width: int, height: int, config: ZoomConfig) -> list[Window]:
         windows = get_slice_windows(width, height, self.cfg, config.fine_scale)
-        if self.cfg.perform_standard_pred:
+        if self.cfg.perform_standard_pred and len(windows) > 1:  # SAHI skips it when one slice is the image
             scale = config.fine_scale if self.cfg.standard_pred_scale is None else self.cfg.standard_pred_scale
             windows.append(Window.full(width, height, scale))
         return windows
@@ -154,13 +167,14 @@ class SahiPolicy:
         for i, (d, w) in enumerate(zip(detections, windows)):
             d = d.select(d.scores > self.cfg.confidence_threshold)
             parts.append(d.without_features())
-            standard = self.cfg.perform_standard_pred and i == len(windows) - 1
+            standard = self.cfg.perform_standard_pred and len(windows) > 1 and i == len(windows) - 1
             regions.append(torch.full((len(d),), -1 if standard else i, dtype=torch.int64))
             stages.append(torch.full((len(d),), STAGE_COARSE if standard else STAGE_FINE, dtype=torch.int64))
         det = Detections.cat(parts)
         region, stage = torch.cat(regions), torch.cat(stages)
-        out, idx = sahi_postprocess(det, self.cfg.postprocess_type, self.cfg.postprocess_match_metric,
-                                    self.cfg.postprocess_match_threshold, self.cfg.postprocess_class_agnostic)
+        kind, metric = self.cfg.effective_postprocess()
+        out, idx = sahi_postprocess(det, kind, metric, self.cfg.postprocess_match_threshold,
+                                    self.cfg.postprocess_class_agnostic)
         return MergeResult(out, stage[idx], region[idx])  # provenance: the group's best box
 
 
