@@ -149,3 +149,46 @@ def test_ray_build_equals_serial_build(tmp_path, synth_small, tiny_checkpoint):
         assert [len(f) for f in a.fine] == [len(f) for f in b.fine]
         for fa, fb in zip(a.fine, b.fine):
             assert torch.allclose(fa.boxes, fb.boxes, atol=1e-3) and torch.allclose(fa.scores, fb.scores, atol=1e-4)
+
+
+def test_composed_cache_takes_each_window_from_one_full_pass():
+    from zoomdet.rnet.cache import build_record, compose_window
+
+    full = D([[10, 10, 30, 30], [90, 40, 130, 60], [300, 200, 310, 210]], [0.9, 0.8, 0.7])
+    w = Window(0, 0, 100, 100)
+    got = compose_window(full, w)
+    # the first box lies inside; the second's centre (110, 50) is outside; the third far away
+    assert got.boxes.tolist() == [[10, 10, 30, 30]]
+    cut = compose_window(full, Window(100, 0, 200, 100))  # the second box, clipped at the window's left edge
+    assert cut.boxes.tolist() == [[100, 40, 130, 60]] and cut.scores.tolist() == pytest.approx([0.8])
+
+    objects = torch.tensor([[20.0, 20, 60, 60], [150, 100, 190, 140], [150, 20, 175, 45], [250, 180, 300, 230]])
+    det = StubDetector(objects, torch.tensor([1, 1, 2, 1]))
+    image = torch.zeros(3, 240, 320)
+    gt = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.bool))
+    exact = build_record(det, small_zoom(), image, 1, gt, fine="exact")
+    n_exact = sum(len(c) for c in det.calls)
+    det.calls.clear()
+    composed = build_record(det, small_zoom(), image, 1, gt, fine="composed")
+    assert sum(len(c) for c in det.calls) == 2 and n_exact == 1 + len(exact.windows)  # coarse + one full pass
+    assert composed.windows == exact.windows and len(composed.fine) == len(exact.fine)
+    key = lambda d: sorted(map(tuple, d.boxes.tolist()))
+    same = 0
+    for win, fe, fc in zip(exact.windows, exact.fine, composed.fine):
+        cut = [(o[0] < win.x0 < o[2]) or (o[0] < win.x1 < o[2]) or (o[1] < win.y0 < o[3]) or (o[1] < win.y1 < o[3])
+               for o in objects.tolist()]
+        if not any(cut):  # composition is exact unless an object straddles the window's edge
+            assert key(fc) == key(fe)
+            same += 1
+    assert same > 0
+    with pytest.raises(ValueError, match="fine must be"):
+        build_record(det, small_zoom(), image, 1, gt, fine="approx")
+
+
+def test_cache_build_refuses_to_mix_exact_and_composed(tmp_path, synth_small, tiny_checkpoint):
+    out = tmp_path / "cache"
+    build_cache(str(synth_small), out, str(tiny_checkpoint), small_zoom(), images=1, workers=0, progress=False,
+                fine="composed")
+    assert __import__("json").loads((out / "manifest.json").read_text())["fine"] == "composed"
+    with pytest.raises(CacheMismatch, match="--fine mode"):
+        build_cache(str(synth_small), out, str(tiny_checkpoint), small_zoom(), images=1, workers=0, progress=False)
