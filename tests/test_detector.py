@@ -115,3 +115,25 @@ def test_a_time_budget_decays_the_learning_rate_fully():
     assert learning_rate(tc, 300, 600) == pytest.approx(0.05e-3)
     untimed = TrainConfig(lr=1e-3, warmup_iters=10, max_iters=10_000, max_minutes=0)
     assert learning_rate(untimed, 300, 10_000) > 0.9e-3  # no time budget: iterations only
+
+
+def test_proposal_density_scales_rpn_work_with_input_area_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    cfg = tiny_model_config(num_classes=3)
+    model = build_model(cfg)
+    fixed = Detector(model, cfg, {1: "a", 2: "b"})
+    scaled = Detector(model, cfg, {1: "a", 2: "b"}, proposal_density=2500)
+    assert fixed.proposals_for(640 * 512) is None
+    assert scaled.proposals_for(640 * 512) == 820 and scaled.proposals_for(64 * 64) == Detector.MIN_PROPOSALS
+    assert scaled.proposals_for(4000 * 4000) == 1000  # never above the model's own count
+    seen = []
+    hook = model.roi_heads.box_roi_pool.register_forward_hook(lambda m, a, out: seen.append(out.shape[0]))
+    image = torch.rand(3, 256, 320)
+    scaled.detect(image, [Window.full(320, 256, 1.0)])
+    fixed.detect(image, [Window.full(320, 256, 1.0)])
+    hook.remove()
+    # each call pools twice: the box head over all proposals, then the kept detections (their features)
+    assert seen[0] <= scaled.proposals_for(320 * 256) == 205 < seen[2] <= 1000
+    assert model.rpn._post_nms_top_n["testing"] == 1000
+    with pytest.raises(ValueError, match="proposal_density"):
+        Detector(model, cfg, {1: "a", 2: "b"}, proposal_density=-1)

@@ -10,7 +10,9 @@ construction config, so one instance can serve concurrent requests.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -70,10 +72,18 @@ class Detector:
         device: torch device for the forward passes.
         batch_size: crops per forward pass (crops of equal size are batched).
         checkpoint_id: short hash of the weights, reported by the service.
+        proposal_density: R-CNN models only: RPN proposals kept per megapixel of model input,
+            ``n = clamp(round(density * h * w / 1e6), MIN_PROPOSALS, the model's own post-NMS top-n)``
+            (pre-NMS top-n per level: ``2 n``). The box head's cost is proportional to ``n``, so with a
+            density the cost of a call follows its input area instead of a fixed 1000 proposals.
+            ``0`` (default) keeps the model's fixed counts.
     """
 
+    MIN_PROPOSALS = 100
+
     def __init__(self, model: nn.Module, config: ModelConfig, categories: dict[int, str],
-                 device: str | torch.device = "cpu", batch_size: int = 4, checkpoint_id: str = "untrained") -> None:
+                 device: str | torch.device = "cpu", batch_size: int = 4, checkpoint_id: str = "untrained",
+                 proposal_density: float = 0.0) -> None:
         if len(categories) != config.num_classes - 1:
             raise ValueError(f"{len(categories)} categories for a model with {config.num_classes - 1} classes")
         self.model = model.to(device).eval()
@@ -82,6 +92,9 @@ class Detector:
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.checkpoint_id = checkpoint_id
+        if proposal_density < 0:
+            raise ValueError(f"proposal_density must be >= 0, got {proposal_density}")
+        self.proposal_density = float(proposal_density)
         self._index_to_category = torch.tensor([0] + list(self.categories.keys()), dtype=torch.int64)
 
     @property
@@ -127,7 +140,8 @@ class Detector:
         if isinstance(m, GeneralizedRCNN) and hasattr(m, "roi_heads"):
             images, _ = m.transform(crops)
             feats = m.backbone(images.tensors)
-            proposals, _ = m.rpn(images, feats)
+            h, w = crops[0].shape[-2:]
+            proposals, _ = self._rpn_for(h * w)(images, feats)
             dets, _ = m.roi_heads(feats, proposals, images.image_sizes)
             pooled = m.roi_heads.box_roi_pool(feats, [d["boxes"] for d in dets], images.image_sizes)
             vectors = m.roi_heads.box_head(pooled).split([len(d["boxes"]) for d in dets])
@@ -141,13 +155,34 @@ class Detector:
                                   None if v is None else v.float().cpu()))
         return out
 
+    def proposals_for(self, input_pixels: int) -> Optional[int]:
+        """RPN post-NMS proposals for one input of ``input_pixels`` (``None`` = the model's fixed count)."""
+        if not self.proposal_density or not hasattr(self.model, "rpn"):
+            return None
+        cap = int(self.model.rpn._post_nms_top_n["testing"])
+        return max(min(self.MIN_PROPOSALS, cap), min(cap, int(math.ceil(self.proposal_density * input_pixels / 1e6))))
+
+    def _rpn_for(self, input_pixels: int):
+        """The model's RPN, or a shallow copy with proposal counts for this input size. The copy shares
+        every weight; the shared RPN is never modified, so concurrent calls stay independent."""
+        n = self.proposals_for(input_pixels)
+        rpn = self.model.rpn
+        if n is None or n == rpn._post_nms_top_n["testing"]:
+            return rpn
+        scaled = copy.copy(rpn)
+        scaled._pre_nms_top_n = {**rpn._pre_nms_top_n, "testing": min(rpn._pre_nms_top_n["testing"], 2 * n)}
+        scaled._post_nms_top_n = {**rpn._post_nms_top_n, "testing": n}
+        return scaled
+
     # -- checkpoints -------------------------------------------------------
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", batch_size: int = 4) -> "Detector":
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", batch_size: int = 4,
+                        proposal_density: float = 0.0) -> "Detector":
         """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
         model, cfg, cats, _ = load_checkpoint(path)
-        return cls(model, cfg, cats, device=device, batch_size=batch_size, checkpoint_id=file_digest(path))
+        return cls(model, cfg, cats, device=device, batch_size=batch_size, checkpoint_id=file_digest(path),
+                   proposal_density=proposal_density)
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -51,6 +51,9 @@ class EvalConfig:
     device: str = "cpu"
     batch_size: int = 4
     """Crops per detector call."""
+    proposal_density: float = 0.0
+    """R-CNN detectors: RPN proposals per megapixel of model input, so small crops cost less
+    (see :class:`~zoomdet.detector.Detector`); 0 = the model's fixed 1000."""
     images: int = 0
     """Evaluate N images of the dataset, a sample drawn with ``seed`` (0 = all)."""
     image_root: Optional[str] = None
@@ -91,7 +94,8 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
     ds = CocoDataset(data, image_root=cfg.image_root)
     if detector is None:
         ckpt = cfg.checkpoint or str(default_checkpoint())
-        detector = Detector.from_checkpoint(ckpt, device=cfg.device, batch_size=cfg.batch_size)
+        detector = Detector.from_checkpoint(ckpt, device=cfg.device, batch_size=cfg.batch_size,
+                                            proposal_density=cfg.proposal_density)
     unknown = set(detector.categories) - set(ds.categories)
     if unknown:
         raise ValueError(f"detector classes {sorted(unknown)} are not categories of {data}; "

@@ -1,0 +1,115 @@
+"""ZoomDet on real high-resolution imagery: the Airbus aircraft set (2560×2560 satellite extracts).
+
+    python benchmarks/airbus.py                 # all stages; each reuses its finished output
+    python benchmarks/airbus.py --images 5      # a quick look on 5 test images
+
+Stages, through the documented CLI (``zoomdet.cli.main``), data from
+``../shared/data/airbus-aircraft`` (``--root``):
+
+1. ``detector``: ``zoomdet detector eval`` of the checkpoint in
+   ``configs/eval/airbus.yaml`` on the test split at scales 1.0, 0.5 and 0.25:
+   the coarse-vs-fine gap by object size;
+2. ``cache``: ``zoomdet cache build --fine composed`` of the train and val
+   splits (one full-resolution pass per image);
+3. ``rnet``: ``zoomdet rnet train`` on them;
+4. ``evaluate``: ``zoomdet evaluate`` on the test split, coarse / fine / sahi /
+   random / greedy / greedy-entropy / oracle at the config's budgets
+   (0.1–0.5).
+
+Prints the table; writes ``benchmarks/results/airbus.json`` (one row per
+policy × budget, plus ``detector@<scale>`` rows for stage 1) and copies the
+AP-vs-pixels plot to ``docs/pareto_airbus.png``. The real SAHI package runs
+separately: ``python benchmarks/sahi_peer.py --config configs/eval/airbus.yaml
+--data ../shared/data/airbus-aircraft/test.json --dataset airbus-test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+POLICIES = ["coarse", "fine", "sahi", "random", "greedy", "greedy-entropy", "oracle"]
+
+
+def _run(argv: list[str]) -> None:
+    from zoomdet.cli import main
+
+    print("$ zoomdet " + " ".join(argv), flush=True)
+    rc = main(argv)
+    if rc:
+        raise SystemExit(f"zoomdet {argv[0]} failed with exit code {rc}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", default="../shared/data/airbus-aircraft", help="dataset folder")
+    ap.add_argument("--config", default="configs/eval/airbus.yaml")
+    ap.add_argument("--images", type=int, default=0, help="test images (default 0 = all 20)")
+    ap.add_argument("--out", default="runs/bench/airbus", help="working folder (default runs/bench/airbus)")
+    ap.add_argument("--workers", type=int, default=None, help="Ray workers for the caches (default: CPU count)")
+    args = ap.parse_args(argv)
+
+    from zoomdet.config import load_config
+    from zoomdet.eval.evaluator import EvalConfig
+    from zoomdet.eval.results import command_line, rows_from_report, write_results
+
+    root, out = Path(args.root), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(EvalConfig, args.config)
+    dataset = "airbus-test" if not args.images else f"airbus-test-{args.images}"
+    command, today = command_line(), _dt.date.today().isoformat()
+
+    # 1. the detector at three scales
+    det_json = out / "detector_eval.json"
+    if not det_json.is_file():
+        _run(["detector", "eval", "--checkpoint", cfg.checkpoint, "--data", str(root / "test.json"),
+              "--scales", "1.0", "0.5", "0.25", "--out", str(det_json)])
+    scales = json.loads(det_json.read_text())["scales"]
+    full = scales["1.0"]
+    rows = [{"dataset": dataset, "images": json.loads(det_json.read_text())["images"], "policy": f"detector@{s}",
+             "budget": None, "seed": 0, "ap": m["ap"], "ap50": m["ap50"], "ap_small": m["ap_small"],
+             "ap_medium": m["ap_medium"], "ap_large": m["ap_large"], "pixels_ratio": float(s) ** 2,
+             "rel_ap": m["ap"] / full["ap"] if full["ap"] else None, "rel_pixels": float(s) ** 2,
+             "rel_time": m["seconds_per_image"] / full["seconds_per_image"], "command": command, "date": today}
+            for s, m in scales.items()]
+
+    # 2-3. composed caches and the R-net
+    rnet = out / "rnet.pt"
+    if not rnet.is_file():
+        for split in ("train", "val"):
+            cache_args = ["cache", "build", "--config", args.config, "--data", str(root / f"{split}.json"),
+                          "--out", str(out / f"cache-{split}"), "--fine", "composed"]
+            _run(cache_args + ([] if args.workers is None else ["--workers", str(args.workers)]))
+        _run(["rnet", "train", "--cache", str(out / "cache-train"), "--val-cache", str(out / "cache-val"),
+              "--out", str(rnet)])
+
+    # 4. every policy on the test split
+    ev = out / f"eval-{dataset}"
+    argv_eval = ["evaluate", "--config", args.config, "--data", str(root / "test.json"), "--rnet", str(rnet),
+                 "--out", str(ev), "--images", str(args.images)]
+    for p in POLICIES:
+        argv_eval += ["--policy", p]
+    _run(argv_eval)
+    report = json.loads((ev / "report.json").read_text())
+    rows += rows_from_report(report, dataset, seed=cfg.seed, command=command)
+    path = write_results("airbus", rows, replace={"dataset": dataset})
+    if not args.images:
+        (REPO / "docs").mkdir(exist_ok=True)
+        shutil.copy(ev / "pareto.png", REPO / "docs" / "pareto_airbus.png")
+    print(f"detector on test (AP / AP_small / AP_medium / AP_large):")
+    for s, m in scales.items():
+        print(f"  scale {s}: {m['ap']:.3f} / {m['ap_small']:.3f} / {m['ap_medium']:.3f} / {m['ap_large']:.3f}")
+    print((ev / "report.md").read_text())
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Does time follow pixels? Per-stage latency against fine, in one run per detector setting.
+
+    python benchmarks/latency.py --config configs/eval/hituav.yaml --data ../shared/data/hit-uav/test.json \\
+        --dataset hituav-test --images 50 --policy coarse --policy fine --policy greedy-entropy --budget 0.5
+
+For each ``--proposal-density`` (default ``0 2500``: torchvision's fixed 1000
+RPN proposals per call, then 2,500 per megapixel of model input, at least 100)
+the policies run through ``zoomdet evaluate`` on the same images, and the
+script prints, per policy: AP, AP_small, pixels_ratio, the stage times
+(decode, coarse, gain, policy, fine, merge, total; ms per image), rel_time
+and rel_pixels against fine of the same run, and the policy overhead (gain +
+policy + merge) as a share of total latency. Rows go to
+``benchmarks/results/latency.json`` (replacing ``--dataset``'s rows), with
+``proposal_density`` and ``timing_ms`` added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--dataset", required=True, help="name for the results file, e.g. hituav-test")
+    ap.add_argument("--images", type=int, default=0, help="N images, a seeded sample (0 = all)")
+    ap.add_argument("--policy", action="append", required=True, help="repeatable; include fine for the ratios")
+    ap.add_argument("--budget", type=float, nargs="+", help="budgets of the sequential policies")
+    ap.add_argument("--rnet", help="R-net for greedy")
+    ap.add_argument("--proposal-density", type=float, nargs="+", default=[0.0, 2500.0], metavar="PER_MPX")
+    ap.add_argument("--out", default="runs/bench/latency")
+    args = ap.parse_args(argv)
+    if "fine" not in args.policy:
+        ap.error("--policy fine is needed: every ratio is relative to it")
+
+    from zoomdet.config import load_config
+    from zoomdet.eval.evaluator import EvalConfig, evaluate
+    from zoomdet.eval.results import rows_from_report, write_results
+
+    rows = []
+    for density in args.proposal_density:
+        over = [f"images={args.images}", f"proposal_density={density}"]
+        if args.budget:
+            over.append(f"budgets={json.dumps(args.budget)}")
+        if args.rnet:
+            over.append(f"policies.rnet={args.rnet}")
+        cfg = load_config(EvalConfig, args.config, over)
+        out = Path(args.out) / f"{args.dataset}-d{density:g}"
+        report = evaluate(cfg, args.data, args.policy, out)
+        run_rows = rows_from_report(report, args.dataset, seed=cfg.seed, extra={"proposal_density": density})
+        for row, r in zip(run_rows, report["policies"]):
+            t = r["timing_ms"]
+            row["timing_ms"] = t
+            row["overhead_share"] = (t["gain"] + t["policy"] + t["merge"]) / t["total"] if t["total"] else None
+        rows += run_rows
+        print(f"\n{args.dataset}, {report['images']} images, proposal_density {density:g}/Mpx (0 = fixed 1000)")
+        stages = ("decode", "coarse", "gain", "policy", "fine", "merge", "total")
+        print(f"{'policy':<22}{'AP':>7}{'AP_s':>7}{'pixels':>8}" + "".join(f"{s:>8}" for s in stages)
+              + f"{'relT':>7}{'relP':>7}{'ovh':>6}")
+        for row, r in zip(run_rows, report["policies"]):
+            print(f"{r['policy']:<22}{r['ap']:7.3f}{r['ap_small']:7.3f}{r['pixels_ratio']:8.3f}"
+                  + "".join(f"{row['timing_ms'][s]:8.1f}" for s in stages)
+                  + f"{100 * row['rel_time']:6.1f}%{100 * row['rel_pixels']:6.1f}%{100 * row['overhead_share']:5.1f}%")
+    path = write_results("latency", rows, replace={"dataset": args.dataset})
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
