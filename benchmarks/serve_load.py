@@ -121,9 +121,35 @@ def summarize(results, wall) -> dict:
             "throughput_rps": len(ok) / wall if wall > 0 else 0.0, "wall_s": wall, "latency_ok": percentiles(ok)}
 
 
-def detector_replica_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "ServeReplica:zoomdet:DetectorServer"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+def descendants(root: int) -> list[int]:
+    """PIDs of every process below ``root`` (from /proc), so the benchmark only ever touches its own server."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def detector_replica_pids(server_pid: int) -> list[int]:
+    """The detector replicas of the server this benchmark started (never another user's)."""
+    pids = []
+    for pid in descendants(server_pid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "ServeReplica:zoomdet:DetectorServer" in cmd:
+            pids.append(pid)
+    return pids
 
 
 def main() -> None:
@@ -142,6 +168,8 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=900, help="stop sending after this many seconds")
     ap.add_argument("--out")
     a = ap.parse_args()
+    if a.kill and a.url:
+        ap.error("--kill only kills a replica of the server this benchmark starts; drop --url")
     deadline = time.time() + a.time_limit
     w, h = (int(v) for v in a.size.split("x"))
     data = Path(a.image).read_bytes() if a.image else make_image((w, h))
@@ -154,6 +182,11 @@ def main() -> None:
             port = s.getsockname()[1]
         url = f"http://127.0.0.1:{port}"
         proc = start_service(a.config, port, log)
+    if a.image:
+        from PIL import Image
+
+        with Image.open(a.image) as im:
+            a.size = f"{im.width}x{im.height}"
     report: dict = {"url": url, "policy": a.policy, "budget": a.budget, "image_bytes": len(data), "size": a.size,
                     "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
     try:
@@ -200,7 +233,7 @@ def main() -> None:
         report["load"] = {"requests": a.requests, "concurrency": a.concurrency, **summarize(results, wall)}
 
         if a.kill:
-            pids = detector_replica_pids()
+            pids = detector_replica_pids(proc.pid)
             killed = {"pids": pids}
             t_kill = [None]
 
@@ -220,7 +253,7 @@ def main() -> None:
             killed["all_after_recovery_ok"] = all(r[2] == 200 for r in after)
             # the service answers again after the kill
             killed["post_kill_check"] = one(s, url, data, a.policy, a.budget)[1]
-            killed["new_replica_pids"] = detector_replica_pids()
+            killed["new_replica_pids"] = detector_replica_pids(proc.pid)
             report["replica_kill"] = killed
     finally:
         if proc is not None:

@@ -40,9 +40,12 @@ from typing import Any, Optional
 
 import torch
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zoomdet.serving.schemas import DetectJSON, DetectOptions, DetectorConfig, DetectResponse, Problem, ServiceConfig
 
@@ -60,12 +63,40 @@ class ServiceError(Exception):
         self.status, self.title, self.detail = status, title, detail
 
 
-def problem(status: int, title: str, detail: str) -> JSONResponse:
+RETRY_AFTER_S = 5
+"""``Retry-After`` of a 503 while a detector replica is being replaced (Serve restarts one in seconds)."""
+
+
+def problem(status: int, title: str, detail: str, headers: Optional[dict] = None) -> JSONResponse:
     return JSONResponse(Problem(title=title, status=status, detail=detail).model_dump(), status_code=status,
-                        media_type="application/problem+json")
+                        media_type="application/problem+json", headers=headers)
 
 
-def _validation_detail(e: ValidationError) -> str:
+def problem_for(exc: BaseException) -> JSONResponse:
+    """The problem+json answer for an exception raised while serving a request.
+
+    :class:`ServiceError` keeps its status; a dead or unavailable detector replica (Ray's actor
+    errors, also when wrapped in a task error) is 503 with ``Retry-After``, never a bare 500;
+    anything else is a 500 problem that names the exception type only.
+    """
+    if isinstance(exc, ServiceError):
+        return problem(exc.status, exc.title, exc.detail)
+    cause = exc.cause if isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None else exc
+    if isinstance(cause, RayActorError) or type(cause).__name__ in ("ActorUnavailableError", "DeploymentUnavailableError"):
+        return problem(503, "Detector unavailable", f"the detector replica failed ({type(cause).__name__}); "
+                       f"it is being replaced, retry in {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
+    return problem(500, "Internal error", f"the request failed ({type(exc).__name__})")
+
+
+def parse_options(query: dict, form: dict) -> dict:
+    """Request options from the query string and the form (or JSON body) fields; the same key in both is 422."""
+    both = sorted(set(query) & set(form))
+    if both:
+        raise ServiceError(422, "Invalid options", f"{', '.join(both)} given both in the query string and the body")
+    return {**query, **form}
+
+
+def _validation_detail(e) -> str:
     """Pydantic errors as one line: ``field: message; ...``."""
     return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors())
 
@@ -93,8 +124,9 @@ def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
         raise ServiceError(400, "Empty image", "the request carries no image bytes")
     try:
         img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:  # PIL's own cap, checked on the header
-        raise ServiceError(413, "Image too large", str(e)) from None
+    except Image.DecompressionBombError:  # PIL's own cap (above ours), checked on the header
+        raise ServiceError(413, "Image too large", f"the image header declares more than the cap of {max_pixels} "
+                                                   "pixels") from None
     except UnidentifiedImageError:
         raise ServiceError(415, "Unsupported image", "the bytes are not an image format this service reads "
                                                      f"({', '.join(sorted(PIL_FORMATS))})") from None
@@ -189,6 +221,19 @@ fastapi_app = FastAPI(
     title="ZoomDet", version="1",
     description="Coarse-to-fine object detection for high-resolution images. Every answer says what it cost: "
                 "pixels processed relative to full resolution, detector calls, and per-stage latency.")
+
+
+@fastapi_app.exception_handler(StarletteHTTPException)
+async def _http_problem(request: Request, exc: StarletteHTTPException):
+    """The framework's own errors (404 unknown path, 405 wrong method, ...) as problem+json."""
+    titles = {404: "Not found", 405: "Method not allowed"}
+    return problem(exc.status_code, titles.get(exc.status_code, "Request refused"), str(exc.detail),
+                   headers=getattr(exc, "headers", None))
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def _validation_problem(request: Request, exc: RequestValidationError):
+    return problem(422, "Invalid request", _validation_detail(exc))
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32, max_queued_requests=256)
@@ -308,9 +353,14 @@ class ZoomDetIngress:
         dets = [d for d in detections_json(result.detections, self.categories, result.stage, result.region) if d["score"] >= thr]
         sequential = bool(result.regions) and result.regions[0].candidate >= 0
         regions = [{"id": r.id, "box_xyxy": list(r.window.as_tuple()), "step": r.step} for r in result.regions] if sequential else []
+        if not sequential:  # plan policies (fine, sahi): no zoom regions, so no detection points at one
+            for d in dets:
+                d["region_id"] = -1
+        budget = self.cfg.max_pixels_ratio if opts.max_pixels_ratio is None else opts.max_pixels_ratio
         timing = {k: round(1000 * result.timing.get(k, 0.0), 3) for k in ("decode", "coarse", "gain", "policy", "fine", "merge", "total")}
         out = {"request_id": uuid.uuid4().hex, "image": {"width": result.width, "height": result.height},
                "policy": policy.name, "detections": dets, "regions": regions, "cost": result.cost.as_dict(),
+               "max_pixels_ratio": budget, "budget_exceeded": result.cost.pixels_ratio > budget + 1e-9,
                "timing_ms": timing, "model": self.ids, "trace": None}
         if opts.return_trace:
             out["trace"] = episode_record(result, self.engine.config, policy=policy.name, categories=self.categories,
@@ -347,9 +397,7 @@ class ZoomDetIngress:
                 if upload.content_type and upload.content_type.lower() not in SUPPORTED_TYPES | {"application/octet-stream"}:
                     raise ServiceError(415, "Unsupported media type", f"file content type {upload.content_type}")
                 data = await upload.read()
-                options = {k: v for k, v in form.items() if k != "image"}
-                if "return_trace" in options:
-                    options["return_trace"] = str(options["return_trace"]).lower() in ("1", "true", "yes", "on")
+                options = parse_options(dict(request.query_params), {k: v for k, v in form.items() if k != "image"})
             elif ctype == "application/json":
                 try:
                     body = DetectJSON.model_validate_json(await request.body())
@@ -359,7 +407,8 @@ class ZoomDetIngress:
                     data = base64.b64decode(body.image_base64, validate=True)
                 except (binascii.Error, ValueError):
                     raise ServiceError(400, "Bad base64", "image_base64 is not valid base64") from None
-                options = body.model_dump(exclude={"image_base64"}, by_alias=True, exclude_none=True)
+                options = parse_options(dict(request.query_params),
+                                        body.model_dump(exclude={"image_base64"}, by_alias=True, exclude_none=True))
             elif ctype in SUPPORTED_TYPES:
                 data = await request.body()
                 options = dict(request.query_params)
@@ -367,8 +416,10 @@ class ZoomDetIngress:
                 raise ServiceError(415, "Unsupported media type", f"send multipart/form-data (field 'image'), "
                                                                   f"application/json with image_base64, or an image body; got {ctype or 'none'}")
             return await self.infer(data, options)
-        except ServiceError as e:
-            return problem(e.status, e.title, e.detail)
+        except StarletteHTTPException as e:  # e.g. starlette's multipart parser: "Invalid multipart data"
+            return problem(e.status_code, "Bad request" if e.status_code == 400 else "Request refused", str(e.detail))
+        except Exception as e:  # ServiceError, a dead replica (503 + Retry-After), anything else as problem+json
+            return problem_for(e)
 
     @fastapi_app.get("/healthz", summary="Liveness")
     async def healthz(self) -> dict:

@@ -59,12 +59,22 @@ def resolve_config(path: str | Path, host: Optional[str] = None, port: Optional[
     return cfg
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
 def serve_config(path: str | Path, host: Optional[str] = None, port: Optional[int] = None, address: Optional[str] = None,
                  num_cpus: Optional[int] = None, blocking: bool = True) -> None:
     """Start (or join) Ray without its dashboard and run the resolved config through Ray Serve's ``serve run``."""
+    import signal
+
     import ray
     from ray.serve.scripts import run as serve_run
 
+    # a shell's background job starts with SIGINT ignored, and SIGTERM would end the process with a
+    # stack trace: both now stop the service the way Ctrl-C does (serve run shuts down cleanly on it)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
     cfg = resolve_config(path, host, port)
     resolved = Path(tempfile.mkdtemp(prefix="zoomdet-serve-")) / "config.resolved.yaml"
     resolved.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -37,7 +37,8 @@ class Detection(BaseModel):
     class_id: int
     label: str
     stage: Literal["coarse", "fine"]
-    region_id: int = Field(..., description="zoom region that produced it; -1 for the coarse pass")
+    region_id: int = Field(..., description="zoom region (an id in ``regions``) that produced it; -1 when no zoom "
+                                            "region did: the coarse pass, and plan policies (fine, sahi)")
 
 
 class RegionOut(BaseModel):
@@ -75,6 +76,9 @@ class DetectResponse(BaseModel):
     detections: list[Detection]
     regions: list[RegionOut]
     cost: CostOut
+    max_pixels_ratio: float = Field(..., description="the budget that applied (the request's, else the service's)")
+    budget_exceeded: bool = Field(..., description="true when the policy spent more than the budget: plan policies "
+                                                   "(fine = 1.0, sahi > 1) ignore budgets, and say so here")
     timing_ms: TimingOut
     model: dict[str, Optional[str]] = Field(..., description="checkpoint ids of the detector, R-net and agent")
     trace: Optional[dict] = Field(None, description="zoomdet.episode/1 document when return_trace is set")

@@ -131,6 +131,44 @@ def test_bad_options_are_422_and_the_service_stays_healthy(local_handle, options
     assert ok["cost"]["pixels_ratio"] == pytest.approx(0.25)
 
 
+def test_plan_policies_say_they_exceeded_the_budget_and_point_at_no_region(local_handle):
+    data = encode(scene())
+    sahi = local_handle.infer.remote(data, {"policy": "sahi", "max_pixels_ratio": 0.3}).result()
+    assert sahi["cost"]["pixels_ratio"] >= 1 and sahi["budget_exceeded"] and sahi["max_pixels_ratio"] == 0.3
+    assert sahi["regions"] == [] and {d["region_id"] for d in sahi["detections"]} <= {-1}
+    zoom = local_handle.infer.remote(data, {"policy": "greedy-entropy", "max_pixels_ratio": 0.6}).result()
+    assert not zoom["budget_exceeded"] and zoom["max_pixels_ratio"] == 0.6
+    ids = {r["id"] for r in zoom["regions"]}
+    assert all(d["region_id"] in ids for d in zoom["detections"] if d["stage"] == "fine")
+    fine = local_handle.infer.remote(data, {"policy": "fine"}).result()  # the service's default budget, 0.6
+    assert fine["budget_exceeded"] and fine["max_pixels_ratio"] == 0.6
+
+
+def test_a_dead_replica_is_a_503_problem_with_retry_after():
+    import json
+
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from zoomdet.serving.app import parse_options, problem_for
+
+    for exc in (ActorDiedError(), RayTaskError("detect_crops", "traceback", ActorDiedError())):
+        r = problem_for(exc)
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert r.media_type == "application/problem+json" and json.loads(r.body)["status"] == 503
+    other = problem_for(KeyError("x"))
+    assert other.status_code == 500 and json.loads(other.body)["detail"] == "the request failed (KeyError)"
+    assert problem_for(ServiceError(413, "Too big", "d")).status_code == 413
+    assert parse_options({"policy": "fine"}, {"max_steps": "2"}) == {"policy": "fine", "max_steps": "2"}
+    with pytest.raises(ServiceError, match="both in the query string and the body"):
+        parse_options({"policy": "fine"}, {"policy": "coarse"})
+
+
+def test_a_bomb_is_refused_with_the_configured_cap():
+    with pytest.raises(ServiceError) as e:
+        decode_image(png_declaring(20000, 20000), CAP)
+    assert e.value.status == 413 and str(CAP) in e.value.detail
+
+
 # ---------------------------------------------------------------- one real HTTP run
 def _free_port() -> int:
     with socket.socket() as s:
@@ -224,5 +262,16 @@ def test_http_detect_matches_in_process_and_refuses_bad_input(http_url):
     assert e.value.status == 422 and "choose from" in e.value.detail
     # still healthy and answering
     assert client.detect(data, policy="coarse")["cost"]["pixels_ratio"] == pytest.approx(0.25)
+    # framework errors, multipart query options and strict booleans: all problem+json
+    assert status(files={"image": ("f.png", data, "image/png")}, params={"policy": "bogus"}) == (422, "application/problem+json")
+    assert status(files={"image": ("g.png", data, "image/png")}, data={"return_trace": "maybe"})[0] == 422
+    assert status(files={"image": ("h.png", data, "image/png")}, data={"policy": "coarse"},
+                  params={"policy": "fine"})[0] == 422
+    r = requests.get(f"{http_url}/nowhere")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    r = requests.get(f"{http_url}/v1/detect")
+    assert r.status_code == 405 and r.headers["content-type"] == "application/problem+json"
+    assert status(data=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})[1] == \
+        "application/problem+json"
     assert requests.get(f"{http_url}/docs").status_code == 200
     assert "/v1/detect" in requests.get(f"{http_url}/openapi.json").json()["paths"]

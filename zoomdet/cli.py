@@ -403,6 +403,9 @@ def _cmd_query(args) -> int:
               f"{len(ans['detections'])} detections, {len(ans['regions'])} zoom regions")
         print(f"cost: pixels_ratio {c['pixels_ratio']:.3f}, {c['detector_calls']} detector calls, "
               f"{t['total']:.0f} ms (coarse {t['coarse']:.0f}, fine {t['fine']:.0f}, decode {t['decode']:.0f})")
+        if ans.get("budget_exceeded"):
+            print(f"note: policy {ans['policy']} ignores budgets: it spent {c['pixels_ratio']:.3f} of a "
+                  f"max_pixels_ratio of {ans['max_pixels_ratio']:g}")
         for d in sorted(ans["detections"], key=lambda d: -d["score"])[:20]:
             print(f"  {d['label']:>10} {d['score']:.2f}  [{', '.join(f'{v:.0f}' for v in d['box_xyxy'])}]  {d['stage']}")
         if len(ans["detections"]) > 20:
