@@ -371,9 +371,31 @@ class ZoomDetIngress:
             self.m_stage.observe(v, tags={"stage": k})
         return out
 
+    async def read_body(self, request: Request) -> bytes:
+        """The request body, read chunk by chunk: 413 as soon as it passes ``max_body_bytes`` (whatever
+        Content-Length said, chunked bodies included), 408 when it has not all arrived within
+        ``body_timeout_s``. Nothing past the cap is kept."""
+        cap, chunks, total = self.cfg.max_body_bytes, [], 0
+
+        async def read() -> None:
+            nonlocal total
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > cap:
+                    raise ServiceError(413, "Body too large", f"the body passed the cap of {cap} bytes")
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(read(), self.cfg.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise ServiceError(408, "Request timeout", f"the body did not arrive within {self.cfg.body_timeout_s:g} s "
+                                                       f"({total} bytes received)") from None
+        return b"".join(chunks)
+
     # ------------------------------------------------------------------ HTTP
     @fastapi_app.post("/v1/detect", response_model=DetectResponse, responses={
-        400: {"model": Problem}, 413: {"model": Problem}, 415: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
+        400: {"model": Problem}, 408: {"model": Problem}, 413: {"model": Problem}, 415: {"model": Problem},
+        422: {"model": Problem}, 503: {"model": Problem}},
         summary="Detect objects; the answer includes pixels processed and latency",
         openapi_extra={"requestBody": {"content": {
             "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
@@ -385,12 +407,22 @@ class ZoomDetIngress:
                 "image_base64": "<base64 of a JPEG>", "policy": "greedy", "max_pixels_ratio": 0.6}}}}})
     async def detect(self, request: Request):
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        declared = int(request.headers.get("content-length") or 0)
+        try:
+            declared = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            return problem(400, "Bad request", "Content-Length is not a number")
         if declared > self.cfg.max_body_bytes:
             return problem(413, "Body too large", f"{declared} bytes exceeds the cap of {self.cfg.max_body_bytes}")
         try:
+            if ctype not in SUPPORTED_TYPES | {"multipart/form-data", "application/json"}:
+                raise ServiceError(415, "Unsupported media type", f"send multipart/form-data (field 'image'), "
+                                                                  f"application/json with image_base64, or an image body; got {ctype or 'none'}")
+            body = await self.read_body(request)
             if ctype == "multipart/form-data":
-                form = await request.form(max_part_size=self.cfg.max_body_bytes)
+                async def replay():  # the form parser reads the body already received (and capped) above
+                    return {"type": "http.request", "body": body, "more_body": False}
+
+                form = await Request(request.scope, replay).form(max_part_size=self.cfg.max_body_bytes)
                 upload = form.get("image")
                 if upload is None or isinstance(upload, str):
                     raise ServiceError(400, "Missing image", "the multipart form needs a file field named 'image'")
@@ -400,21 +432,18 @@ class ZoomDetIngress:
                 options = parse_options(dict(request.query_params), {k: v for k, v in form.items() if k != "image"})
             elif ctype == "application/json":
                 try:
-                    body = DetectJSON.model_validate_json(await request.body())
+                    doc = DetectJSON.model_validate_json(body)
                 except ValidationError as e:
                     raise ServiceError(422, "Invalid request", _validation_detail(e)) from None
                 try:
-                    data = base64.b64decode(body.image_base64, validate=True)
+                    data = base64.b64decode(doc.image_base64, validate=True)
                 except (binascii.Error, ValueError):
                     raise ServiceError(400, "Bad base64", "image_base64 is not valid base64") from None
                 options = parse_options(dict(request.query_params),
-                                        body.model_dump(exclude={"image_base64"}, by_alias=True, exclude_none=True))
-            elif ctype in SUPPORTED_TYPES:
-                data = await request.body()
+                                        doc.model_dump(exclude={"image_base64"}, by_alias=True, exclude_none=True))
+            else:  # an image body
+                data = body
                 options = dict(request.query_params)
-            else:
-                raise ServiceError(415, "Unsupported media type", f"send multipart/form-data (field 'image'), "
-                                                                  f"application/json with image_base64, or an image body; got {ctype or 'none'}")
             return await self.infer(data, options)
         except StarletteHTTPException as e:  # e.g. starlette's multipart parser: "Invalid multipart data"
             return problem(e.status_code, "Bad request" if e.status_code == 400 else "Request refused", str(e.detail))

@@ -109,7 +109,10 @@ class ServiceConfig(BaseModel):
     score_threshold: float = Field(0.05, ge=0, le=1, description="default: drop returned detections below this score")
     max_image_pixels: int = Field(40_000_000, gt=0, description="413 above (checked on the header: also stops "
                                                                 "decompression bombs)")
-    max_body_bytes: int = Field(50_000_000, gt=0, description="413 above")
+    max_body_bytes: int = Field(50_000_000, gt=0, description="413 above: checked on Content-Length, and while "
+                                                                "reading the body (chunked uploads stop at the cap)")
+    body_timeout_s: float = Field(15.0, gt=0, description="408 when the whole body has not arrived within this "
+                                                          "many seconds (a slow client cannot hold a slot longer)")
 
 
 class DetectorConfig(BaseModel):

@@ -193,6 +193,7 @@ def http_url(tmp_path_factory):
     cfg = yaml.safe_load((repo / "serving" / "config.yaml").read_text())
     ingress = next(d for d in cfg["applications"][0]["deployments"] if d["name"] == "ZoomDetIngress")
     ingress["user_config"]["max_body_bytes"] = 2_000_000
+    ingress["user_config"]["body_timeout_s"] = 2.0
     path = tmp_path_factory.mktemp("serve") / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     port = _free_port()
@@ -223,6 +224,29 @@ def http_url(tmp_path_factory):
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_slow_and_oversized_chunked_bodies_are_cut_off(http_url):
+    import time
+    from urllib.parse import urlparse
+
+    import requests
+
+    port = urlparse(http_url).port
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:  # declares 100 kB, sends 10 bytes
+        s.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+                  b"0123456789")
+        t = time.time()
+        head = s.recv(4096).split(b"\r\n")[0]
+    assert b" 408" in head and time.time() - t < 20, head
+
+    def chunks():  # 5 MB in chunks, no Content-Length, against the test server's 2 MB cap
+        for _ in range(50):
+            yield b"x" * 100_000
+
+    r = requests.post(f"{http_url}/v1/detect", data=chunks(), headers={"content-type": "image/png"}, timeout=60)
+    assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
+    assert requests.get(f"{http_url}/healthz", timeout=10).status_code == 200
 
 
 def test_http_detect_matches_in_process_and_refuses_bad_input(http_url):
