@@ -36,16 +36,20 @@ import binascii
 import io
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from swagger_ui_bundle import swagger_ui_path
 
 from zoomdet.serving.schemas import DetectJSON, DetectOptions, DetectorConfig, DetectResponse, Problem, ServiceConfig
 
@@ -217,10 +221,31 @@ class DetectorServer:
         return await asyncio.to_thread(self.detector.detect_crops, crops)
 
 
+STATIC = Path(__file__).resolve().parent / "static"
+"""The page at ``GET /`` (index.html, app.js, app.css): plain HTML and JavaScript, no build step, no CDN."""
+
 fastapi_app = FastAPI(
-    title="ZoomDet", version="1",
+    title="ZoomDet", version="1", docs_url=None, redoc_url=None,  # /docs is served below from local files
     description="Coarse-to-fine object detection for high-resolution images. Every answer says what it cost: "
-                "pixels processed relative to full resolution, detector calls, and per-stage latency.")
+                "pixels processed relative to full resolution, detector calls, and per-stage latency. "
+                "A page for people is at `/`.")
+fastapi_app.mount("/static/app", StaticFiles(directory=STATIC), name="app")
+fastapi_app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
+
+
+@fastapi_app.get("/docs", include_in_schema=False)
+async def _docs():
+    """Swagger UI from the ``swagger-ui-bundle`` package's files, so the docs work offline."""
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="ZoomDet API",
+                               swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+                               swagger_css_url="/static/swagger/swagger-ui.css",
+                               swagger_favicon_url="/static/swagger/favicon-32x32.png")
+
+
+@fastapi_app.get("/", include_in_schema=False)
+async def _page():
+    """The page: upload or drop an image, choose policy and budget, see detections, regions and cost."""
+    return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
 @fastapi_app.exception_handler(StarletteHTTPException)

@@ -299,3 +299,69 @@ def test_http_detect_matches_in_process_and_refuses_bad_input(http_url):
         "application/problem+json"
     assert requests.get(f"{http_url}/docs").status_code == 200
     assert "/v1/detect" in requests.get(f"{http_url}/openapi.json").json()["paths"]
+
+
+def test_page_uploads_an_image_and_shows_boxes_regions_and_cost(http_url, tmp_path):
+    """The page at / in a real headless Chromium: upload, choose, detect, and what it shows matches the API."""
+    import os
+    import shutil
+
+    import requests
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        msg = "the browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        if os.environ.get("ZOOMDET_REQUIRE_BROWSER"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    # everything the page and /docs need is served by the service itself (offline)
+    assert requests.get(f"{http_url}/static/swagger/swagger-ui-bundle.js").status_code == 200
+    docs = requests.get(f"{http_url}/docs").text
+    assert "/static/swagger/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+
+    image = tmp_path / "scene.png"
+    image.write_bytes(encode(scene()))
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome'}"):
+        opts.add_argument(a)
+    browser = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        browser.get(f"{http_url}/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: "Ready" in b.find_element(By.ID, "status").text)
+        Select(browser.find_element(By.ID, "policy")).select_by_value("greedy-entropy")
+        budget = browser.find_element(By.ID, "budget")
+        budget.clear()
+        budget.send_keys("0.6")
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        browser.find_element(By.ID, "run").click()
+        wait.until(lambda b: b.find_element(By.ID, "result").get_attribute("data-detections") != "")
+        shown = int(browser.find_element(By.ID, "result").get_attribute("data-detections"))
+        regions = int(browser.find_element(By.ID, "result").get_attribute("data-regions"))
+        cost = browser.find_element(By.ID, "cost").text
+        timing = browser.find_element(By.ID, "timing").text
+        # boxes were drawn: count canvas pixels in the detection colours
+        drawn = browser.execute_script("""
+            const c = document.getElementById('canvas'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let box = 0, region = 0;
+            for (let i = 0; i < d.length; i += 4) {
+              if ((d[i] == 255 && d[i+1] == 159 && d[i+2] == 28) || (d[i] == 46 && d[i+1] == 196 && d[i+2] == 182)) box++;
+              if (d[i] == 231 && d[i+1] == 29 && d[i+2] == 54) region++;
+            }
+            return [box, region];""")
+    finally:
+        browser.quit()
+    api = requests.post(f"{http_url}/v1/detect", files={"image": ("s.png", image.read_bytes(), "image/png")},
+                        data={"policy": "greedy-entropy", "max_pixels_ratio": "0.6", "score_threshold": "0.3"}).json()
+    assert shown == len(api["detections"]) > 0 and regions == len(api["regions"])
+    assert "pixels_ratio" in cost and f"{api['cost']['pixels_ratio']:.3f}" in cost
+    assert all(s in timing for s in ("decode", "coarse", "gain", "policy", "fine", "merge", "total"))
+    assert drawn[0] > 20 and (drawn[1] > 20) == (regions > 0)
