@@ -14,13 +14,17 @@ Layout of a cache folder::
     shard_00000.pt ...   list of per-image records, torch.save, loads with weights_only=True
 
 ``fine="composed"`` builds a cheaper, approximate cache: one full-resolution
-pass per image, and each window's fine detections composed from it
-(:func:`compose_window`: the boxes whose centre lies in the window, clipped
-to it). It costs one fine pass per image instead of one per reachable window
-(for 13 candidates × 9 refinement positions on 2048×1536, about 1 instead of
-10 image-equivalents of detector input), and differs from the exact cache
-only for objects cut by a window edge, which the detector would have seen
-cropped. The manifest records the mode; the two never mix.
+pass per image over tiles the size of the smallest candidate window
+(overlapping by a quarter, merged by IoS-NMS, :func:`tiled_fine_pass`), and
+each window's fine detections composed from it (:func:`compose_window`: the
+boxes whose centre lies in the window, clipped to it). Tiles of window size
+keep what the detector sees per call (context, proposals per pixel) close to
+a real zoom. It costs about 1.5 image-equivalents of detector input per image
+instead of one per reachable window (about 10 for 13 candidates × 9
+refinement positions on 2048×1536); it differs from the exact cache for
+objects cut by a window edge and where tiles and windows see different
+context. ``benchmarks/cache_speed.py`` measures how far. The manifest
+records the mode; the two never mix.
 
 Shards are written to a temporary name and renamed, so a killed build leaves
 no corrupt shard; rerunning the same command builds only the missing shards.
@@ -50,7 +54,7 @@ from zoomdet.types import Detections, Window
 from zoomdet.zoom.engine import ZoomConfig
 from zoomdet.zoom.windows import candidate_windows, refinement_windows
 
-__all__ = ["CacheMismatch", "CacheRecord", "RolloutCache", "build_cache", "zoom_digest", "cached_windows", "compose_window",
+__all__ = ["CacheMismatch", "CacheRecord", "RolloutCache", "build_cache", "zoom_digest", "cached_windows", "compose_window", "tiled_fine_pass",
            "FINE_MODES"]
 
 FINE_MODES = ("exact", "composed")
@@ -165,6 +169,25 @@ class CacheRecord:
                    [list(r) for r in p["reach"]], fine, g["boxes"], g["labels"], g["crowd"])
 
 
+def tiled_fine_pass(detector, image: Tensor, zoom: ZoomConfig) -> Detections:
+    """Fine detections of the whole image from tiles of the smallest candidate window's size.
+
+    Tiles overlap by a quarter of their side (SAHI's slicing); duplicates across tiles are merged by
+    class-wise NMS on intersection over the smaller box at 0.5, so a box cut by a tile edge yields
+    to the whole box from the neighbouring tile.
+    """
+    from zoomdet.zoom.merge import sahi_postprocess
+    from zoomdet.zoom.policies import SahiConfig, get_slice_windows
+
+    _, H, W = image.shape
+    cands = candidate_windows(W, H, zoom.windows)
+    side = min(min(c.width for c in cands), min(c.height for c in cands))
+    tiles = get_slice_windows(W, H, SahiConfig(slice_width=side, slice_height=side, overlap_width_ratio=0.25,
+                                               overlap_height_ratio=0.25), zoom.fine_scale)
+    dets = Detections.cat([d.without_features() for d in detector.detect(image, tiles)])
+    return sahi_postprocess(dets, "NMS", "IOS", 0.5)[0]
+
+
 def compose_window(full: Detections, window: Window) -> Detections:
     """A window's fine detections composed from a whole-image fine pass: the boxes whose centre lies
     inside ``window``, clipped to it (image pixels). Exact for objects wholly inside the window."""
@@ -182,8 +205,8 @@ def build_record(detector, zoom: ZoomConfig, image: Tensor, image_id: int, gt: t
                  fine: str = "exact") -> CacheRecord:
     """Run the coarse pass and the fine pass of every reachable window on one image.
 
-    ``fine="exact"`` runs the detector on each window; ``"composed"`` runs it once on the whole image at
-    ``fine_scale`` and composes every window from that (:func:`compose_window`).
+    ``fine="exact"`` runs the detector on each window; ``"composed"`` runs one tiled pass over the whole
+    image at ``fine_scale`` (:func:`tiled_fine_pass`) and composes every window from it (:func:`compose_window`).
     """
     if fine not in FINE_MODES:
         raise ValueError(f"fine must be one of {', '.join(FINE_MODES)}, got {fine!r}")
@@ -193,7 +216,7 @@ def build_record(detector, zoom: ZoomConfig, image: Tensor, image_id: int, gt: t
     if fine == "exact":
         dets = [d.without_features() for d in detector.detect(image, windows)]
     else:
-        (full,) = detector.detect(image, [Window.full(W, H, zoom.fine_scale)])
+        full = tiled_fine_pass(detector, image, zoom)
         dets = [compose_window(full, w) for w in windows]
     return CacheRecord(int(image_id), W, H, coarse, windows, reach, dets, *gt)
 
