@@ -12,7 +12,7 @@ Stages, through the documented CLI (``zoomdet.cli.main``), data from
 2. ``cache``: ``zoomdet cache build --fine composed`` of the train and val
    splits (one full-resolution pass per image);
 3. ``rnet``: ``zoomdet rnet train`` on them;
-4. ``evaluate``: ``zoomdet evaluate`` on the test split, coarse / fine / sahi /
+4. ``evaluate``: ``zoomdet evaluate`` on the test split, coarse / fine /
    random / greedy / greedy-entropy / oracle at the config's budgets
    (0.1–0.5).
 
@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-POLICIES = ["coarse", "fine", "sahi", "random", "greedy", "greedy-entropy", "oracle"]
+POLICIES = ["coarse", "fine", "random", "greedy", "greedy-entropy", "oracle"]  # sahi: benchmarks/sahi_peer.py, beside the real package
 
 
 def _run(argv: list[str]) -> None:
@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=0, help="test images (default 0 = all 20)")
     ap.add_argument("--out", default="runs/bench/airbus", help="working folder (default runs/bench/airbus)")
     ap.add_argument("--workers", type=int, default=None, help="Ray workers for the caches (default: CPU count)")
+    ap.add_argument("--train-images", type=int, default=0, help="images per cache split (default 0 = all)")
     args = ap.parse_args(argv)
 
     from zoomdet.config import load_config
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     if not rnet.is_file():
         for split in ("train", "val"):
             cache_args = ["cache", "build", "--config", args.config, "--data", str(root / f"{split}.json"),
-                          "--out", str(out / f"cache-{split}"), "--fine", "composed"]
+                          "--out", str(out / f"cache-{split}"), "--fine", "composed", "--images", str(args.train_images)]
             _run(cache_args + ([] if args.workers is None else ["--workers", str(args.workers)]))
         _run(["rnet", "train", "--cache", str(out / "cache-train"), "--val-cache", str(out / "cache-val"),
               "--out", str(rnet)])
