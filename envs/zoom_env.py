@@ -253,12 +253,13 @@ class ZoomEnv(gym.Env):
             if self.gain_model is None:
                 from zoomdet.rnet.model import coarse_gain_targets
 
-                gains = coarse_gain_targets(rec, self.zoom.merge.drop_ios)
+                gains = coarse_gain_targets(rec, self.zoom.merge.drop_ios, coarse_min_px=self.zoom.merge.coarse_min_px)
             else:
                 gains = self.gain_model.predict(rec.coarse)
             gm = GainMap(rec.width, rec.height, rec.coarse.boxes, gains)
             items = [window_gain_items(rec.coarse, f, w, rec.gt_boxes, rec.gt_labels, rec.gt_crowd,
-                                       self.zoom.merge.drop_ios)[1] for w, f in zip(rec.windows, rec.fine)]
+                                       self.zoom.merge.drop_ios, self.zoom.merge.coarse_min_px)[1]
+                     for w, f in zip(rec.windows, rec.fine)]
             pixels = np.array([w.input_pixels for w in self.candidates_of(rec)], dtype=np.float64)
             positions = [np.array([rec.windows[j].as_tuple() for j in reach], dtype=np.float64) for reach in rec.reach]
             self._images[k] = _Image(rec, gm, items, {w: i for i, w in enumerate(rec.windows)}, pixels, positions)

@@ -100,3 +100,24 @@ def test_gain_when_zooming_hurts_and_crowd_regions():
     crowd = torch.tensor([False, True])
     fp_in_crowd = dets([[50, 50, 60, 60]], [0.9], [2])
     assert detection_gains(Detections.empty(), fp_in_crowd, GT_B, GT_L, crowd).gains.tolist() == [0.0]
+
+
+def test_coarse_min_px_keeps_large_objects_from_the_coarse_pass():
+    from zoomdet.zoom.gain import window_gain_items
+    from zoomdet.zoom.merge import MergeConfig
+
+    w = Window(0, 0, 200, 200)
+    coarse = Detections(torch.tensor([[10.0, 10, 20, 20], [50, 50, 150, 150]]), torch.tensor([0.4, 0.8]), torch.tensor([1, 1]))
+    fine = Detections(torch.tensor([[10.0, 10, 21, 21], [52, 52, 148, 148], [160, 160, 170, 170]]),
+                      torch.tensor([0.9, 0.6, 0.7]), torch.tensor([1, 1, 1]))
+    plain = merge_zoom(coarse, [fine], [w], 400, 400, MergeConfig())
+    assert plain.stage.tolist().count(0) == 0 and len(plain.detections) == 3  # every coarse box replaced
+    split = merge_zoom(coarse, [fine], [w], 400, 400, MergeConfig(coarse_min_px=50))
+    got = {tuple(b): s for b, s in zip(split.detections.boxes.tolist(), split.stage.tolist())}
+    # the 100-px object comes from the coarse pass, its 96-px fine twin is dropped; small ones from the fine pass
+    assert got == {(50.0, 50, 150, 150): 0, (10.0, 10, 21, 21): 1, (160.0, 160, 170, 170): 1}
+    gt = torch.tensor([[10.0, 10, 20, 20], [50, 50, 150, 150]])
+    idx, items = window_gain_items(coarse, fine, w, gt, torch.tensor([1, 1]), None, 0.5, coarse_min_px=50)
+    assert idx.tolist() == [0] and len(items.gains) == 2  # the small pair and the fine-only false positive
+    idx_all, items_all = window_gain_items(coarse, fine, w, gt, torch.tensor([1, 1]), None, 0.5)
+    assert idx_all.tolist() == [0, 1] and len(items_all.gains) == 3

@@ -56,6 +56,8 @@ class RNetConfig:
     """Held-out share of the cache's images (when no separate validation cache is given)."""
     drop_ios: float = 0.5
     """Which coarse boxes a window replaces (must match the merge rule)."""
+    coarse_min_px: Optional[float] = None
+    """The merge rule's ``coarse_min_px`` (must match it too); ``None``: the cache's own zoom config's."""
     fine_only_iou: float = 0.1
     """A fine-only gain is credited to a replaced coarse box overlapping it at least this much."""
     seed: int = 0
@@ -83,13 +85,14 @@ class RNet(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-def coarse_gain_targets(rec, drop_ios: float = 0.5, fine_only_iou: float = 0.1) -> Tensor:
+def coarse_gain_targets(rec, drop_ios: float = 0.5, fine_only_iou: float = 0.1,
+                        coarse_min_px: Optional[float] = None) -> Tensor:
     """Gain label of each coarse detection of a cache record (``Tensor[Nc]``; see module docstring)."""
     n = len(rec.coarse)
     sums, counts = torch.zeros(n), torch.zeros(n)
     for k in range(rec.num_candidates):
         idx, items = window_gain_items(rec.coarse, rec.fine[k], rec.windows[k], rec.gt_boxes, rec.gt_labels,
-                                       rec.gt_crowd, drop_ios)
+                                       rec.gt_crowd, drop_ios, coarse_min_px)
         if len(idx) == 0:
             continue
         per = torch.zeros(len(idx))
@@ -106,10 +109,11 @@ def coarse_gain_targets(rec, drop_ios: float = 0.5, fine_only_iou: float = 0.1) 
     return sums / counts.clamp(min=1)
 
 
-def window_true_gains(rec, drop_ios: float = 0.5) -> Tensor:
+def window_true_gains(rec, drop_ios: float = 0.5, coarse_min_px: Optional[float] = None) -> Tensor:
     """True gain of each candidate window (``Tensor[K]``): the sum of its gain items."""
     return torch.tensor([window_gain_items(rec.coarse, rec.fine[k], rec.windows[k], rec.gt_boxes, rec.gt_labels,
-                                           rec.gt_crowd, drop_ios)[1].total() for k in range(rec.num_candidates)])
+                                           rec.gt_crowd, drop_ios, coarse_min_px)[1].total()
+                         for k in range(rec.num_candidates)])
 
 
 def window_predicted_gains(rec, gains: Tensor) -> Tensor:
@@ -181,6 +185,6 @@ def save_rnet(path: str | Path, model: RNet, cfg: RNetConfig, in_dim: int, detec
     os.replace(tmp, path)
 
 
-def oracle_gain_map(rec, drop_ios: float = 0.5) -> GainMap:
+def oracle_gain_map(rec, drop_ios: float = 0.5, coarse_min_px: Optional[float] = None) -> GainMap:
     """The oracle state of a cache record: true per-detection gains spread over their boxes."""
-    return GainMap(rec.width, rec.height, rec.coarse.boxes, coarse_gain_targets(rec, drop_ios))
+    return GainMap(rec.width, rec.height, rec.coarse.boxes, coarse_gain_targets(rec, drop_ios, coarse_min_px=coarse_min_px))

@@ -26,12 +26,12 @@ from zoomdet.rnet.model import (EntropyGain, RNet, RNetConfig, RNetGain, coarse_
 __all__ = ["train_rnet", "window_correlations"]
 
 
-def window_correlations(records, model) -> dict:
+def window_correlations(records, model, drop_ios: float = 0.5, coarse_min_px: Optional[float] = None) -> dict:
     """Pearson / Spearman between predicted and true candidate-window gains over ``records``."""
     pred, true = [], []
     for rec in records:
         pred.append(window_predicted_gains(rec, model.predict(rec.coarse)))
-        true.append(window_true_gains(rec))
+        true.append(window_true_gains(rec, drop_ios, coarse_min_px))
     p, t = torch.cat(pred).numpy(), torch.cat(true).numpy()
     if len(p) < 3 or np.std(p) == 0 or np.std(t) == 0:
         return {"pearson": float("nan"), "spearman": float("nan"), "windows": int(len(p))}
@@ -47,6 +47,8 @@ def train_rnet(cache_dir: str, out: str, cfg: Optional[RNetConfig] = None, val_c
     cfg = cfg or RNetConfig()
     torch.manual_seed(cfg.seed)
     cache = RolloutCache(cache_dir)
+    if cfg.coarse_min_px is None:  # the merge rule the cache was built for
+        cfg.coarse_min_px = cache.manifest.get("zoom", {}).get("merge", {}).get("coarse_min_px")
     records = cache.records()
     if val_cache:
         val = RolloutCache(val_cache, expect_checkpoint_id=cache.checkpoint_id).records()
@@ -63,7 +65,7 @@ def train_rnet(cache_dir: str, out: str, cfg: Optional[RNetConfig] = None, val_c
     for rec in tqdm(train, desc="gain labels", disable=not progress):
         if len(rec.coarse):
             xs.append(rnet_inputs(rec.coarse, cfg.extra_inputs))
-            ys.append(coarse_gain_targets(rec, cfg.drop_ios, cfg.fine_only_iou))
+            ys.append(coarse_gain_targets(rec, cfg.drop_ios, cfg.fine_only_iou, cfg.coarse_min_px))
     if not xs:
         raise ValueError(f"{cache_dir}: no coarse detections to learn from")
     x, y = torch.cat(xs), torch.cat(ys)
@@ -86,8 +88,8 @@ def train_rnet(cache_dir: str, out: str, cfg: Optional[RNetConfig] = None, val_c
     metrics = {"train_images": len(train), "val_images": len(val), "train_detections": int(len(y)),
                "train_l2": float(torch.mean((model(x).detach() - y) ** 2)),
                "label_mean": float(y.mean()), "label_std": float(y.std())}
-    rn = window_correlations(val, rnet)
-    en = window_correlations(val, EntropyGain())
+    rn = window_correlations(val, rnet, cfg.drop_ios, cfg.coarse_min_px)
+    en = window_correlations(val, EntropyGain(), cfg.drop_ios, cfg.coarse_min_px)
     metrics.update({"val_pearson": rn["pearson"], "val_spearman": rn["spearman"], "val_windows": rn["windows"],
                     "entropy_val_pearson": en["pearson"], "entropy_val_spearman": en["spearman"]})
     save_rnet(out, model, cfg, x.shape[1], cache.checkpoint_id, metrics)

@@ -102,7 +102,7 @@ def episode_record(result: ZoomResult, zoom: ZoomConfig, *, policy: str, image: 
         true_gain = reward = None
         if ground_truth is not None:
             items = window_gain_items(coarse, result.fine[k], r.window, ground_truth.boxes, ground_truth.labels,
-                                      ground_truth.crowd, zoom.merge.drop_ios)[1]
+                                      ground_truth.crowd, zoom.merge.drop_ios, zoom.merge.coarse_min_px)[1]
             true_gain = fresh_gain(items, zoomed_so_far)
             if lam is not None:
                 reward = true_gain - lam * r.window.input_pixels / (W * H)

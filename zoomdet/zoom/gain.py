@@ -143,20 +143,25 @@ def detection_gains(coarse: Detections, fine: Detections, gt_boxes: Tensor, gt_l
 
 
 def window_gain_items(coarse: Detections, fine: Detections, window: Window, gt_boxes: Tensor, gt_labels: Tensor,
-                      gt_crowd: Tensor | None = None, drop_ios: float = 0.5) -> tuple[Tensor, GainItems]:
+                      gt_crowd: Tensor | None = None, drop_ios: float = 0.5,
+                      coarse_min_px: float | None = None) -> tuple[Tensor, GainItems]:
     """Gain items of zooming into ``window``: the coarse boxes the merge rule would replace there
-    (IoS with the window >= ``drop_ios``) against the window's ``fine`` detections.
+    (IoS with the window >= ``drop_ios``) against the window's ``fine`` detections; with
+    ``coarse_min_px`` (:class:`~zoomdet.zoom.merge.MergeConfig`), boxes that large on either side stay
+    out, as the merge keeps the coarse ones and drops the fine ones.
 
     Returns:
         The indices into ``coarse`` of the replaced boxes (``GainItems.coarse_index`` indexes
         this subset) and the items.
     """
-    from zoomdet.zoom.merge import intersection_over_self
+    from zoomdet.zoom.merge import coarse_sized, intersection_over_self
 
     if len(coarse):
-        idx = torch.nonzero(intersection_over_self(coarse.boxes, window.box()[None])[:, 0] >= drop_ios).flatten()
+        replaced = intersection_over_self(coarse.boxes, window.box()[None])[:, 0] >= drop_ios
+        idx = torch.nonzero(replaced & ~coarse_sized(coarse.boxes, coarse_min_px)).flatten()
     else:
         idx = torch.zeros(0, dtype=torch.int64)
+    fine = fine.select(~coarse_sized(fine.boxes, coarse_min_px))
     return idx, detection_gains(coarse.select(idx), fine, gt_boxes, gt_labels, gt_crowd)
 
 

@@ -4,6 +4,11 @@ The zoom merge rule (:func:`merge_zoom`), in order:
 
 1. A coarse box is *replaced* by a zoomed window when its intersection with
    the window covers at least ``drop_ios`` of the box's own area (IoS).
+   With ``coarse_min_px`` set, each scale keeps the object sizes it detects
+   best (the valid ranges of SNIP, Singh & Davis, CVPR 2018): boxes at least
+   that size (``sqrt`` of the area, full-resolution pixels) are taken from the
+   coarse pass even inside a zoomed window, and fine boxes that large are
+   dropped there.
 2. A fine box that touches an interior edge of its window (an edge that is
    not the image border, within ``border_px``) may be a fragment of an object
    the window cuts. If it lies mostly inside (IoS >= 0.5) a same-class
@@ -17,7 +22,7 @@ The zoom merge rule (:func:`merge_zoom`), in order:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -25,7 +30,8 @@ from torchvision.ops import batched_nms, box_area, box_iou
 
 from zoomdet.types import Detections, Window
 
-__all__ = ["MergeConfig", "MergeResult", "intersection_over_self", "merge_zoom", "sahi_postprocess", "STAGE_COARSE", "STAGE_FINE"]
+__all__ = ["MergeConfig", "MergeResult", "intersection_over_self", "merge_zoom", "sahi_postprocess", "STAGE_COARSE", "STAGE_FINE",
+           "coarse_sized"]
 
 STAGE_COARSE = 0
 STAGE_FINE = 1
@@ -41,6 +47,19 @@ class MergeConfig:
     """IoU of the final class-wise NMS."""
     border_px: float = 2.0
     """A fine box within this many pixels of an interior window edge counts as possibly cut."""
+    coarse_min_px: Optional[float] = None
+    """Objects at least this size (``sqrt(w * h)``, full-resolution pixels) come from the coarse pass
+    even inside zoomed windows, and fine boxes that large are dropped there; ``None``: zoomed windows
+    replace every coarse box inside them. For detectors that are better on large objects at the coarse
+    scale than at full resolution (``zoomdet detector eval --scales`` shows it, by size)."""
+
+
+def coarse_sized(boxes: Tensor, min_px: Optional[float]) -> Tensor:
+    """``Tensor[N]`` bool: boxes (xyxy, full-resolution pixels) of at least ``min_px`` (sqrt of the area);
+    all False when ``min_px`` is None."""
+    if min_px is None or len(boxes) == 0:
+        return torch.zeros(len(boxes), dtype=torch.bool)
+    return box_area(boxes).clamp(min=0).sqrt() >= min_px
 
 
 @dataclass(frozen=True)
@@ -103,10 +122,11 @@ def merge_zoom(coarse: Detections, fine: Sequence[Detections], windows: Sequence
     if len(coarse) and windows:
         wboxes = torch.stack([w.box() for w in windows])
         ios = intersection_over_self(coarse.boxes, wboxes)  # [Nc, W]
-        keep_coarse = ~(ios >= cfg.drop_ios).any(dim=1)
+        keep_coarse = ~(ios >= cfg.drop_ios).any(dim=1) | coarse_sized(coarse.boxes, cfg.coarse_min_px)
     parts, stages, regions = [], [], []
     restore = torch.zeros(len(coarse), dtype=torch.bool)
     for r, (det, win) in enumerate(zip(fine, windows)):
+        det = det.select(~coarse_sized(det.boxes, cfg.coarse_min_px))  # the coarse pass owns large objects
         keep = torch.ones(len(det), dtype=torch.bool)
         if len(det) and len(coarse):
             cut = _touches_interior_edge(det.boxes, win, width, height, cfg.border_px)
@@ -115,7 +135,7 @@ def merge_zoom(coarse: Detections, fine: Sequence[Detections], windows: Sequence
                 same = det.labels[:, None] == coarse.labels[None, :]
                 extends = intersection_over_self(coarse.boxes, win.box()[None])[:, 0] < 0.999  # coarse box leaves window
                 parent = inside & same & extends[None, :] & cut[:, None]
-                keep = ~parent.any(dim=1)
+                keep = keep & ~parent.any(dim=1)
                 restore |= parent.any(dim=0)
         parts.append(det.select(keep))
         stages.append(torch.full((int(keep.sum()),), STAGE_FINE, dtype=torch.int64))

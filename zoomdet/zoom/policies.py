@@ -210,9 +210,10 @@ class OraclePolicy:
     name = "oracle"
     needs_ground_truth = True
 
-    def __init__(self, min_gain: float = 0.0, merge_drop_ios: float = 0.5) -> None:
+    def __init__(self, min_gain: float = 0.0, merge_drop_ios: float = 0.5, coarse_min_px: Optional[float] = None) -> None:
         self.min_gain = float(min_gain)
         self.drop_ios = float(merge_drop_ios)
+        self.coarse_min_px = coarse_min_px
 
     def gain_map(self, state: EpisodeState) -> Optional[GainMap]:
         return None
@@ -221,7 +222,7 @@ class OraclePolicy:
         gt = state.ground_truth
         assert gt is not None and state.lookahead is not None
         fine = state.lookahead(state.candidates)
-        return [window_gain_items(state.coarse, f, w, gt.boxes, gt.labels, gt.crowd, self.drop_ios)[1]
+        return [window_gain_items(state.coarse, f, w, gt.boxes, gt.labels, gt.crowd, self.drop_ios, self.coarse_min_px)[1]
                 for w, f in zip(state.candidates, fine)]
 
     def select(self, state: EpisodeState) -> Optional[int]:
@@ -266,6 +267,7 @@ def make_policy(name: str, cfg: Optional[PolicyConfig] = None, zoom: Optional[Zo
     if name == "random":
         return RandomPolicy(cfg.random_k)
     if name == "oracle":
-        return OraclePolicy(cfg.oracle_min_gain, (zoom or ZoomConfig()).merge.drop_ios)
+        merge = (zoom or ZoomConfig()).merge
+        return OraclePolicy(cfg.oracle_min_gain, merge.drop_ios, merge.coarse_min_px)
     raise ValueError(f"unknown policy {name!r}; choose from {', '.join(BASELINES + GAIN_POLICIES)} "
                      f"or the path of a trained agent (.zip)")
