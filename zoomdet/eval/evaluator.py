@@ -226,14 +226,18 @@ def pareto_figure(report: dict):
     by_name: dict[str, list[dict]] = {}
     for r in report["policies"]:
         by_name.setdefault(r["name"], []).append(r)
-    for ax, metric in zip(axes, ("ap", "ap_small")):
+    # the smallest size bucket with ground truth (a set without small objects plots AP_medium)
+    finite = lambda k: any(r.get(k) is not None and r[k] == r[k] for r in report["policies"])  # noqa: E731
+    second = next((k for k in ("ap_small", "ap_medium", "ap_large") if finite(k)), "ap_small")
+    for ax, metric in zip(axes, ("ap", second)):
         for name, rows in by_name.items():
             rows = sorted(rows, key=lambda r: r["pixels_ratio"])
             xs, ys = [r["pixels_ratio"] for r in rows], [r[metric] for r in rows]
             style = dict(marker="s", linestyle="none", markersize=8) if len(rows) == 1 else dict(marker="o")
             ax.plot(xs, ys, label=name, **style)
         ax.set_xlabel("pixels_ratio (detector input pixels / full-resolution pixels)")
-        ax.set_ylabel({"ap": "AP@[.5:.95]", "ap_small": "AP small (< 32² px)"}[metric])
+        ax.set_ylabel({"ap": "AP@[.5:.95]", "ap_small": "AP small (< 32² px)", "ap_medium": "AP medium (32²–96² px)",
+                       "ap_large": "AP large (≥ 96² px)"}[metric])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     data = Path(report["data"])
