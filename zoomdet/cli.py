@@ -23,6 +23,10 @@ EPILOG = """examples:
   zoomdet evaluate --config configs/eval/synth.yaml --data data/synth-val/annotations.json \\
       --policy coarse --policy fine --policy sahi --policy random --policy oracle --out runs/eval/synth
   zoomdet cache build --config configs/eval/synth.yaml --data data/synth-train/annotations.json --out runs/cache/train
+  zoomdet cache build --config configs/eval/airbus.yaml --data ../shared/data/airbus-aircraft/train.json \
+      --fine composed --out runs/cache/airbus-train      # one tiled full-resolution pass per image, ~7x cheaper
+  zoomdet detector eval --checkpoint zoomdet/assets/tiny_airbus.pt --data ../shared/data/airbus-aircraft/test.json \
+      --scales 1.0 0.5 0.25                              # the coarse-vs-fine gap by object size
   zoomdet rnet train --cache runs/cache/train --val-cache runs/cache/val --out runs/rnet/rnet.pt
   zoomdet train --algo dqn --env ZoomDet-v0 --cache runs/cache/train --eval-cache runs/cache/val \
       --env-kwargs rnet:runs/rnet/rnet.pt lam:5 -n 20000 --seed 0
