@@ -29,10 +29,9 @@ sys.path.insert(0, str(REPO))
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--dataset", required=True)
-    ap.add_argument("--images", type=int, default=8)
+    from zoomdet.eval.results import add_dataset_args
+
+    add_dataset_args(ap, images_default=8)
     ap.add_argument("--out", default="runs/bench/cache_speed")
     args = ap.parse_args(argv)
 
@@ -41,7 +40,7 @@ def main(argv=None) -> int:
     from zoomdet.config import load_config
     from zoomdet.detector.detector import default_checkpoint
     from zoomdet.eval.evaluator import EvalConfig
-    from zoomdet.eval.results import command_line
+    from zoomdet.eval.results import command_line, write_results
     from zoomdet.rnet.cache import build_cache
     from zoomdet.rnet.model import window_true_gains
 
@@ -70,10 +69,8 @@ def main(argv=None) -> int:
            "gain_mean_abs_diff": float(np.abs(a - b).mean()), "gain_mean_abs_exact": float(np.abs(a).mean()),
            "same_best_window": float(np.mean([np.argmax(x) == np.argmax(y) for x, y in zip(ge, gc)])),
            "command": command_line(), "date": _dt.date.today().isoformat()}
-    path = REPO / "benchmarks" / "results" / "cache_speed.json"
-    rows = [r for r in (json.loads(path.read_text()) if path.is_file() else []) if r["dataset"] != args.dataset]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows + [row], indent=1) + "\n")
+    path = write_results("cache_speed", [row], replace={"dataset": args.dataset},
+                         required=("dataset", "images", "command", "date"))
     print(json.dumps(row, indent=1))
     print(f"wrote {path}")
     return 0

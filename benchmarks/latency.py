@@ -27,10 +27,9 @@ sys.path.insert(0, str(REPO))
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--dataset", required=True, help="name for the results file, e.g. hituav-test")
-    ap.add_argument("--images", type=int, default=0, help="N images, a seeded sample (0 = all)")
+    from zoomdet.eval.results import add_dataset_args
+
+    add_dataset_args(ap)
     ap.add_argument("--policy", action="append", required=True, help="repeatable; include fine for the ratios")
     ap.add_argument("--budget", type=float, nargs="+", help="budgets of the sequential policies")
     ap.add_argument("--rnet", help="R-net for greedy")

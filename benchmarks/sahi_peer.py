@@ -51,12 +51,11 @@ def _setting(text: str) -> tuple[int, float, float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="eval config (detector checkpoint, zoom scales, SAHI postprocess)")
-    ap.add_argument("--data", required=True, help="COCO annotation json")
-    ap.add_argument("--dataset", required=True, help="dataset name for the results file, e.g. airbus-test")
+    from zoomdet.eval.results import add_dataset_args
+
+    add_dataset_args(ap)
     ap.add_argument("--setting", type=_setting, action="append", metavar="SLICE:OVERLAP:CONF",
                     help="SAHI setting (repeatable; default 512:0.2:0.05 and 640:0.25:0.05)")
-    ap.add_argument("--images", type=int, default=0, help="N images, a seeded sample (default 0 = all)")
     ap.add_argument("--no-builtin", action="store_true", help="skip the built-in sahi policy")
     ap.add_argument("--out", default="runs/bench/sahi_peer", help="folder for detections files (default runs/bench/sahi_peer)")
     ap.add_argument("--results", default=None, help="results folder (default benchmarks/results)")
@@ -67,7 +66,7 @@ def main(argv=None) -> int:
     from zoomdet.detector.detector import Detector, default_checkpoint
     from zoomdet.eval.coco_eval import coco_metrics
     from zoomdet.eval.evaluator import EvalConfig
-    from zoomdet.eval.results import command_line, write_results
+    from zoomdet.eval.results import command_line, relative_to_fine, write_results
     from zoomdet.eval.sahi_peer import sahi_model, sahi_predict
     from zoomdet.zoom.engine import ZoomEngine
     from zoomdet.zoom.policies import FinePolicy, SahiConfig, SahiPolicy
@@ -121,11 +120,8 @@ def main(argv=None) -> int:
                      "ap_medium": m["ap_medium"], "ap_large": m["ap_large"],
                      "pixels_ratio": run["pixels"] / image_pixels, "detector_calls_per_image": run["calls"] / n,
                      "time_per_image_s": run["seconds"] / n})
-    fine = rows[0]
+    relative_to_fine(rows, rows[0])  # rows[0] is fine
     for r in rows:
-        r["rel_ap"] = r["ap"] / fine["ap"] if fine["ap"] > 0 else None
-        r["rel_pixels"] = r["pixels_ratio"] / fine["pixels_ratio"]
-        r["rel_time"] = r["time_per_image_s"] / fine["time_per_image_s"]
         r["command"] = command_line()
         r["date"] = _dt.date.today().isoformat()
     path = write_results("sahi_peer", rows, replace={"dataset": args.dataset},

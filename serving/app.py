@@ -79,12 +79,17 @@ def problem(status: int, title: str, detail: str, headers: Optional[dict] = None
 def problem_for(exc: BaseException) -> JSONResponse:
     """The problem+json answer for an exception raised while serving a request.
 
-    :class:`ServiceError` keeps its status; a dead or unavailable detector replica (Ray's actor
+    :class:`ServiceError` keeps its status; the framework's own HTTP errors (404, 405, starlette's
+    "Invalid multipart data", ...) keep theirs; a dead or unavailable detector replica (Ray's actor
     errors, also when wrapped in a task error) is 503 with ``Retry-After``, never a bare 500;
     anything else is a 500 problem that names the exception type only.
     """
     if isinstance(exc, ServiceError):
         return problem(exc.status, exc.title, exc.detail)
+    if isinstance(exc, StarletteHTTPException):
+        titles = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}
+        return problem(exc.status_code, titles.get(exc.status_code, "Request refused"), str(exc.detail),
+                       headers=getattr(exc, "headers", None))
     cause = exc.cause if isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None else exc
     if isinstance(cause, RayActorError) or type(cause).__name__ in ("ActorUnavailableError", "DeploymentUnavailableError"):
         return problem(503, "Detector unavailable", f"the detector replica failed ({type(cause).__name__}); "
@@ -251,9 +256,7 @@ async def _page():
 @fastapi_app.exception_handler(StarletteHTTPException)
 async def _http_problem(request: Request, exc: StarletteHTTPException):
     """The framework's own errors (404 unknown path, 405 wrong method, ...) as problem+json."""
-    titles = {404: "Not found", 405: "Method not allowed"}
-    return problem(exc.status_code, titles.get(exc.status_code, "Request refused"), str(exc.detail),
-                   headers=getattr(exc, "headers", None))
+    return problem_for(exc)
 
 
 @fastapi_app.exception_handler(RequestValidationError)
@@ -470,9 +473,7 @@ class ZoomDetIngress:
                 data = body
                 options = dict(request.query_params)
             return await self.infer(data, options)
-        except StarletteHTTPException as e:  # e.g. starlette's multipart parser: "Invalid multipart data"
-            return problem(e.status_code, "Bad request" if e.status_code == 400 else "Request refused", str(e.detail))
-        except Exception as e:  # ServiceError, a dead replica (503 + Retry-After), anything else as problem+json
+        except Exception as e:  # ServiceError, bad multipart, a dead replica (503 + Retry-After), anything else
             return problem_for(e)
 
     @fastapi_app.get("/healthz", summary="Liveness")

@@ -158,6 +158,10 @@ def test_a_dead_replica_is_a_503_problem_with_retry_after():
     other = problem_for(KeyError("x"))
     assert other.status_code == 500 and json.loads(other.body)["detail"] == "the request failed (KeyError)"
     assert problem_for(ServiceError(413, "Too big", "d")).status_code == 413
+    from starlette.exceptions import HTTPException
+
+    bad = problem_for(HTTPException(400, "Invalid multipart data"))
+    assert bad.status_code == 400 and json.loads(bad.body)["detail"] == "Invalid multipart data"
     assert parse_options({"policy": "fine"}, {"max_steps": "2"}) == {"policy": "fine", "max_steps": "2"}
     with pytest.raises(ServiceError, match="both in the query string and the body"):
         parse_options({"policy": "fine"}, {"policy": "coarse"})

@@ -36,6 +36,7 @@ from zoomdet.config import save_config, to_dict
 from zoomdet.data.coco import CocoDataset
 from zoomdet.detector.detector import Detector, default_checkpoint, file_digest
 from zoomdet.eval.coco_eval import coco_metrics
+from zoomdet.eval.results import relative_to_fine
 from zoomdet.zoom.engine import STAGES, GroundTruth, PlanPolicy, ZoomConfig, ZoomEngine
 from zoomdet.zoom.policies import PolicyConfig, make_policy
 
@@ -173,11 +174,7 @@ def _report(cfg, data, ds, ids, keys, state, detector) -> dict:
                "time_per_image_s": run["timing"].get("total", 0.0) / n,
                "timing_ms": {s: 1000 * run["timing"].get(s, 0.0) / n for s in (*STAGES, "total")}}
         rows.append(row)
-    fine = next((r for r in rows if r["name"] == "fine"), None)
-    for r in rows:
-        r["rel_ap"] = r["ap"] / fine["ap"] if fine and fine["ap"] > 0 else None
-        r["rel_pixels"] = r["pixels_ratio"] / fine["pixels_ratio"] if fine else None
-        r["rel_time"] = r["time_per_image_s"] / fine["time_per_image_s"] if fine and fine["time_per_image_s"] > 0 else None
+    relative_to_fine(rows, next((r for r in rows if r["name"] == "fine"), None))
     return {
         "data": str(data), "images": len(ids), "image_ids": list(ids), "checkpoint": detector.checkpoint_id,
         "date": _dt.date.today().isoformat(),

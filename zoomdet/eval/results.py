@@ -16,13 +16,32 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
-__all__ = ["REQUIRED_KEYS", "rows_from_report", "write_results", "command_line", "RESULTS_DIR"]
+__all__ = ["REQUIRED_KEYS", "rows_from_report", "write_results", "command_line", "RESULTS_DIR", "add_dataset_args",
+           "relative_to_fine"]
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 REQUIRED_KEYS = ("dataset", "images", "policy", "budget", "seed", "ap", "ap_small", "pixels_ratio",
                  "rel_ap", "rel_pixels", "rel_time", "command", "date")
+
+
+def add_dataset_args(parser, images_default: int = 0) -> None:
+    """The arguments every benchmark script shares: ``--config``, ``--data``, ``--dataset``, ``--images``."""
+    parser.add_argument("--config", required=True, help="eval config (configs/eval/*.yaml): detector, zoom, policies")
+    parser.add_argument("--data", required=True, help="COCO annotation json")
+    parser.add_argument("--dataset", required=True, help="dataset name in the results file, e.g. hituav-test")
+    parser.add_argument("--images", type=int, default=images_default,
+                        help=f"N images, a seeded sample (default {images_default}; 0 = all)")
+
+
+def relative_to_fine(rows: list[dict], fine: Optional[dict]) -> None:
+    """Set ``rel_ap``, ``rel_pixels`` and ``rel_time`` of every row against ``fine`` (the paper's
+    Aperc / Pperc / Tperc); ``None`` where there is no fine row or its value is 0."""
+    for r in rows:
+        r["rel_ap"] = r["ap"] / fine["ap"] if fine and fine["ap"] > 0 else None
+        r["rel_pixels"] = r["pixels_ratio"] / fine["pixels_ratio"] if fine else None
+        r["rel_time"] = r["time_per_image_s"] / fine["time_per_image_s"] if fine and fine["time_per_image_s"] > 0 else None
 
 
 def command_line() -> str:
@@ -50,15 +69,16 @@ def rows_from_report(report: dict, dataset: str, seed: int = 0, command: Optiona
 
 
 def write_results(script: str, rows: Iterable[dict], replace: Optional[dict] = None,
-                  root: Optional[Path] = None) -> Path:
+                  root: Optional[Path] = None, required: Sequence[str] = REQUIRED_KEYS) -> Path:
     """Merge ``rows`` into ``<root>/<script>.json`` and return its path.
 
     Rows already in the file that match every key/value of ``replace`` (e.g. ``{"dataset": "airbus-test"}``)
     are dropped first, so rerunning a script for one dataset replaces that dataset's rows only.
+    ``required``: the keys every row must have (the policy-row keys by default).
     """
     rows = list(rows)
     for r in rows:
-        missing = [k for k in REQUIRED_KEYS if k not in r]
+        missing = [k for k in required if k not in r]
         if missing:
             raise ValueError(f"results row for {r.get('policy')!r} lacks {', '.join(missing)}")
     path = Path(root or RESULTS_DIR) / f"{script}.json"

@@ -201,6 +201,11 @@ def compose_window(full: Detections, window: Window) -> Detections:
     return d.with_boxes(clipped)
 
 
+def _check_fine(fine: str) -> None:
+    if fine not in FINE_MODES:
+        raise ValueError(f"fine must be one of {', '.join(FINE_MODES)}, got {fine!r}")
+
+
 def build_record(detector, zoom: ZoomConfig, image: Tensor, image_id: int, gt: tuple[Tensor, Tensor, Tensor],
                  fine: str = "exact") -> CacheRecord:
     """Run the coarse pass and the fine pass of every reachable window on one image.
@@ -208,8 +213,7 @@ def build_record(detector, zoom: ZoomConfig, image: Tensor, image_id: int, gt: t
     ``fine="exact"`` runs the detector on each window; ``"composed"`` runs one tiled pass over the whole
     image at ``fine_scale`` (:func:`tiled_fine_pass`) and composes every window from it (:func:`compose_window`).
     """
-    if fine not in FINE_MODES:
-        raise ValueError(f"fine must be one of {', '.join(FINE_MODES)}, got {fine!r}")
+    _check_fine(fine)
     _, H, W = image.shape
     (coarse,) = detector.detect(image, [Window.full(W, H, zoom.coarse_scale)])
     windows, reach = cached_windows(W, H, zoom)
@@ -272,8 +276,7 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     from zoomdet.data.coco import CocoDataset
     from zoomdet.detector.detector import file_digest
 
-    if fine not in FINE_MODES:
-        raise ValueError(f"fine must be one of {', '.join(FINE_MODES)}, got {fine!r}")
+    _check_fine(fine)  # before any Ray worker starts
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     ds = CocoDataset(data, image_root=image_root)
