@@ -13,7 +13,12 @@ free loopback port (or uses ``--url``), then:
    lost requests (connection errors, timeouts); throughput and p50/p95/p99;
 4. *replica kill* (``--kill``): SIGKILL the detector replica's process under
    load, keep sending; report the failures during recovery, the recovery time
-   and that requests after recovery succeed.
+   and that requests after recovery succeed;
+5. *big image* (``--big 6000x6000``): one PNG that decodes to that size (a few
+   tens of kB: a compression bomb under the pixel cap) sent with ``--big-policy``,
+   while small requests go one at a time beside it; reports the peak resident
+   memory of the ingress and detector replicas above idle (sampled every
+   0.1 s) and how much longer the small requests took than alone.
 
 Everything is bounded by ``--time-limit`` seconds. Prints a JSON document;
 ``--out`` also writes it.
@@ -139,17 +144,95 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-def detector_replica_pids(server_pid: int) -> list[int]:
-    """The detector replicas of the server this benchmark started (never another user's)."""
+def replica_pids(server_pid: int, deployment: str) -> list[int]:
+    """The replicas of ``deployment`` in the server this benchmark started (never another user's)."""
     pids = []
     for pid in descendants(server_pid):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "ServeReplica:zoomdet:DetectorServer" in cmd:
+        if f"ServeReplica:zoomdet:{deployment}" in cmd:
             pids.append(pid)
     return pids
+
+
+def rss_mb(pids: list[int]) -> float:
+    """Summed resident memory of ``pids``, MB (from /proc; a vanished process counts 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def big_image(size: tuple[int, int]) -> bytes:
+    """A PNG of ``size`` that compresses to a few tens of kB: dark ground, a few bright vehicles."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", size, (30, 30, 30))
+    draw = ImageDraw.Draw(img)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x, y = int(rng.integers(0, size[0] - 60)), int(rng.integers(0, size[1] - 40))
+        draw.rectangle([x, y, x + 24 + int(rng.integers(0, 30)), y + 14 + int(rng.integers(0, 20))], fill=(220, 220, 200))
+    buf = __import__("io").BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def run_big(url: str, server_pid: int, size: tuple[int, int], policy: str, small: bytes, small_policy: str,
+            budget: float, deadline: float) -> dict:
+    """One big upload beside sequential small requests: memory above idle and the small requests' extra wait."""
+    import threading
+
+    pids = replica_pids(server_pid, "ZoomDetIngress") + replica_pids(server_pid, "DetectorServer")
+    data = big_image(size)
+    s = requests.Session()
+    alone = [one(s, url, small, small_policy, budget)[0] for _ in range(5)]
+    idle = rss_mb(pids)
+    peak, big_result, stop = [idle], {}, threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_mb(pids))
+            time.sleep(0.1)
+
+    def send_big():
+        t = time.perf_counter()
+        try:
+            r = requests.post(f"{url}/v1/detect", files={"image": ("big.png", data, "image/png")},
+                              data={"policy": policy}, timeout=max(60.0, deadline - time.time()))
+            body = r.json()
+            big_result.update(status=r.status_code, pixels_ratio=body.get("cost", {}).get("pixels_ratio"),
+                              detector_calls=body.get("cost", {}).get("detector_calls"),
+                              detections=len(body.get("detections", [])), detail=body.get("detail"))
+        except requests.RequestException as e:
+            big_result.update(status=type(e).__name__)
+        big_result["seconds"] = time.perf_counter() - t
+
+    sampler, big = threading.Thread(target=sample, daemon=True), threading.Thread(target=send_big)
+    sampler.start()
+    big.start()
+    beside = []
+    while big.is_alive() and time.time() < deadline:
+        lat, st = one(s, url, small, small_policy, budget)
+        beside.append(lat if st == 200 else float("nan"))
+    big.join()
+    stop.set()
+    sampler.join()
+    base = statistics.median(alone)
+    ok = [x for x in beside if x == x]
+    return {"size": f"{size[0]}x{size[1]}", "png_bytes": len(data), "policy": policy, "big": big_result,
+            "idle_rss_mb": idle, "peak_rss_mb": peak[0], "peak_above_idle_mb": peak[0] - idle,
+            "small_alone_p50_ms": 1000 * base, "small_beside_requests": len(beside),
+            "small_beside_failed": len(beside) - len(ok),
+            "small_extra_wait_p50_ms": 1000 * (statistics.median(ok) - base) if ok else None,
+            "small_extra_wait_max_ms": 1000 * (max(ok) - base) if ok else None}
 
 
 def main() -> None:
@@ -165,11 +248,14 @@ def main() -> None:
     ap.add_argument("--baseline", type=int, default=30, help="sequential requests for the overhead (default 30)")
     ap.add_argument("--kill", action="store_true", help="also kill the detector replica under load")
     ap.add_argument("--kill-requests", type=int, default=200)
+    ap.add_argument("--big", metavar="WxH", help="also send one image of this size (e.g. 6000x6000) beside small "
+                                                 "requests: memory and extra wait")
+    ap.add_argument("--big-policy", default="fine", help="policy of the big request (default fine: the costliest)")
     ap.add_argument("--time-limit", type=float, default=900, help="stop sending after this many seconds")
     ap.add_argument("--out")
     a = ap.parse_args()
-    if a.kill and a.url:
-        ap.error("--kill only kills a replica of the server this benchmark starts; drop --url")
+    if (a.kill or a.big) and a.url:
+        ap.error("--kill and --big watch the processes of the server this benchmark starts; drop --url")
     deadline = time.time() + a.time_limit
     w, h = (int(v) for v in a.size.split("x"))
     data = Path(a.image).read_bytes() if a.image else make_image((w, h))
@@ -233,7 +319,7 @@ def main() -> None:
         report["load"] = {"requests": a.requests, "concurrency": a.concurrency, **summarize(results, wall)}
 
         if a.kill:
-            pids = detector_replica_pids(proc.pid)
+            pids = replica_pids(proc.pid, "DetectorServer")
             killed = {"pids": pids}
             t_kill = [None]
 
@@ -253,8 +339,11 @@ def main() -> None:
             killed["all_after_recovery_ok"] = all(r[2] == 200 for r in after)
             # the service answers again after the kill
             killed["post_kill_check"] = one(s, url, data, a.policy, a.budget)[1]
-            killed["new_replica_pids"] = detector_replica_pids(proc.pid)
+            killed["new_replica_pids"] = replica_pids(proc.pid, "DetectorServer")
             report["replica_kill"] = killed
+        if a.big:
+            bw, bh = (int(v) for v in a.big.split("x"))
+            report["big_image"] = run_big(url, proc.pid, (bw, bh), a.big_policy, data, a.policy, a.budget, deadline)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGINT)

@@ -124,6 +124,9 @@ def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
     The header is read first: a declared size over ``max_pixels`` is refused
     (413) before any pixel is decompressed, which also stops decompression
     bombs. Unknown formats are 415, undecodable or truncated data 400.
+
+    8-bit images stay ``uint8`` (a quarter of float32's memory; each crop is converted exactly as the
+    in-process engine converts the whole image); 16-bit and float images are float32.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -151,7 +154,7 @@ def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
-        return image_to_tensor(img)
+        return image_to_tensor(img, keep_uint8=True)
     except (OSError, SyntaxError, ValueError) as e:
         raise ServiceError(400, "Undecodable image", f"the image could not be decoded ({e})") from None
 
@@ -161,18 +164,54 @@ class RemoteDetector:
 
     Attributes mirror :class:`~zoomdet.detector.Detector` (``batch_size``,
     ``checkpoint_id``, ``categories``) so :class:`ZoomEngine` cannot tell the difference.
+
+    With ``max_call_pixels``, the crops go in consecutive calls of at most that many input pixels
+    each (one crop per call when a crop alone is larger), cut just before each call: a request with
+    many or big crops then holds neither the detector's queue nor this process's memory for long,
+    and crops of other requests get in between its calls.
     """
 
-    def __init__(self, handle, batch_size: int, checkpoint_id: str, categories: dict[int, str]) -> None:
+    def __init__(self, handle, batch_size: int, checkpoint_id: str, categories: dict[int, str],
+                 max_call_pixels: Optional[int] = None) -> None:
         self.handle, self.batch_size, self.checkpoint_id, self.categories = handle, batch_size, checkpoint_id, categories
+        self.max_call_pixels = max_call_pixels
 
-    def detect(self, image: torch.Tensor, windows):
-        """Cut and resize every window's crop here, send them in one call, map the boxes back to image pixels."""
-        from zoomdet.detector.detector import crop_window
+    def call_groups(self, windows) -> list[list[int]]:
+        """Indices of ``windows`` per detector call, in order: consecutive runs of at most ``max_call_pixels``."""
+        if not self.max_call_pixels:
+            return [list(range(len(windows)))] if windows else []
+        groups, size = [], 0
+        for i, w in enumerate(windows):
+            if groups and size + w.input_pixels <= self.max_call_pixels:
+                groups[-1].append(i)
+                size += w.input_pixels
+            else:
+                groups.append([i])
+                size = w.input_pixels
+        return groups
 
-        crops = [crop_window(image, w).contiguous() for w in windows]
-        dets = self.handle.detect_crops.remote(crops).result()
-        return [d.with_boxes(w.to_image(d.boxes)) for d, w in zip(dets, windows)]
+    def detect(self, image: torch.Tensor, windows, features: bool = True):
+        """Cut and resize each group's crops here, send them, map the boxes back to image pixels.
+
+        A crop that needs no resize from a ``uint8`` image travels as ``uint8`` (a quarter of the bytes;
+        the detector converts it exactly as ``crop_window`` would); RoI features come back only when
+        asked for (the coarse pass of a sequential policy)."""
+        out = []
+        for group in self.call_groups(windows):
+            crops = [transfer_crop(image, windows[i]) for i in group]
+            dets = self.handle.detect_crops.remote(crops, features).result()
+            out += [d.with_boxes(windows[i].to_image(d.boxes)) for d, i in zip(dets, group)]
+        return out
+
+
+def transfer_crop(image: torch.Tensor, window) -> torch.Tensor:
+    """The crop of ``window`` as it goes to the detector deployment: ``uint8`` when ``image`` is ``uint8`` and
+    the window needs no resize, else :func:`crop_window`'s float32; contiguous either way."""
+    from zoomdet.detector.detector import crop_window
+
+    if image.dtype == torch.uint8 and window.input_size == (window.height, window.width):
+        return image[:, window.y0:window.y1, window.x0:window.x1].contiguous()
+    return crop_window(image, window).contiguous()
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
@@ -208,8 +247,9 @@ class DetectorServer:
         d = self.detector
         return {"checkpoint_id": d.checkpoint_id, "categories": d.categories, "batch_size": d.batch_size}
 
-    async def detect_crops(self, crops: list[torch.Tensor]):
-        """Crops already cut and resized by ``crop_window`` -> their :class:`Detections` in crop pixels.
+    async def detect_crops(self, crops: list[torch.Tensor], features: bool = True):
+        """Crops already cut and resized by ``crop_window`` (or ``uint8`` crops at scale 1) -> their
+        :class:`Detections` in crop pixels, with RoI features when ``features``.
 
         One call per engine pass (the coarse crop, then all fine crops of a
         request). Each crop goes through ``@serve.batch`` on its own, so crops
@@ -218,12 +258,15 @@ class DetectorServer:
         has no replica context, which ``@serve.batch`` needs; there the crops
         run in one direct call."""
         if _in_replica():
-            return list(await asyncio.gather(*(self._forward_batch(c) for c in crops)))
-        return await asyncio.to_thread(self.detector.detect_crops, crops)
+            return list(await asyncio.gather(*(self._forward_batch(c, features) for c in crops)))
+        return await asyncio.to_thread(self.detector.detect_crops, crops, features)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.001)
-    async def _forward_batch(self, crops: list[torch.Tensor]):
-        return await asyncio.to_thread(self.detector.detect_crops, crops)
+    async def _forward_batch(self, crops: list[torch.Tensor], features: list[bool]):
+        """One forward over crops gathered across requests; features are computed if any crop asks and
+        dropped from the others (they would only cross the wire for nothing)."""
+        dets = await asyncio.to_thread(self.detector.detect_crops, crops, any(features))
+        return [d if f else d.without_features() for d, f in zip(dets, features)]
 
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -332,6 +375,7 @@ class ZoomDetIngress:
         base = load_config(EvalConfig, cfg.engine_config)
         zoom, pcfg = base.zoom, base.policies
         zoom.max_pixels_ratio, zoom.max_steps = cfg.max_pixels_ratio, cfg.max_steps
+        zoom.max_pass_pixels = cfg.max_pass_pixels
         if cfg.rnet:
             pcfg.rnet = cfg.rnet
         did = info["checkpoint_id"]
@@ -342,7 +386,7 @@ class ZoomDetIngress:
         default = cfg.default_policy or ("agent" if cfg.agent else "greedy" if pcfg.rnet else "fine")
         if default not in policies:
             raise ValueError(f"default_policy {default!r} is not loaded (have {sorted(policies)})")
-        remote = RemoteDetector(self.detector_handle, info["batch_size"], did, info["categories"])
+        remote = RemoteDetector(self.detector_handle, info["batch_size"], did, info["categories"], cfg.max_pass_pixels)
         self.ids = {"detector": did,
                     "rnet": file_digest(pcfg.rnet) if pcfg.rnet and Path(pcfg.rnet).is_file() else None,
                     "agent": file_digest(cfg.agent) if cfg.agent and Path(cfg.agent).is_file() else None}

@@ -5,6 +5,15 @@ handed to Ray Serve's own ``serve run``, ``--host``/``--port`` replace its
 ``http_options`` and relative paths in the deployments' ``user_config``
 (``checkpoint``, ``engine_config``, ``rnet``, ``agent``) are made absolute,
 so replicas find the files whatever their working directory.
+
+A Ray instance started here (no ``--address``) is a single-node one bound to
+loopback: every Ray port (GCS, raylet, object manager, workers, agents)
+listens on 127.0.0.1 only, whatever ``--host`` the HTTP proxy binds to. Ray
+resolves a ``127.0.0.1`` node address to the machine's address, so this is
+done with Ray's own switch for local-only instances,
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (read when ``ray`` is imported), set
+before the import. Joining a cluster (``--address``) leaves Ray's settings
+alone.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from typing import Optional
 
 import yaml
 
-__all__ = ["resolve_config", "serve_config", "PATH_KEYS"]
+__all__ = ["resolve_config", "serve_config", "PATH_KEYS", "RAY_LOCAL_ONLY_ENV", "ray_local_only"]
 
 PATH_KEYS = ("checkpoint", "engine_config", "rnet", "agent")
 
@@ -59,15 +68,39 @@ def resolve_config(path: str | Path, host: Optional[str] = None, port: Optional[
     return cfg
 
 
+RAY_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch for local-only instances: ``0`` makes the node address loopback, so Ray's servers bind 127.0.0.1."""
+
+
+def ray_local_only() -> bool:
+    """Make a Ray instance started by this process bind loopback only; ``False`` if ``ray`` was imported
+    before with clusters enabled (the switch is read at import), in which case Ray's ports stay as Ray sets them."""
+    import os
+    import sys
+
+    os.environ.setdefault(RAY_LOCAL_ONLY_ENV, "0")
+    if "ray" in sys.modules:
+        from ray._private import ray_constants
+
+        return not ray_constants.ENABLE_RAY_CLUSTER
+    return os.environ[RAY_LOCAL_ONLY_ENV] == "0"
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
 def serve_config(path: str | Path, host: Optional[str] = None, port: Optional[int] = None, address: Optional[str] = None,
                  num_cpus: Optional[int] = None, blocking: bool = True) -> None:
-    """Start (or join) Ray without its dashboard and run the resolved config through Ray Serve's ``serve run``."""
-    import signal
+    """Start (or join) Ray without its dashboard and run the resolved config through Ray Serve's ``serve run``.
 
+    A Ray instance started here binds loopback only (see the module docstring)."""
+    import signal
+    import warnings
+
+    if address is None and not ray_local_only():
+        warnings.warn("ray was imported before zoomdet serve could make it local-only: Ray's own ports will listen "
+                      f"on all interfaces (set {RAY_LOCAL_ONLY_ENV}=0 before importing ray)", stacklevel=2)
     import ray
     from ray.serve.scripts import run as serve_run
 

@@ -29,7 +29,7 @@ class StubDetector:
         self.checkpoint_id = "stub"
         self.calls: list[list[Window]] = []
 
-    def detect(self, image: torch.Tensor, windows):
+    def detect(self, image: torch.Tensor, windows, features: bool = True):
         self.calls.append(list(windows))
         out = []
         for w in windows:
@@ -38,7 +38,8 @@ class StubDetector:
             big = ((b[:, 2] - b[:, 0]) * w.scale >= self.min_px) & ((b[:, 3] - b[:, 1]) * w.scale >= self.min_px)
             keep = inside & big
             n = int(keep.sum())
-            out.append(Detections(b[keep].clone(), torch.full((n,), 0.9), self.labels[keep].clone(), torch.ones(n, 8)))
+            out.append(Detections(b[keep].clone(), torch.full((n,), 0.9), self.labels[keep].clone(),
+                                  torch.ones(n, 8) if features else None))
         return out
 
 

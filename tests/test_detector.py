@@ -45,6 +45,17 @@ def test_detect_returns_image_frame_boxes_and_features(tiny_detector):
         assert set(d.labels.tolist()) <= {1, 2}
 
 
+def test_features_are_optional_and_uint8_crops_match_float_crops(tiny_detector):
+    u8 = (torch.rand(3, 96, 128) * 255).to(torch.uint8)
+    f32 = u8.float() / 255
+    full = Window.full(128, 96)
+    (a,), (b,) = tiny_detector.detect(f32, [full]), tiny_detector.detect(f32, [full], features=False)
+    assert a.features is not None and b.features is None
+    assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores)
+    (c,) = tiny_detector.detect_crops([u8], features=False)  # what the service sends for a scale-1 crop
+    assert torch.equal(c.boxes, b.boxes) and torch.equal(c.scores, b.scores)
+
+
 def test_detect_on_blank_image_and_bad_shape(tiny_detector):
     res = tiny_detector.detect(torch.zeros(3, 64, 64), [Window.full(64, 64)])
     assert len(res) == 1 and res[0].boxes.shape[1] == 4

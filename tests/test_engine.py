@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from tests.conftest import StubDetector
+from zoomdet.detector.detector import batch_plan
+from zoomdet.types import Window
 from zoomdet.zoom.engine import GroundTruth, ZoomConfig, ZoomEngine
 from zoomdet.zoom.policies import OraclePolicy, PolicyConfig, RandomPolicy, SahiConfig, get_slice_windows, make_policy
 
@@ -131,3 +133,65 @@ def test_sahi_drops_predictions_under_its_confidence_threshold():
     assert len(eng.run(image(), make_policy("sahi", low)).detections) == 0  # the stub scores 0.9
     ok = PolicyConfig(sahi=SahiConfig(slice_width=200, slice_height=200, confidence_threshold=0.5))
     assert len(eng.run(image(), make_policy("sahi", ok)).detections) == 3
+
+
+def test_passes_over_max_pass_pixels_run_as_tiles_that_are_paid_for_and_deduplicated():
+    from zoomdet.zoom.windows import split_window
+
+    cap = 150 * 150
+    tiles = split_window(Window.full(W, H), cap, 0.1)
+    assert len(tiles) > 2 and all(t.input_pixels <= cap for t in tiles)
+    a, b = tiles[0], tiles[1]  # an object in the strip two tiles share, and one inside a single tile
+    shared = torch.tensor([[b.x0 + 1.0, 40, a.x1 - 1.0, 60], [20, 20, 28, 28]])
+    eng = ZoomEngine(StubDetector(shared, torch.tensor([1, 2]), min_px=6), ZoomConfig(max_pass_pixels=cap))
+    whole = ZoomEngine(StubDetector(shared, torch.tensor([1, 2]), min_px=6), ZoomConfig())
+    f, ref = eng.run(image(), make_policy("fine")), whole.run(image(), make_policy("fine"))
+    # every tile, overlap included, is counted; tiles of one size share batched calls
+    assert f.cost.model_input_pixels == sum(t.input_pixels for t in tiles) > W * H
+    assert f.cost.detector_calls == len(batch_plan(tiles, eng.detector.batch_size)) > 1
+    # the object seen by both tiles comes out once, as in the whole-image pass
+    assert len(ref.detections) == 2 and sorted(f.detections.boxes.tolist()) == sorted(ref.detections.boxes.tolist())
+    # the coarse pass (200x150 = 30000 px) is tiled too, and a budget is checked against what tiles cost
+    c = eng.run(image(), make_policy("coarse"))
+    assert c.cost.detector_calls >= 1 and c.cost.model_input_pixels > 200 * 150
+    tiled = ZoomEngine(StubDetector(BOXES, LABELS, min_px=6), ZoomConfig(max_pass_pixels=100 * 100))
+    r = tiled.run(image(), RandomPolicy(k=13), seed=0, max_pixels_ratio=0.6)
+    assert r.cost.pixels_ratio <= 0.6 + 1e-9 and r.regions
+    with pytest.raises(ValueError, match="max_pass_pixels"):
+        ZoomConfig(max_pass_pixels=10)
+
+
+@pytest.mark.parametrize("window,cap", [
+    (Window(0, 0, 6000, 6000, 1.0), 2_000_000), (Window(0, 0, 6000, 6000, 0.5), 2_000_000),
+    (Window(0, 0, 2048, 1536, 1.0), 2_000_000), (Window(37, 11, 40000, 1000, 1.0), 2_000_000),
+    (Window(5, 5, 900, 650, 1.0), 4_000_000)])
+def test_split_window_covers_the_window_with_bounded_overlapping_tiles(window, cap):
+    from zoomdet.zoom.windows import split_window
+
+    tiles = split_window(window, cap, overlap=0.1)
+    assert all(t.input_pixels <= cap and t.scale == window.scale for t in tiles)
+    assert all(window.x0 <= t.x0 and t.x1 <= window.x1 and window.y0 <= t.y0 and t.y1 <= window.y1 for t in tiles)
+    covered = torch.zeros(window.height, window.width, dtype=torch.bool)
+    for t in tiles:
+        covered[t.y0 - window.y0:t.y1 - window.y0, t.x0 - window.x0:t.x1 - window.x0] = True
+    assert bool(covered.all())
+    if window.input_pixels <= cap:
+        assert tiles == [window]
+    else:  # neighbours share at least 10% of a tile's side; tiles are not long strips
+        xs = sorted({t.x0 for t in tiles})
+        if len(xs) > 1:
+            assert xs[1] - xs[0] <= 0.9 * tiles[0].width + 1
+        assert all(min(t.width, t.height) / max(t.width, t.height) >= 0.5 for t in tiles) or window.height < 1500
+    with pytest.raises(ValueError):
+        split_window(window, 100)
+
+
+def test_window_scale_zooms_below_the_fine_reference():
+    eng = make_engine(window_scale=0.5, max_pixels_ratio=10)
+    assert all(w.scale == 0.5 for w in eng.candidates(W, H))
+    assert eng.run(image(), make_policy("fine")).cost.pixels_ratio == pytest.approx(1.0)  # the reference stays full
+    r = eng.run(image(), RandomPolicy(k=13), seed=0)
+    assert r.regions and all(reg.window.scale == 0.5 for reg in r.regions)
+    assert r.cost.model_input_pixels == 200 * 150 + sum(reg.window.input_pixels for reg in r.regions)
+    with pytest.raises(ValueError, match="scales"):
+        ZoomConfig(window_scale=0)

@@ -63,9 +63,15 @@ def test_bad_images_are_refused_with_their_status(data, status):
     ((scene()[..., 0].astype(np.uint16) * 257), None),                  # 16-bit grayscale
 ])
 def test_grayscale_rgba_and_16_bit_images_decode_to_rgb(arr, mode):
+    from zoomdet.detector.detector import crop_window
+    from zoomdet.types import Window
+
     t = decode_image(encode(arr, mode=mode), CAP)
-    assert t.shape == (3, 240, 320) and t.dtype == torch.float32
-    assert 0.0 <= float(t.min()) and float(t.max()) <= 1.0 and float(t.max()) > 0.5
+    assert t.shape == (3, 240, 320)
+    assert t.dtype == (torch.float32 if arr.dtype == np.uint16 else torch.uint8)  # 8-bit stays 8-bit: 1/4 the memory
+    crop = crop_window(t, Window(0, 0, 320, 240, 0.5))  # what the detector gets is float in [0, 1] either way
+    assert crop.dtype == torch.float32 and 0.0 <= float(crop.min()) and float(crop.max()) <= 1.0
+    assert float(crop.max()) > 0.5
 
 
 # ---------------------------------------------------------------- handles, local testing mode
@@ -167,6 +173,32 @@ def test_a_dead_replica_is_a_503_problem_with_retry_after():
         parse_options({"policy": "fine"}, {"policy": "coarse"})
 
 
+def test_uint8_images_give_the_same_crops_as_float_images():
+    from PIL import Image as PILImage
+
+    from zoomdet.data.coco import image_to_tensor
+    from zoomdet.detector.detector import crop_window
+    from zoomdet.types import Window
+
+    img = PILImage.fromarray(scene())
+    u8, f32 = image_to_tensor(img, keep_uint8=True), image_to_tensor(img)
+    assert u8.dtype == torch.uint8 and f32.dtype == torch.float32
+    for w in (Window(0, 0, 320, 240, 0.5), Window(10, 20, 200, 180, 1.0), Window(5, 5, 101, 99, 1.7)):
+        assert torch.equal(crop_window(u8, w), crop_window(f32, w))
+
+
+def test_remote_detector_sends_crops_in_calls_of_bounded_pixels():
+    from zoomdet.serving.app import RemoteDetector
+    from zoomdet.types import Window
+
+    r = RemoteDetector(None, 4, "x", {}, max_call_pixels=100 * 100)
+    wins = [Window(0, 0, 60, 60), Window(0, 0, 60, 60), Window(0, 0, 200, 200), Window(0, 0, 50, 50),
+            Window(0, 0, 50, 50), Window(0, 0, 50, 50), Window(0, 0, 50, 50)]
+    assert r.call_groups(wins) == [[0, 1], [2], [3, 4, 5, 6]]  # a crop over the cap goes alone
+    assert RemoteDetector(None, 4, "x", {}).call_groups(wins) == [list(range(7))]
+    assert r.call_groups([]) == []
+
+
 def test_a_bomb_is_refused_with_the_configured_cap():
     with pytest.raises(ServiceError) as e:
         decode_image(png_declaring(20000, 20000), CAP)
@@ -181,8 +213,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def http_url(tmp_path_factory):
-    """``zoomdet serve`` in a subprocess (Ray with 2 CPUs, no dashboard) on a free loopback port; stopped with Ctrl-C."""
+def http_server(tmp_path_factory):
+    """``zoomdet serve`` in a subprocess (Ray with 2 CPUs, no dashboard) on a free loopback port, as
+    ``(url, process)``; stopped with Ctrl-C."""
     import os
     import signal
     import subprocess
@@ -198,6 +231,7 @@ def http_url(tmp_path_factory):
     ingress = next(d for d in cfg["applications"][0]["deployments"] if d["name"] == "ZoomDetIngress")
     ingress["user_config"]["max_body_bytes"] = 2_000_000
     ingress["user_config"]["body_timeout_s"] = 2.0
+    ingress["user_config"]["max_pass_pixels"] = 60_000  # the 320x240 test image's fine pass runs as tiles
     path = tmp_path_factory.mktemp("serve") / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     port = _free_port()
@@ -219,7 +253,7 @@ def http_url(tmp_path_factory):
             if time.time() > deadline:
                 raise TimeoutError(f"service not ready after 180 s: {path.with_name('serve.log').read_text()[-3000:]}")
             time.sleep(1)
-        yield url
+        yield url, proc
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -228,6 +262,29 @@ def http_url(tmp_path_factory):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def http_url(http_server):
+    return http_server[0]
+
+
+def test_every_port_of_the_service_listens_on_loopback_only(http_server):
+    import ipaddress
+
+    import psutil
+
+    _, proc = http_server
+    tree = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+    listening = []
+    for p in tree:
+        try:
+            listening += [(p.name(), c.laddr) for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    assert len(listening) >= 4, listening  # the HTTP proxy, GCS, raylet, workers ...
+    exposed = [(n, a) for n, a in listening if not ipaddress.ip_address(a.ip.removeprefix("::ffff:")).is_loopback]
+    assert not exposed, f"listening beyond loopback: {exposed}"
 
 
 def test_slow_and_oversized_chunked_bodies_are_cut_off(http_url):
@@ -369,3 +426,124 @@ def test_page_uploads_an_image_and_shows_boxes_regions_and_cost(http_url, tmp_pa
     assert "pixels_ratio" in cost and f"{api['cost']['pixels_ratio']:.3f}" in cost
     assert all(s in timing for s in ("decode", "coarse", "gain", "policy", "fine", "merge", "total"))
     assert drawn[0] > 20 and (drawn[1] > 20) == (regions > 0)
+
+
+def test_a_pass_over_max_pass_pixels_runs_as_tiles_through_the_service(http_url):
+    import requests
+
+    from zoomdet.config import load_config
+    from zoomdet.detector.detector import Detector, default_checkpoint
+    from zoomdet.eval.evaluator import EvalConfig
+    from zoomdet.zoom.engine import ZoomEngine
+    from zoomdet.zoom.policies import make_policy
+
+    data = encode(scene())
+    ans = requests.post(f"{http_url}/v1/detect", files={"image": ("s.png", data, "image/png")},
+                        data={"policy": "fine", "score_threshold": "0.05"}, timeout=60).json()
+    assert ans["cost"]["detector_calls"] >= 2 and ans["cost"]["pixels_ratio"] > 1  # tiles, overlap paid for
+    cfg = load_config(EvalConfig, "configs/eval/synth.yaml")
+    cfg.zoom.max_pass_pixels = 60_000
+    det = Detector.from_checkpoint(default_checkpoint())
+    ref = ZoomEngine(det, cfg.zoom).run(decode_image(data, CAP), make_policy("fine", cfg.policies, cfg.zoom))
+    assert ans["cost"]["model_input_pixels"] == ref.cost.model_input_pixels
+    assert_same_detections(ans, ref, threshold=0.05)
+
+
+def _server_rss_mb(proc) -> float:
+    import psutil
+
+    total = 0
+    for p in [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if "ServeReplica" in " ".join(p.cmdline()):
+                total += p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total / 2**20
+
+
+@pytest.mark.slow
+def test_a_big_image_under_the_cap_finishes_with_bounded_memory_beside_a_small_request(http_server):
+    """A 4000x4000 PNG of ~50 kB (16 Mpx, under the cap): the fine pass runs in bounded tiles."""
+    import threading
+    import time
+
+    import requests
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
+
+    url, proc = http_server
+    img = PILImage.new("RGB", (4000, 4000), (30, 30, 30))
+    ImageDraw.Draw(img).rectangle([100, 100, 140, 120], fill=(220, 220, 200))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    small = encode(scene())
+    alone = min(_timed_post(url, small)[0] for _ in range(3))
+    idle, peak, out = _server_rss_mb(proc), [0.0], {}
+    big = threading.Thread(target=lambda: out.update(r=requests.post(
+        f"{url}/v1/detect", files={"image": ("big.png", buf.getvalue(), "image/png")}, data={"policy": "fine"},
+        timeout=600)))
+    big.start()
+    beside = []
+    while big.is_alive():
+        peak[0] = max(peak[0], _server_rss_mb(proc))
+        beside.append(_timed_post(url, small))
+    big.join()
+    assert out["r"].status_code == 200 and out["r"].json()["cost"]["detector_calls"] > 10
+    assert all(st == 200 for _, st in beside) and beside
+    assert peak[0] - idle < 1500, (idle, peak)
+    assert max(t for t, _ in beside) - alone < 2.0 + 1.0  # 2 s target, 1 s of slack for a shared test machine
+
+
+def _timed_post(url: str, data: bytes) -> tuple[float, int]:
+    import time
+
+    import requests
+
+    t = time.perf_counter()
+    r = requests.post(f"{url}/v1/detect", files={"image": ("s.png", data, "image/png")}, data={"policy": "coarse"},
+                      timeout=120)
+    return time.perf_counter() - t, r.status_code
+
+
+@pytest.mark.slow
+def test_a_replica_killed_under_load_answers_503_problems_then_recovers(http_server):
+    """SIGKILL the detector replica while 4 clients send: every failure is a 503 problem+json with Retry-After."""
+    import os
+    import signal
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psutil
+    import requests
+
+    url, proc = http_server
+    victims = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if "ServeReplica:zoomdet:DetectorServer" in " ".join(p.cmdline())]
+    assert victims
+    data, answers = encode(scene()), []
+
+    def client(k: int) -> None:
+        end = time.time() + 60
+        while time.time() < end:
+            try:
+                r = requests.post(f"{url}/v1/detect", files={"image": ("s.png", data, "image/png")},
+                                  data={"policy": "greedy-entropy"}, timeout=60)
+                answers.append((time.time(), r.status_code, r.headers.get("content-type"), r.headers.get("retry-after")))
+            except requests.RequestException as e:
+                answers.append((time.time(), type(e).__name__, None, None))
+            if len(answers) > 40 and time.time() > t_kill + 20 and answers[-1][1] == 200:
+                return
+
+    t_kill = time.time() + 3
+    with ThreadPoolExecutor(4) as ex:
+        futures = [ex.submit(client, k) for k in range(4)]
+        time.sleep(max(0.0, t_kill - time.time()))
+        for v in victims:
+            os.kill(v.pid, signal.SIGKILL)
+        for f in futures:
+            f.result()
+    failures = [a for a in answers if a[1] != 200]
+    assert all(a[1] == 503 and a[2] == "application/problem+json" and a[3] for a in failures), failures
+    after = [a for a in answers if a[0] > t_kill + 20]
+    assert after and all(a[1] == 200 for a in after[-5:])  # a new replica serves again

@@ -54,12 +54,16 @@ class Sample:
     iscrowd: Tensor
 
 
-def image_to_tensor(img: Image.Image) -> Tensor:
+def image_to_tensor(img: Image.Image, keep_uint8: bool = False) -> Tensor:
     """PIL image of any common mode to ``Tensor[3, H, W]`` float32 RGB in [0, 1].
 
     Handles 8-bit grey (``L``), palette, RGBA / LA (alpha dropped, composited
     on black), and 16-bit or 32-bit integer grey (``I;16``, ``I``), which is
     scaled by its bit depth rather than clipped.
+
+    With ``keep_uint8``, 8-bit images come back as ``uint8`` in [0, 255] (a quarter of the memory;
+    :func:`~zoomdet.detector.detector.crop_window` converts each crop exactly as this function would);
+    16-bit and float images are float32 either way.
     """
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float32)
@@ -76,8 +80,8 @@ def image_to_tensor(img: Image.Image) -> Tensor:
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(black, rgba)
     img = img.convert("RGB")
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    chw = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)  # np.array: one writable copy
+    return chw if keep_uint8 else chw.float().div_(255.0)  # uint8: a channels-first view, no further copy
 
 
 def read_image(path: str | os.PathLike) -> Tensor:

@@ -32,6 +32,9 @@ __all__ = ["Detector", "batch_plan", "size_batches", "crop_window", "save_checkp
 def crop_window(image: Tensor, window: Window) -> Tensor:
     """Crop ``window`` from ``image`` (``Tensor[3, H, W]``) and resize it by ``window.scale``.
 
+    ``image`` is float32 in [0, 1], or uint8 in [0, 255] (converted per crop, as
+    :func:`~zoomdet.data.coco.image_to_tensor` would convert the whole image).
+
     Returns:
         ``Tensor[3, h, w]`` float32 with ``(h, w) == window.input_size``;
         antialiased bilinear resize when the scale is not 1.
@@ -40,6 +43,8 @@ def crop_window(image: Tensor, window: Window) -> Tensor:
     if window.x1 > W or window.y1 > H or window.x0 < 0 or window.y0 < 0:
         raise ValueError(f"window {window.as_tuple()} leaves the {W}x{H} image")
     crop = image[:, window.y0:window.y1, window.x0:window.x1]
+    if crop.dtype == torch.uint8:
+        crop = crop.float().div_(255.0)
     size = window.input_size
     if size == (window.height, window.width):
         return crop
@@ -105,36 +110,42 @@ class Detector:
         return None
 
     @torch.inference_mode()
-    def detect(self, image: Tensor, windows: Sequence[Window]) -> list[Detections]:
+    def detect(self, image: Tensor, windows: Sequence[Window], features: bool = True) -> list[Detections]:
         """Detect objects in each window of ``image``.
 
         Args:
-            image: ``Tensor[3, H, W]`` float32 RGB in [0, 1], full resolution.
-                Not modified.
+            image: ``Tensor[3, H, W]`` float32 RGB in [0, 1] (or uint8 in [0, 255]),
+                full resolution. Not modified.
             windows: regions to run on, each with its own scale.
+            features: compute each detection's RoI feature vector (R-CNN models: one more RoI pool
+                and box-head pass over the final boxes). The R-net reads the coarse pass's; the engine
+                asks for none on fine passes.
 
         Returns:
             One :class:`Detections` per window, boxes xyxy in full-image
             pixels, labels as dataset category ids, RoI features for R-CNN
-            models.
+            models when ``features``.
         """
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image must be Tensor[3, H, W], got {tuple(image.shape)}")
-        dets = self.detect_crops([crop_window(image, w) for w in windows])  # batched as batch_plan(windows) says
+        dets = self.detect_crops([crop_window(image, w) for w in windows], features)  # batched as batch_plan(windows) says
         return [d.with_boxes(w.to_image(d.boxes)) for d, w in zip(dets, windows)]
 
     @torch.inference_mode()
-    def detect_crops(self, crops: Sequence[Tensor]) -> list[Detections]:
+    def detect_crops(self, crops: Sequence[Tensor], features: bool = True) -> list[Detections]:
         """Detect objects in crops already cut and resized by :func:`crop_window` (the service's batched
-        detector deployment receives these); boxes stay in crop-input pixels, map them back with
-        :meth:`Window.to_image`. Crops of equal size share forward passes of up to ``batch_size``."""
+        detector deployment receives these; a ``uint8`` crop in [0, 255] is converted as ``crop_window``
+        would); boxes stay in crop-input pixels, map them back with :meth:`Window.to_image`. Crops of
+        equal size share forward passes of up to ``batch_size``."""
         results: list[Optional[Detections]] = [None] * len(crops)
         for chunk in size_batches([tuple(c.shape[-2:]) for c in crops], self.batch_size):
-            for i, det in zip(chunk, self._forward([crops[i].to(self.device) for i in chunk])):
+            batch = [crops[i].to(self.device) for i in chunk]
+            batch = [c.float().div_(255.0) if c.dtype == torch.uint8 else c for c in batch]
+            for i, det in zip(chunk, self._forward(batch, features)):
                 results[i] = det
         return results  # type: ignore[return-value]
 
-    def _forward(self, crops: list[Tensor]) -> list[Detections]:
+    def _forward(self, crops: list[Tensor], features: bool = True) -> list[Detections]:
         """Model forward on same-size crops; boxes in crop-input pixels."""
         m = self.model
         if isinstance(m, GeneralizedRCNN) and hasattr(m, "roi_heads"):
@@ -143,8 +154,10 @@ class Detector:
             h, w = crops[0].shape[-2:]
             proposals, _ = self._rpn_for(h * w)(images, feats)
             dets, _ = m.roi_heads(feats, proposals, images.image_sizes)
-            pooled = m.roi_heads.box_roi_pool(feats, [d["boxes"] for d in dets], images.image_sizes)
-            vectors = m.roi_heads.box_head(pooled).split([len(d["boxes"]) for d in dets])
+            vectors = [None] * len(dets)
+            if features:
+                pooled = m.roi_heads.box_roi_pool(feats, [d["boxes"] for d in dets], images.image_sizes)
+                vectors = m.roi_heads.box_head(pooled).split([len(d["boxes"]) for d in dets])
         else:
             dets = m(crops)
             vectors = [None] * len(dets)

@@ -69,6 +69,8 @@ class CacheMismatch(ValueError):
 def zoom_digest(zoom: ZoomConfig) -> str:
     """Digest of the parts of the zoom config that change cached detections."""
     keys = {"coarse_scale": zoom.coarse_scale, "fine_scale": zoom.fine_scale, "windows": to_dict(zoom.windows)}
+    if zoom.window_scale is not None:  # only when set, so caches built before it existed keep their digest
+        keys["window_scale"] = zoom.window_scale
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -78,7 +80,7 @@ def cached_windows(width: int, height: int, zoom: ZoomConfig) -> tuple[list[Wind
     The first ``len(candidates)`` windows are the candidates themselves, in
     :func:`candidate_windows` order; refined positions follow, deduplicated.
     """
-    cands = [w.with_scale(zoom.fine_scale) for w in candidate_windows(width, height, zoom.windows)]
+    cands = [w.with_scale(zoom.zoom_scale) for w in candidate_windows(width, height, zoom.windows)]
     windows: list[Window] = list(cands)
     index = {w: i for i, w in enumerate(windows)}
     reach = []
@@ -183,7 +185,7 @@ def tiled_fine_pass(detector, image: Tensor, zoom: ZoomConfig) -> Detections:
     cands = candidate_windows(W, H, zoom.windows)
     side = min(min(c.width for c in cands), min(c.height for c in cands))
     tiles = get_slice_windows(W, H, SahiConfig(slice_width=side, slice_height=side, overlap_width_ratio=0.25,
-                                               overlap_height_ratio=0.25), zoom.fine_scale)
+                                               overlap_height_ratio=0.25), zoom.zoom_scale)
     dets = Detections.cat([d.without_features() for d in detector.detect(image, tiles)])
     return sahi_postprocess(dets, "NMS", "IOS", 0.5)[0]
 
@@ -211,7 +213,7 @@ def build_record(detector, zoom: ZoomConfig, image: Tensor, image_id: int, gt: t
     """Run the coarse pass and the fine pass of every reachable window on one image.
 
     ``fine="exact"`` runs the detector on each window; ``"composed"`` runs one tiled pass over the whole
-    image at ``fine_scale`` (:func:`tiled_fine_pass`) and composes every window from it (:func:`compose_window`).
+    image at the windows' scale (:func:`tiled_fine_pass`) and composes every window from it (:func:`compose_window`).
     """
     _check_fine(fine)
     _, H, W = image.shape

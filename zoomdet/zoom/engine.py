@@ -2,7 +2,7 @@
 
 Every detector pass is a :class:`~zoomdet.types.Window` with its own scale,
 so the coarse pass (whole image at ``coarse_scale``), a zoom window (a region
-at ``fine_scale``), the full-resolution reference and SAHI's slices are all
+at ``zoom_scale``: ``window_scale``, else ``fine_scale``), the full-resolution reference and SAHI's slices are all
 counted the same way.
 
 Two kinds of policy drive it (see :mod:`zoomdet.zoom.policies`):
@@ -25,6 +25,13 @@ Cost accounting (:class:`Cost`), per image:
 * ``pixels_source``: full-resolution source pixels read, summed over passes
   (the coarse pass reads the whole image once).
 * ``detector_calls``: batched model forward calls.
+
+Bounded passes: with ``max_pass_pixels``, a window whose detector input is
+larger (a fine pass over a huge upload, or its coarse pass) is detected as
+overlapping tiles of at most that many input pixels (:func:`split_window`),
+merged by class-wise NMS on intersection over the smaller box; the tiles, with
+their overlap, are what the cost counts. This bounds the memory and the
+duration of every forward call whatever the image size (the service sets it).
 """
 
 from __future__ import annotations
@@ -38,8 +45,8 @@ from torch import Tensor
 
 from zoomdet.detector.detector import Detector, batch_plan
 from zoomdet.types import Detections, Window
-from zoomdet.zoom.merge import MergeConfig, MergeResult, merge_zoom
-from zoomdet.zoom.windows import GainMap, WindowConfig, candidate_windows, refine_window
+from zoomdet.zoom.merge import MergeConfig, MergeResult, merge_zoom, sahi_postprocess
+from zoomdet.zoom.windows import GainMap, WindowConfig, candidate_windows, refine_window, split_window
 
 __all__ = ["ZoomConfig", "Cost", "Region", "ZoomResult", "EpisodeState", "PlanPolicy", "ZoomPolicy", "ZoomEngine",
            "GroundTruth", "STAGES"]
@@ -56,17 +63,34 @@ class ZoomConfig:
     coarse_scale: float = 0.5
     """Resize factor of the coarse pass (0.5 per side = 25% of the pixels)."""
     fine_scale: float = 1.0
-    """Resize factor of zoomed windows (1.0 = full resolution)."""
+    """Resize factor of the ``fine`` reference pass and, unless ``window_scale`` is set, of zoomed windows
+    (1.0 = full resolution)."""
+    window_scale: Optional[float] = None
+    """Resize factor of zoomed windows when it differs from ``fine_scale`` (e.g. 0.5 on 2560-px satellite
+    images: coarse at 0.25, zoom to 0.5, ratios still relative to full resolution); ``None`` = ``fine_scale``."""
     windows: WindowConfig = field(default_factory=WindowConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     max_pixels_ratio: float = 1.0
     """Budget per image: a window is taken only if the total ``pixels_ratio`` stays within it."""
     max_steps: int = 13
     """Budget per image: at most this many zoom windows."""
+    max_pass_pixels: Optional[int] = None
+    """Largest detector input of one pass, pixels; a larger window is detected as overlapping tiles of at
+    most this size (see the module docstring). ``None`` = every window in one pass."""
+    tile_overlap: float = 0.1
+    """With ``max_pass_pixels``: fraction of a tile's side shared with its neighbour."""
+
+    @property
+    def zoom_scale(self) -> float:
+        """The scale zoomed windows run at: ``window_scale``, or ``fine_scale`` when that is ``None``."""
+        return self.fine_scale if self.window_scale is None else float(self.window_scale)
 
     def __post_init__(self) -> None:
-        if not 0 < self.coarse_scale <= 1 or not 0 < self.fine_scale <= 4:
-            raise ValueError(f"scales must be in (0, 1] and (0, 4], got {self.coarse_scale}, {self.fine_scale}")
+        if self.max_pass_pixels is not None and self.max_pass_pixels < 1024:
+            raise ValueError(f"max_pass_pixels must be >= 1024 or null, got {self.max_pass_pixels}")
+        if not 0 < self.coarse_scale <= 1 or not 0 < self.fine_scale <= 4 or not 0 < self.zoom_scale <= 4:
+            raise ValueError(f"scales must be in (0, 1], (0, 4] and (0, 4], got coarse {self.coarse_scale}, "
+                             f"fine {self.fine_scale}, window {self.window_scale}")
         if self.max_pixels_ratio <= 0 or self.max_steps < 0:
             raise ValueError(f"max_pixels_ratio must be > 0 and max_steps >= 0, got {self.max_pixels_ratio}, {self.max_steps}")
 
@@ -219,16 +243,35 @@ class ZoomEngine:
         self.detector = detector
         self.config = config or ZoomConfig()
 
-    def _detect(self, image: Tensor, windows: Sequence[Window]) -> tuple[list[Detections], int]:
-        """Detections per window and the number of batched model calls it took."""
+    def pass_pixels(self, window: Window) -> int:
+        """Detector input pixels ``window`` costs: its own, or its tiles' (overlap included) above ``max_pass_pixels``."""
+        cap = self.config.max_pass_pixels
+        if not cap or window.input_pixels <= cap:
+            return window.input_pixels
+        return sum(t.input_pixels for t in split_window(window, cap, self.config.tile_overlap))
+
+    def _detect(self, image: Tensor, windows: Sequence[Window], cost: Optional[Cost] = None,
+                features: bool = False) -> list[Detections]:
+        """Detections per window (tiled above ``max_pass_pixels``); the passes run are added to ``cost``.
+        Only the sequential policies' coarse pass asks for RoI ``features`` (the R-net reads them)."""
         if not windows:
-            return [], 0
-        calls = len(batch_plan(windows, self.detector.batch_size))
-        return self.detector.detect(image, windows), calls
+            return []
+        cap = self.config.max_pass_pixels
+        tiles = [split_window(w, cap, self.config.tile_overlap) if cap else [w] for w in windows]
+        flat = [t for ts in tiles for t in ts]
+        dets = self.detector.detect(image, flat, features=features)
+        if cost is not None:
+            cost.add(flat, len(batch_plan(flat, self.detector.batch_size)))
+        out, start = [], 0
+        for ts in tiles:
+            part = dets[start:start + len(ts)]
+            start += len(ts)
+            out.append(part[0] if len(ts) == 1 else sahi_postprocess(Detections.cat(part), "NMS", "IOS", 0.5)[0])
+        return out
 
     def candidates(self, width: int, height: int) -> list[Window]:
         c = self.config
-        return [w.with_scale(c.fine_scale) for w in candidate_windows(width, height, c.windows)]
+        return [w.with_scale(c.zoom_scale) for w in candidate_windows(width, height, c.windows)]
 
     def run(self, image: Tensor, policy: PlanPolicy | ZoomPolicy, *, ground_truth: Optional[GroundTruth] = None,
             seed: int = 0, max_pixels_ratio: Optional[float] = None, max_steps: Optional[int] = None,
@@ -260,8 +303,7 @@ class ZoomEngine:
         if isinstance(policy, PlanPolicy):
             windows = policy.plan(W, H, c)
             t = time.perf_counter()
-            dets, calls = self._detect(image, windows)
-            cost.add(windows, calls)
+            dets = self._detect(image, windows, cost)
             timing[getattr(policy, "stage", "fine")] = time.perf_counter() - t
             t = time.perf_counter()
             merged = policy.combine(dets, windows, W, H, c)
@@ -276,8 +318,7 @@ class ZoomEngine:
             raise ValueError(f"policy {policy.name!r} needs ground truth (it is an oracle); pass ground_truth=")
         t = time.perf_counter()
         coarse_win = Window.full(W, H, c.coarse_scale)
-        (coarse,), calls = self._detect(image, [coarse_win])
-        cost.add([coarse_win], calls)
+        (coarse,) = self._detect(image, [coarse_win], cost, features=True)
         timing["coarse"] = time.perf_counter() - t
 
         cands = self.candidates(W, H)
@@ -288,9 +329,9 @@ class ZoomEngine:
         def lookahead(windows: Sequence[Window]) -> list[Detections]:
             t0 = time.perf_counter()
             todo = list(dict.fromkeys(w for w in windows if w not in memo))
-            dets, n = self._detect(image, todo)
-            memo.update(zip(todo, dets))
-            lookahead_calls[0] += n
+            calls = Cost()
+            memo.update(zip(todo, self._detect(image, todo, calls)))
+            lookahead_calls[0] += calls.detector_calls
             lookahead_s[0] += time.perf_counter() - t0
             return [memo[w] for w in windows]
 
@@ -310,7 +351,7 @@ class ZoomEngine:
         t = time.perf_counter()
         while len(regions) < steps:
             state.available = np.array(
-                [i not in state.zoomed and spent + w.input_pixels <= budget * W * H + 1e-6 for i, w in enumerate(cands)],
+                [i not in state.zoomed and spent + self.pass_pixels(w) <= budget * W * H + 1e-6 for i, w in enumerate(cands)],
                 dtype=bool)
             if not state.available.any():
                 break
@@ -323,7 +364,7 @@ class ZoomEngine:
             window = refine_window(proposed, state.gain, c.windows) if state.gain is not None else proposed
             predicted = state.gain.window_sum(window) if state.gain is not None else None
             regions.append(Region(len(regions), len(regions), choice, proposed, window, predicted))
-            spent += window.input_pixels
+            spent += self.pass_pixels(window)
             state.zoomed.append(choice)
             state.zoomed_windows.append(window)
             state.pixels_ratio = spent / (W * H)
@@ -332,8 +373,7 @@ class ZoomEngine:
         timing["policy"] = time.perf_counter() - t - lookahead_s[0]
 
         t = time.perf_counter()
-        fine, calls = self._detect(image, [r.window for r in regions])
-        cost.add([r.window for r in regions], calls)
+        fine = self._detect(image, [r.window for r in regions], cost)
         timing["fine"] = time.perf_counter() - t
         t = time.perf_counter()
         merged = merge_zoom(coarse, fine, [r.window for r in regions], W, H, c.merge)

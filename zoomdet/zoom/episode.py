@@ -11,7 +11,7 @@ Format ``zoomdet.episode/1``::
       "policy": "dqn:ZoomDet-v0_1/best_model",
       "image": {"id": 3, "file_name": "images/000003.jpg", "path": "/abs/path.jpg" | null,
                 "width": 2048, "height": 1536},
-      "config": {"coarse_scale": 0.5, "fine_scale": 1.0, "lam": 5.0 | null, "max_pixels_ratio": 0.6},
+      "config": {"coarse_scale": 0.5, "fine_scale": 1.0, "window_scale": 1.0, "lam": 5.0 | null, "max_pixels_ratio": 0.6},
       "categories": {"1": "person", ...},
       "coarse": [detection, ...],              # the coarse pass, before any zoom
       "gain_map": {"rows": 48, "cols": 64, "values": [[...], ...]} | null,
@@ -120,7 +120,7 @@ def episode_record(result: ZoomResult, zoom: ZoomConfig, *, policy: str, image: 
         prev = cur
     doc = {
         "format": EPISODE_FORMAT, "policy": policy, "image": image,
-        "config": {"coarse_scale": zoom.coarse_scale, "fine_scale": zoom.fine_scale, "lam": lam,
+        "config": {"coarse_scale": zoom.coarse_scale, "fine_scale": zoom.fine_scale, "window_scale": zoom.zoom_scale, "lam": lam,
                    "max_pixels_ratio": max_pixels_ratio},
         "categories": {str(k): v for k, v in (categories or {}).items()},
         "coarse": detections_json(coarse, categories),

@@ -7,6 +7,8 @@ Pure functions over integer pixel windows of the full-resolution image.
   and covering the image (configurable).
 * :class:`GainMap`: the accuracy-gain map on a grid of small cells with an
   integral image, so the gain inside a window is cheap to sum, zero and pool.
+* :func:`split_window`: a window too large for one detector pass as
+  overlapping tiles at the same scale (the engine's ``max_pass_pixels``).
 * :func:`refine_window`: paper Eq. 6, shift a window by up to ±μ of its size
   to where it covers the most gain, keeping its size and staying inside the
   image.
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from zoomdet.types import Window
 
-__all__ = ["WindowConfig", "candidate_windows", "GainMap", "refine_window", "refinement_windows"]
+__all__ = ["WindowConfig", "candidate_windows", "GainMap", "refine_window", "refinement_windows", "split_window"]
 
 
 @dataclass
@@ -52,6 +54,47 @@ def _grid_starts(extent: int, size: int, n: int) -> list[int]:
     if n == 1:
         return [(extent - size) // 2]
     return [round(i * (extent - size) / (n - 1)) for i in range(n)]
+
+
+def split_window(window: Window, max_input_pixels: int, overlap: float = 0.1) -> list[Window]:
+    """``window`` as the fewest ``rows x cols`` overlapping tiles at its scale whose detector input is at most
+    ``max_input_pixels`` each; ``[window]`` when it already fits.
+
+    Neighbouring tiles share ``overlap`` of a tile's side (source pixels), so an object cut by one tile's
+    edge is whole in the next one as long as it is smaller than that share. The tiles cover the window
+    exactly and stay inside it.
+
+    Args:
+        window: the pass to split (source pixels, any scale).
+        max_input_pixels: largest detector input of one tile, pixels (after the window's resize).
+        overlap: fraction of a tile's side shared with its neighbour, in ``[0, 0.5)``.
+    """
+    if max_input_pixels < 1024:
+        raise ValueError(f"max_input_pixels must be >= 1024 (a 32x32 input), got {max_input_pixels}")
+    if not 0 <= overlap < 0.5:
+        raise ValueError(f"overlap must be in [0, 0.5), got {overlap}")
+    if window.input_pixels <= max_input_pixels:
+        return [window]
+
+    def tile_side(extent: int, n: int) -> int:  # n tiles of this side, overlapping by `overlap`, cover extent
+        return extent if n == 1 else int(np.ceil(extent / (n - (n - 1) * overlap)))
+
+    def fits(rows: int, cols: int) -> bool:
+        return Window(0, 0, tile_side(window.width, cols), tile_side(window.height, rows), window.scale).input_pixels \
+            <= max_input_pixels
+
+    def squareness(rows: int, cols: int) -> float:  # 1 for a square tile; a long strip would cut more objects
+        th, tw = tile_side(window.height, rows), tile_side(window.width, cols)
+        return min(th, tw) / max(th, tw)
+
+    # fewest tiles, then the squarest; a tile's input side never needs to exceed sqrt(cap) * 2
+    limit = int(np.ceil(max(window.input_size) / np.sqrt(max_input_pixels) * 2)) + 1
+    grids = [(r, c) for r in range(1, limit + 1) for c in range(1, limit + 1) if fits(r, c)]
+    rows, cols = min(grids, key=lambda rc: (rc[0] * rc[1] * (1 if squareness(*rc) >= 0.5 else 4), -squareness(*rc)))
+    th, tw = tile_side(window.height, rows), tile_side(window.width, cols)
+    ys = [window.y0 + s for s in _grid_starts(window.height, th, rows)]
+    xs = [window.x0 + s for s in _grid_starts(window.width, tw, cols)]
+    return [Window(x, y, x + tw, y + th, window.scale) for y in ys for x in xs]
 
 
 def candidate_windows(width: int, height: int, cfg: Optional[WindowConfig] = None) -> list[Window]:
