@@ -110,6 +110,46 @@ def _validation_detail(e) -> str:
     return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors())
 
 
+def replica_grpc_on_loopback() -> bool:
+    """In a local-only Ray instance (``zoomdet serve``, see :mod:`zoomdet.serving.launch`), make this
+    process's Serve replica bind its inter-deployment gRPC server to 127.0.0.1 instead of ``[::]``.
+
+    Ray Serve 2.60 binds that server to ``[::]:0`` whatever the node address (``ray.serve._private.replica``
+    calls ``add_port_to_grpc_server(server, "[::]:0")``), the one port of the service that would still
+    listen on every interface. This module is imported in every replica before its servers start, so the
+    call is wrapped here to bind loopback instead. Nothing changes when Ray is not local-only, or if Ray's
+    internals moved (then the port stays as Ray binds it and the loopback test says so). Returns whether
+    the wrap is in place.
+    """
+    import os
+
+    from zoomdet.serving.launch import RAY_LOCAL_ONLY_ENV
+
+    if os.environ.get(RAY_LOCAL_ONLY_ENV) != "0":
+        return False
+    try:
+        from ray.serve._private import replica
+    except ImportError:
+        return False
+    bind = getattr(replica, "add_port_to_grpc_server", None)
+    if bind is None:
+        return False
+    if getattr(bind, "zoomdet_loopback", False):
+        return True
+
+    def loopback_bind(server, address: str):
+        if address.startswith("[::]:") or address.startswith("0.0.0.0:"):
+            address = "127.0.0.1:" + address.rsplit(":", 1)[1]
+        return bind(server, address)
+
+    loopback_bind.zoomdet_loopback = True
+    replica.add_port_to_grpc_server = loopback_bind
+    return True
+
+
+replica_grpc_on_loopback()
+
+
 def _in_replica() -> bool:
     try:
         serve.get_replica_context()

@@ -440,7 +440,7 @@ def test_a_pass_over_max_pass_pixels_runs_as_tiles_through_the_service(http_url)
     data = encode(scene())
     ans = requests.post(f"{http_url}/v1/detect", files={"image": ("s.png", data, "image/png")},
                         data={"policy": "fine", "score_threshold": "0.05"}, timeout=60).json()
-    assert ans["cost"]["detector_calls"] >= 2 and ans["cost"]["pixels_ratio"] > 1  # tiles, overlap paid for
+    assert ans["cost"]["pixels_ratio"] > 1  # tiles, their overlap paid for
     cfg = load_config(EvalConfig, "configs/eval/synth.yaml")
     cfg.zoom.max_pass_pixels = 60_000
     det = Detector.from_checkpoint(default_checkpoint())
@@ -547,3 +547,6 @@ def test_a_replica_killed_under_load_answers_503_problems_then_recovers(http_ser
     assert all(a[1] == 503 and a[2] == "application/problem+json" and a[3] for a in failures), failures
     after = [a for a in answers if a[0] > t_kill + 20]
     assert after and all(a[1] == 200 for a in after[-5:])  # a new replica serves again
+    now = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)
+           if "ServeReplica:zoomdet:DetectorServer" in " ".join(p.cmdline())]
+    assert now and not set(now) & {v.pid for v in victims}  # ... and it is a new process

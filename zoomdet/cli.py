@@ -203,9 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "machine, serving/config.gpu.yaml for a GPU cluster) and block until Ctrl-C. "
                                     "Same as `serve run CONFIG`, plus --host/--port and a Ray instance without dashboard.")
     sv.add_argument("--config", default="serving/config.yaml", help="Serve config YAML (default serving/config.yaml)")
-    sv.add_argument("--host", help="bind address (default: the config's, 127.0.0.1)")
+    sv.add_argument("--host", help="HTTP bind address (default: the config's, 127.0.0.1); a local Ray instance's own "
+                                   "ports stay on 127.0.0.1 whatever this is")
     sv.add_argument("--port", type=int, help="port (default: the config's, 8000)")
-    sv.add_argument("--address", help="an existing Ray cluster (default: start a local Ray instance)")
+    sv.add_argument("--address", help="an existing Ray cluster (default: start a local, loopback-only Ray instance)")
     sv.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     sv.add_argument("--non-blocking", action="store_true", help="deploy and return (the service stops with the process)")
 
