@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     ap.add_argument("--root", default="../shared/data/airbus-aircraft", help="dataset folder")
     ap.add_argument("--config", default="configs/eval/airbus.yaml")
     ap.add_argument("--images", type=int, default=0, help="test images (default 0 = all 20)")
-    ap.add_argument("--out", default="runs/bench/airbus", help="working folder (default runs/bench/airbus)")
+    ap.add_argument("--out", help="working folder (default runs/bench/airbus-<digest of the config's zoom section>, "
+                                   "so a changed zoom config never reuses caches or an R-net built for another)")
     ap.add_argument("--workers", type=int, default=None, help="Ray workers for the caches (default: CPU count)")
     ap.add_argument("--train-images", type=int, default=0, help="images per cache split (default 0 = all)")
     args = ap.parse_args(argv)
@@ -61,9 +62,12 @@ def main(argv=None) -> int:
     from zoomdet.eval.evaluator import EvalConfig
     from zoomdet.eval.results import command_line, rows_from_report, write_results
 
-    root, out = Path(args.root), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from zoomdet.rnet.cache import zoom_digest
+
     cfg = load_config(EvalConfig, args.config)
+    root = Path(args.root)
+    out = Path(args.out or f"runs/bench/airbus-{zoom_digest(cfg.zoom)}")
+    out.mkdir(parents=True, exist_ok=True)
     dataset = "airbus-test" if not args.images else f"airbus-test-{args.images}"
     command, today = command_line(), _dt.date.today().isoformat()
 
