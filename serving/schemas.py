@@ -113,7 +113,7 @@ class ServiceConfig(BaseModel):
                                                                 "reading the body (chunked uploads stop at the cap)")
     body_timeout_s: float = Field(15.0, gt=0, description="408 when the whole body has not arrived within this "
                                                           "many seconds (a slow client cannot hold a slot longer)")
-    max_pass_pixels: Optional[int] = Field(2_000_000, ge=1024, description="largest detector input of one forward "
+    max_pass_pixels: Optional[int] = Field(1_500_000, ge=1024, description="largest detector input of one forward "
                                            "call: a larger pass (the fine or coarse pass of a big upload) runs as "
                                            "overlapping tiles, and the crops of a request go to the detector in "
                                            "groups of at most this many pixels, so memory and the wait of a "

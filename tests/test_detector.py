@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_model_config
-from zoomdet.detector.detector import Detector, crop_window, load_checkpoint, save_checkpoint
+from zoomdet.detector.detector import MIN_PROPOSALS, Detector, crop_window, load_checkpoint, save_checkpoint
 from zoomdet.detector.models import MODEL_NAMES, ModelConfig, PinnedScaleTransform, build_model
 from zoomdet.types import Window
 
@@ -135,7 +135,11 @@ def test_proposal_density_scales_rpn_work_with_input_area_and_leaves_the_model_a
     fixed = Detector(model, cfg, {1: "a", 2: "b"})
     scaled = Detector(model, cfg, {1: "a", 2: "b"}, proposal_density=2500)
     assert fixed.proposals_for(640 * 512) is None
-    assert scaled.proposals_for(640 * 512) == 820 and scaled.proposals_for(64 * 64) == Detector.MIN_PROPOSALS
+    assert scaled.proposals_for(640 * 512) == 820 and scaled.proposals_for(64 * 64) == MIN_PROPOSALS
+    floored = Detector(model, cfg, {1: "a", 2: "b"}, proposal_density=2500, proposal_min=400)
+    assert floored.proposals_for(64 * 64) == 400 and floored.proposals_for(640 * 512) == 820
+    with pytest.raises(ValueError, match="proposal_min"):
+        Detector(model, cfg, {1: "a", 2: "b"}, proposal_density=2500, proposal_min=0)
     assert scaled.proposals_for(4000 * 4000) == 1000  # never above the model's own count
     seen = []
     hook = model.roi_heads.box_roi_pool.register_forward_hook(lambda m, a, out: seen.append(out.shape[0]))

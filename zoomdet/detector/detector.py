@@ -65,6 +65,10 @@ def size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list
     return [idx[s:s + batch_size] for idx in by_size.values() for s in range(0, len(idx), batch_size)]
 
 
+MIN_PROPOSALS = 100
+"""Default ``proposal_min`` of :class:`Detector`."""
+
+
 class Detector:
     """A detection model plus the explicit input scale it runs at.
 
@@ -78,17 +82,17 @@ class Detector:
         batch_size: crops per forward pass (crops of equal size are batched).
         checkpoint_id: short hash of the weights, reported by the service.
         proposal_density: R-CNN models only: RPN proposals kept per megapixel of model input,
-            ``n = clamp(round(density * h * w / 1e6), MIN_PROPOSALS, the model's own post-NMS top-n)``
+            ``n = clamp(ceil(density * h * w / 1e6), proposal_min, the model's own post-NMS top-n)``
             (pre-NMS top-n per level: ``2 n``). The box head's cost is proportional to ``n``, so with a
             density the cost of a call follows its input area instead of a fixed 1000 proposals.
             ``0`` (default) keeps the model's fixed counts.
+        proposal_min: with a density, the fewest proposals any call keeps (default ``MIN_PROPOSALS``):
+            small zoom windows in cluttered scenes need more than their area's share.
     """
-
-    MIN_PROPOSALS = 100
 
     def __init__(self, model: nn.Module, config: ModelConfig, categories: dict[int, str],
                  device: str | torch.device = "cpu", batch_size: int = 4, checkpoint_id: str = "untrained",
-                 proposal_density: float = 0.0) -> None:
+                 proposal_density: float = 0.0, proposal_min: int = MIN_PROPOSALS) -> None:
         if len(categories) != config.num_classes - 1:
             raise ValueError(f"{len(categories)} categories for a model with {config.num_classes - 1} classes")
         self.model = model.to(device).eval()
@@ -100,6 +104,9 @@ class Detector:
         if proposal_density < 0:
             raise ValueError(f"proposal_density must be >= 0, got {proposal_density}")
         self.proposal_density = float(proposal_density)
+        if proposal_min < 1:
+            raise ValueError(f"proposal_min must be >= 1, got {proposal_min}")
+        self.proposal_min = int(proposal_min)
         self._index_to_category = torch.tensor([0] + list(self.categories.keys()), dtype=torch.int64)
 
     @property
@@ -173,7 +180,7 @@ class Detector:
         if not self.proposal_density or not hasattr(self.model, "rpn"):
             return None
         cap = int(self.model.rpn._post_nms_top_n["testing"])
-        return max(min(self.MIN_PROPOSALS, cap), min(cap, int(math.ceil(self.proposal_density * input_pixels / 1e6))))
+        return max(min(self.proposal_min, cap), min(cap, int(math.ceil(self.proposal_density * input_pixels / 1e6))))
 
     def _rpn_for(self, input_pixels: int):
         """The model's RPN, or a shallow copy with proposal counts for this input size. The copy shares
@@ -191,11 +198,11 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", batch_size: int = 4,
-                        proposal_density: float = 0.0) -> "Detector":
+                        proposal_density: float = 0.0, proposal_min: int = MIN_PROPOSALS) -> "Detector":
         """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
         model, cfg, cats, _ = load_checkpoint(path)
         return cls(model, cfg, cats, device=device, batch_size=batch_size, checkpoint_id=file_digest(path),
-                   proposal_density=proposal_density)
+                   proposal_density=proposal_density, proposal_min=proposal_min)
 
 
 def file_digest(path: str | os.PathLike) -> str:

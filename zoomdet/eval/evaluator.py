@@ -55,6 +55,8 @@ class EvalConfig:
     proposal_density: float = 0.0
     """R-CNN detectors: RPN proposals per megapixel of model input, so small crops cost less
     (see :class:`~zoomdet.detector.Detector`); 0 = the model's fixed 1000."""
+    proposal_min: int = 100
+    """With ``proposal_density``: the fewest RPN proposals a call keeps."""
     images: int = 0
     """Evaluate N images of the dataset, a sample drawn with ``seed`` (0 = all)."""
     image_root: Optional[str] = None
@@ -96,7 +98,7 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
     if detector is None:
         ckpt = cfg.checkpoint or str(default_checkpoint())
         detector = Detector.from_checkpoint(ckpt, device=cfg.device, batch_size=cfg.batch_size,
-                                            proposal_density=cfg.proposal_density)
+                                            proposal_density=cfg.proposal_density, proposal_min=cfg.proposal_min)
     unknown = set(detector.categories) - set(ds.categories)
     if unknown:
         raise ValueError(f"detector classes {sorted(unknown)} are not categories of {data}; "
