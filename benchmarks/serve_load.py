@@ -21,7 +21,11 @@ free loopback port (or uses ``--url``), then:
    0.1 s) and how much longer the small requests took than alone.
 
 Everything is bounded by ``--time-limit`` seconds. Prints a JSON document;
-``--out`` also writes it.
+``--out`` also writes it. Each scenario that ran (``overhead``, ``load``,
+``replica_kill``, ``big_image``) is also a row of
+``benchmarks/results/serve_load.json`` with the command and the date,
+replacing that scenario's earlier row (``--requests 0`` skips the load, so
+``--requests 0 --big 6000x6000`` reruns the big-image row alone).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import numpy as np
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 
 def percentiles(xs: list[float]) -> dict:
@@ -235,6 +240,39 @@ def run_big(url: str, server_pid: int, size: tuple[int, int], policy: str, small
             "small_extra_wait_max_ms": 1000 * (max(ok) - base) if ok else None}
 
 
+def ingress_setting(config: str, key: str):
+    """``key`` of the ingress's ``user_config`` in the Serve config, else :class:`ServiceConfig`'s default."""
+    import yaml
+
+    from zoomdet.serving.schemas import ServiceConfig
+
+    cfg = yaml.safe_load(Path(config).read_text())
+    for app in cfg.get("applications", []):
+        for dep in app.get("deployments", []):
+            if dep.get("name") == "ZoomDetIngress" and key in (dep.get("user_config") or {}):
+                return dep["user_config"][key]
+    return ServiceConfig.model_fields[key].default
+
+
+def write_scenarios(report: dict) -> None:
+    """One row per scenario that ran in ``benchmarks/results/serve_load.json`` (replacing its earlier row)."""
+    from zoomdet.eval.results import command_line, write_results
+
+    common = {k: report[k] for k in ("policy", "budget", "size", "cpus", "date") if k in report}
+    common.update(command=command_line(), startup_s=report.get("startup_s"))
+    scenarios = {"overhead": {k: report.get(k) for k in ("in_process", "in_process_all_cores", "http_sequential",
+                                                         "http_overhead_p50_ms",
+                                                         "stages_p50_ms", "outside_engine_p50_ms")}}
+    for key in ("load", "replica_kill", "big_image"):
+        if key in report:
+            scenarios[key] = report[key]
+    for name, body in scenarios.items():
+        if name == "overhead" and not report.get("http_sequential"):
+            continue
+        write_results("serve_load", [{"scenario": name, **common, **body}], replace={"scenario": name},
+                      required=("scenario", "command", "date"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", help="an already running service (default: start one)")
@@ -297,6 +335,15 @@ def main() -> None:
             res = engine.run(decode_image(data, 40_000_000), pol, max_pixels_ratio=a.budget)
             inproc.append(time.perf_counter() - t)
             inproc_stages.append({k: 1000 * v for k, v in res.timing.items()})
+        # the in-process engine with every core (torch's default threads): the throughput to beat
+        torch.set_num_threads(os.cpu_count() or 1)
+        allcores = []
+        for _ in range(a.baseline):
+            t = time.perf_counter()
+            engine.run(decode_image(data, 40_000_000), pol, max_pixels_ratio=a.budget)
+            allcores.append(time.perf_counter() - t)
+        report["in_process_all_cores"] = percentiles(allcores)
+        torch.set_num_threads(1)
         del det, engine
         s = requests.Session()
         one(s, url, data, a.policy, a.budget)  # warm-up
@@ -315,8 +362,11 @@ def main() -> None:
         report["outside_engine_p50_ms"] = (statistics.median(seq_ok) * 1000 - med(served_stages, "total")
                                            if seq_ok and served_stages else None)
 
-        results, wall = run_load(url, data, a.policy, a.budget, a.requests, a.concurrency, deadline)
-        report["load"] = {"requests": a.requests, "concurrency": a.concurrency, **summarize(results, wall)}
+        if a.requests:
+            results, wall = run_load(url, data, a.policy, a.budget, a.requests, a.concurrency, deadline)
+            report["load"] = {"requests": a.requests, "concurrency": a.concurrency, **summarize(results, wall),
+                              "in_process_sequential_rps": 1000 / report["in_process"]["p50_ms"],
+                              "in_process_all_cores_sequential_rps": 1000 / report["in_process_all_cores"]["p50_ms"]}
 
         if a.kill:
             pids = replica_pids(proc.pid, "DetectorServer")
@@ -344,6 +394,7 @@ def main() -> None:
         if a.big:
             bw, bh = (int(v) for v in a.big.split("x"))
             report["big_image"] = run_big(url, proc.pid, (bw, bh), a.big_policy, data, a.policy, a.budget, deadline)
+            report["big_image"]["max_pass_pixels"] = ingress_setting(a.config, "max_pass_pixels")
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGINT)
@@ -354,6 +405,7 @@ def main() -> None:
         report["service_log"] = str(log)
     text = json.dumps(report, indent=1)
     print(text)
+    write_scenarios(report)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text)

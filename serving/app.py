@@ -150,6 +150,21 @@ def replica_grpc_on_loopback() -> bool:
 replica_grpc_on_loopback()
 
 
+def decode_base64_image(text: str) -> bytes:
+    """``image_base64`` to bytes: plain base64, base64 wrapped in lines (what ``base64`` and MIME write),
+    or a ``data:<type>;base64,`` URI (what a browser's ``FileReader.readAsDataURL`` gives). 400 otherwise."""
+    body = text.strip()
+    if body.startswith("data:"):
+        head, sep, body = body.partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise ServiceError(400, "Bad base64", "a data: URI must be data:<type>;base64,<data>")
+    body = "".join(body.split())  # line breaks and spaces of wrapped base64
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise ServiceError(400, "Bad base64", "image_base64 is not valid base64") from None
+
+
 def _in_replica() -> bool:
     try:
         serve.get_replica_context()
@@ -272,6 +287,8 @@ class DetectorServer:
         from zoomdet.detector.detector import Detector, default_checkpoint
 
         cfg = DetectorConfig(**(config or {}))
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
         if cfg != self.config:
             self.detector = Detector.from_checkpoint(cfg.checkpoint or str(default_checkpoint()), device=cfg.device,
                                                      batch_size=cfg.batch_size)
@@ -547,10 +564,7 @@ class ZoomDetIngress:
                     doc = DetectJSON.model_validate_json(body)
                 except ValidationError as e:
                     raise ServiceError(422, "Invalid request", _validation_detail(e)) from None
-                try:
-                    data = base64.b64decode(doc.image_base64, validate=True)
-                except (binascii.Error, ValueError):
-                    raise ServiceError(400, "Bad base64", "image_base64 is not valid base64") from None
+                data = decode_base64_image(doc.image_base64)
                 options = parse_options(dict(request.query_params),
                                         doc.model_dump(exclude={"image_base64"}, by_alias=True, exclude_none=True))
             else:  # an image body

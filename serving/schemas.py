@@ -28,7 +28,8 @@ class DetectOptions(BaseModel):
 class DetectJSON(DetectOptions):
     """JSON body: the image base64-encoded plus the options."""
 
-    image_base64: str = Field(..., description="the image file's bytes (JPEG, PNG, ...), base64")
+    image_base64: str = Field(..., description="the image file's bytes (JPEG, PNG, ...) in base64: plain, "
+                              "wrapped in lines, or a data:<type>;base64, URI")
 
 
 class Detection(BaseModel):
@@ -130,3 +131,5 @@ class DetectorConfig(BaseModel):
     batch_size: int = Field(4, ge=1, description="crops per forward pass")
     max_batch_size: int = Field(8, ge=1, description="@serve.batch: crops gathered across requests")
     batch_wait_timeout_s: float = Field(0.001, ge=0, description="@serve.batch: longest wait for a fuller batch")
+    torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads of the replica; null: "
+                                         "torch's default (Ray sets OMP_NUM_THREADS from num_cpus)")

@@ -173,6 +173,23 @@ def test_a_dead_replica_is_a_503_problem_with_retry_after():
         parse_options({"policy": "fine"}, {"policy": "coarse"})
 
 
+def test_base64_images_may_be_wrapped_or_data_uris():
+    import base64
+    import textwrap
+
+    from zoomdet.serving.app import decode_base64_image
+
+    data = encode(scene())
+    plain = base64.b64encode(data).decode()
+    assert decode_base64_image(plain) == data
+    assert decode_base64_image("\n".join(textwrap.wrap(plain, 76)) + "\n") == data  # `base64` / MIME lines
+    assert decode_base64_image("data:image/png;base64," + plain) == data  # FileReader.readAsDataURL
+    for bad in ("not base64!", "data:image/png," + plain, "data:image/png;base64"):
+        with pytest.raises(ServiceError) as e:
+            decode_base64_image(bad)
+        assert e.value.status == 400
+
+
 def test_uint8_images_give_the_same_crops_as_float_images():
     from PIL import Image as PILImage
 
@@ -215,7 +232,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def http_server(tmp_path_factory):
     """``zoomdet serve`` in a subprocess (Ray with 2 CPUs, no dashboard) on a free loopback port, as
-    ``(url, process)``; stopped with Ctrl-C."""
+    ``(url, process, log path)``; stopped with Ctrl-C."""
     import os
     import signal
     import subprocess
@@ -253,7 +270,7 @@ def http_server(tmp_path_factory):
             if time.time() > deadline:
                 raise TimeoutError(f"service not ready after 180 s: {path.with_name('serve.log').read_text()[-3000:]}")
             time.sleep(1)
-        yield url, proc
+        yield url, proc, path.with_name("serve.log")
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -274,7 +291,7 @@ def test_every_port_of_the_service_listens_on_loopback_only(http_server):
 
     import psutil
 
-    _, proc = http_server
+    _, proc, _ = http_server
     tree = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
     listening = []
     for p in tree:
@@ -285,6 +302,27 @@ def test_every_port_of_the_service_listens_on_loopback_only(http_server):
     assert len(listening) >= 4, listening  # the HTTP proxy, GCS, raylet, workers ...
     exposed = [(n, a) for n, a in listening if not ipaddress.ip_address(a.ip.removeprefix("::ffff:")).is_loopback]
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+def test_clients_that_leave_early_are_logged_in_one_line_without_a_traceback(http_server):
+    import time
+    from urllib.parse import urlparse
+
+    import requests
+
+    url, _, log = http_server
+    port = urlparse(url).port
+    data = encode(scene())
+    head = (f"POST /v1/detect?policy=fine HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode()
+    before = log.read_text().count("Traceback")
+    for body in (data, data[:len(data) // 2]):  # leaves before the answer; leaves halfway through the body
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(head + body)
+            time.sleep(0.2)
+    assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+    time.sleep(3)  # replica logs reach the driver's output
+    assert log.read_text().count("Traceback") == before
 
 
 def test_slow_and_oversized_chunked_bodies_are_cut_off(http_url):
@@ -472,7 +510,7 @@ def test_a_big_image_under_the_cap_finishes_with_bounded_memory_beside_a_small_r
     from PIL import Image as PILImage
     from PIL import ImageDraw
 
-    url, proc = http_server
+    url, proc, _ = http_server
     img = PILImage.new("RGB", (4000, 4000), (30, 30, 30))
     ImageDraw.Draw(img).rectangle([100, 100, 140, 120], fill=(220, 220, 200))
     buf = io.BytesIO()
@@ -517,7 +555,7 @@ def test_a_replica_killed_under_load_answers_503_problems_then_recovers(http_ser
     import psutil
     import requests
 
-    url, proc = http_server
+    url, proc, _ = http_server
     victims = [p for p in psutil.Process(proc.pid).children(recursive=True)
                if "ServeReplica:zoomdet:DetectorServer" in " ".join(p.cmdline())]
     assert victims
