@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -195,3 +196,39 @@ def test_window_scale_zooms_below_the_fine_reference():
     assert r.cost.model_input_pixels == 200 * 150 + sum(reg.window.input_pixels for reg in r.regions)
     with pytest.raises(ValueError, match="scales"):
         ZoomConfig(window_scale=0)
+
+
+def test_image_ap_is_cocoeval_on_one_image():
+    from pycocotools.coco import COCO
+
+    from zoomdet.eval.coco_eval import ImageAP, coco_metrics
+
+    gt_boxes, gt_labels = BOXES.numpy(), LABELS.numpy()
+    scorer = ImageAP(gt_boxes, gt_labels, [0, 0, 0], W, H)
+    dets = [[21.0, 20, 29, 28], [150, 100, 240, 200], [300, 10, 330, 40]]
+    scores, labels = [0.9, 0.8, 0.7], [1, 2, 1]
+    coco = COCO()
+    coco.dataset = {"images": [{"id": 1, "width": W, "height": H}], "categories": [{"id": 1}, {"id": 2}],
+                    "annotations": [{"id": i + 1, "image_id": 1, "category_id": int(c), "iscrowd": 0,
+                                     "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)}
+                                    for i, ((x0, y0, x1, y1), c) in enumerate(zip(gt_boxes.tolist(), gt_labels.tolist()))]}
+    coco.createIndex()
+    ref = coco_metrics(coco, [{"image_id": 1, "category_id": c, "score": s, "bbox": [x0, y0, x1 - x0, y1 - y0]}
+                              for (x0, y0, x1, y1), s, c in zip(dets, scores, labels)], [1])["ap"]
+    assert scorer(dets, scores, labels) == pytest.approx(ref) and 0 < ref < 1
+    assert scorer([], [], []) == 0.0 and scorer(gt_boxes, [1, 1, 1], gt_labels) == pytest.approx(1.0)
+    assert np.isnan(ImageAP(np.zeros((0, 4)), [], [], W, H)(dets, scores, labels))  # no object: AP undefined
+
+
+def test_ap_oracle_zooms_where_ap_rises_and_stops_when_it_cannot():
+    eng = make_engine(max_pixels_ratio=10)
+    gt = GroundTruth(BOXES, LABELS, torch.zeros(3, dtype=torch.bool))
+    pol = make_policy("oracle-ap", zoom=eng.config)
+    r = eng.run(image(), pol, ground_truth=gt)
+    fine = eng.run(image(), make_policy("fine"))
+    assert 1 <= len(r.regions) <= 2  # the windows holding the two small objects, nothing more
+    assert sorted(r.detections.boxes.tolist()) == sorted(fine.detections.boxes.tolist())
+    with pytest.raises(ValueError, match="ground truth"):
+        eng.run(image(), pol)
+    empty = GroundTruth(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool))
+    assert eng.run(image(), pol, ground_truth=empty).regions == []  # no object: nothing to gain

@@ -17,7 +17,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["coco_metrics", "episode_metrics", "AREA_RANGES"]
+__all__ = ["coco_metrics", "episode_metrics", "AREA_RANGES", "ImageAP"]
 
 # name -> [min area, max area] in px², as COCOeval expects
 AREA_RANGES = {
@@ -94,6 +94,53 @@ def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: Sequence[int], p
         names = {c["id"]: c["name"] for c in coco_gt.loadCats(ev.params.catIds)}
         out["per_class"] = {names[cid]: _mean_valid(p[:, :, k, a["all"], m_all]) for k, cid in enumerate(ev.params.catIds)}
     return out
+
+
+class ImageAP:
+    """COCOeval's AP@[.5:.95] of one image's detections, for an oracle that maximises the metric itself.
+
+    The ground truth is indexed once; each call runs :class:`COCOeval` on that image alone (area range
+    ``all``, up to 1000 detections, as :func:`coco_metrics` reads ``ap``). AP is averaged over the
+    categories present in the image's ground truth, as COCOeval does: a detection of another class
+    costs nothing here although it is a false positive in the dataset's AP.
+
+    Args:
+        boxes: ``Tensor[G, 4]`` (or array) ground-truth boxes, xyxy image pixels.
+        labels: ``[G]`` category ids.
+        crowd: ``[G]`` crowd flags (crowd regions are ignored, as in COCOeval).
+        width, height: image size, pixels.
+    """
+
+    def __init__(self, boxes, labels, crowd, width: int, height: int) -> None:
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        labels, crowd = np.asarray(labels).reshape(-1), np.asarray(crowd).reshape(-1)
+        anns = [{"id": i + 1, "image_id": 1, "category_id": int(c), "iscrowd": int(k),
+                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float((x1 - x0) * (y1 - y0))}
+                for i, ((x0, y0, x1, y1), c, k) in enumerate(zip(b.tolist(), labels.tolist(), crowd.tolist()))]
+        self.has_objects = any(not a["iscrowd"] for a in anns)
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.gt = COCO()
+            self.gt.dataset = {"images": [{"id": 1, "width": int(width), "height": int(height)}], "annotations": anns,
+                               "categories": [{"id": int(c)} for c in sorted(set(labels.tolist()))]}
+            self.gt.createIndex()
+
+    def __call__(self, boxes, scores, labels) -> float:
+        """AP in [0, 1] of detections ``boxes`` (``[N, 4]`` xyxy), ``scores`` and ``labels`` (category ids);
+        NaN when the image has no (non-crowd) object, 0 without detections."""
+        if not self.has_objects:
+            return float("nan")
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if not len(b):
+            return 0.0
+        results = [{"image_id": 1, "category_id": int(c), "score": float(sc), "bbox": [x0, y0, x1 - x0, y1 - y0]}
+                   for (x0, y0, x1, y1), sc, c in zip(b.tolist(), np.asarray(scores).tolist(), np.asarray(labels).tolist())]
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOeval(self.gt, self.gt.loadRes(results), "bbox")
+            ev.params.imgIds, ev.params.maxDets = [1], [1000]
+            ev.params.areaRng, ev.params.areaRngLbl = [AREA_RANGES["all"]], ["all"]
+            ev.evaluate()
+            ev.accumulate()
+        return _mean_valid(ev.eval["precision"][:, :, :, 0, 0])
 
 
 def episode_metrics(doc: dict) -> list[dict]:

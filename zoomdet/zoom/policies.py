@@ -27,13 +27,14 @@ import torch
 from zoomdet.types import Detections, Window
 from zoomdet.zoom.engine import EpisodeState, ZoomConfig
 from zoomdet.zoom.gain import GainItems, fresh_gain, window_gain_items
-from zoomdet.zoom.merge import STAGE_COARSE, STAGE_FINE, MergeResult, sahi_postprocess
+from zoomdet.zoom.merge import STAGE_COARSE, STAGE_FINE, MergeConfig, MergeResult, merge_zoom, sahi_postprocess
 from zoomdet.zoom.windows import GainMap
 
 __all__ = ["GAIN_POLICIES", "SahiConfig", "PolicyConfig", "CoarsePolicy", "FinePolicy", "SahiPolicy", "RandomPolicy", "OraclePolicy",
+           "APOraclePolicy",
            "make_policy", "BASELINES", "get_slice_windows"]
 
-BASELINES = ("coarse", "fine", "sahi", "random", "oracle")
+BASELINES = ("coarse", "fine", "sahi", "random", "oracle", "oracle-ap")
 SAHI_LOW_MODEL_CONFIDENCE = 0.1
 """``sahi.predict.LOW_MODEL_CONFIDENCE``: below it SAHI switches its postprocess to NMS/IOU."""
 GAIN_POLICIES = ("greedy", "greedy-entropy")
@@ -238,9 +239,61 @@ class OraclePolicy:
         return best
 
 
+class APOraclePolicy:
+    """Greedy on the true change of the image's COCO AP (uses ground truth): an upper bound on AP to compare
+    deployable policies with, where ``oracle`` maximises the paper's gain, which need not track AP.
+
+    On the first call it runs the fine pass on every candidate (the look-ahead, not counted as cost).
+    Each step it merges, for every available window, the coarse detections with the windows zoomed so
+    far plus that one (the engine's merge rule), scores the result with COCOeval on this image alone
+    (:class:`~zoomdet.eval.coco_eval.ImageAP`), and takes the window with the highest AP while it beats
+    the current AP by more than ``min_gain`` (AP points / 100); it stops otherwise, and on images
+    without objects.
+    """
+
+    name = "oracle-ap"
+    needs_ground_truth = True
+
+    def __init__(self, merge: MergeConfig, min_gain: float = 0.0) -> None:
+        self.merge = merge
+        self.min_gain = float(min_gain)
+
+    def gain_map(self, state: EpisodeState) -> Optional[GainMap]:
+        return None
+
+    def _ap(self, state: EpisodeState, scorer, fine: list[Detections], windows: list[int]) -> float:
+        d = merge_zoom(state.coarse, [fine[j] for j in windows], [state.candidates[j] for j in windows],
+                       state.width, state.height, self.merge).detections
+        return scorer(d.boxes.numpy(), d.scores.numpy(), d.labels.numpy())
+
+    def select(self, state: EpisodeState) -> Optional[int]:
+        from zoomdet.eval.coco_eval import ImageAP
+
+        mem = state.memory
+        if "ap_oracle" not in mem:  # once per episode
+            gt = state.ground_truth
+            assert gt is not None and state.lookahead is not None
+            scorer = ImageAP(gt.boxes.numpy(), gt.labels.numpy(), gt.crowd.numpy(), state.width, state.height)
+            fine = state.lookahead(state.candidates)
+            mem["ap_oracle"] = (scorer, fine)
+            mem["ap_oracle_current"] = self._ap(state, scorer, fine, [])
+        scorer, fine = mem["ap_oracle"]
+        current = mem["ap_oracle_current"]
+        if current != current:  # no object in the image: nothing to gain
+            return None
+        best, best_ap = None, current + self.min_gain
+        for i in np.flatnonzero(state.available):
+            ap = self._ap(state, scorer, fine, list(state.zoomed) + [int(i)])
+            if ap > best_ap + 1e-12:
+                best, best_ap = int(i), ap
+        if best is not None:
+            mem["ap_oracle_current"] = best_ap
+        return best
+
+
 def make_policy(name: str, cfg: Optional[PolicyConfig] = None, zoom: Optional[ZoomConfig] = None,
                 detector_id: Optional[str] = None):
-    """A policy by name: ``coarse``, ``fine``, ``sahi``, ``random``, ``oracle``, ``greedy`` (needs
+    """A policy by name: ``coarse``, ``fine``, ``sahi``, ``random``, ``oracle``, ``oracle-ap``, ``greedy`` (needs
     ``cfg.rnet``, trained on features of the detector ``detector_id``), ``greedy-entropy``, or the
     path of a trained agent (``.zip`` from ``zoomdet train``)."""
     cfg = cfg or PolicyConfig()
@@ -269,5 +322,7 @@ def make_policy(name: str, cfg: Optional[PolicyConfig] = None, zoom: Optional[Zo
     if name == "oracle":
         merge = (zoom or ZoomConfig()).merge
         return OraclePolicy(cfg.oracle_min_gain, merge.drop_ios, merge.coarse_min_px)
+    if name == "oracle-ap":
+        return APOraclePolicy((zoom or ZoomConfig()).merge)
     raise ValueError(f"unknown policy {name!r}; choose from {', '.join(BASELINES + GAIN_POLICIES)} "
                      f"or the path of a trained agent (.zip)")
