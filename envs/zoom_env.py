@@ -28,7 +28,11 @@ fine detections of the refined window in the cache, zero it on the map.
 Reward (paper Eq. 1): the window's true accuracy gain (items whose centre no
 earlier window covered, :func:`~zoomdet.zoom.gain.fresh_gain`) minus
 ``lam * window pixels / image pixels`` (model input pixels at the fine
-scale). Stop: reward 0.
+scale). Stop: reward 0. With ``reward="ap"`` the first term is instead the
+change of the image's COCO AP (x 100, AP points) that the step makes to the
+merged detections (:class:`~zoomdet.eval.coco_eval.ImageAP`, COCOeval on that
+image alone): an episode's rewards then sum to the AP the zoom added, minus
+``lam`` times the pixels spent, so the objective is the metric.
 
 Terminated on stop, when the remaining positive AG sum falls under
 ``stop_gain`` (0.1, the paper's rule), or when every window has been taken.
@@ -48,7 +52,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Sequence
 
 import gymnasium as gym
@@ -65,6 +69,7 @@ __all__ = ["ZoomEnvConfig", "ZoomEnv", "observe", "budget_left", "gain_model_for
            "window_geometry"]
 
 STATES = ("rnet", "entropy", "oracle")
+REWARDS = ("gain", "ap")
 
 
 @dataclass
@@ -76,8 +81,11 @@ class ZoomEnvConfig:
     entropy of coarse scores, the paper's ER) or ``oracle`` (true gain labels; an upper bound)."""
     rnet: Optional[str] = None
     """R-net checkpoint (``zoomdet rnet train``), trained on features of the cache's detector."""
+    reward: str = "gain"
+    """``gain``: the paper's true accuracy gain (Eq. 1-2); ``ap``: the step's change of the image's COCO AP
+    x 100 (see the module docstring)."""
     lam: float = 5.0
-    """λ of the reward: cost of zooming into the whole image, in gain units."""
+    """λ of the reward: cost of zooming into the whole image, in gain units (AP points with ``reward: ap``)."""
     stop_gain: float = 0.1
     """Terminate when the positive AG sum left on the map falls below this (the paper's 0.1)."""
     max_steps: int = 13
@@ -99,6 +107,8 @@ class ZoomEnvConfig:
             raise ValueError(f"state must be one of {STATES}, got {self.state!r}")
         if self.state == "rnet" and not self.rnet:
             raise ValueError("state 'rnet' needs an R-net checkpoint: pass rnet=PATH (or state='entropy')")
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}, got {self.reward!r}")
         if self.order not in ("random", "sequential"):
             raise ValueError(f"order must be 'random' or 'sequential', got {self.order!r}")
         if self.max_pixels_ratio <= 0 or self.max_steps < 1 or self.lam < 0:
@@ -205,6 +215,9 @@ class _Image:
     candidate_pixels: np.ndarray
     positions: list[np.ndarray]
     """Per candidate: ``float64[P, 4]``, its refinement positions (xyxy, unshifted first)."""
+    ap_memo: dict = field(default_factory=dict)
+    """``reward="ap"``: image AP per set of zoomed cached windows (episodes on an image revisit sets)."""
+    scorer: Any = None
 
 
 class ZoomEnv(gym.Env):
@@ -334,7 +347,13 @@ class ZoomEnv(gym.Env):
             k = self._img.index[window]
             predicted = float(sums[best])
             true_gain = fresh_gain(self._img.items[k], self.zoomed)
-            reward = true_gain - self.config.lam * window.input_pixels / self.image_pixels
+            if self.config.reward == "ap":
+                before = self.image_ap(self.fine_ids)
+                ap_gain = 100 * (self.image_ap(self.fine_ids + [k]) - before)
+                info["ap_gain"] = ap_gain
+                reward = ap_gain - self.config.lam * window.input_pixels / self.image_pixels
+            else:
+                reward = true_gain - self.config.lam * window.input_pixels / self.image_pixels
             self.spent += window.input_pixels
             self.gain.zero_(window)
             self.zoomed_ids.append(a)
@@ -352,6 +371,34 @@ class ZoomEnv(gym.Env):
         if (terminated or truncated) and self.config.info_detections:
             info["detections"] = self.merged().to_coco(self._img.record.image_id)
         return self._obs(), float(reward), terminated, truncated, info
+
+    def image_ap(self, fine_ids: Sequence[int]) -> float:
+        """COCO AP (0..1) of the coarse detections merged with the cached windows ``fine_ids`` on the current
+        image (0 on an image without objects, where AP is undefined); memoised per image."""
+        from zoomdet.eval.coco_eval import ImageAP
+
+        img, key = self._img, tuple(sorted(fine_ids))
+        if key not in img.ap_memo:
+            rec = img.record
+            if img.scorer is None:
+                img.scorer = ImageAP(rec.gt_boxes.numpy(), rec.gt_labels.numpy(), rec.gt_crowd.numpy(), rec.width, rec.height)
+            d = merge_zoom(rec.coarse.without_features(), [rec.fine[j] for j in key], [rec.windows[j] for j in key],
+                           rec.width, rec.height, self.zoom.merge).detections
+            ap = img.scorer(d.boxes.numpy(), d.scores.numpy(), d.labels.numpy())
+            img.ap_memo[key] = 0.0 if ap != ap else ap
+        return img.ap_memo[key]
+
+    def single_window_rewards(self, index: int) -> list[dict]:
+        """For image ``index``, each candidate window (unrefined) zoomed alone: its paper ``gain``, its
+        ``ap_gain`` (AP points) and the merged ``detections``; resets the environment to that image."""
+        self.reset(options={"index": index})
+        rec, out = self._img.record, []
+        for a in range(self.num_candidates):
+            d = merge_zoom(rec.coarse.without_features(), [rec.fine[a]], [rec.windows[a]], rec.width, rec.height,
+                           self.zoom.merge).detections
+            out.append({"gain": fresh_gain(self._img.items[a], []),
+                        "ap_gain": 100 * (self.image_ap([a]) - self.image_ap([])), "detections": d})
+        return out
 
     def merged(self) -> Detections:
         """Coarse and fine detections of the episode so far, merged as the live engine merges them."""

@@ -85,6 +85,35 @@ def test_reward_is_true_gain_minus_lambda_pixels_and_not_paid_twice(toy_cache):
     assert info2["true_gain"] == pytest.approx(0.0, abs=1e-4) and r2 < 0
 
 
+def test_ap_reward_sums_to_the_images_ap_change_minus_lambda_pixels(toy_cache):
+    from zoomdet.eval.coco_eval import ImageAP
+
+    env = make(toy_cache, lam=2.0, reward="ap").unwrapped
+    env.reset(options={"index": 0})
+    rec = env._img.record
+    scorer = ImageAP(rec.gt_boxes.numpy(), rec.gt_labels.numpy(), rec.gt_crowd.numpy(), rec.width, rec.height)
+    c = rec.coarse
+    start = scorer(c.boxes.numpy(), c.scores.numpy(), c.labels.numpy())
+    total, cost, gains = 0.0, 0.0, []
+    for a in (4, 0):
+        _, r, term, trunc, info = env.step(a)
+        gains.append((info["true_gain"], info["ap_gain"]))
+        px = Window(*info["window"], 1.0).input_pixels / (W * H)
+        assert r == pytest.approx(info["ap_gain"] - 2.0 * px, abs=1e-6)
+        total, cost = total + r, cost + 2.0 * px
+        if term or trunc:
+            break
+    end = env.merged()
+    final = scorer(end.boxes.numpy(), end.scores.numpy(), end.labels.numpy())
+    assert total + cost == pytest.approx(100 * (final - start), abs=1e-6)  # rewards add up to the AP gained
+    # the cluster in window 4 was found by the coarse pass at score 0.3, and ranked right: COCO AP is
+    # already 1 there, so zooming adds no AP, where the paper's gain counts 2.6 for the higher scores
+    assert start == final == pytest.approx(1.0)
+    assert gains[0][0] == pytest.approx(2.6, abs=1e-4) and gains[0][1] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="reward must be"):
+        make(toy_cache, reward="score")
+
+
 def test_stop_and_step_cap_and_budget(toy_cache):
     env = make(toy_cache).unwrapped
     env.reset(options={"index": 3})

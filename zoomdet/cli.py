@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(ev, None)
     ev.add_argument("--data", required=True, help="COCO annotation json")
     ev.add_argument("--policy", action="append", required=True, metavar="NAME",
-                    help="policy to run: coarse, fine, sahi, random, oracle, greedy, greedy-entropy, or a trained agent "
+                    help="policy to run: coarse, fine, sahi, random, oracle, oracle-ap, greedy, greedy-entropy, or a trained agent "
                          "logs/dqn/ZoomDet-v0_1/best_model.zip (repeatable)")
     ev.add_argument("--rnet", help="R-net checkpoint for the greedy policy (default: config policies.rnet)")
     ev.add_argument("--out", required=True, help="output folder")
