@@ -115,3 +115,21 @@ def test_serve_and_query_bad_input_give_clear_errors(tmp_path, capsys):
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     assert main(["query", str(tmp_path / "a.png"), "--url", "http://127.0.0.1:9"]) == 1
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_two_policies_with_one_name(tmp_path, synth_small, tiny_checkpoint, monkeypatch):
+    """Two agents whose run folders share a name (logs/dqn/ZoomDet-v0_1 of two runs) would share a row."""
+    import zoomdet.eval.evaluator as ev
+    from zoomdet.zoom.policies import make_policy
+
+    def named_alike(name, *a, **kw):
+        pol = make_policy("coarse" if name.endswith(".zip") else name, *a, **kw)
+        if name.endswith(".zip"):
+            pol.name = "dqn:ZoomDet-v0_1/best_model"
+        return pol
+
+    monkeypatch.setattr(ev, "make_policy", named_alike)
+    cfg = ev.EvalConfig(checkpoint=str(tiny_checkpoint), images=1)
+    with pytest.raises(ValueError, match="both named 'dqn:ZoomDet-v0_1/best_model'"):
+        ev.evaluate(cfg, str(synth_small), ["a/ZoomDet-v0_1/best_model.zip", "b/ZoomDet-v0_1/best_model.zip"],
+                    tmp_path / "out", progress=False)

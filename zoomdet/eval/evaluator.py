@@ -107,6 +107,9 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
     policies = {}
     for name in dict.fromkeys(policy_names):
         pol = make_policy(name, cfg.policies, cfg.zoom, detector.checkpoint_id)
+        if pol.name in policies:  # two agents from run folders of the same name would share one row
+            raise ValueError(f"two policies are both named {pol.name!r} ({name} and an earlier --policy); agents are "
+                             "named after their run folder: copy or rename one of the folders")
         policies[pol.name] = pol
     keys = _run_keys(policies, cfg.budgets, cfg)
     ids = ds.subset(cfg.images, cfg.seed)
