@@ -175,10 +175,10 @@ def tiled_fine_pass(detector, image: Tensor, zoom: ZoomConfig) -> Detections:
     """Fine detections of the whole image from tiles of the smallest candidate window's size.
 
     Tiles overlap by a quarter of their side (SAHI's slicing); duplicates across tiles are merged by
-    class-wise NMS on intersection over the smaller box at 0.5, so a box cut by a tile edge yields
-    to the whole box from the neighbouring tile.
+    :func:`~zoomdet.zoom.merge.merge_tiles`, so a box cut by a tile edge yields to the whole box from
+    the neighbouring tile.
     """
-    from zoomdet.zoom.merge import sahi_postprocess
+    from zoomdet.zoom.merge import merge_tiles
     from zoomdet.zoom.policies import SahiConfig, get_slice_windows
 
     _, H, W = image.shape
@@ -186,8 +186,7 @@ def tiled_fine_pass(detector, image: Tensor, zoom: ZoomConfig) -> Detections:
     side = min(min(c.width for c in cands), min(c.height for c in cands))
     tiles = get_slice_windows(W, H, SahiConfig(slice_width=side, slice_height=side, overlap_width_ratio=0.25,
                                                overlap_height_ratio=0.25), zoom.zoom_scale)
-    dets = Detections.cat([d.without_features() for d in detector.detect(image, tiles)])
-    return sahi_postprocess(dets, "NMS", "IOS", 0.5)[0]
+    return merge_tiles([d.without_features() for d in detector.detect(image, tiles)])
 
 
 def compose_window(full: Detections, window: Window) -> Detections:

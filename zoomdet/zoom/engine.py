@@ -29,7 +29,7 @@ Cost accounting (:class:`Cost`), per image:
 Bounded passes: with ``max_pass_pixels``, a window whose detector input is
 larger (a fine pass over a huge upload, or its coarse pass) is detected as
 overlapping tiles of at most that many input pixels (:func:`split_window`),
-merged by class-wise NMS on intersection over the smaller box; the tiles, with
+merged by :func:`~zoomdet.zoom.merge.merge_tiles`; the tiles, with
 their overlap, are what the cost counts. This bounds the memory and the
 duration of every forward call whatever the image size (the service sets it).
 """
@@ -45,7 +45,7 @@ from torch import Tensor
 
 from zoomdet.detector.detector import Detector, batch_plan
 from zoomdet.types import Detections, Window
-from zoomdet.zoom.merge import MergeConfig, MergeResult, merge_zoom, sahi_postprocess
+from zoomdet.zoom.merge import MergeConfig, MergeResult, merge_tiles, merge_zoom
 from zoomdet.zoom.windows import GainMap, WindowConfig, candidate_windows, refine_window, split_window
 
 __all__ = ["ZoomConfig", "Cost", "Region", "ZoomResult", "EpisodeState", "PlanPolicy", "ZoomPolicy", "ZoomEngine",
@@ -266,7 +266,7 @@ class ZoomEngine:
         for ts in tiles:
             part = dets[start:start + len(ts)]
             start += len(ts)
-            out.append(part[0] if len(ts) == 1 else sahi_postprocess(Detections.cat(part), "NMS", "IOS", 0.5)[0])
+            out.append(part[0] if len(ts) == 1 else merge_tiles(part))
         return out
 
     def candidates(self, width: int, height: int) -> list[Window]:

@@ -30,8 +30,8 @@ from torchvision.ops import batched_nms, box_area, box_iou
 
 from zoomdet.types import Detections, Window
 
-__all__ = ["MergeConfig", "MergeResult", "intersection_over_self", "merge_zoom", "sahi_postprocess", "STAGE_COARSE", "STAGE_FINE",
-           "coarse_sized"]
+__all__ = ["MergeConfig", "MergeResult", "intersection_over_self", "merge_zoom", "sahi_postprocess", "merge_tiles",
+           "STAGE_COARSE", "STAGE_FINE", "coarse_sized"]
 
 STAGE_COARSE = 0
 STAGE_FINE = 1
@@ -218,3 +218,10 @@ def sahi_postprocess(det: Detections, kind: str = "GREEDYNMM", metric: str = "IO
     k = torch.tensor(keep, dtype=torch.int64)
     out = d.select(k)
     return out.with_boxes(torch.stack(boxes)), order[k]
+
+
+def merge_tiles(parts: Sequence[Detections]) -> Detections:
+    """Detections of overlapping tiles of one pass, as one set (image pixels): class-wise NMS on intersection
+    over the smaller box at 0.5, so a box cut by a tile edge yields to the whole box from the neighbouring
+    tile. The engine's bounded passes (``max_pass_pixels``) and the composed cache's tiled pass both use it."""
+    return sahi_postprocess(Detections.cat(list(parts)), "NMS", "IOS", 0.5)[0]
