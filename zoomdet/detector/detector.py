@@ -29,6 +29,12 @@ from zoomdet.types import Detections, Window
 __all__ = ["Detector", "batch_plan", "size_batches", "crop_window", "save_checkpoint", "load_checkpoint", "default_checkpoint"]
 
 
+def as_float_image(t: Tensor) -> Tensor:
+    """``uint8`` pixels in [0, 255] as float32 in [0, 1], exactly as :func:`~zoomdet.data.coco.image_to_tensor`
+    converts an 8-bit image; float tensors are returned as they are."""
+    return t.float().div_(255.0) if t.dtype == torch.uint8 else t
+
+
 def crop_window(image: Tensor, window: Window) -> Tensor:
     """Crop ``window`` from ``image`` (``Tensor[3, H, W]``) and resize it by ``window.scale``.
 
@@ -42,9 +48,7 @@ def crop_window(image: Tensor, window: Window) -> Tensor:
     _, H, W = image.shape
     if window.x1 > W or window.y1 > H or window.x0 < 0 or window.y0 < 0:
         raise ValueError(f"window {window.as_tuple()} leaves the {W}x{H} image")
-    crop = image[:, window.y0:window.y1, window.x0:window.x1]
-    if crop.dtype == torch.uint8:
-        crop = crop.float().div_(255.0)
+    crop = as_float_image(image[:, window.y0:window.y1, window.x0:window.x1])
     size = window.input_size
     if size == (window.height, window.width):
         return crop
@@ -146,8 +150,7 @@ class Detector:
         equal size share forward passes of up to ``batch_size``."""
         results: list[Optional[Detections]] = [None] * len(crops)
         for chunk in size_batches([tuple(c.shape[-2:]) for c in crops], self.batch_size):
-            batch = [crops[i].to(self.device) for i in chunk]
-            batch = [c.float().div_(255.0) if c.dtype == torch.uint8 else c for c in batch]
+            batch = [as_float_image(crops[i].to(self.device)) for i in chunk]
             for i, det in zip(chunk, self._forward(batch, features)):
                 results[i] = det
         return results  # type: ignore[return-value]
