@@ -31,27 +31,17 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=0, help="first N images of the cache (default 0 = all)")
     args = ap.parse_args(argv)
 
-    from pycocotools.coco import COCO
     from scipy.stats import pearsonr, spearmanr
     from tqdm import tqdm
 
     from zoomdet.envs.zoom_env import ZoomEnv
-    from zoomdet.eval.coco_eval import coco_metrics
+    from zoomdet.eval.coco_eval import coco_metrics, ground_truth_coco
     from zoomdet.eval.results import command_line, write_results
 
     env = ZoomEnv(args.cache, state="entropy", reward="ap")
     n = len(env.records) if not args.images else min(args.images, len(env.records))
     records = env.records[:n]
-    anns, cats = [], set()
-    for r in records:
-        for i, (b, c, k) in enumerate(zip(r.gt_boxes.tolist(), r.gt_labels.tolist(), r.gt_crowd.tolist())):
-            anns.append({"id": len(anns) + 1, "image_id": r.image_id, "category_id": int(c), "iscrowd": int(k),
-                         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1])})
-            cats.add(int(c))
-    coco = COCO()
-    coco.dataset = {"images": [{"id": r.image_id, "width": r.width, "height": r.height} for r in records],
-                    "annotations": anns, "categories": [{"id": c} for c in sorted(cats)]}
-    coco.createIndex()
+    coco = ground_truth_coco((r.image_id, r.width, r.height, r.gt_boxes, r.gt_labels, r.gt_crowd) for r in records)
     ids = [r.image_id for r in records]
     coarse = {r.image_id: r.coarse.without_features().to_coco(r.image_id) for r in records}
     base = coco_metrics(coco, [d for v in coarse.values() for d in v], ids)["ap"]

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["coco_metrics", "episode_metrics", "AREA_RANGES", "ImageAP"]
+__all__ = ["coco_metrics", "episode_metrics", "AREA_RANGES", "ImageAP", "ground_truth_coco"]
 
 # name -> [min area, max area] in px², as COCOeval expects
 AREA_RANGES = {
@@ -27,6 +27,32 @@ AREA_RANGES = {
     "medium": [32.0**2, 96.0**2],
     "large": [96.0**2, 1e10],
 }
+
+
+def ground_truth_coco(images, categories: Optional[dict] = None) -> COCO:
+    """An in-memory COCO ground truth for :class:`COCOeval`.
+
+    Args:
+        images: per image ``(image_id, width, height, boxes, labels, crowd)``: boxes ``[G, 4]`` xyxy pixels
+            (tensor, array or lists), category ids, crowd flags.
+        categories: ``{category id: name}`` to declare beside the labels present (which are named by id).
+    """
+    anns, cats = [], {int(c): str(n) for c, n in (categories or {}).items()}
+    records = []
+    for image_id, width, height, boxes, labels, crowd in images:
+        records.append({"id": int(image_id), "width": int(width), "height": int(height)})
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        for (x0, y0, x1, y1), c, k in zip(b.tolist(), np.asarray(labels).reshape(-1).tolist(),
+                                          np.asarray(crowd).reshape(-1).tolist()):
+            anns.append({"id": len(anns) + 1, "image_id": int(image_id), "category_id": int(c), "iscrowd": int(k),
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float((x1 - x0) * (y1 - y0))})
+            cats.setdefault(int(c), str(int(c)))
+    gt = COCO()
+    gt.dataset = {"images": records, "annotations": anns,
+                  "categories": [{"id": c, "name": n} for c, n in sorted(cats.items())]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
 
 
 def _mean_valid(x: np.ndarray) -> float:
@@ -112,17 +138,8 @@ class ImageAP:
     """
 
     def __init__(self, boxes, labels, crowd, width: int, height: int) -> None:
-        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        labels, crowd = np.asarray(labels).reshape(-1), np.asarray(crowd).reshape(-1)
-        anns = [{"id": i + 1, "image_id": 1, "category_id": int(c), "iscrowd": int(k),
-                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float((x1 - x0) * (y1 - y0))}
-                for i, ((x0, y0, x1, y1), c, k) in enumerate(zip(b.tolist(), labels.tolist(), crowd.tolist()))]
-        self.has_objects = any(not a["iscrowd"] for a in anns)
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.gt = COCO()
-            self.gt.dataset = {"images": [{"id": 1, "width": int(width), "height": int(height)}], "annotations": anns,
-                               "categories": [{"id": int(c)} for c in sorted(set(labels.tolist()))]}
-            self.gt.createIndex()
+        self.gt = ground_truth_coco([(1, width, height, boxes, labels, crowd)])
+        self.has_objects = any(not a["iscrowd"] for a in self.gt.dataset["annotations"])
 
     def __call__(self, boxes, scores, labels) -> float:
         """AP in [0, 1] of detections ``boxes`` (``[N, 4]`` xyxy), ``scores`` and ``labels`` (category ids);
@@ -155,17 +172,10 @@ def episode_metrics(doc: dict) -> list[dict]:
     if "ground_truth" not in doc:
         raise ValueError("the episode has no ground_truth (record it with zoomdet replay on an annotated dataset)")
     w, h = doc["image"]["width"], doc["image"]["height"]
-    anns = [{"id": i + 1, "image_id": 1, "category_id": g["class_id"], "iscrowd": int(g["iscrowd"]),
-             "bbox": [g["box_xyxy"][0], g["box_xyxy"][1], g["box_xyxy"][2] - g["box_xyxy"][0],
-                      g["box_xyxy"][3] - g["box_xyxy"][1]]} for i, g in enumerate(doc["ground_truth"])]
-    for a in anns:
-        a["area"] = a["bbox"][2] * a["bbox"][3]
-    cats = sorted({a["category_id"] for a in anns} | {d["class_id"] for d in doc["coarse"]})
-    gt = COCO()
-    gt.dataset = {"images": [{"id": 1, "width": w, "height": h}], "annotations": anns,
-                  "categories": [{"id": c, "name": doc.get("categories", {}).get(str(c), str(c))} for c in cats]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
+    truth, names = doc["ground_truth"], doc.get("categories", {})
+    cats = {g["class_id"] for g in truth} | {d["class_id"] for d in doc["coarse"]}
+    gt = ground_truth_coco([(1, w, h, [g["box_xyxy"] for g in truth], [g["class_id"] for g in truth],
+                             [int(g["iscrowd"]) for g in truth])], {c: names.get(str(c), str(c)) for c in cats})
     from zoomdet.types import Window
 
     coarse_ratio = Window.full(w, h, doc["config"]["coarse_scale"]).input_pixels / (w * h)
