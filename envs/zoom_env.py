@@ -375,37 +375,42 @@ class ZoomEnv(gym.Env):
     def image_ap(self, fine_ids: Sequence[int]) -> float:
         """COCO AP (0..1) of the coarse detections merged with the cached windows ``fine_ids`` on the current
         image (0 on an image without objects, where AP is undefined); memoised per image."""
+        key = tuple(sorted(fine_ids))
+        if key not in self._img.ap_memo:
+            self._img.ap_memo[key] = self._score(self.merged_for(key))
+        return self._img.ap_memo[key]
+
+    def _score(self, detections: Detections) -> float:
         from zoomdet.eval.coco_eval import ImageAP
 
-        img, key = self._img, tuple(sorted(fine_ids))
-        if key not in img.ap_memo:
+        img = self._img
+        if img.scorer is None:
             rec = img.record
-            if img.scorer is None:
-                img.scorer = ImageAP(rec.gt_boxes.numpy(), rec.gt_labels.numpy(), rec.gt_crowd.numpy(), rec.width, rec.height)
-            d = merge_zoom(rec.coarse.without_features(), [rec.fine[j] for j in key], [rec.windows[j] for j in key],
-                           rec.width, rec.height, self.zoom.merge).detections
-            ap = img.scorer(d.boxes.numpy(), d.scores.numpy(), d.labels.numpy())
-            img.ap_memo[key] = 0.0 if ap != ap else ap
-        return img.ap_memo[key]
+            img.scorer = ImageAP(rec.gt_boxes, rec.gt_labels, rec.gt_crowd, rec.width, rec.height)
+        ap = img.scorer(detections)
+        return 0.0 if ap != ap else ap
 
     def single_window_rewards(self, index: int) -> list[dict]:
         """For image ``index``, each candidate window (unrefined) zoomed alone: its paper ``gain``, its
         ``ap_gain`` (AP points) and the merged ``detections``; resets the environment to that image."""
         self.reset(options={"index": index})
-        rec, out = self._img.record, []
+        out, base = [], self.image_ap([])
         for a in range(self.num_candidates):
-            d = merge_zoom(rec.coarse.without_features(), [rec.fine[a]], [rec.windows[a]], rec.width, rec.height,
-                           self.zoom.merge).detections
-            out.append({"gain": fresh_gain(self._img.items[a], []),
-                        "ap_gain": 100 * (self.image_ap([a]) - self.image_ap([])), "detections": d})
+            d = self.merged_for([a])
+            out.append({"gain": fresh_gain(self._img.items[a], []), "ap_gain": 100 * (self._score(d) - base),
+                        "detections": d})
         return out
+
+    def merged_for(self, fine_ids: Sequence[int]) -> Detections:
+        """The coarse detections merged with the cached windows ``fine_ids`` of the current image, as the live
+        engine merges them."""
+        rec = self._img.record
+        return merge_zoom(rec.coarse.without_features(), [rec.fine[k] for k in fine_ids],
+                          [rec.windows[k] for k in fine_ids], rec.width, rec.height, self.zoom.merge).detections
 
     def merged(self) -> Detections:
         """Coarse and fine detections of the episode so far, merged as the live engine merges them."""
-        rec = self._img.record
-        fine = [rec.fine[k] for k in self.fine_ids]
-        return merge_zoom(rec.coarse.without_features(), fine, list(self.zoomed), rec.width, rec.height,
-                          self.zoom.merge).detections
+        return self.merged_for(self.fine_ids)  # self.zoomed[i] is rec.windows[self.fine_ids[i]]
 
 
 def window_geometry(env: "ZoomEnv") -> dict:

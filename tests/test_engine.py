@@ -4,7 +4,7 @@ import torch
 
 from tests.conftest import StubDetector
 from zoomdet.detector.detector import batch_plan
-from zoomdet.types import Window
+from zoomdet.types import Detections, Window
 from zoomdet.zoom.engine import GroundTruth, ZoomConfig, ZoomEngine
 from zoomdet.zoom.policies import OraclePolicy, PolicyConfig, RandomPolicy, SahiConfig, get_slice_windows, make_policy
 
@@ -215,9 +215,11 @@ def test_image_ap_is_cocoeval_on_one_image():
     coco.createIndex()
     ref = coco_metrics(coco, [{"image_id": 1, "category_id": c, "score": s, "bbox": [x0, y0, x1 - x0, y1 - y0]}
                               for (x0, y0, x1, y1), s, c in zip(dets, scores, labels)], [1])["ap"]
-    assert scorer(dets, scores, labels) == pytest.approx(ref) and 0 < ref < 1
-    assert scorer([], [], []) == 0.0 and scorer(gt_boxes, [1, 1, 1], gt_labels) == pytest.approx(1.0)
-    assert np.isnan(ImageAP(np.zeros((0, 4)), [], [], W, H)(dets, scores, labels))  # no object: AP undefined
+    found = Detections(torch.tensor(dets), torch.tensor(scores), torch.tensor(labels))
+    assert scorer(found) == pytest.approx(ref) and 0 < ref < 1
+    assert scorer(Detections.empty()) == 0.0
+    assert scorer(Detections(BOXES, torch.ones(3), LABELS)) == pytest.approx(1.0)
+    assert np.isnan(ImageAP(np.zeros((0, 4)), [], [], W, H)(found))  # no object: AP undefined
 
 
 def test_ap_oracle_zooms_where_ap_rises_and_stops_when_it_cannot():

@@ -91,9 +91,8 @@ def test_ap_reward_sums_to_the_images_ap_change_minus_lambda_pixels(toy_cache):
     env = make(toy_cache, lam=2.0, reward="ap").unwrapped
     env.reset(options={"index": 0})
     rec = env._img.record
-    scorer = ImageAP(rec.gt_boxes.numpy(), rec.gt_labels.numpy(), rec.gt_crowd.numpy(), rec.width, rec.height)
-    c = rec.coarse
-    start = scorer(c.boxes.numpy(), c.scores.numpy(), c.labels.numpy())
+    scorer = ImageAP(rec.gt_boxes, rec.gt_labels, rec.gt_crowd, rec.width, rec.height)
+    start = scorer(rec.coarse)
     total, cost, gains = 0.0, 0.0, []
     for a in (4, 0):
         _, r, term, trunc, info = env.step(a)
@@ -103,8 +102,7 @@ def test_ap_reward_sums_to_the_images_ap_change_minus_lambda_pixels(toy_cache):
         total, cost = total + r, cost + 2.0 * px
         if term or trunc:
             break
-    end = env.merged()
-    final = scorer(end.boxes.numpy(), end.scores.numpy(), end.labels.numpy())
+    final = scorer(env.merged())
     assert total + cost == pytest.approx(100 * (final - start), abs=1e-6)  # rewards add up to the AP gained
     # the cluster in window 4 was found by the coarse pass at score 0.3, and ranked right: COCO AP is
     # already 1 there, so zooming adds no AP, where the paper's gain counts 2.6 for the higher scores

@@ -141,16 +141,16 @@ class ImageAP:
         self.gt = ground_truth_coco([(1, width, height, boxes, labels, crowd)])
         self.has_objects = any(not a["iscrowd"] for a in self.gt.dataset["annotations"])
 
-    def __call__(self, boxes, scores, labels) -> float:
-        """AP in [0, 1] of detections ``boxes`` (``[N, 4]`` xyxy), ``scores`` and ``labels`` (category ids);
+    def __call__(self, detections) -> float:
+        """AP in [0, 1] of :class:`~zoomdet.types.Detections` (xyxy image pixels, category ids);
         NaN when the image has no (non-crowd) object, 0 without detections."""
         if not self.has_objects:
             return float("nan")
-        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        if not len(b):
+        if not len(detections):
             return 0.0
         results = [{"image_id": 1, "category_id": int(c), "score": float(sc), "bbox": [x0, y0, x1 - x0, y1 - y0]}
-                   for (x0, y0, x1, y1), sc, c in zip(b.tolist(), np.asarray(scores).tolist(), np.asarray(labels).tolist())]
+                   for (x0, y0, x1, y1), sc, c in zip(detections.boxes.tolist(), detections.scores.tolist(),
+                                                      detections.labels.tolist())]
         with contextlib.redirect_stdout(io.StringIO()):
             ev = COCOeval(self.gt, self.gt.loadRes(results), "bbox")
             ev.params.imgIds, ev.params.maxDets = [1], [1000]

@@ -262,9 +262,8 @@ class APOraclePolicy:
         return None
 
     def _ap(self, state: EpisodeState, scorer, fine: list[Detections], windows: list[int]) -> float:
-        d = merge_zoom(state.coarse, [fine[j] for j in windows], [state.candidates[j] for j in windows],
-                       state.width, state.height, self.merge).detections
-        return scorer(d.boxes.numpy(), d.scores.numpy(), d.labels.numpy())
+        return scorer(merge_zoom(state.coarse, [fine[j] for j in windows], [state.candidates[j] for j in windows],
+                                 state.width, state.height, self.merge).detections)
 
     def select(self, state: EpisodeState) -> Optional[int]:
         from zoomdet.eval.coco_eval import ImageAP
@@ -273,7 +272,7 @@ class APOraclePolicy:
         if "ap_oracle" not in mem:  # once per episode
             gt = state.ground_truth
             assert gt is not None and state.lookahead is not None
-            scorer = ImageAP(gt.boxes.numpy(), gt.labels.numpy(), gt.crowd.numpy(), state.width, state.height)
+            scorer = ImageAP(gt.boxes, gt.labels, gt.crowd, state.width, state.height)
             fine = state.lookahead(state.candidates)
             mem["ap_oracle"] = (scorer, fine)
             mem["ap_oracle_current"] = self._ap(state, scorer, fine, [])
