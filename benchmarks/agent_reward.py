@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 
 def main(argv=None) -> int:
-    from zoomdet.eval.results import add_dataset_args, command_line, rows_from_report, write_results
+    from zoomdet.eval.results import add_dataset_args, command_line, rows_from_report, run_zoomdet, write_results
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_args(ap)
@@ -43,13 +43,6 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/bench/agent_reward")
     args = ap.parse_args(argv)
 
-    from zoomdet.cli import main as zoomdet
-
-    def run(argv_: list[str]) -> None:
-        print("$ zoomdet " + " ".join(argv_), flush=True)
-        if zoomdet(argv_):
-            raise SystemExit(f"zoomdet {argv_[0]} failed")
-
     out = Path(args.out)
     agents: dict[str, tuple[str, int]] = {}
     for reward in args.reward:
@@ -58,7 +51,7 @@ def main(argv=None) -> int:
             model = run_dir / "best_model.zip"
             if not model.is_file():
                 logs = out / "logs" / f"{reward}-s{seed}"
-                run(["train", "--cache", args.cache, "--eval-cache", args.eval_cache, "-n", str(args.steps),
+                run_zoomdet(["train", "--cache", args.cache, "--eval-cache", args.eval_cache, "-n", str(args.steps),
                      "--seed", str(seed), "--env-kwargs", f"rnet:{args.rnet}", f"lam:{args.lam}", f"reward:{reward}",
                      "--eval-freq", "2500", "-f", str(logs), "--no-progress"])
                 trained = next((logs / "dqn").glob("ZoomDet-v0_*"))
@@ -72,7 +65,7 @@ def main(argv=None) -> int:
                  "--policy", "oracle-ap"]
     for name in agents:
         argv_eval += ["--policy", str(out / name.split(":", 1)[1].split("/")[0] / "best_model.zip")]
-    run(argv_eval)
+    run_zoomdet(argv_eval)
     report = json.loads((ev / "report.json").read_text())
     rows = rows_from_report(report, args.dataset, command=command_line())
     for r in rows:

@@ -38,15 +38,6 @@ sys.path.insert(0, str(REPO))
 POLICIES = ["coarse", "fine", "random", "greedy", "greedy-entropy", "oracle"]  # sahi: benchmarks/sahi_peer.py, beside the real package
 
 
-def _run(argv: list[str]) -> None:
-    from zoomdet.cli import main
-
-    print("$ zoomdet " + " ".join(argv), flush=True)
-    rc = main(argv)
-    if rc:
-        raise SystemExit(f"zoomdet {argv[0]} failed with exit code {rc}")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default="../shared/data/airbus-aircraft", help="dataset folder")
@@ -60,7 +51,7 @@ def main(argv=None) -> int:
 
     from zoomdet.config import load_config
     from zoomdet.eval.evaluator import EvalConfig
-    from zoomdet.eval.results import command_line, rows_from_report, write_results
+    from zoomdet.eval.results import command_line, rows_from_report, run_zoomdet, write_results
 
     from zoomdet.rnet.cache import zoom_digest
 
@@ -74,7 +65,7 @@ def main(argv=None) -> int:
     # 1. the detector at three scales
     det_json = out / "detector_eval.json"
     if not det_json.is_file():
-        _run(["detector", "eval", "--checkpoint", cfg.checkpoint, "--data", str(root / "test.json"),
+        run_zoomdet(["detector", "eval", "--checkpoint", cfg.checkpoint, "--data", str(root / "test.json"),
               "--scales", "1.0", "0.5", "0.25", "--out", str(det_json)])
     scales = json.loads(det_json.read_text())["scales"]
     full = scales["1.0"]
@@ -91,8 +82,8 @@ def main(argv=None) -> int:
         for split in ("train", "val"):
             cache_args = ["cache", "build", "--config", args.config, "--data", str(root / f"{split}.json"),
                           "--out", str(out / f"cache-{split}"), "--fine", "composed", "--images", str(args.train_images)]
-            _run(cache_args + ([] if args.workers is None else ["--workers", str(args.workers)]))
-        _run(["rnet", "train", "--cache", str(out / "cache-train"), "--val-cache", str(out / "cache-val"),
+            run_zoomdet(cache_args + ([] if args.workers is None else ["--workers", str(args.workers)]))
+        run_zoomdet(["rnet", "train", "--cache", str(out / "cache-train"), "--val-cache", str(out / "cache-val"),
               "--out", str(rnet)])
 
     # 4. every policy on the test split
@@ -101,7 +92,7 @@ def main(argv=None) -> int:
                  "--out", str(ev), "--images", str(args.images)]
     for p in POLICIES:
         argv_eval += ["--policy", p]
-    _run(argv_eval)
+    run_zoomdet(argv_eval)
     report = json.loads((ev / "report.json").read_text())
     rows += rows_from_report(report, dataset, seed=cfg.seed, command=command)
     path = write_results("airbus", rows, replace={"dataset": dataset})

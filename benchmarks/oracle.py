@@ -27,7 +27,7 @@ ORACLES = ("oracle", "oracle-ap")
 
 
 def main(argv=None) -> int:
-    from zoomdet.eval.results import add_dataset_args, command_line, rows_from_report, write_results
+    from zoomdet.eval.results import add_dataset_args, command_line, rows_from_report, run_zoomdet, write_results
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_args(ap)
@@ -36,17 +36,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="evaluate's folder (default runs/bench/oracle/<dataset>; reruns resume there)")
     args = ap.parse_args(argv)
 
-    from zoomdet.cli import main as zoomdet
-
     out = Path(args.out or f"runs/bench/oracle/{args.dataset}")
     policies = ["coarse", "fine", "greedy-entropy", *ORACLES] + (["greedy"] if args.rnet else [])
     argv_eval = ["evaluate", "--config", args.config, "--data", args.data, "--out", str(out), "--images", str(args.images),
                  "--budget", *map(str, args.budget)] + (["--rnet", args.rnet] if args.rnet else [])
     for p in policies:
         argv_eval += ["--policy", p]
-    print("$ zoomdet " + " ".join(argv_eval), flush=True)
-    if zoomdet(argv_eval):
-        raise SystemExit("zoomdet evaluate failed")
+    run_zoomdet(argv_eval)
     report = json.loads((out / "report.json").read_text())
     rows = rows_from_report(report, args.dataset, command=command_line())
     by = {(r["policy"], r["budget"]): r for r in rows}

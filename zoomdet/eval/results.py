@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 __all__ = ["REQUIRED_KEYS", "rows_from_report", "write_results", "command_line", "RESULTS_DIR", "add_dataset_args",
-           "relative_to_fine"]
+           "relative_to_fine", "run_zoomdet"]
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 REQUIRED_KEYS = ("dataset", "images", "policy", "budget", "seed", "ap", "ap_small", "pixels_ratio",
@@ -33,6 +33,17 @@ def add_dataset_args(parser, images_default: int = 0) -> None:
     parser.add_argument("--dataset", required=True, help="dataset name in the results file, e.g. hituav-test")
     parser.add_argument("--images", type=int, default=images_default,
                         help=f"N images, a seeded sample (default {images_default}; 0 = all)")
+
+
+def run_zoomdet(argv: list[str]) -> None:
+    """Run a documented ``zoomdet`` command in this process, echoing it; ``SystemExit`` if it fails
+    (benchmark scripts drive the project through its CLI, as a user would)."""
+    from zoomdet.cli import main
+
+    print("$ zoomdet " + " ".join(argv), flush=True)
+    rc = main(argv)
+    if rc:
+        raise SystemExit(f"zoomdet {argv[0]} failed with exit code {rc}")
 
 
 def relative_to_fine(rows: list[dict], fine: Optional[dict]) -> None:
