@@ -73,8 +73,9 @@ RAY_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def ray_local_only() -> bool:
-    """Make a Ray instance started by this process bind loopback only; ``False`` if ``ray`` was imported
-    before with clusters enabled (the switch is read at import), in which case Ray's ports stay as Ray sets them."""
+    """Make a Ray instance started by this process bind loopback only; ``False`` if the switch was set otherwise
+    or ``ray`` was imported before with clusters enabled (the switch is read at import), in which case Ray's
+    ports stay as Ray sets them."""
     import os
     import sys
 
@@ -99,8 +100,9 @@ def serve_config(path: str | Path, host: Optional[str] = None, port: Optional[in
     import warnings
 
     if address is None and not ray_local_only():
-        warnings.warn("ray was imported before zoomdet serve could make it local-only: Ray's own ports will listen "
-                      f"on all interfaces (set {RAY_LOCAL_ONLY_ENV}=0 before importing ray)", stacklevel=2)
+        warnings.warn(f"Ray's own ports will listen on all interfaces: {RAY_LOCAL_ONLY_ENV} is set to something other "
+                      "than 0, or ray was imported before zoomdet serve could set it (set it to 0 before importing ray)",
+                      stacklevel=2)
     import ray
     from ray.serve.scripts import run as serve_run
 
