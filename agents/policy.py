@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from zoomdet.envs.zoom_env import ZoomEnvConfig, budget_left, covered_by, gain_model_for, observe
+from zoomdet.envs.zoom_env import ZoomEnvConfig, budget_left, context_planes, covered_by, gain_model_for, observe
 from zoomdet.zoom.engine import EpisodeState
 from zoomdet.zoom.windows import GainMap
 
@@ -103,7 +103,13 @@ class AgentPolicy:
             return None
         coarse_ratio = state.memory.setdefault("coarse_ratio", state.pixels_ratio)  # first call: coarse pass only
         left = budget_left(state.max_pixels_ratio, state.pixels_ratio, coarse_ratio)
-        obs = observe(gm, state.zoomed_windows, mask, left, self.config)
+        context = None
+        if self.config.extra_channels:
+            if "context" not in state.memory:  # once per image: the planes depend on the coarse detections only
+                state.memory["context"] = context_planes(state.coarse, state.width, state.height, self.config)
+            context = state.memory["context"]
+        obs = observe(gm, state.zoomed_windows, mask, left, self.config, context=context,
+                      budget_abs=state.max_pixels_ratio - state.pixels_ratio)
         if self.algo == "ppo_mask":
             action, _ = self.model.predict(obs, deterministic=True, action_masks=mask)
         else:

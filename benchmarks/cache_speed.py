@@ -8,7 +8,9 @@ in-process, one after the other, same images) and reports seconds per image
 and, over every candidate window of every image, the agreement of the true
 window gains (paper Eq. 1-2, ``window_true_gains``) the R-net is trained on:
 Spearman and Pearson correlation, mean absolute difference, and the share of
-images whose best window is the same. Writes
+images whose best window is the same; and the same for each window's ``reward: ap``
+(the change of the image's COCO AP when that window alone is zoomed,
+``ZoomEnv.single_window_rewards``), the reward the agents are trained on. Writes
 ``benchmarks/results/cache_speed.json`` (replacing ``--dataset``'s rows).
 """
 
@@ -61,19 +63,32 @@ def main(argv=None) -> int:
     ge = [window_true_gains(r, cfg.zoom.merge.drop_ios).numpy() for r in exact]
     gc = [window_true_gains(r, cfg.zoom.merge.drop_ios).numpy() for r in composed]
     a, b = np.concatenate(ge), np.concatenate(gc)
+    ae, ac = (ap_rewards(caches[m]) for m in ("exact", "composed"))
+    x, y = np.concatenate(ae), np.concatenate(ac)
     row = {"dataset": args.dataset, "images": len(exact), "windows": int(a.size),
            "cached_windows_per_image": len(exact[0].windows) if exact else 0,
            "exact_s_per_image": seconds["exact"], "composed_s_per_image": seconds["composed"],
            "speedup": seconds["exact"] / seconds["composed"],
            "gain_spearman": float(spearmanr(a, b).statistic), "gain_pearson": float(pearsonr(a, b).statistic),
            "gain_mean_abs_diff": float(np.abs(a - b).mean()), "gain_mean_abs_exact": float(np.abs(a).mean()),
-           "same_best_window": float(np.mean([np.argmax(x) == np.argmax(y) for x, y in zip(ge, gc)])),
+           "same_best_window": float(np.mean([np.argmax(u) == np.argmax(v) for u, v in zip(ge, gc)])),
+           "ap_reward_spearman": float(spearmanr(x, y).statistic), "ap_reward_pearson": float(pearsonr(x, y).statistic),
+           "ap_reward_mean_abs_diff": float(np.abs(x - y).mean()), "ap_reward_mean_abs_exact": float(np.abs(x).mean()),
+           "ap_same_best_window": float(np.mean([np.argmax(u) == np.argmax(v) for u, v in zip(ae, ac)])),
            "command": command_line(), "date": _dt.date.today().isoformat()}
     path = write_results("cache_speed", [row], replace={"dataset": args.dataset},
                          required=("dataset", "images", "command", "date"))
     print(json.dumps(row, indent=1))
     print(f"wrote {path}")
     return 0
+
+
+def ap_rewards(cache) -> list[np.ndarray]:
+    """Per image, each candidate window's ``reward: ap`` before the pixel cost (AP points), zoomed alone."""
+    from zoomdet.envs import ZoomEnv
+
+    env = ZoomEnv(cache, state="entropy", reward="ap")
+    return [np.array([w["ap_gain"] for w in env.single_window_rewards(i)]) for i in range(len(env.records))]
 
 
 if __name__ == "__main__":

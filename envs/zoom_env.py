@@ -13,7 +13,14 @@ Observation (``Dict``):
      paper's state;
   1. the share of each grid cell already zoomed (0..1): the zoom history,
      which the zeroed AG map alone cannot tell apart from "no gain here";
-  2. a constant plane: the share of the pixel budget still unspent (0..1).
+  2. a constant plane: the share of the pixel budget still unspent (0..1);
+  3. optional context planes, one per name in ``extra_channels``
+     (:data:`EXTRA_CHANNELS`), computed once per image from the coarse
+     detections alone (deployable): ``entropy`` (the ER state, bits per
+     cell), ``scores`` (coarse score mass per cell), ``small`` (coarse boxes
+     under 32 px per cell) and ``budget`` (a constant plane: the pixel budget
+     left as a fraction of the image, which tells budgets apart when
+     ``budget_range`` draws one per episode).
 
   The paper pools the map 16x; a fixed grid instead makes one Q-net serve
   every image size (cells of 40-128 px for 640-2048 px images), and keeps
@@ -66,10 +73,13 @@ from zoomdet.zoom.merge import merge_zoom
 from zoomdet.zoom.windows import GainMap, best_position
 
 __all__ = ["ZoomEnvConfig", "ZoomEnv", "observe", "budget_left", "gain_model_for", "zoomed_coverage", "covered_by",
-           "window_geometry"]
+           "window_geometry", "context_planes", "EXTRA_CHANNELS"]
 
 STATES = ("rnet", "entropy", "oracle")
 REWARDS = ("gain", "ap")
+EXTRA_CHANNELS = ("entropy", "scores", "small", "budget")
+SMALL_PX = 32.0
+"""``small`` context plane: coarse boxes whose side (sqrt of area, full-resolution pixels) is under this."""
 
 
 @dataclass
@@ -92,6 +102,11 @@ class ZoomEnvConfig:
     """Step cap (truncation)."""
     max_pixels_ratio: float = 1.0
     """Pixel budget, coarse pass included (windows that do not fit are masked; truncation when none fits)."""
+    budget_range: Optional[Sequence[float]] = None
+    """``[low, high]``: each episode draws its pixel budget uniformly in this range (``np_random``) instead of
+    ``max_pixels_ratio``, so one agent answers any per-request budget; ``None``: the fixed budget."""
+    extra_channels: Sequence[str] = ()
+    """Context planes appended to the observation (:data:`EXTRA_CHANNELS`), e.g. ``[entropy, scores, budget]``."""
     grid: Sequence[int] = (12, 16)
     """Observation grid ``[rows, cols]``."""
     obs_scale: float = 4.0
@@ -116,6 +131,21 @@ class ZoomEnvConfig:
         if len(self.grid) != 2 or min(self.grid) < 3:
             raise ValueError(f"grid must be [rows, cols] with both >= 3, got {self.grid}")
         self.grid = tuple(int(g) for g in self.grid)
+        unknown = [c for c in self.extra_channels if c not in EXTRA_CHANNELS]
+        if unknown or len(set(self.extra_channels)) != len(self.extra_channels):
+            raise ValueError(f"extra_channels must be distinct names from {EXTRA_CHANNELS}, got {list(self.extra_channels)}")
+        self.extra_channels = tuple(self.extra_channels)
+        if self.budget_range is not None:
+            lo, hi = (float(v) for v in self.budget_range)
+            if not 0 < lo <= hi:
+                raise ValueError(f"budget_range must be [low, high] with 0 < low <= high, got {list(self.budget_range)}")
+            self.budget_range = (lo, hi)
+
+    def episode_budget(self, rng: np.random.Generator) -> float:
+        """The pixel budget of a new episode: drawn from ``budget_range`` when set, else ``max_pixels_ratio``."""
+        if self.budget_range is None:
+            return self.max_pixels_ratio
+        return float(rng.uniform(*self.budget_range))
 
     @classmethod
     def from_options(cls, base: Optional["ZoomEnvConfig"] = None, **options: Any) -> "ZoomEnvConfig":
@@ -161,15 +191,51 @@ def budget_left(max_pixels_ratio: float, pixels_ratio: float, coarse_ratio: floa
     return float(np.clip((max_pixels_ratio - pixels_ratio) / max(max_pixels_ratio - coarse_ratio, 1e-9), 0.0, 1.0))
 
 
-def observe(gain: GainMap, zoomed: Sequence[Window], mask: np.ndarray, left: float,
-            cfg: ZoomEnvConfig, coverage: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
-    """The observation of a state; the live :class:`~zoomdet.agents.AgentPolicy` builds it the same way.
-    ``coverage`` may pass :func:`zoomed_coverage` of ``zoomed`` already computed (the environment keeps it)."""
+def context_planes(coarse: Detections, width: int, height: int, cfg: ZoomEnvConfig) -> np.ndarray:
+    """``float32[C, rows, cols]``: the static context planes of ``cfg.extra_channels`` for one image, from its
+    coarse detections (boxes xyxy in full-resolution pixels); ``budget`` is left 0 here (:func:`observe` fills it)."""
+    from zoomdet.rnet.model import EntropyGain
+
     rows, cols = cfg.grid
-    obs = np.empty((3, rows, cols), dtype=np.float32)
+    out = np.zeros((len(cfg.extra_channels), rows, cols), dtype=np.float32)
+    boxes = coarse.boxes
+    for i, name in enumerate(cfg.extra_channels):
+        if name == "budget":
+            continue
+        if name == "entropy":
+            values = EntropyGain().predict(coarse)
+        elif name == "scores":
+            values = coarse.scores.float()
+        else:  # small
+            side = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt()
+            values = (side < SMALL_PX).float()
+        out[i] = np.clip(GainMap(width, height, boxes, values).pooled(rows, cols), -100, 100)
+    return out
+
+
+def observe(gain: GainMap, zoomed: Sequence[Window], mask: np.ndarray, left: float,
+            cfg: ZoomEnvConfig, coverage: Optional[np.ndarray] = None, context: Optional[np.ndarray] = None,
+            budget_abs: float = 0.0) -> dict[str, np.ndarray]:
+    """The observation of a state; the live :class:`~zoomdet.agents.AgentPolicy` builds it the same way.
+
+    Args:
+        coverage: :func:`zoomed_coverage` of ``zoomed``, when already computed (the environment keeps it).
+        context: :func:`context_planes` of the image (required when ``cfg.extra_channels`` is set).
+        budget_abs: pixel budget left, as a fraction of the image's pixels (the ``budget`` plane).
+    """
+    rows, cols = cfg.grid
+    n_extra = len(cfg.extra_channels)
+    obs = np.empty((3 + n_extra, rows, cols), dtype=np.float32)
     obs[0] = np.clip(gain.pooled(rows, cols) * cfg.obs_scale, -100, 100)
     obs[1] = zoomed_coverage(zoomed, gain.width, gain.height, rows, cols) if coverage is None else coverage
     obs[2] = left
+    if n_extra:
+        if context is None or context.shape != (n_extra, rows, cols):
+            raise ValueError(f"extra_channels {list(cfg.extra_channels)} need context planes of shape "
+                             f"{(n_extra, rows, cols)}; got {None if context is None else context.shape}")
+        obs[3:] = context
+        if "budget" in cfg.extra_channels:
+            obs[3 + cfg.extra_channels.index("budget")] = max(float(budget_abs), 0.0)
     return {"map": obs, "mask": mask.astype(np.int8)}
 
 
@@ -215,6 +281,8 @@ class _Image:
     candidate_pixels: np.ndarray
     positions: list[np.ndarray]
     """Per candidate: ``float64[P, 4]``, its refinement positions (xyxy, unshifted first)."""
+    context: Optional[np.ndarray] = None
+    """:func:`context_planes` of the image (``extra_channels``)."""
     ap_memo: dict = field(default_factory=dict)
     """``reward="ap"``: image AP per set of zoomed cached windows (episodes on an image revisit sets)."""
     scorer: Any = None
@@ -245,7 +313,7 @@ class ZoomEnv(gym.Env):
         rows, cols = config.grid
         self.action_space = spaces.Discrete(self.num_candidates + 1)
         self.observation_space = spaces.Dict({
-            "map": spaces.Box(-100.0, 100.0, shape=(3, rows, cols), dtype=np.float32),
+            "map": spaces.Box(-100.0, 100.0, shape=(3 + len(config.extra_channels), rows, cols), dtype=np.float32),
             "mask": spaces.MultiBinary(self.num_candidates + 1),
         })
         self._next = 0
@@ -275,7 +343,8 @@ class ZoomEnv(gym.Env):
                      for w, f in zip(rec.windows, rec.fine)]
             pixels = np.array([w.input_pixels for w in self.candidates_of(rec)], dtype=np.float64)
             positions = [np.array([rec.windows[j].as_tuple() for j in reach], dtype=np.float64) for reach in rec.reach]
-            self._images[k] = _Image(rec, gm, items, {w: i for i, w in enumerate(rec.windows)}, pixels, positions)
+            context = context_planes(rec.coarse, rec.width, rec.height, self.config) if self.config.extra_channels else None
+            self._images[k] = _Image(rec, gm, items, {w: i for i, w in enumerate(rec.windows)}, pixels, positions, context)
         return self._images[k]
 
     # ----------------------------------------------------------------- gymnasium API
@@ -298,14 +367,16 @@ class ZoomEnv(gym.Env):
         coarse_pixels = Window.full(rec.width, rec.height, self.zoom.coarse_scale).input_pixels
         self.spent = float(coarse_pixels)
         self.coarse_ratio = coarse_pixels / self.image_pixels
-        self.budget_pixels = self.config.max_pixels_ratio * self.image_pixels
+        self.max_pixels_ratio = self.config.episode_budget(self.np_random)
+        self.budget_pixels = self.max_pixels_ratio * self.image_pixels
         self.zoomed_ids: list[int] = []
         self.zoomed: list[Window] = []
         self.fine_ids: list[int] = []
         self.steps = 0
         self._coverage = np.zeros(self.config.grid, dtype=np.float32)
         self._update_mask()
-        return self._obs(), {"image_id": rec.image_id, "pixels_ratio": self.pixels_ratio}
+        return self._obs(), {"image_id": rec.image_id, "pixels_ratio": self.pixels_ratio,
+                             "max_pixels_ratio": self.max_pixels_ratio}
 
     @property
     def pixels_ratio(self) -> float:
@@ -323,8 +394,9 @@ class ZoomEnv(gym.Env):
         return self._mask.copy()
 
     def _obs(self) -> dict[str, np.ndarray]:
-        left = budget_left(self.config.max_pixels_ratio, self.pixels_ratio, self.coarse_ratio)
-        return observe(self.gain, self.zoomed, self._mask, left, self.config, coverage=self._coverage)
+        left = budget_left(self.max_pixels_ratio, self.pixels_ratio, self.coarse_ratio)
+        return observe(self.gain, self.zoomed, self._mask, left, self.config, coverage=self._coverage,
+                       context=self._img.context, budget_abs=self.max_pixels_ratio - self.pixels_ratio)
 
     def step(self, action):
         if self._img is None:

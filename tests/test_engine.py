@@ -234,3 +234,23 @@ def test_ap_oracle_zooms_where_ap_rises_and_stops_when_it_cannot():
         eng.run(image(), pol)
     empty = GroundTruth(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool))
     assert eng.run(image(), pol, ground_truth=empty).regions == []  # no object: nothing to gain
+
+
+def test_coarse_memo_runs_the_pass_once_and_charges_every_run_in_full():
+    eng = make_engine(max_pixels_ratio=0.6)
+    calls = []
+    detect = eng.detector.detect
+    eng.detector.detect = lambda img, wins, **k: (calls.append(list(wins)), detect(img, wins, **k))[1]
+    img = image()
+    alone = [eng.run(img, RandomPolicy(k=2), seed=s) for s in (1, 2)]
+    n_alone = len(calls)
+    calls.clear()
+    memo: dict = {}
+    shared = [eng.run(img, RandomPolicy(k=2), seed=s, coarse_memo=memo) for s in (1, 2)]
+    assert n_alone - len(calls) == 1  # the second run reused the coarse pass
+    for a, b in zip(alone, shared):
+        assert a.cost.as_dict() == b.cost.as_dict()  # same pixels and calls as a run on its own
+        assert torch.equal(a.detections.boxes, b.detections.boxes)
+    # the reused pass is charged its measured seconds, in the coarse stage and in the total
+    assert shared[1].timing["coarse"] == shared[0].timing["coarse"] > 0
+    assert shared[1].timing["total"] >= shared[1].timing["coarse"]

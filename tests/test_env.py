@@ -250,3 +250,89 @@ def test_train_cli_refuses_bad_input(toy_cache, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["train", "--cache", str(tmp_path / "nocache"), "-f", str(tmp_path), "--env-kwargs", "state:entropy"]) == 2
     assert "no rollout cache" in capsys.readouterr().err
+
+
+def test_random_budgets_are_drawn_per_episode_and_respected(toy_cache):
+    env = make(toy_cache, budget_range=[0.35, 0.7], extra_channels=["budget"]).unwrapped
+    env.reset(seed=3)
+    budgets, spent = [], []
+    for k in range(30):
+        obs, info = env.reset(options={"index": k % 18})
+        b = info["max_pixels_ratio"]
+        budgets.append(b)
+        # the budget plane: what is left, as a fraction of the image (the coarse pass at 0.5 spent 0.25)
+        assert obs["map"].shape == (4, 12, 16)
+        np.testing.assert_allclose(obs["map"][3], b - 0.25, atol=1e-6)
+        done = False
+        while not done:
+            allowed = np.flatnonzero(env.action_masks()[:-1])
+            a = int(allowed[0]) if len(allowed) else env.stop_action
+            obs, _, term, trunc, info = env.step(a)
+            done = term or trunc
+        spent.append(info["pixels_ratio"])
+        assert info["pixels_ratio"] <= b + 1e-9
+    assert min(budgets) >= 0.35 and max(budgets) <= 0.7 and len(set(budgets)) == 30
+    assert max(spent) > min(spent)  # larger budgets let more windows in
+    # seeded: the same draws again
+    env2 = make(toy_cache, budget_range=[0.35, 0.7], extra_channels=["budget"]).unwrapped
+    env2.reset(seed=3)
+    assert [env2.reset(options={"index": k % 18})[1]["max_pixels_ratio"] for k in range(30)] == budgets
+
+
+def test_context_planes_come_from_coarse_detections(toy_cache):
+    from zoomdet.envs.zoom_env import context_planes
+
+    env = make(toy_cache, extra_channels=["entropy", "scores", "small"]).unwrapped
+    obs, _ = env.reset(options={"index": 0})
+    assert obs["map"].shape == (6, 12, 16)
+    rec = env.records[0]
+    planes = context_planes(rec.coarse, rec.width, rec.height, env.config)
+    np.testing.assert_allclose(obs["map"][3:], planes)
+    # scores: 4 x 0.3 + 0.9 in all; small: the four 10-px boxes; entropy of 0.3 and 0.9 in bits
+    assert planes[1].sum() == pytest.approx(4 * 0.3 + 0.9, rel=1e-4)
+    assert planes[2].sum() == pytest.approx(4.0, rel=1e-4)
+    h = lambda p: -(p * np.log2(p) + (1 - p) * np.log2(1 - p))  # noqa: E731
+    assert planes[0].sum() == pytest.approx(4 * h(0.3) + h(0.9), rel=1e-4)
+    # the planes stay with the image while the agent zooms; the gain channel is zeroed where it zoomed
+    obs2, *_ = env.step(4)
+    np.testing.assert_allclose(obs2["map"][3:], planes)
+    # an image with no detections has empty planes
+    empty = context_planes(Detections.empty(), W, H, env.config)
+    assert empty.shape == (3, 12, 16) and not empty.any()
+
+
+def test_new_options_refuse_bad_values(toy_cache):
+    with pytest.raises(ValueError, match="extra_channels"):
+        make(toy_cache, extra_channels=["colour"])
+    with pytest.raises(ValueError, match="extra_channels"):
+        make(toy_cache, extra_channels=["scores", "scores"])
+    with pytest.raises(ValueError, match="budget_range"):
+        make(toy_cache, budget_range=[0.6, 0.4])
+    with pytest.raises(ValueError, match="budget_range"):
+        make(toy_cache, budget_range=[0.0, 0.4])
+
+
+def test_live_agent_with_context_planes_builds_the_envs_observation(toy_cache, tmp_path):
+    """The live policy's observation equals the environment's on the same coarse detections and budget."""
+    from zoomdet.agents import AgentPolicy
+    from zoomdet.agents.train import TrainArgs, train_agent
+    from zoomdet.zoom.engine import EpisodeState
+    from zoomdet.zoom.windows import GainMap
+
+    kw = {"state": "entropy", "lam": 1.0, "extra_channels": ["entropy", "scores", "small", "budget"],
+          "budget_range": [0.4, 0.8]}
+    run = train_agent(TrainArgs(cache=str(toy_cache), n_timesteps=300, eval_freq=-1, progress=False, env_kwargs=kw,
+                                hyperparams={"learning_starts": 100, "buffer_size": 1000},
+                                log_folder=str(tmp_path / "logs"), conf_file="configs/agents/dqn.yml"))
+    policy = AgentPolicy.from_path(run / "ZoomDet-v0.zip")
+    assert policy.config.extra_channels == tuple(kw["extra_channels"])
+    seen = {}
+    orig = policy.model.predict
+    policy.model.predict = lambda obs, **k: (seen.setdefault("obs", obs), orig(obs, **k))[1]
+    env = make(toy_cache, **{**kw, "budget_range": None, "max_pixels_ratio": 0.6}).unwrapped
+    env_obs, _ = env.reset(options={"index": 0})
+    rec = env.records[0]
+    state = EpisodeState(rec.width, rec.height, rec.coarse, env.candidates, [], 0.25, GainMap(rec.width, rec.height, rec.coarse.boxes, policy.gain_model.predict(rec.coarse)),
+                         env.action_masks()[:-1], np.random.default_rng(0), max_pixels_ratio=0.6)
+    policy.select(state)
+    np.testing.assert_allclose(seen["obs"]["map"], env_obs["map"], atol=1e-6)

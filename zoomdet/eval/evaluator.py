@@ -138,15 +138,18 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
         boxes, labels, crowd = ds.targets(iid)
         gt = GroundTruth(boxes, labels, crowd)
         memo: dict = {}  # oracle look-ahead, shared by every policy and budget on this image
+        coarse_memo: dict = {}  # one coarse pass per image for every sequential policy, each charged it in full
         for key, name, budget in keys:
             res = engine.run(image, policies[name], ground_truth=gt, seed=cfg.seed + iid,
-                             max_pixels_ratio=budget, decode_seconds=decode, lookahead_memo=memo)
+                             max_pixels_ratio=budget, decode_seconds=decode, lookahead_memo=memo,
+                             coarse_memo=coarse_memo)
             run = state["runs"][key]
             run["results"] += res.detections.to_coco(iid)
             run["n"] += 1
             for f, v in res.cost.as_dict().items():
                 run["cost"][f] = run["cost"].get(f, 0) + v
             run["cost"]["windows"] = run["cost"].get("windows", 0) + len(res.regions)
+            run["cost"]["zoomed_images"] = run["cost"].get("zoomed_images", 0) + any(r.candidate >= 0 for r in res.regions)
             for s, v in res.timing.items():
                 run["timing"][s] = run["timing"].get(s, 0.0) + v
         state["done"].append(iid)
@@ -176,6 +179,7 @@ def _report(cfg, data, ds, ids, keys, state, detector) -> dict:
                "model_input_pixels_per_image": run["cost"].get("model_input_pixels", 0) / n,
                "detector_calls_per_image": run["cost"].get("detector_calls", 0) / n,
                "windows_per_image": run["cost"].get("windows", 0) / n,
+               "zoomed_share": run["cost"].get("zoomed_images", 0) / n,
                "time_per_image_s": run["timing"].get("total", 0.0) / n,
                "timing_ms": {s: 1000 * run["timing"].get(s, 0.0) / n for s in (*STAGES, "total")}}
         rows.append(row)

@@ -1,0 +1,174 @@
+"""Agents against the rules: DQN agents per variant and seed, trained on a rollout cache, evaluated live.
+
+    python benchmarks/agents.py --config configs/eval/hituav.yaml --data ../shared/data/hit-uav/test.json \\
+        --dataset hituav-test --cache runs/bench/hituav/cache-train --eval-cache runs/bench/hituav/cache-val \\
+        --rnet runs/bench/hituav/rnet.pt --seeds 0 1 2 --budget 0.35 0.45 0.6 --variant qnet-ap
+
+A *variant* is a named set of environment options (``ZoomEnvConfig`` fields, as
+``zoomdet train --env-kwargs`` takes them). ``--variant NAME`` picks one of
+:data:`VARIANTS`; ``--variant NAME=key:value,key:value`` defines a new one;
+``--ablations`` adds the paper's ablations (the Q-net on the entropy state
+"ER+Qnet", the paper's gain reward, no random budgets, no context planes, a
+λ sweep). For each variant and ``--seed``, ``zoomdet train`` trains a DQN
+agent (``--steps`` steps) into ``<out>/<variant>-s<seed>``, its best model
+chosen on ``--eval-cache``; then one ``zoomdet evaluate`` runs every agent
+beside ``coarse``, ``fine``, ``greedy`` (GS+Rnet), ``greedy-entropy`` and,
+with ``--oracle``, ``oracle-ap`` on the same images and budgets. Each agent
+is trained once for all budgets: variants with ``budget_range`` draw a
+budget per episode, so one agent answers any per-request budget.
+
+Prints, per budget, each variant's AP (mean ± population std over seeds) and
+its margin over the best rule, and the share of images where it zoomed at
+all (a stop-at-once agent zooms on none); writes the rows (with ``variant``,
+``seed`` and ``env_kwargs``) to ``benchmarks/results/<--results>.json``,
+replacing ``--dataset``'s rows. Finished trainings and evaluations are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CONTEXT = "extra_channels:[entropy,scores,small,budget]"
+VARIANTS = {
+    # the main agent: the metric as reward, random budgets, context planes; the agent decides when to stop
+    "qnet-ap": f"reward:ap,lam:1,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",
+    # ablations, each one change from qnet-ap
+    "qnet-gain": f"reward:gain,lam:1,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",  # the paper's reward
+    "er-qnet": f"state:entropy,reward:ap,lam:1,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",  # ER+Qnet
+    "qnet-ap-nocontext": "reward:ap,lam:1,stop_gain:0,budget_range:[0.3,0.7]",  # the paper's state only
+    "qnet-ap-fixed": f"reward:ap,lam:1,stop_gain:0,max_pixels_ratio:0.6,{CONTEXT}",  # one budget in training
+    "qnet-ap-lam0": f"reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",  # λ sweep
+    "qnet-ap-lam5": f"reward:ap,lam:5,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",
+}
+ABLATIONS = ["qnet-gain", "er-qnet", "qnet-ap-nocontext", "qnet-ap-fixed", "qnet-ap-lam0", "qnet-ap-lam5"]
+RULES = ("greedy", "greedy-entropy")
+
+
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    """``NAME`` (from :data:`VARIANTS`) or ``NAME=key:value,...`` -> (name, ``--env-kwargs`` items)."""
+    name, _, body = spec.partition("=")
+    if not body:
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)} or NAME=key:value,...")
+        body = VARIANTS[name]
+    items, depth, cur = [], 0, ""
+    for ch in body:  # split on commas outside [...]
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            items.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    items.append(cur)
+    return name, [i.strip() for i in items if i.strip()]
+
+
+def train_agents(variants: dict[str, list[str]], seeds: list[int], cache: str, eval_cache: str, rnet: str,
+                 steps: int, out: Path, hyperparams: list[str]) -> dict[Path, tuple[str, int]]:
+    """Train (or reuse) one DQN agent per variant and seed; returns ``{best_model.zip: (variant, seed)}``."""
+    from zoomdet.eval.results import run_zoomdet
+
+    agents = {}
+    for name, env_kwargs in variants.items():
+        for seed in seeds:
+            run_dir = out / f"{name}-s{seed}"  # the agent's name in reports comes from this folder
+            model = run_dir / "best_model.zip"
+            if not model.is_file():
+                logs = out / "logs" / f"{name}-s{seed}"
+                shutil.rmtree(logs, ignore_errors=True)
+                argv = ["train", "--cache", cache, "--eval-cache", eval_cache, "-n", str(steps), "--seed", str(seed),
+                        "--env-kwargs", f"rnet:{rnet}", *env_kwargs, "--eval-freq", str(max(steps // 10, 500)),
+                        "-f", str(logs), "--no-progress"]
+                if hyperparams:
+                    argv += ["--hyperparams", *hyperparams]
+                run_zoomdet(argv)
+                trained = next((logs / "dqn").glob("ZoomDet-v0_*"))
+                shutil.rmtree(run_dir, ignore_errors=True)
+                shutil.copytree(trained, run_dir)
+            agents[model] = (name, seed)
+    return agents
+
+
+def summarize(rows: list[dict], budgets: list[float], variants: list[str]) -> list[str]:
+    """Lines: per budget, the best rule and each variant's mean ± std over seeds, margin, and zoom share."""
+    by = {(r["policy"], r["budget"]): r for r in rows}
+    lines = []
+    for b in budgets:
+        rules = [by[(p, b)] for p in RULES if (p, b) in by]
+        best = max(rules, key=lambda r: r["ap"]) if rules else None
+        head = f"budget {b:g}: " + (f"best rule {best['policy']} {100 * best['ap']:.2f}" if best else "no rule")
+        parts = [head]
+        for v in variants:
+            mine = [r for r in rows if r.get("variant") == v and r["budget"] == b]
+            if not mine:
+                continue
+            aps = [100 * r["ap"] for r in mine]
+            mean, spread = statistics.mean(aps), (statistics.pstdev(aps) if len(aps) > 1 else 0.0)
+            zoomed = statistics.mean(r["zoomed_share"] for r in mine)
+            px = statistics.mean(r["pixels_ratio"] for r in mine)
+            margin = f" ({mean - 100 * best['ap']:+.2f})" if best else ""
+            parts.append(f"{v}: {mean:.2f} ± {spread:.2f}{margin} at {px:.3f}, zooms on {100 * zoomed:.0f}% of images")
+        if ("oracle-ap", b) in by:
+            parts.append(f"oracle-ap {100 * by[('oracle-ap', b)]['ap']:.2f}")
+        lines.append("; ".join(parts))
+    return lines
+
+
+def main(argv=None) -> int:
+    from zoomdet.eval.results import add_dataset_args, command_line, rows_from_report, run_zoomdet, write_results
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataset_args(ap)
+    ap.add_argument("--cache", required=True, help="training rollout cache")
+    ap.add_argument("--eval-cache", required=True, help="held-out cache for best_model selection")
+    ap.add_argument("--rnet", required=True, help="R-net: the agents' state and the greedy policy")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME[=KEY:VALUE,...]",
+                    help=f"agent variant (repeatable; default qnet-ap); named: {', '.join(VARIANTS)}")
+    ap.add_argument("--ablations", action="store_true", help=f"also train {', '.join(ABLATIONS)}")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=30000, help="environment steps per agent (default 30000)")
+    ap.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="DQN overrides for every agent")
+    ap.add_argument("--budget", type=float, nargs="+", default=[0.35, 0.45, 0.6])
+    ap.add_argument("--oracle", action="store_true", help="also run oracle-ap (the upper bound; look-ahead is slow)")
+    ap.add_argument("--out", default="runs/bench/agents", help="work folder (agents, evaluation)")
+    ap.add_argument("--results", default="agents", help="results file name under benchmarks/results (default agents)")
+    args = ap.parse_args(argv)
+
+    specs = dict(parse_variant(s) for s in (args.variant or ["qnet-ap"]))
+    if args.ablations:
+        specs.update(parse_variant(v) for v in ABLATIONS if v not in specs)
+    out = Path(args.out)
+    agents = train_agents(specs, args.seeds, args.cache, args.eval_cache, args.rnet, args.steps, out, args.hyperparams)
+
+    ev = out / f"eval-{args.dataset}"
+    policies = ["coarse", "fine", *RULES] + (["oracle-ap"] if args.oracle else []) + [str(m) for m in agents]
+    run_zoomdet(["evaluate", "--config", args.config, "--data", args.data, "--rnet", args.rnet, "--out", str(ev),
+                 "--images", str(args.images), "--budget", *map(str, args.budget), "--no-progress",
+                 *[x for p in policies for x in ("--policy", p)]])
+    report = json.loads((ev / "report.json").read_text())
+    rows = rows_from_report(report, args.dataset, command=command_line())
+    names = {f"dqn:{m.parent.name}/best_model": vs for m, vs in agents.items()}
+    for r, p in zip(rows, report["policies"]):
+        variant, seed = names.get(r["policy"].split("@")[0], (None, 0))
+        r["variant"], r["seed"] = variant, seed
+        r["env_kwargs"] = specs.get(variant) if variant else None
+        r["windows_per_image"] = p["windows_per_image"]
+        r["zoomed_share"] = p.get("zoomed_share")
+    print(f"\n{args.dataset}, {report['images']} images: AP x 100, mean ± std over seeds {args.seeds}")
+    for line in summarize(rows, args.budget, list(specs)):
+        print(line)
+    path = write_results(args.results, rows, replace={"dataset": args.dataset})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
