@@ -38,17 +38,18 @@ sys.path.insert(0, str(REPO))
 
 CONTEXT = "extra_channels:[entropy,scores,small,budget]"
 VARIANTS = {
-    # the main agent: the metric as reward, random budgets, context planes; the agent decides when to stop
-    "qnet-ap": f"reward:ap,lam:1,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",
+    # the main agent: the metric as reward (AP points, no pixel price: the budget is the price), a budget drawn
+    # per episode, context planes; the agent alone decides when to stop (stop_gain 0)
+    "qnet-ap": f"reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",
     # ablations, each one change from qnet-ap
-    "qnet-gain": f"reward:gain,lam:1,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",  # the paper's reward
-    "er-qnet": f"state:entropy,reward:ap,lam:1,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",  # ER+Qnet
-    "qnet-ap-nocontext": "reward:ap,lam:1,stop_gain:0,budget_range:[0.3,0.7]",  # the paper's state only
-    "qnet-ap-fixed": f"reward:ap,lam:1,stop_gain:0,max_pixels_ratio:0.6,{CONTEXT}",  # one budget in training
-    "qnet-ap-lam0": f"reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",  # λ sweep
+    "qnet-gain": f"reward:gain,lam:0,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",  # the paper's reward
+    "er-qnet": f"state:entropy,reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",  # ER+Qnet
+    "qnet-ap-nocontext": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7]",  # the paper's state only
+    "qnet-ap-fixed": f"reward:ap,lam:0,stop_gain:0,max_pixels_ratio:0.6,{CONTEXT}",  # one budget in training
+    "qnet-ap-lam1": f"reward:ap,lam:1,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",  # λ sweep
     "qnet-ap-lam5": f"reward:ap,lam:5,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",
 }
-ABLATIONS = ["qnet-gain", "er-qnet", "qnet-ap-nocontext", "qnet-ap-fixed", "qnet-ap-lam0", "qnet-ap-lam5"]
+ABLATIONS = ["qnet-gain", "er-qnet", "qnet-ap-nocontext", "qnet-ap-fixed", "qnet-ap-lam1", "qnet-ap-lam5"]
 RULES = ("greedy", "greedy-entropy")
 
 
@@ -138,6 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="DQN overrides for every agent")
     ap.add_argument("--budget", type=float, nargs="+", default=[0.35, 0.45, 0.6])
     ap.add_argument("--oracle", action="store_true", help="also run oracle-ap (the upper bound; look-ahead is slow)")
+    ap.add_argument("--train-only", action="store_true",
+                    help="train the agents and stop (run one process per seed in parallel, then once without)")
     ap.add_argument("--out", default="runs/bench/agents", help="work folder (agents, evaluation)")
     ap.add_argument("--results", default="agents", help="results file name under benchmarks/results (default agents)")
     args = ap.parse_args(argv)
@@ -147,6 +150,8 @@ def main(argv=None) -> int:
         specs.update(parse_variant(v) for v in ABLATIONS if v not in specs)
     out = Path(args.out)
     agents = train_agents(specs, args.seeds, args.cache, args.eval_cache, args.rnet, args.steps, out, args.hyperparams)
+    if args.train_only:
+        return 0
 
     ev = out / f"eval-{args.dataset}"
     policies = ["coarse", "fine", *RULES] + (["oracle-ap"] if args.oracle else []) + [str(m) for m in agents]

@@ -1,21 +1,17 @@
 #!/usr/bin/env bash
-# The agent on real data (HIT-UAV, ../shared/data/hit-uav), through the documented CLI only:
-# rollout caches (train, val) -> R-net -> DQN agent (best model on val) -> live evaluation on the test split.
-# Usage: bash benchmarks/hituav_agent.sh   (from the repository root, venv active). Stages resume.
+# The agent on real data (HIT-UAV, ../shared/data/hit-uav), at scale, through the documented CLI only:
+# composed rollout caches of the whole train and val splits (through Ray: RAY_ADDRESS=auto, or ray://head:10001,
+# runs the same builds on a cluster) -> R-net -> DQN agents, 3 seeds (benchmarks/agents.py: the AP reward, a budget
+# per episode, context planes) -> live evaluation on all 579 test images beside the rules.
+# Usage: bash benchmarks/hituav_agent.sh [more benchmarks/agents.py options, e.g. --ablations --images 200]
+#   (from the repository root, venv active). Every stage resumes; OUT (default runs/bench/hituav) holds the work.
 set -euo pipefail
 D=../shared/data/hit-uav
-TEST_IMAGES=${TEST_IMAGES:-50}
-time zoomdet cache build --config configs/eval/hituav.yaml --data $D/train.json --images 160 --out runs/cache/hituav-train
-time zoomdet cache build --config configs/eval/hituav.yaml --data $D/val.json --images 40 --out runs/cache/hituav-val
-[ -f runs/rnet/hituav.pt ] || zoomdet rnet train --cache runs/cache/hituav-train --val-cache runs/cache/hituav-val --out runs/rnet/hituav.pt
-# two DQN agents, λ = 1 and 0.25 (HIT-UAV's window gains are small), into logs-hituav/dqn/ZoomDet-v0_<n>
-if ! ls logs-hituav/dqn/ZoomDet-v0_2/best_model.zip >/dev/null 2>&1; then
-  for LAM in 1 0.25; do
-    OMP_NUM_THREADS=1 zoomdet train --algo dqn --env ZoomDet-v0 --cache runs/cache/hituav-train --eval-cache runs/cache/hituav-val \
-        --env-kwargs rnet:runs/rnet/hituav.pt lam:$LAM -n 20000 --seed 0 --eval-freq 2500 -f logs-hituav
-  done
-fi
-time zoomdet evaluate --config configs/eval/hituav.yaml --data $D/test.json --images "$TEST_IMAGES" \
-    --policy coarse --policy fine --policy greedy \
-    --policy logs-hituav/dqn/ZoomDet-v0_1/best_model.zip --policy logs-hituav/dqn/ZoomDet-v0_2/best_model.zip \
-    --rnet runs/rnet/hituav.pt --budget 0.5 --out runs/eval/hituav-agent
+OUT=${OUT:-runs/bench/hituav}
+RAY=(); [ -n "${RAY_ADDRESS:-}" ] && RAY=(--ray-address "$RAY_ADDRESS")
+time zoomdet cache build --config configs/eval/hituav.yaml --data $D/train.json --images 0 --fine composed --out "$OUT/cache-train" "${RAY[@]}"
+time zoomdet cache build --config configs/eval/hituav.yaml --data $D/val.json --images 0 --fine composed --out "$OUT/cache-val" "${RAY[@]}"
+[ -f "$OUT/rnet.pt" ] || zoomdet rnet train --cache "$OUT/cache-train" --val-cache "$OUT/cache-val" --out "$OUT/rnet.pt"
+python benchmarks/agents.py --config configs/eval/hituav.yaml --data $D/test.json --dataset hituav-test \
+    --cache "$OUT/cache-train" --eval-cache "$OUT/cache-val" --rnet "$OUT/rnet.pt" --seeds 0 1 2 \
+    --budget 0.35 0.45 0.6 --out "$OUT/agents" "$@"

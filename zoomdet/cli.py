@@ -177,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--conf-file", help="hyperparameter YAML (default configs/agents/ALGO.yml)")
     tr.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="override hyperparameters, e.g. learning_rate:1e-3")
     tr.add_argument("--env-kwargs", nargs="+", default=[], metavar="KEY:VALUE",
-                    help="environment options (ZoomEnvConfig), e.g. rnet:runs/rnet/rnet.pt lam:5 max_pixels_ratio:0.6")
+                    help="environment options (ZoomEnvConfig), e.g. rnet:runs/rnet/rnet.pt lam:5 max_pixels_ratio:0.6; "
+                         "reward:ap (the image's COCO AP change), budget_range:[0.3,0.7] (a budget per episode: one "
+                         "agent for every per-request budget), extra_channels:[entropy,scores,small,budget] (context "
+                         "planes from the coarse detections), stop_gain:0 (the agent alone decides when to stop)")
     tr.add_argument("--eval-freq", type=int, default=5000, help="evaluate on --eval-cache every N steps (default 5000; <=0 off)")
     tr.add_argument("--eval-episodes", type=int, default=0, help="episodes per evaluation (default: one per cached image)")
     tr.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N steps (default off)")
