@@ -236,7 +236,7 @@ def test_ap_oracle_zooms_where_ap_rises_and_stops_when_it_cannot():
     assert eng.run(image(), pol, ground_truth=empty).regions == []  # no object: nothing to gain
 
 
-def test_coarse_memo_runs_the_pass_once_and_charges_every_run_in_full():
+def test_pass_memo_runs_each_pass_once_and_charges_every_run_in_full():
     eng = make_engine(max_pixels_ratio=0.6)
     calls = []
     detect = eng.detector.detect
@@ -246,8 +246,11 @@ def test_coarse_memo_runs_the_pass_once_and_charges_every_run_in_full():
     n_alone = len(calls)
     calls.clear()
     memo: dict = {}
-    shared = [eng.run(img, RandomPolicy(k=2), seed=s, coarse_memo=memo) for s in (1, 2)]
+    shared = [eng.run(img, RandomPolicy(k=2), seed=s, pass_memo=memo) for s in (1, 2)]
     assert n_alone - len(calls) == 1  # the second run reused the coarse pass
+    again = eng.run(img, RandomPolicy(k=2), seed=1, pass_memo=memo)  # same windows as the first run
+    assert len(calls) == n_alone - 1 and again.cost.as_dict() == alone[0].cost.as_dict()
+    assert again.timing["fine"] == shared[0].timing["fine"] > 0
     for a, b in zip(alone, shared):
         assert a.cost.as_dict() == b.cost.as_dict()  # same pixels and calls as a run on its own
         assert torch.equal(a.detections.boxes, b.detections.boxes)

@@ -138,11 +138,11 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
         boxes, labels, crowd = ds.targets(iid)
         gt = GroundTruth(boxes, labels, crowd)
         memo: dict = {}  # oracle look-ahead, shared by every policy and budget on this image
-        coarse_memo: dict = {}  # one coarse pass per image for every sequential policy, each charged it in full
+        passes: dict = {}  # a detector pass (coarse, or the same fine windows) runs once per image, charged in full
         for key, name, budget in keys:
             res = engine.run(image, policies[name], ground_truth=gt, seed=cfg.seed + iid,
                              max_pixels_ratio=budget, decode_seconds=decode, lookahead_memo=memo,
-                             coarse_memo=coarse_memo)
+                             pass_memo=passes)
             run = state["runs"][key]
             run["results"] += res.detections.to_coco(iid)
             run["n"] += 1

@@ -269,24 +269,24 @@ class ZoomEngine:
             out.append(part[0] if len(ts) == 1 else merge_tiles(part))
         return out
 
-    def _coarse_pass(self, image: Tensor, cost: Cost, memo: Optional[dict]) -> tuple[Detections, float]:
-        """The sequential policies' coarse pass (with RoI features) and its seconds; ``memo`` reuses one image's
-        pass and charges ``cost`` the same pixels and calls (see :meth:`run`)."""
-        _, H, W = image.shape
-        key = ("coarse", self.config.coarse_scale, W, H)
+    def _pass(self, image: Tensor, windows: Sequence[Window], cost: Cost, memo: Optional[dict],
+              features: bool = False) -> tuple[list[Detections], float]:
+        """One detector pass over ``windows`` and its seconds. With ``memo`` (one image's), a pass over the same
+        windows is run once and every later run is charged the same pixels, calls and measured seconds."""
+        key = ("pass", tuple(windows), features)
         if memo is not None and key in memo:
-            coarse, seconds, pass_cost = memo[key]
+            dets, seconds, pass_cost = memo[key]
         else:
             t = time.perf_counter()
-            pass_cost = Cost(image_pixels=W * H)
-            (coarse,) = self._detect(image, [Window.full(W, H, self.config.coarse_scale)], pass_cost, features=True)
+            pass_cost = Cost(image_pixels=cost.image_pixels)
+            dets = self._detect(image, windows, pass_cost, features=features)
             seconds = time.perf_counter() - t
             if memo is not None:
-                memo[key] = (coarse, seconds, pass_cost)
+                memo[key] = (dets, seconds, pass_cost)
         cost.pixels_source += pass_cost.pixels_source
         cost.model_input_pixels += pass_cost.model_input_pixels
         cost.detector_calls += pass_cost.detector_calls
-        return coarse, seconds
+        return dets, seconds
 
     def candidates(self, width: int, height: int) -> list[Window]:
         c = self.config
@@ -295,7 +295,7 @@ class ZoomEngine:
     def run(self, image: Tensor, policy: PlanPolicy | ZoomPolicy, *, ground_truth: Optional[GroundTruth] = None,
             seed: int = 0, max_pixels_ratio: Optional[float] = None, max_steps: Optional[int] = None,
             decode_seconds: float = 0.0, lookahead_memo: Optional[dict] = None,
-            coarse_memo: Optional[dict] = None) -> ZoomResult:
+            pass_memo: Optional[dict] = None) -> ZoomResult:
         """Detect objects in ``image`` with ``policy``.
 
         Args:
@@ -308,10 +308,11 @@ class ZoomEngine:
             lookahead_memo: a dict the caller keeps for one image and passes to every run on it; an
                 oracle's look-ahead then runs each candidate window once for all policies and budgets
                 (the look-ahead is never part of the cost, so this changes no reported figure).
-            coarse_memo: a dict the caller keeps for one image and passes to every run on it; the
-                sequential policies' coarse pass then runs once per image. Each run is still charged that
-                pass in full: its pixels, its calls and its measured seconds (stage ``coarse``), so the
-                reported figures are those of a run on its own, without running the pass again.
+            pass_memo: a dict the caller keeps for one image and passes to every run on it; a sequential
+                policy's coarse pass, and a fine pass over exactly the windows of an earlier run, then run
+                once per image. Each run is still charged every pass in full: its pixels, its calls and its
+                measured seconds (stages ``coarse`` and ``fine``), so the reported figures are those of a
+                run on its own, without running the same pass again.
         """
         c = self.config
         budget = c.max_pixels_ratio if max_pixels_ratio is None else float(max_pixels_ratio)
@@ -341,7 +342,7 @@ class ZoomEngine:
         if getattr(policy, "needs_ground_truth", False) and ground_truth is None:
             raise ValueError(f"policy {policy.name!r} needs ground truth (it is an oracle); pass ground_truth=")
         t = time.perf_counter()
-        coarse, timing["coarse"] = self._coarse_pass(image, cost, coarse_memo)
+        (coarse,), timing["coarse"] = self._pass(image, [Window.full(W, H, c.coarse_scale)], cost, pass_memo, features=True)
         reused_s = timing["coarse"] - (time.perf_counter() - t)  # > 0 when the memo saved running the pass again
 
         cands = self.candidates(W, H)
@@ -396,8 +397,8 @@ class ZoomEngine:
         timing["policy"] = time.perf_counter() - t - lookahead_s[0]
 
         t = time.perf_counter()
-        fine = self._detect(image, [r.window for r in regions], cost)
-        timing["fine"] = time.perf_counter() - t
+        fine, timing["fine"] = self._pass(image, [r.window for r in regions], cost, pass_memo) if regions else ([], 0.0)
+        reused_s += timing["fine"] - (time.perf_counter() - t)
         t = time.perf_counter()
         merged = merge_zoom(coarse, fine, [r.window for r in regions], W, H, c.merge)
         timing["merge"] = time.perf_counter() - t
