@@ -136,6 +136,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ablations", action="store_true", help=f"also train {', '.join(ABLATIONS)}")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=30000, help="environment steps per agent (default 30000)")
+    ap.add_argument("--budget-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                    help="the per-episode budget range of every variant that draws one (default: the variant's, "
+                         "[0.3, 0.7]; e.g. 0.08 0.3 for a coarse pass at 0.25)")
     ap.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="DQN overrides for every agent")
     ap.add_argument("--budget", type=float, nargs="+", default=[0.35, 0.45, 0.6])
     ap.add_argument("--oracle", action="store_true", help="also run oracle-ap (the upper bound; look-ahead is slow)")
@@ -148,6 +151,10 @@ def main(argv=None) -> int:
     specs = dict(parse_variant(s) for s in (args.variant or ["qnet-ap"]))
     if args.ablations:
         specs.update(parse_variant(v) for v in ABLATIONS if v not in specs)
+    if args.budget_range:
+        lo, hi = args.budget_range
+        specs = {n: kw + [f"budget_range:[{lo:g},{hi:g}]"] if any(k.startswith("budget_range:") for k in kw) else kw
+                 for n, kw in specs.items()}
     out = Path(args.out)
     agents = train_agents(specs, args.seeds, args.cache, args.eval_cache, args.rnet, args.steps, out, args.hyperparams)
     if args.train_only:

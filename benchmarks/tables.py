@@ -3,6 +3,7 @@
     python benchmarks/tables.py benchmarks/results/airbus.json --dataset airbus-test
     python benchmarks/tables.py benchmarks/results/sahi_peer.json --dataset airbus-test
     python benchmarks/tables.py benchmarks/results/latency.json --dataset hituav-test --stages
+    python benchmarks/tables.py benchmarks/results/agents.json --dataset hituav-test --agents
 
 The README's tables are pasted from this output, so they are the files' numbers.
 """
@@ -25,6 +26,8 @@ def main(argv=None) -> int:
     ap.add_argument("results")
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--stages", action="store_true", help="latency rows: the detector setting and ms per stage")
+    ap.add_argument("--agents", action="store_true", help="benchmarks/agents.py rows: each variant's mean ± std over "
+                                                          "seeds per budget, and its margin over the best rule")
     args = ap.parse_args(argv)
     rows = [r for r in json.loads(open(args.results).read()) if r["dataset"] == args.dataset]
     if not rows:
@@ -33,6 +36,8 @@ def main(argv=None) -> int:
     print(f"{rows[0]['images']} images; `{rows[0]['command']}`, {rows[0]['date']}\n")
     if args.stages:
         return stage_table(rows)
+    if args.agents:
+        return agent_table(rows)
     print("| policy | AP | AP50 | AP_medium | AP_large | pixels_ratio | calls / image | s / image | rel AP | rel pixels | rel time |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -61,6 +66,29 @@ def stage_table(rows: list[dict]) -> int:
         print(f"| {setting} | {name} | {fmt(r['ap'])} | {fmt(r['ap_small'])} | {r['pixels_ratio']:.3f} | "
               + " | ".join(f"{t[k]:.1f}" for k in STAGES)
               + f" | {fmt(r['rel_time'], True)} | {fmt(r['rel_pixels'], True)} | {fmt(r.get('overhead_share'), True)} |")
+    return 0
+
+
+def agent_table(rows: list[dict]) -> int:
+    """Rows of ``benchmarks/agents.py``: policies and agent variants (mean ± population std over seeds) per budget."""
+    from statistics import mean, pstdev
+
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r.get("variant") or r["policy"], r["budget"]), []).append(r)
+    best = {b: max((100 * g[0]["ap"] for (n, bb), g in groups.items() if bb == b and n in ("greedy", "greedy-entropy")),
+                   default=None) for _, b in groups}
+    print("| policy | budget | seeds | AP × 100 | vs best rule | AP_small × 100 | pixels_ratio | zooms on | rel AP | rel time |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (name, b), g in sorted(groups.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0])):
+        aps = [100 * r["ap"] for r in g]
+        ap = f"{mean(aps):.2f}" + (f" ± {pstdev(aps):.2f}" if len(g) > 1 else "")
+        margin = f"{mean(aps) - best[b]:+.2f}" if best.get(b) is not None and name not in ("greedy", "greedy-entropy") else ""
+        zoom = mean(r.get("zoomed_share") or 0 for r in g)
+        rel_t = [r["rel_time"] for r in g if r.get("rel_time") is not None]
+        print(f"| {name} | {'–' if b is None else f'{b:g}'} | {len(g)} | {ap} | {margin} | "
+              f"{mean(100 * r['ap_small'] for r in g):.2f} | {mean(r['pixels_ratio'] for r in g):.3f} | "
+              f"{100 * zoom:.0f}% | {fmt(mean(r['rel_ap'] for r in g), True)} | {fmt(mean(rel_t) if rel_t else None, True)} |")
     return 0
 
 
