@@ -244,6 +244,10 @@ def test_train_cli_refuses_bad_input(toy_cache, tmp_path, capsys):
     base = ["train", "--cache", str(toy_cache), "-f", str(tmp_path), "--no-progress", "-n", "10"]
     assert main(base + ["--env-kwargs", "lamda:1"]) == 2
     assert "unknown" in capsys.readouterr().err
+    assert main(base + ["--env-kwargs", "state:entropy", "budget_range:[0.5,0.2]"]) == 2
+    assert "budget_range must be" in capsys.readouterr().err
+    assert main(base + ["--env-kwargs", "state:entropy", "extra_channels:[colour]"]) == 2
+    assert "extra_channels must be" in capsys.readouterr().err
     assert main(base + ["--hyperparams", "learning_rate"]) == 2
     assert "expected key:value" in capsys.readouterr().err
     assert main(base + ["--trained-agent", str(tmp_path / "none.zip"), "--env-kwargs", "state:entropy"]) == 2
