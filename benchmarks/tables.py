@@ -69,6 +69,11 @@ def stage_table(rows: list[dict]) -> int:
     return 0
 
 
+def pct100(v) -> str:
+    """AP as AP x 100 with two decimals; "–" where COCOeval had no object of that size (-1 or NaN)."""
+    return "–" if v is None or v != v or v < 0 else f"{100 * v:.2f}"
+
+
 def agent_table(rows: list[dict]) -> int:
     """Rows of ``benchmarks/agents.py``: policies and agent variants (mean ± population std over seeds) per budget."""
     from statistics import mean, pstdev
@@ -87,7 +92,7 @@ def agent_table(rows: list[dict]) -> int:
         zoom = mean(r.get("zoomed_share") or 0 for r in g)
         rel_t = [r["rel_time"] for r in g if r.get("rel_time") is not None]
         print(f"| {name} | {'–' if b is None else f'{b:g}'} | {len(g)} | {ap} | {margin} | "
-              f"{mean(100 * r['ap_small'] for r in g):.2f} | {mean(r['pixels_ratio'] for r in g):.3f} | "
+              f"{pct100(mean(r['ap_small'] for r in g))} | {mean(r['pixels_ratio'] for r in g):.3f} | "
               f"{100 * zoom:.0f}% | {fmt(mean(r['rel_ap'] for r in g), True)} | {fmt(mean(rel_t) if rel_t else None, True)} |")
     return 0
 
