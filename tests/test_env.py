@@ -340,3 +340,25 @@ def test_live_agent_with_context_planes_builds_the_envs_observation(toy_cache, t
                          env.action_masks()[:-1], np.random.default_rng(0), max_pixels_ratio=0.6)
     policy.select(state)
     np.testing.assert_allclose(seen["obs"]["map"], env_obs["map"], atol=1e-6)
+
+
+def test_agents_benchmark_parses_variants_and_refuses_unknown_ones():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "agents.py"
+    spec = importlib.util.spec_from_file_location("bench_agents", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    name, kw = mod.parse_variant("mine=reward:ap,budget_range:[0.2,0.5],extra_channels:[entropy,budget]")
+    assert name == "mine" and kw == ["reward:ap", "budget_range:[0.2,0.5]", "extra_channels:[entropy,budget]"]
+    name, kw = mod.parse_variant("qnet-ap")
+    assert "reward:ap" in kw and any(k.startswith("budget_range:") for k in kw)
+    # every named variant is a valid environment configuration
+    from zoomdet.agents.train import parse_key_values
+    from zoomdet.envs import ZoomEnvConfig
+
+    for v in mod.VARIANTS:
+        ZoomEnvConfig.from_options(**{"rnet": "x.pt", **parse_key_values(mod.parse_variant(v)[1])})
+    with pytest.raises(SystemExit, match="unknown variant"):
+        mod.parse_variant("qnet-magic")
