@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -28,15 +27,13 @@ sys.path.insert(0, str(REPO))
 
 
 def main(argv=None) -> int:
-    from zoomdet.eval.results import add_dataset_args, command_line, rows_from_report, run_zoomdet, write_results
+    from zoomdet.eval.results import (add_agent_args, add_dataset_args, command_line, rows_from_report, run_zoomdet,
+                                      train_agents, write_results)
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_args(ap)
-    ap.add_argument("--cache", required=True, help="training rollout cache")
-    ap.add_argument("--eval-cache", required=True, help="held-out cache for best_model selection")
-    ap.add_argument("--rnet", required=True, help="R-net: the agents' state and the greedy policy")
+    add_agent_args(ap)
     ap.add_argument("--reward", nargs="+", default=["gain", "ap"], choices=["gain", "ap"])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=20000)
     ap.add_argument("--lam", type=float, default=5.0)
     ap.add_argument("--budget", type=float, nargs="+", default=[0.45, 0.6])
@@ -44,27 +41,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     out = Path(args.out)
-    agents: dict[str, tuple[str, int]] = {}
-    for reward in args.reward:
-        for seed in args.seeds:
-            run_dir = out / f"{reward}-s{seed}"  # the agent's name comes from this folder
-            model = run_dir / "best_model.zip"
-            if not model.is_file():
-                logs = out / "logs" / f"{reward}-s{seed}"
-                run_zoomdet(["train", "--cache", args.cache, "--eval-cache", args.eval_cache, "-n", str(args.steps),
-                     "--seed", str(seed), "--env-kwargs", f"rnet:{args.rnet}", f"lam:{args.lam}", f"reward:{reward}",
-                     "--eval-freq", "2500", "-f", str(logs), "--no-progress"])
-                trained = next((logs / "dqn").glob("ZoomDet-v0_*"))
-                shutil.rmtree(run_dir, ignore_errors=True)
-                shutil.copytree(trained, run_dir)
-            agents[f"dqn:{run_dir.name}/best_model"] = (reward, seed)
+    models = train_agents({r: [f"lam:{args.lam}", f"reward:{r}"] for r in args.reward}, args.seeds, args.cache,
+                          args.eval_cache, args.rnet, args.steps, out, eval_freq=2500)
+    agents = {f"dqn:{m.parent.name}/best_model": rs for m, rs in models.items()}
     ev = out / f"eval-{args.dataset}"
     argv_eval = ["evaluate", "--config", args.config, "--data", args.data, "--rnet", args.rnet, "--out", str(ev),
                  "--images", str(args.images), "--budget", *map(str, args.budget),
                  "--policy", "coarse", "--policy", "fine", "--policy", "greedy", "--policy", "greedy-entropy",
                  "--policy", "oracle-ap"]
-    for name in agents:
-        argv_eval += ["--policy", str(out / name.split(":", 1)[1].split("/")[0] / "best_model.zip")]
+    for m in models:
+        argv_eval += ["--policy", str(m)]
     run_zoomdet(argv_eval)
     report = json.loads((ev / "report.json").read_text())
     rows = rows_from_report(report, args.dataset, command=command_line())

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -72,32 +71,6 @@ def parse_variant(spec: str) -> tuple[str, list[str]]:
     return name, [i.strip() for i in items if i.strip()]
 
 
-def train_agents(variants: dict[str, list[str]], seeds: list[int], cache: str, eval_cache: str, rnet: str,
-                 steps: int, out: Path, hyperparams: list[str]) -> dict[Path, tuple[str, int]]:
-    """Train (or reuse) one DQN agent per variant and seed; returns ``{best_model.zip: (variant, seed)}``."""
-    from zoomdet.eval.results import run_zoomdet
-
-    agents = {}
-    for name, env_kwargs in variants.items():
-        for seed in seeds:
-            run_dir = out / f"{name}-s{seed}"  # the agent's name in reports comes from this folder
-            model = run_dir / "best_model.zip"
-            if not model.is_file():
-                logs = out / "logs" / f"{name}-s{seed}"
-                shutil.rmtree(logs, ignore_errors=True)
-                argv = ["train", "--cache", cache, "--eval-cache", eval_cache, "-n", str(steps), "--seed", str(seed),
-                        "--env-kwargs", f"rnet:{rnet}", *env_kwargs, "--eval-freq", str(max(steps // 10, 500)),
-                        "-f", str(logs), "--no-progress"]
-                if hyperparams:
-                    argv += ["--hyperparams", *hyperparams]
-                run_zoomdet(argv)
-                trained = next((logs / "dqn").glob("ZoomDet-v0_*"))
-                shutil.rmtree(run_dir, ignore_errors=True)
-                shutil.copytree(trained, run_dir)
-            agents[model] = (name, seed)
-    return agents
-
-
 def summarize(rows: list[dict], budgets: list[float], variants: list[str]) -> list[str]:
     """Lines: per budget, the best rule and each variant's mean ± std over seeds, margin, and zoom share."""
     by = {(r["policy"], r["budget"]): r for r in rows}
@@ -124,17 +97,15 @@ def summarize(rows: list[dict], budgets: list[float], variants: list[str]) -> li
 
 
 def main(argv=None) -> int:
-    from zoomdet.eval.results import add_dataset_args, command_line, rows_from_report, run_zoomdet, write_results
+    from zoomdet.eval.results import (add_agent_args, add_dataset_args, command_line, rows_from_report, run_zoomdet,
+                                      train_agents, write_results)
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_args(ap)
-    ap.add_argument("--cache", required=True, help="training rollout cache")
-    ap.add_argument("--eval-cache", required=True, help="held-out cache for best_model selection")
-    ap.add_argument("--rnet", required=True, help="R-net: the agents' state and the greedy policy")
+    add_agent_args(ap)
     ap.add_argument("--variant", action="append", default=[], metavar="NAME[=KEY:VALUE,...]",
                     help=f"agent variant (repeatable; default qnet-ap); named: {', '.join(VARIANTS)}")
     ap.add_argument("--ablations", action="store_true", help=f"also train {', '.join(ABLATIONS)}")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=30000, help="environment steps per agent (default 30000)")
     ap.add_argument("--budget-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                     help="the per-episode budget range of every variant that draws one (default: the variant's, "
@@ -168,12 +139,10 @@ def main(argv=None) -> int:
     report = json.loads((ev / "report.json").read_text())
     rows = rows_from_report(report, args.dataset, command=command_line())
     names = {f"dqn:{m.parent.name}/best_model": vs for m, vs in agents.items()}
-    for r, p in zip(rows, report["policies"]):
-        variant, seed = names.get(r["policy"].split("@")[0], (None, 0))
+    for r in rows:
+        variant, seed = names.get(r["policy"], (None, 0))
         r["variant"], r["seed"] = variant, seed
         r["env_kwargs"] = specs.get(variant) if variant else None
-        r["windows_per_image"] = p["windows_per_image"]
-        r["zoomed_share"] = p.get("zoomed_share")
     print(f"\n{args.dataset}, {report['images']} images: AP x 100, mean ± std over seeds {args.seeds}")
     for line in summarize(rows, args.budget, list(specs)):
         print(line)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 __all__ = ["REQUIRED_KEYS", "rows_from_report", "write_results", "command_line", "RESULTS_DIR", "add_dataset_args",
-           "relative_to_fine", "run_zoomdet"]
+           "relative_to_fine", "run_zoomdet", "add_agent_args", "train_agents"]
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 REQUIRED_KEYS = ("dataset", "images", "policy", "budget", "seed", "ap", "ap_small", "pixels_ratio",
@@ -33,6 +33,44 @@ def add_dataset_args(parser, images_default: int = 0) -> None:
     parser.add_argument("--dataset", required=True, help="dataset name in the results file, e.g. hituav-test")
     parser.add_argument("--images", type=int, default=images_default,
                         help=f"N images, a seeded sample (default {images_default}; 0 = all)")
+
+
+def add_agent_args(parser) -> None:
+    """The arguments of the agent benchmarks: ``--cache``, ``--eval-cache``, ``--rnet``, ``--seeds``."""
+    parser.add_argument("--cache", required=True, help="training rollout cache")
+    parser.add_argument("--eval-cache", required=True, help="held-out cache for best_model selection")
+    parser.add_argument("--rnet", required=True, help="R-net: the agents' state and the greedy policy")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+
+
+def train_agents(variants: dict[str, list[str]], seeds: Sequence[int], cache: str, eval_cache: str, rnet: str,
+                 steps: int, out: Path, hyperparams: Sequence[str] = (), eval_freq: Optional[int] = None
+                 ) -> dict[Path, tuple[str, int]]:
+    """Train (or reuse) one DQN agent per variant (``--env-kwargs`` items) and seed with ``zoomdet train``, into
+    ``out/<variant>-s<seed>`` (the agent's name in reports comes from that folder); its best model is chosen on
+    ``eval_cache`` every ``eval_freq`` steps (default: a tenth of ``steps``, at least 500).
+    Returns ``{best_model.zip: (variant, seed)}``."""
+    import shutil
+
+    agents = {}
+    for name, env_kwargs in variants.items():
+        for seed in seeds:
+            run_dir = out / f"{name}-s{seed}"
+            model = run_dir / "best_model.zip"
+            if not model.is_file():
+                logs = out / "logs" / f"{name}-s{seed}"
+                shutil.rmtree(logs, ignore_errors=True)  # an interrupted run's folder would be picked up below
+                argv = ["train", "--cache", cache, "--eval-cache", eval_cache, "-n", str(steps), "--seed", str(seed),
+                        "--env-kwargs", f"rnet:{rnet}", *env_kwargs,
+                        "--eval-freq", str(eval_freq or max(steps // 10, 500)), "-f", str(logs), "--no-progress"]
+                if hyperparams:
+                    argv += ["--hyperparams", *hyperparams]
+                run_zoomdet(argv)
+                trained = next((logs / "dqn").glob("ZoomDet-v0_*"))
+                shutil.rmtree(run_dir, ignore_errors=True)
+                shutil.copytree(trained, run_dir)
+            agents[model] = (name, seed)
+    return agents
 
 
 def run_zoomdet(argv: list[str]) -> None:
@@ -72,6 +110,7 @@ def rows_from_report(report: dict, dataset: str, seed: int = 0, command: Optiona
             "ap": r["ap"], "ap50": r["ap50"], "ap_small": r["ap_small"], "ap_medium": r["ap_medium"],
             "ap_large": r["ap_large"], "pixels_ratio": r["pixels_ratio"],
             "detector_calls_per_image": r["detector_calls_per_image"], "time_per_image_s": r["time_per_image_s"],
+            "windows_per_image": r.get("windows_per_image"), "zoomed_share": r.get("zoomed_share"),
             "rel_ap": r["rel_ap"], "rel_pixels": r["rel_pixels"], "rel_time": r["rel_time"],
             "command": command or command_line(), "date": report.get("date", _dt.date.today().isoformat()),
             **(extra or {}),
