@@ -17,9 +17,10 @@ with ``--oracle``, ``oracle-ap`` on the same images and budgets. Each agent
 is trained once for all budgets: variants with ``budget_range`` draw a
 budget per episode, so one agent answers any per-request budget.
 
-Prints, per budget, each variant's AP (mean ± population std over seeds) and
-its margin over the best rule, and the share of images where it zoomed at
-all (a stop-at-once agent zooms on none); writes the rows (with ``variant``,
+Prints the table ``benchmarks/tables.py --agents`` prints: per budget, each
+variant's AP (mean ± population std over seeds), its margin over the best
+rule, and the share of images where it zoomed at all (a stop-at-once agent
+zooms on none); writes the rows (with ``variant``,
 ``seed`` and ``env_kwargs``) to ``benchmarks/results/<--results>.json``,
 replacing ``--dataset``'s rows. Finished trainings and evaluations are reused.
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -69,31 +69,6 @@ def parse_variant(spec: str) -> tuple[str, list[str]]:
             cur += ch
     items.append(cur)
     return name, [i.strip() for i in items if i.strip()]
-
-
-def summarize(rows: list[dict], budgets: list[float], variants: list[str]) -> list[str]:
-    """Lines: per budget, the best rule and each variant's mean ± std over seeds, margin, and zoom share."""
-    by = {(r["policy"], r["budget"]): r for r in rows}
-    lines = []
-    for b in budgets:
-        rules = [by[(p, b)] for p in RULES if (p, b) in by]
-        best = max(rules, key=lambda r: r["ap"]) if rules else None
-        head = f"budget {b:g}: " + (f"best rule {best['policy']} {100 * best['ap']:.2f}" if best else "no rule")
-        parts = [head]
-        for v in variants:
-            mine = [r for r in rows if r.get("variant") == v and r["budget"] == b]
-            if not mine:
-                continue
-            aps = [100 * r["ap"] for r in mine]
-            mean, spread = statistics.mean(aps), (statistics.pstdev(aps) if len(aps) > 1 else 0.0)
-            zoomed = statistics.mean(r["zoomed_share"] for r in mine)
-            px = statistics.mean(r["pixels_ratio"] for r in mine)
-            margin = f" ({mean - 100 * best['ap']:+.2f})" if best else ""
-            parts.append(f"{v}: {mean:.2f} ± {spread:.2f}{margin} at {px:.3f}, zooms on {100 * zoomed:.0f}% of images")
-        if ("oracle-ap", b) in by:
-            parts.append(f"oracle-ap {100 * by[('oracle-ap', b)]['ap']:.2f}")
-        lines.append("; ".join(parts))
-    return lines
 
 
 def main(argv=None) -> int:
@@ -143,9 +118,10 @@ def main(argv=None) -> int:
         variant, seed = names.get(r["policy"], (None, 0))
         r["variant"], r["seed"] = variant, seed
         r["env_kwargs"] = specs.get(variant) if variant else None
-    print(f"\n{args.dataset}, {report['images']} images: AP x 100, mean ± std over seeds {args.seeds}")
-    for line in summarize(rows, args.budget, list(specs)):
-        print(line)
+    from tables import agent_table  # benchmarks/tables.py: the README's table of these rows
+
+    print(f"\n{args.dataset}, {report['images']} images, seeds {args.seeds}:")
+    agent_table(rows)
     path = write_results(args.results, rows, replace={"dataset": args.dataset})
     print(f"wrote {path}")
     return 0
