@@ -7,8 +7,10 @@ free loopback port (or uses ``--url``), then:
 
 1. *in-process*: the same image and policy through :class:`ZoomEngine` with a
    local detector, ``--baseline`` times; the median is the in-process latency;
-2. *overhead*: ``--baseline`` requests one at a time over HTTP; HTTP overhead
-   = p50 over HTTP minus p50 in-process (the goal is <= 15 ms);
+2. *overhead*: ``--baseline`` requests one at a time over HTTP, each right
+   after one in-process run (interleaved, so both see the same machine);
+   HTTP overhead = p50 over HTTP minus p50 in-process (the goal is <= 15 ms);
+   ``GET /healthz`` beside them times the bare proxy round trip;
 3. *load*: ``--requests`` requests at ``--concurrency``; counts 2xx/4xx/5xx and
    lost requests (connection errors, timeouts); throughput and p50/p95/p99;
 4. *replica kill* (``--kill``): SIGKILL the detector replica's process under
@@ -24,7 +26,10 @@ Everything is bounded by ``--time-limit`` seconds. Prints a JSON document;
 ``--out`` also writes it. Each scenario that ran (``overhead``, ``load``,
 ``replica_kill``, ``big_image``) is also a row of
 ``benchmarks/results/serve_load.json`` with the command and the date,
-replacing that scenario's earlier row (``--requests 0`` skips the load, so
+replacing that scenario's earlier row for the same layout (``split``:
+``serving/config.yaml``, a detector deployment; ``colocated``:
+``serving/config.colocated.yaml``, the detector inside the ingress;
+``--requests 0`` skips the load, so
 ``--requests 0 --big 6000x6000`` reruns the big-image row alone).
 """
 
@@ -99,6 +104,54 @@ def one(session: requests.Session, url: str, data: bytes, policy: str, budget: f
         return time.perf_counter() - t, r.status_code
     except requests.RequestException as e:
         return time.perf_counter() - t, type(e).__name__
+
+
+def _in_process_worker(conn, threads: int, policy: str, budget: float, data: bytes) -> None:
+    """Child process: build the engine once (synth config, embedded detector, ``threads`` torch threads), then
+    run the image through it each time it is asked; answers (seconds, stage ms) with decode included."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # as Ray sets it for a replica
+    import torch
+
+    from zoomdet.config import load_config
+    from zoomdet.detector.detector import Detector, default_checkpoint
+    from zoomdet.eval.evaluator import EvalConfig
+    from zoomdet.serving.app import decode_image
+    from zoomdet.zoom.engine import ZoomEngine
+    from zoomdet.zoom.policies import make_policy
+
+    torch.set_num_threads(threads)
+    cfg = load_config(EvalConfig, str(REPO / "configs/eval/synth.yaml"))
+    det = Detector.from_checkpoint(default_checkpoint())
+    engine, pol = ZoomEngine(det, cfg.zoom), make_policy(policy, cfg.policies, cfg.zoom, det.checkpoint_id)
+    engine.run(decode_image(data, 40_000_000), pol, max_pixels_ratio=budget)  # warm-up
+    conn.send("ready")
+    while conn.recv():
+        t = time.perf_counter()
+        res = engine.run(decode_image(data, 40_000_000), pol, max_pixels_ratio=budget)
+        conn.send((time.perf_counter() - t, {k: 1000 * v for k, v in res.timing.items()}))
+
+
+class InProcess:
+    """The in-process engine in a fresh child process (spawned, so no state of this one comes along)."""
+
+    def __init__(self, threads: int, policy: str, budget: float, data: bytes) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_in_process_worker, args=(child, threads, policy, budget, data), daemon=True)
+        self.proc.start()
+        if not self.conn.poll(300) or self.conn.recv() != "ready":
+            raise RuntimeError("the in-process worker did not start")
+
+    def run(self) -> tuple[float, dict]:
+        """One request through the engine: (seconds, {stage: ms})."""
+        self.conn.send(True)
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(False)
+        self.proc.join(30)
 
 
 def run_load(url, data, policy, budget, n, concurrency, deadline, on_progress=None):
@@ -254,14 +307,23 @@ def ingress_setting(config: str, key: str):
     return ServiceConfig.model_fields[key].default
 
 
+def layout(config: str) -> str:
+    """``colocated`` when the Serve config builds :func:`~zoomdet.serving.app.build_colocated_app` (the detector
+    inside the ingress), else ``split`` (a ``DetectorServer`` deployment)."""
+    import yaml
+
+    apps = yaml.safe_load(Path(config).read_text()).get("applications", [])
+    return "colocated" if any(str(a.get("import_path", "")).endswith(":build_colocated_app") for a in apps) else "split"
+
+
 def write_scenarios(report: dict) -> None:
     """One row per scenario that ran in ``benchmarks/results/serve_load.json`` (replacing its earlier row)."""
     from zoomdet.eval.results import command_line, write_results
 
-    common = {k: report[k] for k in ("policy", "budget", "size", "cpus", "date") if k in report}
+    common = {k: report[k] for k in ("layout", "config", "policy", "budget", "size", "cpus", "date") if k in report}
     common.update(command=command_line(), startup_s=report.get("startup_s"))
     scenarios = {"overhead": {k: report.get(k) for k in ("in_process", "in_process_all_cores", "http_sequential",
-                                                         "http_overhead_p50_ms",
+                                                         "http_overhead_p50_ms", "healthz",
                                                          "stages_p50_ms", "outside_engine_p50_ms")}}
     for key in ("load", "replica_kill", "big_image"):
         if key in report:
@@ -269,7 +331,8 @@ def write_scenarios(report: dict) -> None:
     for name, body in scenarios.items():
         if name == "overhead" and not report.get("http_sequential"):
             continue
-        write_results("serve_load", [{"scenario": name, **common, **body}], replace={"scenario": name},
+        write_results("serve_load", [{"scenario": name, **common, **body}],
+                      replace={"scenario": name, "layout": common["layout"]},
                       required=("scenario", "command", "date"))
 
 
@@ -311,45 +374,35 @@ def main() -> None:
 
         with Image.open(a.image) as im:
             a.size = f"{im.width}x{im.height}"
-    report: dict = {"url": url, "policy": a.policy, "budget": a.budget, "image_bytes": len(data), "size": a.size,
-                    "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    report: dict = {"url": url, "config": a.config, "layout": layout(a.config), "policy": a.policy, "budget": a.budget,
+                    "image_bytes": len(data), "size": a.size, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
     try:
         report["startup_s"] = wait_ready(url, proc)
-        # in-process reference: same engine config, same image, same policy
-        import torch
-
-        from zoomdet.config import load_config
-        from zoomdet.detector.detector import Detector, default_checkpoint
-        from zoomdet.eval.evaluator import EvalConfig
-        from zoomdet.serving.app import decode_image
-        from zoomdet.zoom.engine import ZoomEngine
-        from zoomdet.zoom.policies import make_policy
-
-        torch.set_num_threads(1)  # the detector replica has one CPU
-        cfg = load_config(EvalConfig, "configs/eval/synth.yaml")
-        det = Detector.from_checkpoint(default_checkpoint())
-        engine, pol = ZoomEngine(det, cfg.zoom), make_policy(a.policy, cfg.policies, cfg.zoom, det.checkpoint_id)
-        inproc, inproc_stages = [], []
-        for _ in range(a.baseline):
-            t = time.perf_counter()
-            res = engine.run(decode_image(data, 40_000_000), pol, max_pixels_ratio=a.budget)
-            inproc.append(time.perf_counter() - t)
-            inproc_stages.append({k: 1000 * v for k, v in res.timing.items()})
-        # the in-process engine with every core (torch's default threads): the throughput to beat
-        torch.set_num_threads(os.cpu_count() or 1)
-        allcores = []
-        for _ in range(a.baseline):
-            t = time.perf_counter()
-            engine.run(decode_image(data, 40_000_000), pol, max_pixels_ratio=a.budget)
-            allcores.append(time.perf_counter() - t)
-        report["in_process_all_cores"] = percentiles(allcores)
-        torch.set_num_threads(1)
-        del det, engine
+        # in-process reference: same engine config, same image, same policy, in a fresh process of its own
+        # (the benchmark's own threads and an earlier all-cores run would otherwise slow it down)
+        allcores_worker = InProcess(os.cpu_count() or 1, a.policy, a.budget, data)
+        report["in_process_all_cores"] = percentiles([allcores_worker.run()[0] for _ in range(a.baseline)])
+        allcores_worker.close()
+        worker = InProcess(1, a.policy, a.budget, data)  # a detector replica has one torch thread
         s = requests.Session()
         one(s, url, data, a.policy, a.budget)  # warm-up
-        served_stages: list[dict] = []
-        seq = [one(s, url, data, a.policy, a.budget, served_stages) for _ in range(a.baseline)]
+        for _ in range(5):
+            s.get(f"{url}/healthz", timeout=30)
+        # overhead: in-process and HTTP requests interleaved, one after the other, so both see the same
+        # machine (a busy moment slows both, instead of only whichever ran then); plus GET /healthz, the
+        # bare proxy-to-ingress round trip with no body and no engine
+        inproc, inproc_stages, served_stages, seq, health = [], [], [], [], []
+        for _ in range(a.baseline):
+            sec, stages = worker.run()
+            inproc.append(sec)
+            inproc_stages.append(stages)
+            seq.append(one(s, url, data, a.policy, a.budget, served_stages))
+            t = time.perf_counter()
+            s.get(f"{url}/healthz", timeout=30)
+            health.append(time.perf_counter() - t)
+        worker.close()
         seq_ok = [lat for lat, st in seq if st == 200]
+        report["healthz"] = percentiles(health)
         report["in_process"] = percentiles(inproc)
         report["http_sequential"] = percentiles(seq_ok)
         report["http_overhead_p50_ms"] = (statistics.median(seq_ok) - statistics.median(inproc)) * 1000 if seq_ok else None

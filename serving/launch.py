@@ -55,12 +55,17 @@ def resolve_config(path: str | Path, host: Optional[str] = None, port: Optional[
     for app in cfg.get("applications", []):
         for dep in app.get("deployments", []):
             uc = dep.get("user_config") or {}
-            for key in PATH_KEYS:
-                if uc.get(key):
-                    p = Path(uc[key]) if Path(uc[key]).is_absolute() else (base / uc[key])
-                    if not p.is_file():
-                        raise FileNotFoundError(f"{path}: {dep.get('name')}.user_config.{key} = {uc[key]} not found")
-                    uc[key] = str(p.resolve())
+            # the colocated layout nests the detector's settings in the ingress's: user_config.detector
+            nested = [(f"{dep.get('name')}.user_config", uc)]
+            if isinstance(uc.get("detector"), dict):
+                nested.append((f"{dep.get('name')}.user_config.detector", uc["detector"]))
+            for where, d in nested:
+                for key in PATH_KEYS:
+                    if d.get(key):
+                        p = Path(d[key]) if Path(d[key]).is_absolute() else (base / d[key])
+                        if not p.is_file():
+                            raise FileNotFoundError(f"{path}: {where}.{key} = {d[key]} not found")
+                        d[key] = str(p.resolve())
     try:
         ServeDeploySchema.model_validate(cfg)
     except ValidationError as e:

@@ -94,6 +94,20 @@ class Problem(BaseModel):
     detail: str
 
 
+class DetectorConfig(BaseModel):
+    """``user_config`` of the detector deployment (``DetectorServer``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: Optional[str] = Field(None, description="detector checkpoint; null: the embedded synthetic detector")
+    device: str = Field("cpu", description="cpu or cuda")
+    batch_size: int = Field(4, ge=1, description="crops per forward pass")
+    max_batch_size: int = Field(8, ge=1, description="@serve.batch: crops gathered across requests")
+    batch_wait_timeout_s: float = Field(0.001, ge=0, description="@serve.batch: longest wait for a fuller batch")
+    torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads of the replica; null: "
+                                         "torch's default (Ray sets OMP_NUM_THREADS from num_cpus)")
+
+
 class ServiceConfig(BaseModel):
     """``user_config`` of the ingress deployment (``ZoomDetIngress``): changes apply without a restart."""
 
@@ -119,17 +133,8 @@ class ServiceConfig(BaseModel):
                                            "overlapping tiles, and the crops of a request go to the detector in "
                                            "groups of at most this many pixels, so memory and the wait of a "
                                            "request sent alongside stay bounded whatever the image size; null: off")
-
-
-class DetectorConfig(BaseModel):
-    """``user_config`` of the detector deployment (``DetectorServer``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    checkpoint: Optional[str] = Field(None, description="detector checkpoint; null: the embedded synthetic detector")
-    device: str = Field("cpu", description="cpu or cuda")
-    batch_size: int = Field(4, ge=1, description="crops per forward pass")
-    max_batch_size: int = Field(8, ge=1, description="@serve.batch: crops gathered across requests")
-    batch_wait_timeout_s: float = Field(0.001, ge=0, description="@serve.batch: longest wait for a fuller batch")
-    torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads of the replica; null: "
-                                         "torch's default (Ray sets OMP_NUM_THREADS from num_cpus)")
+    detector: Optional[DetectorConfig] = Field(None, description="the colocated layout only "
+                                               "(build_colocated_app, serving/config.colocated.yaml): the detector "
+                                               "runs inside this process with these settings, one Serve hop less per "
+                                               "pass and no batching across requests; ignored when a DetectorServer "
+                                               "is bound")

@@ -6,6 +6,7 @@ import io
 import socket
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +121,62 @@ def test_handle_answers_with_detections_cost_timing_and_trace(local_handle):
     # the same as the in-process engine
     image = decode_image(data, CAP)
     assert_same_detections(ans, in_process("greedy-entropy", image, 0.6), threshold=0.05)
+
+
+COLOCATED = """
+import json, sys
+from ray import serve
+from zoomdet.serving.app import ServiceError, build_colocated_app
+h = serve.run(build_colocated_app({"service": {"engine_config": "configs/eval/synth.yaml",
+                                               "detector": {"torch_threads": 1}}}), _local_testing_mode=True)
+data = open(sys.argv[1], "rb").read()
+ans = h.infer.remote(data, {"policy": "greedy-entropy", "max_pixels_ratio": 0.6}).result()
+try:
+    h.infer.remote(data, {"policy": "magic"}).result()
+    bad = None
+except ServiceError as e:
+    bad = e.status
+print(json.dumps({"answer": ans, "bad_status": bad}))
+"""
+
+
+def test_colocated_layout_runs_the_detector_in_the_ingress_with_the_same_answer(tmp_path):
+    """build_colocated_app: no DetectorServer, the ingress loads the detector itself; same detections as in-process,
+    and the answer matches the documented response schema. (A subprocess: local testing mode cannot start a
+    second FastAPI ingress in a process that already ran one.)"""
+    import json
+    import subprocess
+    import sys
+
+    from zoomdet.serving.schemas import DetectResponse
+
+    data = encode(scene())
+    (tmp_path / "img.png").write_bytes(data)
+    out = subprocess.run([sys.executable, "-c", COLOCATED, str(tmp_path / "img.png")], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    doc = json.loads(out.strip().splitlines()[-1])
+    ans = doc["answer"]
+    DetectResponse.model_validate(ans)
+    assert ans["model"]["detector"] and ans["cost"]["detector_calls"] >= 2
+    assert_same_detections(ans, in_process("greedy-entropy", decode_image(data, CAP), 0.6), threshold=0.05)
+    assert doc["bad_status"] == 422  # bad options are still refused
+
+
+def test_colocated_config_resolves_the_nested_detector_checkpoint(tmp_path):
+    """zoomdet serve makes user_config.detector.checkpoint absolute, and names it when the file is missing."""
+    import yaml
+
+    from zoomdet.serving.launch import resolve_config
+
+    cfg = yaml.safe_load(open("serving/config.colocated.yaml"))
+    cfg["applications"][0]["deployments"][0]["user_config"]["detector"]["checkpoint"] = "zoomdet/assets/tiny_synth.pt"
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(cfg))
+    dep = resolve_config(tmp_path / "ok.yaml")["applications"][0]["deployments"][0]
+    assert dep["user_config"]["detector"]["checkpoint"] == str(Path("zoomdet/assets/tiny_synth.pt").resolve())
+    cfg["applications"][0]["deployments"][0]["user_config"]["detector"]["checkpoint"] = "no/such.pt"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(FileNotFoundError, match=r"user_config\.detector\.checkpoint"):
+        resolve_config(tmp_path / "bad.yaml")
 
 
 @pytest.mark.parametrize("options,status", [
@@ -353,12 +410,14 @@ def test_http_detect_matches_in_process_and_refuses_bad_input(http_url):
 
     from zoomdet.serving.client import ServiceError as ClientError
     from zoomdet.serving.client import ZoomDetClient
+    from zoomdet.serving.schemas import DetectResponse
 
     client = ZoomDetClient(http_url)
     assert client.health() == {"status": "ok"}
     assert client.ready()["default_policy"] == "fine"
     data = encode(scene())
     ans = client.detect(data, policy="greedy-entropy", max_pixels_ratio=0.6, content_type="image/png")
+    DetectResponse.model_validate(ans)  # the documented schema (the route returns JSON without re-validating it)
     assert_same_detections(ans, in_process("greedy-entropy", decode_image(data, CAP), 0.6), threshold=0.05)
     # JSON with base64 gives the same answer
     import base64
