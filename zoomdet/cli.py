@@ -202,8 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detector_args(rp)
 
     sv = sub.add_parser("serve", help="start the HTTP detection service (Ray Serve) from a config file",
-                        description="Start Ray Serve with a ZoomDet config (serving/config.yaml for a 2-core CPU "
-                                    "machine, serving/config.gpu.yaml for a GPU cluster) and block until Ctrl-C. "
+                        description="Start Ray Serve with a ZoomDet config and block until Ctrl-C. Configs: "
+                                    "serving/config.yaml (2-core CPU, a detector deployment that batches across "
+                                    "requests), serving/config.colocated.yaml (2-core CPU, the detector inside each "
+                                    "ingress replica: no Serve call per detector pass, the lowest latency), "
+                                    "serving/config.gpu.yaml (GPU cluster). "
                                     "Same as `serve run CONFIG`, plus --host/--port and a Ray instance without dashboard.")
     sv.add_argument("--config", default="serving/config.yaml", help="Serve config YAML (default serving/config.yaml)")
     sv.add_argument("--host", help="HTTP bind address (default: the config's, 127.0.0.1); a local Ray instance's own "
