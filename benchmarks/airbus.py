@@ -51,7 +51,7 @@ def main(argv=None) -> int:
 
     from zoomdet.config import load_config
     from zoomdet.eval.evaluator import EvalConfig
-    from zoomdet.eval.results import command_line, rows_from_report, run_zoomdet, write_results
+    from zoomdet.eval.results import command_line, detector_scale_rows, rows_from_report, run_zoomdet, write_results
 
     from zoomdet.rnet.cache import zoom_digest
 
@@ -67,14 +67,7 @@ def main(argv=None) -> int:
     if not det_json.is_file():
         run_zoomdet(["detector", "eval", "--checkpoint", cfg.checkpoint, "--data", str(root / "test.json"),
               "--scales", "1.0", "0.5", "0.25", "--out", str(det_json)])
-    scales = json.loads(det_json.read_text())["scales"]
-    full = scales["1.0"]
-    rows = [{"dataset": dataset, "images": json.loads(det_json.read_text())["images"], "policy": f"detector@{s}",
-             "budget": None, "seed": 0, "ap": m["ap"], "ap50": m["ap50"], "ap_small": m["ap_small"],
-             "ap_medium": m["ap_medium"], "ap_large": m["ap_large"], "pixels_ratio": float(s) ** 2,
-             "rel_ap": m["ap"] / full["ap"] if full["ap"] else None, "rel_pixels": float(s) ** 2,
-             "rel_time": m["seconds_per_image"] / full["seconds_per_image"], "command": command, "date": today}
-            for s, m in scales.items()]
+    rows = detector_scale_rows(json.loads(det_json.read_text()), dataset, command, today)
 
     # 2-3. composed caches and the R-net
     rnet = out / "rnet.pt"

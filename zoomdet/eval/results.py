@@ -118,6 +118,21 @@ def rows_from_report(report: dict, dataset: str, seed: int = 0, command: Optiona
     return rows
 
 
+def detector_scale_rows(det_eval: dict, dataset: str, command: str, date: str) -> list[dict]:
+    """Rows ``detector@<scale>`` from a ``zoomdet detector eval --out`` document: the detector on the whole image
+    at each scale, its pixels (scale²) and AP relative to scale 1.0, time relative to scale 1.0's s/image."""
+    scales = det_eval["scales"]
+    full = scales.get("1.0")
+    if full is None:
+        raise ValueError("the detector eval has no scale 1.0 to compare with: run it with --scales 1.0 ...")
+    return [{"dataset": dataset, "images": det_eval["images"], "policy": f"detector@{s}", "budget": None, "seed": 0,
+             "ap": m["ap"], "ap50": m["ap50"], "ap_small": m["ap_small"], "ap_medium": m["ap_medium"],
+             "ap_large": m["ap_large"], "pixels_ratio": float(s) ** 2,
+             "rel_ap": m["ap"] / full["ap"] if full["ap"] else None, "rel_pixels": float(s) ** 2,
+             "rel_time": m["seconds_per_image"] / full["seconds_per_image"], "command": command, "date": date}
+            for s, m in scales.items()]
+
+
 def write_results(script: str, rows: Iterable[dict], replace: Optional[dict] = None,
                   root: Optional[Path] = None, required: Sequence[str] = REQUIRED_KEYS) -> Path:
     """Merge ``rows`` into ``<root>/<script>.json`` and return its path.
