@@ -152,3 +152,18 @@ def test_proposal_density_scales_rpn_work_with_input_area_and_leaves_the_model_a
     assert model.rpn._post_nms_top_n["testing"] == 1000
     with pytest.raises(ValueError, match="proposal_density"):
         Detector(model, cfg, {1: "a", 2: "b"}, proposal_density=-1)
+
+
+def test_detector_scale_rows_are_relative_to_scale_one_and_refuse_a_missing_reference():
+    """benchmarks/detector_scales.py and airbus.py rows: pixels = scale², AP and time relative to scale 1.0."""
+    from zoomdet.eval.results import detector_scale_rows
+
+    m = lambda ap, sec: {"ap": ap, "ap50": 2 * ap, "ap_small": ap, "ap_medium": ap, "ap_large": ap,  # noqa: E731
+                         "seconds_per_image": sec}
+    doc = {"images": 7, "scales": {"1.0": m(0.4, 2.0), "0.5": m(0.3, 0.5)}}
+    rows = {r["policy"]: r for r in detector_scale_rows(doc, "toy", "cmd", "2026-12-02")}
+    assert rows["detector@0.5"]["pixels_ratio"] == pytest.approx(0.25)
+    assert rows["detector@0.5"]["rel_ap"] == pytest.approx(0.75) and rows["detector@0.5"]["rel_time"] == pytest.approx(0.25)
+    assert rows["detector@1.0"]["rel_ap"] == 1.0 and rows["detector@1.0"]["images"] == 7
+    with pytest.raises(ValueError, match="scale 1.0"):
+        detector_scale_rows({"images": 7, "scales": {"0.5": m(0.3, 0.5)}}, "toy", "cmd", "2026-12-02")
