@@ -71,6 +71,20 @@ def test_evaluate_writes_report_and_resumes(tmp_path, synth_small, tiny_checkpoi
     assert "resuming: 3/3" in capsys.readouterr().out
     rep2 = json.loads((out / "report.json").read_text())
     assert [r["ap"] for r in rep2["policies"]] == [r["ap"] for r in rep["policies"]]
+    # a policy and a budget added: only the new runs are computed; the earlier runs' figures are reused as they were
+    capsys.readouterr()
+    more = [a for a in args if a != "0.8"] + ["--policy", "greedy-entropy"]
+    more.insert(more.index("0.5") + 1, "0.8")
+    more.insert(more.index("0.8") + 1, "0.6")
+    assert main(more) == 0
+    said = capsys.readouterr().out
+    assert "resuming: 0/3" in said and "new runs: random@0.6, oracle@0.6, greedy-entropy@0.5" in said
+    rows3 = {r["policy"]: r for r in json.loads((out / "report.json").read_text())["policies"]}
+    for key, r in rows.items():
+        assert rows3[key]["ap"] == r["ap"] and rows3[key]["time_per_image_s"] == r["time_per_image_s"]
+    assert {"random@0.6", "greedy-entropy@0.8"} <= set(rows3)
+    state = json.loads((out / "partial.json").read_text())
+    assert all(sorted(state["runs"][k]["done"]) == sorted(rep["image_ids"]) for k in rows3)
 
 
 def test_evaluate_rejects_unknown_policy(tmp_path, synth_small, tiny_checkpoint, capsys):

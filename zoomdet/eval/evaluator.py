@@ -12,8 +12,12 @@ when the data has several classes), ``pareto.png`` (AP vs pixels_ratio),
 ``config.yaml``, and ``detections/<policy>.json``: each run's detections as a
 COCO results file (``image_id``, ``category_id``, ``bbox`` xywh, ``score``),
 so any COCO tool can re-score or inspect them. Progress is checkpointed in
-``partial.json`` every few images, so an interrupted run continues where it
-stopped; all files are written atomically.
+``partial.json`` every few images, per run (policy × budget): an interrupted
+evaluation continues where it stopped, and adding a policy or a budget to a
+finished one runs only the new runs (an agent retrained in place, a changed
+config, other images, detector or R-net start over). A run added later was
+timed then, not beside the others: for ``rel_time`` measured together, use an
+empty folder. All files are written atomically.
 """
 
 from __future__ import annotations
@@ -104,33 +108,43 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
         raise ValueError(f"detector classes {sorted(unknown)} are not categories of {data}; "
                          f"the checkpoint was trained on another label set")
     engine = ZoomEngine(detector, cfg.zoom)
-    policies = {}
+    policies, sources = {}, {}
     for name in dict.fromkeys(policy_names):
         pol = make_policy(name, cfg.policies, cfg.zoom, detector.checkpoint_id)
         if pol.name in policies:  # two agents from run folders of the same name would share one row
             raise ValueError(f"two policies are both named {pol.name!r} ({name} and an earlier --policy); agents are "
                              "named after their run folder: copy or rename one of the folders")
-        policies[pol.name] = pol
+        policies[pol.name], sources[pol.name] = pol, name
     keys = _run_keys(policies, cfg.budgets, cfg)
     ids = ds.subset(cfg.images, cfg.seed)
     save_config(cfg, out / "config.yaml")
 
+    # what every run shares (config but the budget list, images, detector, R-net): a change restarts everything;
+    # each run (policy x budget) then resumes on its own, so adding a policy or a budget reruns only the new runs
+    shared = {k: v for k, v in to_dict(cfg).items() if k != "budgets"}
     signature = hashlib.sha256(json.dumps(
-        [to_dict(cfg), str(Path(data).resolve()), [k[0] for k in keys], ids, detector.checkpoint_id,
+        [shared, str(Path(data).resolve()), ids, detector.checkpoint_id,
          file_digest(cfg.policies.rnet) if cfg.policies.rnet and Path(cfg.policies.rnet).is_file() else None],
         sort_keys=True, default=str).encode()).hexdigest()[:16]
     partial_path = out / "partial.json"
-    state = {"signature": signature, "done": [], "runs": {}}
+    state = {"signature": signature, "runs": {}}
     if partial_path.is_file():
         old = json.loads(partial_path.read_text())
         if old.get("signature") == signature:
             state = old
-            print(f"resuming: {len(state['done'])}/{len(ids)} images already evaluated")
-    for key, _, _ in keys:
-        state["runs"].setdefault(key, {"results": [], "cost": {}, "timing": {}, "n": 0})
+    for key, name, _ in keys:
+        src = sources[name]  # an agent is its checkpoint file: retrained in place, its runs start over
+        ident = file_digest(src) if Path(src).is_file() else src
+        if state["runs"].get(key, {}).get("ident") != ident:
+            state["runs"][key] = {"ident": ident, "done": [], "results": [], "cost": {}, "timing": {}, "n": 0}
+    done = {key: set(state["runs"][key]["done"]) for key, _, _ in keys}
+    complete = [i for i in ids if all(i in d for d in done.values())]
+    if any(done.values()):
+        fresh = [key for key, _, _ in keys if not done[key]]
+        print(f"resuming: {len(complete)}/{len(ids)} images already evaluated"
+              + (f" (new runs: {', '.join(fresh)})" if fresh and len(fresh) < len(keys) else ""))
 
-    done = set(state["done"])
-    todo = [i for i in ids if i not in done]
+    todo = [i for i in ids if i not in set(complete)]
     for k, iid in enumerate(tqdm(todo, desc="evaluate", unit="img", disable=not progress)):
         t = time.perf_counter()
         image = ds.load_image(iid)
@@ -140,19 +154,21 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
         memo: dict = {}  # oracle look-ahead, shared by every policy and budget on this image
         passes: dict = {}  # a detector pass (coarse, or the same fine windows) runs once per image, charged in full
         for key, name, budget in keys:
+            if iid in done[key]:
+                continue
             res = engine.run(image, policies[name], ground_truth=gt, seed=cfg.seed + iid,
                              max_pixels_ratio=budget, decode_seconds=decode, lookahead_memo=memo,
                              pass_memo=passes)
             run = state["runs"][key]
             run["results"] += res.detections.to_coco(iid)
             run["n"] += 1
+            run["done"].append(iid)
             for f, v in res.cost.as_dict().items():
                 run["cost"][f] = run["cost"].get(f, 0) + v
             run["cost"]["windows"] = run["cost"].get("windows", 0) + len(res.regions)
             run["cost"]["zoomed_images"] = run["cost"].get("zoomed_images", 0) + any(r.candidate >= 0 for r in res.regions)
             for s, v in res.timing.items():
                 run["timing"][s] = run["timing"].get(s, 0.0) + v
-        state["done"].append(iid)
         if (k + 1) % 5 == 0 or k + 1 == len(todo):
             write_atomic(partial_path, json.dumps(state))
 
