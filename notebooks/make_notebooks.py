@@ -142,22 +142,22 @@ for path, rep in zip(REPORTS, reports):
                     f"{pct(r['rel_ap'])} | {pct(r['rel_pixels'])} | {pct(r['rel_time'])} |")
 display(Markdown("\\n".join(rows)))'''),
     new_markdown_cell("## Where a zoom policy and the full-resolution pass disagree\n\n"
-                      "Per-image AP from the detections kept in the report folder's `partial.json` (COCOeval on one "
-                      "image at a time); the images with the largest gap, drawn side by side."),
+                      "Per-image AP from each run's COCO results file in the report folder (`detections/`; "
+                      "COCOeval on one image at a time); the images with the largest gap, drawn side by side."),
     new_code_cell('''from zoomdet.data.coco import CocoDataset
 from zoomdet.eval.coco_eval import coco_metrics
 from zoomdet.viz import plot_result
 
 path, rep = REPORTS[0], reports[0]
-state = json.loads((path.parent / "partial.json").read_text())
+runs = {r["policy"]: json.loads((path.parent / r["detections_file"]).read_text()) for r in rep["policies"]}
 names = [r["policy"] for r in rep["policies"]]
 other = POLICY or next((n for n in names if n.startswith(("dqn", "ppo", "agent"))), None) or \\
     next((n for n in names if n.startswith("greedy")), names[0])
 data = Path(rep["data"]) if Path(rep["data"]).is_absolute() else REPO / rep["data"]  # relative to where it ran
 ds = CocoDataset(data)
 gap = []
-for iid in state["done"]:
-    ap = {n: coco_metrics(ds.coco, [d for d in state["runs"][n]["results"] if d["image_id"] == iid], [iid])["ap"]
+for iid in rep["image_ids"]:
+    ap = {n: coco_metrics(ds.coco, [d for d in runs[n] if d["image_id"] == iid], [iid])["ap"]
           for n in ("fine", other)}
     gap.append((ap[other] - ap["fine"], iid, ap))
 gap.sort()
@@ -171,7 +171,7 @@ display(Markdown("\\n".join([f"| image | AP fine | AP {other} | difference |", "
 for d, iid, ap in {g[1]: g for g in (gap[:1] + gap[-1:])}.values():
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
     for ax, n in zip(axes, ("fine", other)):
-        plot_result(ds.load_image(iid), as_dets(d_ for d_ in state["runs"][n]["results"] if d_["image_id"] == iid),
+        plot_result(ds.load_image(iid), as_dets(d_ for d_ in runs[n] if d_["image_id"] == iid),
                     ax=ax, title=f"image {iid}, {n}: AP {ap[n]:.3f} (detections with score >= 0.3)")
     plt.tight_layout(); plt.show()'''),
 ]
