@@ -7,6 +7,12 @@ set -euo pipefail
 [ -f data/synth-agent-train/annotations.json ] || zoomdet data synth --out data/synth-agent-train --images 100 --seed 3
 [ -f data/synth-agent-val/annotations.json ]   || zoomdet data synth --out data/synth-agent-val --images 20 --seed 4
 [ -f data/synth-val/annotations.json ]         || zoomdet data synth --out data/synth-val --images 50 --seed 1
+# the README's tour makes a 20-image data/synth-val: the test needs all 50
+n=$(python -c "import json; print(len(json.load(open('data/synth-val/annotations.json'))['images']))")
+if [ "$n" != 50 ]; then
+    echo "data/synth-val has $n images, the test needs the 50 of: zoomdet data synth --out data/synth-val --images 50 --seed 1" >&2
+    exit 2
+fi
 CONFIG=configs/eval/synth.yaml TRAIN=data/synth-agent-train/annotations.json VAL=data/synth-agent-val/annotations.json \
 TEST=data/synth-val/annotations.json DATASET=synth-val OUT=${OUT:-runs/bench/synth} BUDGETS="0.35 0.45 0.6" \
     exec bash "$(dirname "$0")/agent_pipeline.sh" "$@"
