@@ -13,8 +13,9 @@ free loopback port (or uses ``--url``), then:
    ``GET /healthz`` beside them times the bare proxy round trip;
 3. *load*: ``--requests`` requests at ``--concurrency``; counts 2xx/4xx/5xx and
    lost requests (connection errors, timeouts); throughput and p50/p95/p99;
-4. *replica kill* (``--kill``): SIGKILL the detector replica's process under
-   load, keep sending; report the failures during recovery, the recovery time
+4. *replica kill* (``--kill``): SIGKILL the processes of the replicas that run
+   the detector under load (``DetectorServer``; ``ZoomDetIngress`` in the
+   colocated layout), keep sending; report the failures during recovery, the recovery time
    and that requests after recovery succeed;
 5. *big image* (``--big 6000x6000``): one PNG that decodes to that size (a few
    tens of kB: a compression bomb under the pixel cap) sent with ``--big-policy``,
@@ -154,6 +155,46 @@ class InProcess:
         self.proc.join(30)
 
 
+def measure_overhead(url: str, data: bytes, a, report: dict, s: requests.Session) -> None:
+    """The *overhead* scenario into ``report``: the in-process engine (fresh child processes) against
+    ``a.baseline`` sequential HTTP requests, interleaved, and ``GET /healthz`` beside them."""
+    # in-process reference: same engine config, same image, same policy, in a fresh process of its own
+    # (the benchmark's own threads and an earlier all-cores run would otherwise slow it down)
+    allcores_worker = InProcess(os.cpu_count() or 1, a.policy, a.budget, data)
+    report["in_process_all_cores"] = percentiles([allcores_worker.run()[0] for _ in range(a.baseline)])
+    allcores_worker.close()
+    worker = InProcess(1, a.policy, a.budget, data)  # a detector replica has one torch thread
+    one(s, url, data, a.policy, a.budget)  # warm-up
+    for _ in range(5):
+        s.get(f"{url}/healthz", timeout=30)
+    # overhead: in-process and HTTP requests interleaved, one after the other, so both see the same
+    # machine (a busy moment slows both, instead of only whichever ran then); plus GET /healthz, the
+    # bare proxy-to-ingress round trip with no body and no engine
+    inproc, inproc_stages, served_stages, seq, health = [], [], [], [], []
+    for _ in range(a.baseline):
+        sec, stages = worker.run()
+        inproc.append(sec)
+        inproc_stages.append(stages)
+        seq.append(one(s, url, data, a.policy, a.budget, served_stages))
+        t = time.perf_counter()
+        s.get(f"{url}/healthz", timeout=30)
+        health.append(time.perf_counter() - t)
+    worker.close()
+    seq_ok = [lat for lat, st in seq if st == 200]
+    report["healthz"] = percentiles(health)
+    report["in_process"] = percentiles(inproc)
+    report["http_sequential"] = percentiles(seq_ok)
+    report["http_overhead_p50_ms"] = (statistics.median(seq_ok) - statistics.median(inproc)) * 1000 if seq_ok else None
+    # where the overhead goes: median stage times inside the service's engine vs in-process, and the
+    # part outside the engine (proxy, HTTP, multipart, response encoding) = client latency - engine total
+    med = lambda rows, k: statistics.median(r.get(k, 0.0) for r in rows) if rows else None  # noqa: E731
+    stages = ("decode", "coarse", "gain", "policy", "fine", "merge", "total")
+    report["stages_p50_ms"] = {"in_process": {k: med(inproc_stages, k) for k in stages},
+                               "service": {k: med(served_stages, k) for k in stages}}
+    report["outside_engine_p50_ms"] = (statistics.median(seq_ok) * 1000 - med(served_stages, "total")
+                                       if seq_ok and served_stages else None)
+
+
 def run_load(url, data, policy, budget, n, concurrency, deadline, on_progress=None):
     sessions = [requests.Session() for _ in range(concurrency)]
     results: list[tuple[float, float, object]] = []  # (start offset, latency, status)
@@ -180,7 +221,11 @@ def summarize(results, wall) -> dict:
         key = f"{st // 100}xx" if isinstance(st, int) else "lost"
         codes[key] = codes.get(key, 0) + 1
     ok = [lat for _, lat, st in done if st == 200]
-    return {"sent": len(done), "skipped_by_time_limit": len(results) - len(done), "status": codes,
+    failures: dict[str, int] = {}  # every answer that was not a 200, by exact status (or exception name)
+    for _, _, st in done:
+        if st != 200:
+            failures[str(st)] = failures.get(str(st), 0) + 1
+    return {"sent": len(done), "skipped_by_time_limit": len(results) - len(done), "status": codes, "failures": failures,
             "throughput_rps": len(ok) / wall if wall > 0 else 0.0, "wall_s": wall, "latency_ok": percentiles(ok)}
 
 
@@ -346,7 +391,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.6)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--baseline", type=int, default=30, help="sequential requests for the overhead (default 30)")
+    ap.add_argument("--baseline", type=int, default=30, help="sequential requests for the overhead (default 30; "
+                                                             "0 skips the overhead scenario)")
     ap.add_argument("--kill", action="store_true", help="also kill the detector replica under load")
     ap.add_argument("--kill-requests", type=int, default=200)
     ap.add_argument("--big", metavar="WxH", help="also send one image of this size (e.g. 6000x6000) beside small "
@@ -378,52 +424,22 @@ def main() -> None:
                     "image_bytes": len(data), "size": a.size, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
     try:
         report["startup_s"] = wait_ready(url, proc)
-        # in-process reference: same engine config, same image, same policy, in a fresh process of its own
-        # (the benchmark's own threads and an earlier all-cores run would otherwise slow it down)
-        allcores_worker = InProcess(os.cpu_count() or 1, a.policy, a.budget, data)
-        report["in_process_all_cores"] = percentiles([allcores_worker.run()[0] for _ in range(a.baseline)])
-        allcores_worker.close()
-        worker = InProcess(1, a.policy, a.budget, data)  # a detector replica has one torch thread
         s = requests.Session()
-        one(s, url, data, a.policy, a.budget)  # warm-up
-        for _ in range(5):
-            s.get(f"{url}/healthz", timeout=30)
-        # overhead: in-process and HTTP requests interleaved, one after the other, so both see the same
-        # machine (a busy moment slows both, instead of only whichever ran then); plus GET /healthz, the
-        # bare proxy-to-ingress round trip with no body and no engine
-        inproc, inproc_stages, served_stages, seq, health = [], [], [], [], []
-        for _ in range(a.baseline):
-            sec, stages = worker.run()
-            inproc.append(sec)
-            inproc_stages.append(stages)
-            seq.append(one(s, url, data, a.policy, a.budget, served_stages))
-            t = time.perf_counter()
-            s.get(f"{url}/healthz", timeout=30)
-            health.append(time.perf_counter() - t)
-        worker.close()
-        seq_ok = [lat for lat, st in seq if st == 200]
-        report["healthz"] = percentiles(health)
-        report["in_process"] = percentiles(inproc)
-        report["http_sequential"] = percentiles(seq_ok)
-        report["http_overhead_p50_ms"] = (statistics.median(seq_ok) - statistics.median(inproc)) * 1000 if seq_ok else None
-        # where the overhead goes: median stage times inside the service's engine vs in-process, and the
-        # part outside the engine (proxy, HTTP, multipart, response encoding) = client latency - engine total
-        med = lambda rows, k: statistics.median(r.get(k, 0.0) for r in rows) if rows else None  # noqa: E731
-        stages = ("decode", "coarse", "gain", "policy", "fine", "merge", "total")
-        report["stages_p50_ms"] = {"in_process": {k: med(inproc_stages, k) for k in stages},
-                                   "service": {k: med(served_stages, k) for k in stages}}
-        report["outside_engine_p50_ms"] = (statistics.median(seq_ok) * 1000 - med(served_stages, "total")
-                                           if seq_ok and served_stages else None)
+        if a.baseline:
+            measure_overhead(url, data, a, report, s)
 
         if a.requests:
             results, wall = run_load(url, data, a.policy, a.budget, a.requests, a.concurrency, deadline)
             report["load"] = {"requests": a.requests, "concurrency": a.concurrency, **summarize(results, wall),
-                              "in_process_sequential_rps": 1000 / report["in_process"]["p50_ms"],
-                              "in_process_all_cores_sequential_rps": 1000 / report["in_process_all_cores"]["p50_ms"]}
+                              **({"in_process_sequential_rps": 1000 / report["in_process"]["p50_ms"],
+                                  "in_process_all_cores_sequential_rps": 1000 / report["in_process_all_cores"]["p50_ms"]}
+                                 if a.baseline else {})}
 
         if a.kill:
-            pids = replica_pids(proc.pid, "DetectorServer")
-            killed = {"pids": pids}
+            # the replicas that run the detector: the DetectorServer's, or in the colocated layout the ingress's
+            target = "ZoomDetIngress" if report["layout"] == "colocated" else "DetectorServer"
+            pids = replica_pids(proc.pid, target)
+            killed = {"deployment": target, "pids": pids}
             t_kill = [None]
 
             def kill_at(i: int) -> None:
@@ -442,7 +458,7 @@ def main() -> None:
             killed["all_after_recovery_ok"] = all(r[2] == 200 for r in after)
             # the service answers again after the kill
             killed["post_kill_check"] = one(s, url, data, a.policy, a.budget)[1]
-            killed["new_replica_pids"] = replica_pids(proc.pid, "DetectorServer")
+            killed["new_replica_pids"] = replica_pids(proc.pid, target)
             report["replica_kill"] = killed
         if a.big:
             bw, bh = (int(v) for v in a.big.split("x"))
