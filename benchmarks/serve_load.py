@@ -217,14 +217,13 @@ def run_load(url, data, policy, budget, n, concurrency, deadline, on_progress=No
 def summarize(results, wall) -> dict:
     done = [r for r in results if r[2] != "skipped"]
     codes: dict[str, int] = {}
+    failures: dict[str, int] = {}  # every answer that was not a 200, by exact status (or exception name)
     for _, _, st in done:
         key = f"{st // 100}xx" if isinstance(st, int) else "lost"
         codes[key] = codes.get(key, 0) + 1
-    ok = [lat for _, lat, st in done if st == 200]
-    failures: dict[str, int] = {}  # every answer that was not a 200, by exact status (or exception name)
-    for _, _, st in done:
         if st != 200:
             failures[str(st)] = failures.get(str(st), 0) + 1
+    ok = [lat for _, lat, st in done if st == 200]
     return {"sent": len(done), "skipped_by_time_limit": len(results) - len(done), "status": codes, "failures": failures,
             "throughput_rps": len(ok) / wall if wall > 0 else 0.0, "wall_s": wall, "latency_ok": percentiles(ok)}
 

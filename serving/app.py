@@ -263,6 +263,21 @@ class RemoteDetector:
         return out
 
 
+def load_detector(cfg: DetectorConfig):
+    """The :class:`~zoomdet.detector.Detector` a :class:`DetectorConfig` names (the embedded one when ``checkpoint``
+    is null): what ``DetectorServer`` holds, and what the colocated ingress holds itself."""
+    from zoomdet.detector.detector import Detector, default_checkpoint
+
+    return Detector.from_checkpoint(cfg.checkpoint or str(default_checkpoint()), device=cfg.device,
+                                    batch_size=cfg.batch_size)
+
+
+def detector_info(detector) -> dict:
+    """What the ingress needs to know of the detector: checkpoint id, categories, batch size."""
+    return {"checkpoint_id": detector.checkpoint_id, "categories": detector.categories,
+            "batch_size": detector.batch_size}
+
+
 def transfer_crop(image: torch.Tensor, window) -> torch.Tensor:
     """The crop of ``window`` as it goes to the detector deployment: ``uint8`` when ``image`` is ``uint8`` and
     the window needs no resize, else :func:`crop_window`'s float32; contiguous either way."""
@@ -288,14 +303,11 @@ class DetectorServer:
         self.reconfigure(config or {})
 
     def reconfigure(self, config: dict) -> None:
-        from zoomdet.detector.detector import Detector, default_checkpoint
-
         cfg = DetectorConfig(**(config or {}))
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         if cfg != self.config:
-            self.detector = Detector.from_checkpoint(cfg.checkpoint or str(default_checkpoint()), device=cfg.device,
-                                                     batch_size=cfg.batch_size)
+            self.detector = load_detector(cfg)
             self.config = cfg
         self._forward_batch.set_max_batch_size(cfg.max_batch_size)
         self._forward_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
@@ -305,8 +317,7 @@ class DetectorServer:
             raise RuntimeError("detector not loaded")
 
     def info(self) -> dict:
-        d = self.detector
-        return {"checkpoint_id": d.checkpoint_id, "categories": d.categories, "batch_size": d.batch_size}
+        return detector_info(self.detector)
 
     async def detect_crops(self, crops: list[torch.Tensor], features: bool = True):
         """Crops already cut and resized by ``crop_window`` (or ``uint8`` crops at scale 1) -> their
@@ -430,7 +441,7 @@ class ZoomDetIngress:
         from pathlib import Path
 
         from zoomdet.config import load_config
-        from zoomdet.detector.detector import Detector, default_checkpoint, file_digest
+        from zoomdet.detector.detector import file_digest
         from zoomdet.eval.evaluator import EvalConfig
         from zoomdet.zoom.engine import ZoomEngine
         from zoomdet.zoom.policies import make_policy
@@ -441,9 +452,8 @@ class ZoomDetIngress:
             dcfg = cfg.detector or DetectorConfig()
             if dcfg.torch_threads:
                 torch.set_num_threads(dcfg.torch_threads)
-            local = Detector.from_checkpoint(dcfg.checkpoint or str(default_checkpoint()), device=dcfg.device,
-                                             batch_size=dcfg.batch_size)
-            info = {"checkpoint_id": local.checkpoint_id, "categories": local.categories, "batch_size": local.batch_size}
+            local = load_detector(dcfg)
+            info = detector_info(local)
         base = load_config(EvalConfig, cfg.engine_config)
         zoom, pcfg = base.zoom, base.policies
         zoom.max_pixels_ratio, zoom.max_steps = cfg.max_pixels_ratio, cfg.max_steps

@@ -136,15 +136,15 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
         src = sources[name]  # an agent is its checkpoint file: retrained in place, its runs start over
         ident = file_digest(src) if Path(src).is_file() else src
         if state["runs"].get(key, {}).get("ident") != ident:
-            state["runs"][key] = {"ident": ident, "done": [], "results": [], "cost": {}, "timing": {}, "n": 0}
+            state["runs"][key] = {"ident": ident, "done": [], "results": [], "cost": {}, "timing": {}}
     done = {key: set(state["runs"][key]["done"]) for key, _, _ in keys}
-    complete = [i for i in ids if all(i in d for d in done.values())]
+    complete = {i for i in ids if all(i in d for d in done.values())}
     if any(done.values()):
         fresh = [key for key, _, _ in keys if not done[key]]
         print(f"resuming: {len(complete)}/{len(ids)} images already evaluated"
               + (f" (new runs: {', '.join(fresh)})" if fresh and len(fresh) < len(keys) else ""))
 
-    todo = [i for i in ids if i not in set(complete)]
+    todo = [i for i in ids if i not in complete]
     for k, iid in enumerate(tqdm(todo, desc="evaluate", unit="img", disable=not progress)):
         t = time.perf_counter()
         image = ds.load_image(iid)
@@ -161,7 +161,6 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
                              pass_memo=passes)
             run = state["runs"][key]
             run["results"] += res.detections.to_coco(iid)
-            run["n"] += 1
             run["done"].append(iid)
             for f, v in res.cost.as_dict().items():
                 run["cost"][f] = run["cost"].get(f, 0) + v
@@ -186,7 +185,7 @@ def _report(cfg, data, ds, ids, keys, state, detector) -> dict:
     rows = []
     for key, name, budget in keys:
         run = state["runs"][key]
-        n = max(1, run["n"])
+        n = max(1, len(run["done"]))
         m = coco_metrics(ds.coco, run["results"], ids, per_class=True)
         row = {"policy": key, "name": name, "budget": budget, **m,
                "detections_file": f"detections/{results_file_name(key)}",
