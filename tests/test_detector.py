@@ -2,8 +2,11 @@ import pytest
 import torch
 
 from tests.conftest import tiny_model_config
-from zoomdet.detector.detector import MIN_PROPOSALS, Detector, crop_window, load_checkpoint, save_checkpoint
-from zoomdet.detector.models import MODEL_NAMES, ModelConfig, PinnedScaleTransform, build_model
+from torchvision.ops import MultiScaleRoIAlign
+
+from zoomdet.detector.detector import (MIN_PROPOSALS, Detector, crop_window, load_checkpoint, postprocess_with_index,
+                                       save_checkpoint)
+from zoomdet.detector.models import MODEL_NAMES, ModelConfig, PinnedScaleTransform, ThreadedRoIAlign, build_model
 from zoomdet.types import Window
 
 
@@ -147,8 +150,8 @@ def test_proposal_density_scales_rpn_work_with_input_area_and_leaves_the_model_a
     scaled.detect(image, [Window.full(320, 256, 1.0)])
     fixed.detect(image, [Window.full(320, 256, 1.0)])
     hook.remove()
-    # each call pools twice: the box head over all proposals, then the kept detections (their features)
-    assert seen[0] <= scaled.proposals_for(320 * 256) == 205 < seen[2] <= 1000
+    # each call pools once, for the box head over its proposals (the detections' features come from that pass)
+    assert len(seen) == 2 and seen[0] <= scaled.proposals_for(320 * 256) == 205 < seen[1] <= 1000
     assert model.rpn._post_nms_top_n["testing"] == 1000
     with pytest.raises(ValueError, match="proposal_density"):
         Detector(model, cfg, {1: "a", 2: "b"}, proposal_density=-1)
@@ -167,3 +170,57 @@ def test_detector_scale_rows_are_relative_to_scale_one_and_refuse_a_missing_refe
     assert rows["detector@1.0"]["rel_ap"] == 1.0 and rows["detector@1.0"]["images"] == 7
     with pytest.raises(ValueError, match="scale 1.0"):
         detector_scale_rows({"images": 7, "scales": {"0.5": m(0.3, 0.5)}}, "toy", "cmd", "2026-12-02")
+
+
+def test_threaded_roi_align_is_bit_identical_to_torchvisions_and_used_by_every_rcnn():
+    """The RoIs of an inference call are split over the intra-op threads; the pooled features must not change."""
+    torch.manual_seed(0)
+    feats = {k: torch.randn(2, 8, 64 // 2 ** i, 80 // 2 ** i) for i, k in enumerate("0123")}
+    boxes = []
+    for n in (300, 77):  # two images, chunks of unequal length
+        xy = torch.rand(n, 2) * 250
+        boxes.append(torch.cat([xy, xy + 4 + torch.rand(n, 2) * 60], 1))
+    sizes = [(256, 320), (256, 320)]
+    ref = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)(feats, boxes, sizes)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        pool = ThreadedRoIAlign(["0", "1", "2", "3"], 7, 2).eval()
+        with torch.inference_mode():
+            out = pool(feats, boxes, sizes)
+            small = pool(feats, [b[:10] for b in boxes], sizes)  # too few RoIs to split
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out, ref)
+    assert torch.equal(small, MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)(feats, [b[:10] for b in boxes], sizes))
+    for name in ("tiny_frcnn", "fasterrcnn_mobilenet_v3_large_fpn"):
+        model = build_model(tiny_model_config() if name == "tiny_frcnn" else ModelConfig(name=name, num_classes=3))
+        assert type(model.roi_heads.box_roi_pool) is ThreadedRoIAlign
+
+
+def test_detection_features_are_their_proposals_box_head_vectors():
+    """postprocess_with_index keeps torchvision's detections and names the proposal each came from."""
+    torch.manual_seed(0)
+    cfg = tiny_model_config(score_thresh=0.0)
+    det = Detector(build_model(cfg), cfg, {1: "a", 2: "b"})
+    m, rh = det.model, det.model.roi_heads
+    crops = [torch.rand(3, 96, 128), torch.rand(3, 96, 128)]
+    with torch.inference_mode():
+        images, _ = m.transform(crops)
+        feats = m.backbone(images.tensors)
+        proposals, _ = m.rpn(images, feats)
+        head = rh.box_head(rh.box_roi_pool(feats, proposals, images.image_sizes))
+        logits, regression = rh.box_predictor(head)
+        ours = postprocess_with_index(rh, logits, regression, proposals, images.image_sizes)
+        boxes, scores, labels = rh.postprocess_detections(logits, regression, proposals, images.image_sizes)
+        got = det.detect_crops(crops)
+    all_proposals = torch.cat(proposals)
+    for i, (o, b, s, lab, d) in enumerate(zip(ours, boxes, scores, labels, got)):
+        assert len(b) > 0
+        assert torch.equal(o["boxes"], b) and torch.equal(o["scores"], s) and torch.equal(o["labels"], lab)
+        # the feature of a detection is the box head's vector of its proposal, pooled at the proposal's box
+        with torch.inference_mode():
+            at = [all_proposals[o["index"]][:5] if j == i else torch.zeros(0, 4) for j in range(2)]
+            again = rh.box_head(rh.box_roi_pool(feats, at, images.image_sizes))
+        assert torch.allclose(d.features[:5], again, atol=1e-5)
+        assert torch.equal(d.features, head[o["index"]])

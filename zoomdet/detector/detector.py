@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import boxes as box_ops
 
 from zoomdet.detector.models import ModelConfig, build_model
 from zoomdet.types import Detections, Window
 
-__all__ = ["Detector", "batch_plan", "size_batches", "crop_window", "save_checkpoint", "load_checkpoint", "default_checkpoint"]
+__all__ = ["Detector", "postprocess_with_index", "batch_plan", "size_batches", "crop_window", "save_checkpoint", "load_checkpoint", "default_checkpoint"]
 
 
 def as_float_image(t: Tensor) -> Tensor:
@@ -67,6 +69,35 @@ def size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list
     for i, sz in enumerate(sizes):
         by_size.setdefault(tuple(sz), []).append(i)
     return [idx[s:s + batch_size] for idx in by_size.values() for s in range(0, len(idx), batch_size)]
+
+
+def postprocess_with_index(roi_heads: RoIHeads, class_logits: Tensor, box_regression: Tensor,
+                           proposals: list[Tensor], image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+    """torchvision's ``RoIHeads.postprocess_detections``, step for step, keeping each detection's proposal.
+
+    Returns, per image, ``{"boxes": Tensor[N, 4], "scores": Tensor[N], "labels": Tensor[N] (model classes),
+    "index": Tensor[N] int64}``, where ``index`` is the row of the image's proposal the detection was
+    regressed from (into ``proposals[i]``, and into the box head's output shifted by the images before it).
+    ``boxes``, ``scores`` and ``labels`` equal torchvision's (tested), so a detection's RoI feature can be
+    read from the box-head pass the detections came from instead of pooling their boxes again.
+    """
+    num_classes = class_logits.shape[-1]
+    counts = [len(p) for p in proposals]
+    pred_boxes = roi_heads.box_coder.decode(box_regression, proposals).split(counts, 0)
+    pred_scores = F.softmax(class_logits, -1).split(counts, 0)
+    out, offset = [], 0
+    for boxes, scores, image_shape, n in zip(pred_boxes, pred_scores, image_shapes, counts):
+        boxes = box_ops.clip_boxes_to_image(boxes, image_shape)[:, 1:].reshape(-1, 4)  # drop background
+        labels = torch.arange(num_classes, device=scores.device).view(1, -1).expand_as(scores)[:, 1:].reshape(-1)
+        index = torch.arange(offset, offset + n, device=scores.device).view(-1, 1).expand(n, num_classes - 1).reshape(-1)
+        scores = scores[:, 1:].reshape(-1)
+        keep = torch.where(scores > roi_heads.score_thresh)[0]
+        keep = keep[box_ops.remove_small_boxes(boxes[keep], min_size=1e-2)]
+        keep = keep[box_ops.batched_nms(boxes[keep], scores[keep], labels[keep], roi_heads.nms_thresh)]
+        keep = keep[: roi_heads.detections_per_img]
+        out.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "index": index[keep]})
+        offset += n
+    return out
 
 
 MIN_PROPOSALS = 100
@@ -128,9 +159,9 @@ class Detector:
             image: ``Tensor[3, H, W]`` float32 RGB in [0, 1] (or uint8 in [0, 255]),
                 full resolution. Not modified.
             windows: regions to run on, each with its own scale.
-            features: compute each detection's RoI feature vector (R-CNN models: one more RoI pool
-                and box-head pass over the final boxes). The R-net reads the coarse pass's; the engine
-                asks for none on fine passes.
+            features: return each detection's RoI feature vector (R-CNN models: the box head's output for
+                the proposal the detection was regressed from; no extra work). The R-net reads the coarse
+                pass's; the engine asks for none on fine passes.
 
         Returns:
             One :class:`Detections` per window, boxes xyxy in full-image
@@ -163,11 +194,12 @@ class Detector:
             feats = m.backbone(images.tensors)
             h, w = crops[0].shape[-2:]
             proposals, _ = self._rpn_for(h * w)(images, feats)
-            dets, _ = m.roi_heads(feats, proposals, images.image_sizes)
-            vectors = [None] * len(dets)
-            if features:
-                pooled = m.roi_heads.box_roi_pool(feats, [d["boxes"] for d in dets], images.image_sizes)
-                vectors = m.roi_heads.box_head(pooled).split([len(d["boxes"]) for d in dets])
+            rh = m.roi_heads
+            head = rh.box_head(rh.box_roi_pool(feats, proposals, images.image_sizes))
+            class_logits, box_regression = rh.box_predictor(head)
+            dets = postprocess_with_index(rh, class_logits, box_regression, proposals, images.image_sizes)
+            # a detection's feature is its proposal's box-head vector, already computed above
+            vectors = [head[d["index"]] if features else None for d in dets]
         else:
             dets = m(crops)
             vectors = [None] * len(dets)

@@ -10,9 +10,12 @@ the zoom engine accounts for.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection import (
     FasterRCNN,
@@ -27,7 +30,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-__all__ = ["ModelConfig", "PinnedScaleTransform", "TinyBackbone", "build_model", "MODEL_NAMES"]
+__all__ = ["ModelConfig", "PinnedScaleTransform", "ThreadedRoIAlign", "TinyBackbone", "build_model", "MODEL_NAMES"]
 
 MODEL_NAMES = (
     "tiny_frcnn",
@@ -84,6 +87,48 @@ class PinnedScaleTransform(GeneralizedRCNNTransform):
         return image, target
 
 
+class ThreadedRoIAlign(MultiScaleRoIAlign):
+    """torchvision's :class:`~torchvision.ops.MultiScaleRoIAlign`, with the RoIs of an inference call on the CPU
+    split over torch's intra-op threads.
+
+    torchvision's CPU ``roi_align`` kernel loops over RoIs on one core (pytorch/vision#4935, #6619); on a
+    2-core machine it was a fifth of a coarse pass. Each chunk is pooled by torchvision's own op (which
+    releases the GIL) and the chunks are concatenated in order, so the output is bit-identical to
+    ``MultiScaleRoIAlign``'s. Training, GPU inputs, one intra-op thread (e.g. a Ray replica with one CPU)
+    and fewer than ``min_chunk`` RoIs per thread take the parent's single call.
+    """
+
+    min_chunk = 64
+    _pools: dict[int, ThreadPoolExecutor] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def _pool(cls, n: int) -> ThreadPoolExecutor:
+        with cls._lock:
+            if n not in cls._pools:
+                cls._pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="roi_align")
+            return cls._pools[n]
+
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+        total = sum(len(b) for b in boxes)
+        n = min(torch.get_num_threads(), total // self.min_chunk)
+        if self.training or n < 2 or torch.is_grad_enabled() or any(b.device.type != "cpu" for b in boxes):
+            return super().forward(x, boxes, image_shapes)
+        if self.scales is None:  # set the level mapper once, before the threads read it
+            super().forward(x, [b[:0] for b in boxes], image_shapes)
+        parts = [b.tensor_split(n) for b in boxes]  # parts[image][chunk]
+        chunks = [[p[j] for p in parts] for j in range(n)]
+        parent = super().forward
+
+        def pool(chunk: list[Tensor]) -> Tensor:
+            with torch.inference_mode():
+                return parent(x, chunk, image_shapes)
+
+        outs = list(self._pool(n).map(pool, chunks))  # outs[chunk]: chunk j of every image, image order
+        per = [o.split([len(p[j]) for p in parts]) for j, o in enumerate(outs)]
+        return torch.cat([per[j][i] for i in range(len(boxes)) for j in range(n)])
+
+
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
@@ -132,7 +177,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             in_channels_list=list(cfg.widths),
             out_channels=cfg.fpn_channels,
         )  # adds a max-pooled stride-64 level "pool" for the RPN
-        roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+        roi_pool = ThreadedRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
         model: nn.Module = FasterRCNN(
             backbone,
             num_classes=None,
@@ -169,4 +214,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     else:
         raise ValueError(f"unknown model name {cfg.name!r}; choose one of {', '.join(MODEL_NAMES)}")
     model.transform = PinnedScaleTransform(cfg.image_mean, cfg.image_std)
+    pool = getattr(getattr(model, "roi_heads", None), "box_roi_pool", None)
+    if type(pool) is MultiScaleRoIAlign:  # torchvision's R-CNNs: the same pooling, on every core
+        model.roi_heads.box_roi_pool = ThreadedRoIAlign(pool.featmap_names, pool.output_size, pool.sampling_ratio,
+                                                        canonical_scale=pool.canonical_scale,
+                                                        canonical_level=pool.canonical_level)
     return model
