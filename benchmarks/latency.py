@@ -3,7 +3,9 @@
     python benchmarks/latency.py --config configs/eval/hituav.yaml --data ../shared/data/hit-uav/test.json \\
         --dataset hituav-test --images 50 --policy coarse --policy fine --policy greedy-entropy --budget 0.5
 
-For each ``--proposal-density`` (default ``0 2500``: torchvision's fixed 1000
+For each ``--image-dtype`` (default ``uint8``: images stay 8-bit until each crop is
+resized; ``float32``: converted whole first, the path before), each
+``--proposal-density`` (default ``0 2500``: torchvision's fixed 1000
 RPN proposals per call, then 2,500 per megapixel of model input) and each
 ``--proposal-min`` (the fewest proposals a call keeps, default 100)
 the policies run through ``zoomdet evaluate`` on the same images, and the
@@ -12,7 +14,7 @@ script prints, per policy: AP, AP_small, pixels_ratio, the stage times
 and rel_pixels against fine of the same run, and the policy overhead (gain +
 policy + merge) as a share of total latency. Rows go to
 ``benchmarks/results/latency.json`` (replacing ``--dataset``'s rows), with
-``proposal_density`` and ``timing_ms`` added.
+``image_dtype``, ``proposal_density``, ``proposal_min`` and ``timing_ms`` added.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--proposal-min", type=int, nargs="+", default=[100], metavar="N",
                     help="with a density, the fewest proposals a call keeps (default 100); several values run "
                          "every density with each")
+    ap.add_argument("--image-dtype", nargs="+", default=["uint8"], choices=["uint8", "float32"],
+                    help="how images are held between decode and crop (EvalConfig.image_dtype); several run each")
     ap.add_argument("--out", default="runs/bench/latency")
     args = ap.parse_args(argv)
     if "fine" not in args.policy:
@@ -48,24 +52,26 @@ def main(argv=None) -> int:
     from zoomdet.eval.results import rows_from_report, write_results
 
     rows = []
-    settings = list(dict.fromkeys((d, m if d else 100) for d in args.proposal_density for m in args.proposal_min))
-    for density, pmin in settings:  # the floor means nothing without a density
-        over = [f"images={args.images}", f"proposal_density={density}", f"proposal_min={pmin}"]
+    settings = list(dict.fromkeys((dt, d, m if d else 100) for dt in args.image_dtype for d in args.proposal_density
+                                  for m in args.proposal_min))  # the floor means nothing without a density
+    for dtype, density, pmin in settings:
+        over = [f"images={args.images}", f"image_dtype={dtype}", f"proposal_density={density}", f"proposal_min={pmin}"]
         if args.budget:
             over.append(f"budgets={json.dumps(args.budget)}")
         if args.rnet:
             over.append(f"policies.rnet={args.rnet}")
         cfg = load_config(EvalConfig, args.config, over)
-        out = Path(args.out) / f"{args.dataset}-d{density:g}-m{pmin}"
+        out = Path(args.out) / f"{args.dataset}-{dtype}-d{density:g}-m{pmin}"
         report = evaluate(cfg, args.data, args.policy, out)
-        run_rows = rows_from_report(report, args.dataset, seed=cfg.seed, extra={"proposal_density": density,
+        run_rows = rows_from_report(report, args.dataset, seed=cfg.seed, extra={"image_dtype": dtype,
+                                                                                  "proposal_density": density,
                                                                                   "proposal_min": pmin})
         for row, r in zip(run_rows, report["policies"]):
             t = r["timing_ms"]
             row["timing_ms"] = t
             row["overhead_share"] = (t["gain"] + t["policy"] + t["merge"]) / t["total"] if t["total"] else None
         rows += run_rows
-        print(f"\n{args.dataset}, {report['images']} images, proposal_density {density:g}/Mpx (0 = fixed 1000)"
+        print(f"\n{args.dataset}, {report['images']} images held as {dtype}, proposal_density {density:g}/Mpx (0 = fixed 1000)"
               + (f", at least {pmin} per call" if density else ""))
         stages = ("decode", "coarse", "gain", "policy", "fine", "merge", "total")
         print(f"{'policy':<22}{'AP':>7}{'AP_s':>7}{'pixels':>8}" + "".join(f"{s:>8}" for s in stages)

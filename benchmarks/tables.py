@@ -54,16 +54,16 @@ STAGES = ("decode", "coarse", "gain", "policy", "fine", "merge", "total")
 
 
 def stage_table(rows: list[dict]) -> int:
-    """Rows of ``benchmarks/latency.py``: proposals setting, AP, pixels, ms per stage, ratios, policy overhead."""
-    print("| proposals | policy | AP | AP_small | pixels_ratio | " + " | ".join(STAGES)
+    """Rows of ``benchmarks/latency.py``: image dtype (rows written before it existed: float32), proposals setting, AP, pixels, ms per stage, ratios, policy overhead."""
+    print("| images | proposals | policy | AP | AP_small | pixels_ratio | " + " | ".join(STAGES)
           + " | rel time | rel pixels | gain+policy+merge |")
-    print("|---|---|---|---|---|" + "---|" * len(STAGES) + "---|---|---|")
+    print("|---|---|---|---|---|---|" + "---|" * len(STAGES) + "---|---|---|")
     for r in rows:
         d = r.get("proposal_density") or 0
         setting = "fixed 1000" if not d else f"{d:g}/Mpx, ≥ {r.get('proposal_min', 100)}"
         name = r["policy"] + (f"@{r['budget']:g}" if r.get("budget") else "")
         t = r["timing_ms"]
-        print(f"| {setting} | {name} | {fmt(r['ap'])} | {fmt(r['ap_small'])} | {r['pixels_ratio']:.3f} | "
+        print(f"| {r.get('image_dtype', 'float32')} | {setting} | {name} | {fmt(r['ap'])} | {fmt(r['ap_small'])} | {r['pixels_ratio']:.3f} | "
               + " | ".join(f"{t[k]:.1f}" for k in STAGES)
               + f" | {fmt(r['rel_time'], True)} | {fmt(r['rel_pixels'], True)} | {fmt(r.get('overhead_share'), True)} |")
     return 0

@@ -147,3 +147,9 @@ def test_evaluate_refuses_two_policies_with_one_name(tmp_path, synth_small, tiny
     with pytest.raises(ValueError, match="both named 'dqn:ZoomDet-v0_1/best_model'"):
         ev.evaluate(cfg, str(synth_small), ["a/ZoomDet-v0_1/best_model.zip", "b/ZoomDet-v0_1/best_model.zip"],
                     tmp_path / "out", progress=False)
+
+
+def test_evaluate_refuses_an_unknown_image_dtype(tmp_path, synth_small, tiny_checkpoint, capsys):
+    code = main(["evaluate", "--data", str(synth_small), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path),
+                 "--policy", "coarse", "--set", "image_dtype=float16", "--no-progress"])
+    assert code == 2 and "image_dtype must be uint8 or float32" in capsys.readouterr().err

@@ -224,3 +224,16 @@ def test_detection_features_are_their_proposals_box_head_vectors():
             again = rh.box_head(rh.box_roi_pool(feats, at, images.image_sizes))
         assert torch.allclose(d.features[:5], again, atol=1e-5)
         assert torch.equal(d.features, head[o["index"]])
+
+
+def test_uint8_crops_are_resized_in_uint8_within_one_level_of_the_float_path():
+    torch.manual_seed(0)
+    u8 = (torch.rand(3, 150, 200) * 255).to(torch.uint8)
+    f32 = u8.float() / 255
+    for win in (Window(10, 20, 190, 140, 0.5), Window.full(200, 150, 0.37), Window(0, 0, 64, 48, 2.0)):
+        a, b = crop_window(u8, win), crop_window(f32, win)
+        assert a.dtype == torch.float32 and a.shape == b.shape == (3, *win.input_size)
+        assert (a - b).abs().max() <= 1 / 255 + 1e-6  # fixed-point weights: within one 8-bit level
+        assert 0 <= a.min() and a.max() <= 1
+    same = Window(5, 5, 105, 85, 1.0)
+    assert torch.equal(crop_window(u8, same), crop_window(f32, same))

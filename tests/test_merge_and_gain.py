@@ -121,3 +121,35 @@ def test_coarse_min_px_keeps_large_objects_from_the_coarse_pass():
     assert idx.tolist() == [0] and len(items.gains) == 2  # the small pair and the fine-only false positive
     idx_all, items_all = window_gain_items(coarse, fine, w, gt, torch.tensor([1, 1]), None, 0.5)
     assert idx_all.tolist() == [0, 1] and len(items_all.gains) == 3
+
+
+def test_fuse_boxes_averages_a_cluster_by_score_and_keeps_its_top_score():
+    from zoomdet.zoom.merge import fuse_boxes
+
+    d = dets([[0, 0, 10, 10], [2, 0, 12, 10], [0, 0, 10, 10], [50, 50, 60, 60]], [0.6, 0.2, 0.9, 0.5], [1, 1, 2, 1])
+    fused, head = fuse_boxes(d, iou=0.55)
+    got = {(round(b[0], 3), round(s, 3), lab) for b, s, lab in zip(fused.boxes.tolist(), fused.scores.tolist(),
+                                                                 fused.labels.tolist())}
+    # boxes 0 and 1 (IoU 0.67, class 1) fuse: x0 = (0 * 0.6 + 2 * 0.2) / 0.8 = 0.5; box 2 is another class
+    assert got == {(0.5, 0.6, 1), (0.0, 0.9, 2), (50.0, 0.5, 1)}
+    assert sorted(head.tolist()) == [0, 2, 3]
+    assert fused.scores.tolist() == sorted(fused.scores.tolist(), reverse=True)
+    empty, h = fuse_boxes(Detections.empty())
+    assert len(empty) == 0 and len(h) == 0
+
+
+def test_fuse_merge_fuses_the_scales_inside_a_window_and_keeps_the_coarse_pass_outside():
+    from zoomdet.zoom.merge import MergeConfig
+
+    coarse = dets([[10, 10, 30, 30], [150, 150, 160, 160]], [0.5, 0.7])
+    win = Window(0, 0, 100, 100)
+    fine = dets([[12, 10, 32, 30], [60, 60, 70, 70]], [0.5, 0.8])
+    out = merge_zoom(coarse, [fine], [win], 200, 200, MergeConfig(method="fuse"))
+    got = sorted(zip(out.detections.boxes.tolist(), out.stage.tolist(), out.region.tolist()))
+    assert got == [([11.0, 10.0, 31.0, 30.0], 0, -1),  # the object seen at both scales: the mean, its head coarse
+                   ([60.0, 60.0, 70.0, 70.0], 1, 0),  # seen only by the window
+                   ([150.0, 150.0, 160.0, 160.0], 0, -1)]  # outside the window: the coarse box as it was
+    replaced = merge_zoom(coarse, [fine], [win], 200, 200)
+    assert [12.0, 10.0, 32.0, 30.0] in replaced.detections.boxes.tolist()  # the paper's rule keeps the fine box
+    with pytest.raises(ValueError, match="replace or fuse"):
+        merge_zoom(coarse, [fine], [win], 200, 200, MergeConfig(method="vote"))

@@ -84,11 +84,12 @@ def image_to_tensor(img: Image.Image, keep_uint8: bool = False) -> Tensor:
     return chw if keep_uint8 else chw.float().div_(255.0)  # uint8: a channels-first view, no further copy
 
 
-def read_image(path: str | os.PathLike) -> Tensor:
-    """Read an image file, apply its EXIF orientation, return ``Tensor[3, H, W]`` in [0, 1]."""
+def read_image(path: str | os.PathLike, keep_uint8: bool = False) -> Tensor:
+    """Read an image file, apply its EXIF orientation, return ``Tensor[3, H, W]`` float32 in [0, 1]
+    (with ``keep_uint8``, 8-bit images as ``uint8`` in [0, 255]: see :func:`image_to_tensor`)."""
     with Image.open(path) as img:
         img = ImageOps.exif_transpose(img)
-        return image_to_tensor(img)
+        return image_to_tensor(img, keep_uint8=keep_uint8)
 
 
 class CocoDataset:
@@ -172,12 +173,13 @@ class CocoDataset:
     def image_path(self, image_id: int) -> Path:
         return self.image_root / self.coco.imgs[image_id]["file_name"]
 
-    def load_image(self, image_id: int) -> Tensor:
-        """``Tensor[3, H, W]`` float32 in [0, 1] for ``image_id``; checks the size against the json."""
+    def load_image(self, image_id: int, keep_uint8: bool = False) -> Tensor:
+        """``Tensor[3, H, W]`` float32 in [0, 1] for ``image_id`` (8-bit images as ``uint8`` in [0, 255] with
+        ``keep_uint8``, what inference reads); checks the size against the json."""
         info = self.coco.imgs[image_id]
         path = self.image_path(image_id)
         try:
-            image = read_image(path)
+            image = read_image(path, keep_uint8=keep_uint8)
         except FileNotFoundError as e:
             raise DatasetError(f"image file {path} (image id {image_id}) not found") from e
         except OSError as e:

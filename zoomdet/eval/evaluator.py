@@ -61,6 +61,10 @@ class EvalConfig:
     (see :class:`~zoomdet.detector.Detector`); 0 = the model's fixed 1000."""
     proposal_min: int = 100
     """With ``proposal_density``: the fewest RPN proposals a call keeps."""
+    image_dtype: str = "uint8"
+    """How images are held between decode and crop: ``uint8`` (8-bit images stay 8-bit, each crop is resized in
+    uint8, as the service does: cheaper) or ``float32`` (the whole image converted first, crops resized in
+    float: the detector's training path). AP is the same within noise (``benchmarks/latency.py``)."""
     images: int = 0
     """Evaluate N images of the dataset, a sample drawn with ``seed`` (0 = all)."""
     image_root: Optional[str] = None
@@ -98,6 +102,8 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
     out.mkdir(parents=True, exist_ok=True)
     if not policy_names:
         raise ValueError("give at least one --policy")
+    if cfg.image_dtype not in ("uint8", "float32"):
+        raise ValueError(f"image_dtype must be uint8 or float32, got {cfg.image_dtype!r}")
     ds = CocoDataset(data, image_root=cfg.image_root)
     if detector is None:
         ckpt = cfg.checkpoint or str(default_checkpoint())
@@ -147,7 +153,7 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
     todo = [i for i in ids if i not in complete]
     for k, iid in enumerate(tqdm(todo, desc="evaluate", unit="img", disable=not progress)):
         t = time.perf_counter()
-        image = ds.load_image(iid)
+        image = ds.load_image(iid, keep_uint8=cfg.image_dtype == "uint8")
         decode = time.perf_counter() - t
         boxes, labels, crowd = ds.targets(iid)
         gt = GroundTruth(boxes, labels, crowd)

@@ -243,7 +243,7 @@ def _build_shard(root: str, k: int, image_ids: Sequence[int], data: str, checkpo
     zoom = from_dict(ZoomConfig, zoom_dict)
     ds = CocoDataset(data, image_root=image_root, check_files=False)
     det = Detector.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
-    records = [build_record(det, zoom, ds.load_image(i), i, ds.targets(i), fine).to_payload() for i in image_ids]
+    records = [build_record(det, zoom, ds.load_image(i, keep_uint8=True), i, ds.targets(i), fine).to_payload() for i in image_ids]
     path = _shard_path(Path(root), k)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(records, tmp)
