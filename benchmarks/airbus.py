@@ -47,7 +47,10 @@ def main(argv=None) -> int:
                                    "so a changed zoom config never reuses caches or an R-net built for another)")
     ap.add_argument("--workers", type=int, default=None, help="Ray workers for the caches (default: CPU count)")
     ap.add_argument("--train-images", type=int, default=0, help="images per cache split (default 0 = all)")
+    ap.add_argument("--policy", action="append", help=f"policies of stage 4, repeatable (default: {' '.join(POLICIES)}); "
+                                                      "without greedy, stages 2-3 (caches, R-net) are skipped")
     args = ap.parse_args(argv)
+    policies = args.policy or POLICIES
 
     from zoomdet.config import load_config
     from zoomdet.eval.evaluator import EvalConfig
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
 
     # 2-3. composed caches and the R-net
     rnet = out / "rnet.pt"
-    if not rnet.is_file():
+    if "greedy" in policies and not rnet.is_file():
         for split in ("train", "val"):
             cache_args = ["cache", "build", "--config", args.config, "--data", str(root / f"{split}.json"),
                           "--out", str(out / f"cache-{split}"), "--fine", "composed", "--images", str(args.train_images)]
@@ -81,9 +84,9 @@ def main(argv=None) -> int:
 
     # 4. every policy on the test split
     ev = out / f"eval-{dataset}"
-    argv_eval = ["evaluate", "--config", args.config, "--data", str(root / "test.json"), "--rnet", str(rnet),
-                 "--out", str(ev), "--images", str(args.images)]
-    for p in POLICIES:
+    argv_eval = ["evaluate", "--config", args.config, "--data", str(root / "test.json"),
+                 "--out", str(ev), "--images", str(args.images)] + (["--rnet", str(rnet)] if "greedy" in policies else [])
+    for p in policies:
         argv_eval += ["--policy", p]
     run_zoomdet(argv_eval)
     report = json.loads((ev / "report.json").read_text())
@@ -92,9 +95,9 @@ def main(argv=None) -> int:
     if not args.images:
         (REPO / "docs").mkdir(exist_ok=True)
         shutil.copy(ev / "pareto.png", REPO / "docs" / "pareto_airbus.png")
-    print(f"detector on test (AP / AP_small / AP_medium / AP_large):")
-    for s, m in scales.items():
-        print(f"  scale {s}: {m['ap']:.3f} / {m['ap_small']:.3f} / {m['ap_medium']:.3f} / {m['ap_large']:.3f}")
+    print("detector on test, whole image (AP / AP_medium / AP_large):")
+    for r in (r for r in rows if r["policy"].startswith("detector@")):
+        print(f"  {r['policy']}: {r['ap']:.3f} / {r['ap_medium']:.3f} / {r['ap_large']:.3f}")
     print((ev / "report.md").read_text())
     print(f"wrote {path}")
     return 0

@@ -55,7 +55,7 @@ STAGES = ("decode", "coarse", "gain", "policy", "fine", "merge", "total")
 
 def stage_table(rows: list[dict]) -> int:
     """Rows of ``benchmarks/latency.py``: image dtype (rows written before it existed: float32), proposals setting, AP, pixels, ms per stage, ratios, policy overhead."""
-    print("| images | proposals | policy | AP | AP_small | pixels_ratio | " + " | ".join(STAGES)
+    print("| held as | proposals | policy | AP | AP_small | pixels_ratio | " + " | ".join(STAGES)
           + " | rel time | rel pixels | gain+policy+merge |")
     print("|---|---|---|---|---|---|" + "---|" * len(STAGES) + "---|---|---|")
     for r in rows:

@@ -153,3 +153,20 @@ def test_fuse_merge_fuses_the_scales_inside_a_window_and_keeps_the_coarse_pass_o
     assert [12.0, 10.0, 32.0, 30.0] in replaced.detections.boxes.tolist()  # the paper's rule keeps the fine box
     with pytest.raises(ValueError, match="replace or fuse"):
         merge_zoom(coarse, [fine], [win], 200, 200, MergeConfig(method="vote"))
+
+
+def test_scale_fusion_benchmark_refuses_a_bad_pair():
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scale_fusion.py"
+    spec = importlib.util.spec_from_file_location("bench_scale_fusion", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.parse_pair("0.25+0.5") == (0.25, 0.5)
+    for bad in ("0.5", "0.5+0.5", "0+1", "a+b", "0.25+0.5+1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            mod.parse_pair(bad)
+    with pytest.raises(SystemExit):
+        mod.main(["--checkpoint", "x.pt", "--data", "x.json", "--dataset", "x", "--pair", "1+1"])
