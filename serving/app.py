@@ -184,8 +184,8 @@ def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
     (413) before any pixel is decompressed, which also stops decompression
     bombs. Unknown formats are 415, undecodable or truncated data 400.
 
-    8-bit images stay ``uint8`` (a quarter of float32's memory; each crop is converted exactly as the
-    in-process engine converts the whole image); 16-bit and float images are float32.
+    8-bit images stay ``uint8`` (a quarter of float32's memory), as the in-process engine reads them
+    (``EvalConfig.image_dtype: uint8``), so both cut the same crops; 16-bit and float images are float32.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 

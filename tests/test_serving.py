@@ -247,18 +247,24 @@ def test_base64_images_may_be_wrapped_or_data_uris():
         assert e.value.status == 400
 
 
-def test_uint8_images_give_the_same_crops_as_float_images():
+def test_the_service_and_the_engine_see_the_same_crops(tmp_path):
+    """The ingress decodes an upload as the evaluator reads the file (uint8), so the crops are identical; the
+    float path (the detector's training path) is within one 8-bit level where a crop is resized."""
     from PIL import Image as PILImage
 
-    from zoomdet.data.coco import image_to_tensor
+    from zoomdet.data.coco import image_to_tensor, read_image
     from zoomdet.detector.detector import crop_window
+    from zoomdet.serving.app import decode_image
     from zoomdet.types import Window
 
     img = PILImage.fromarray(scene())
-    u8, f32 = image_to_tensor(img, keep_uint8=True), image_to_tensor(img)
-    assert u8.dtype == torch.uint8 and f32.dtype == torch.float32
+    img.save(tmp_path / "scene.png")
+    served = decode_image((tmp_path / "scene.png").read_bytes(), 10_000_000)
+    u8, f32 = read_image(tmp_path / "scene.png", keep_uint8=True), image_to_tensor(img)
+    assert served.dtype == u8.dtype == torch.uint8 and f32.dtype == torch.float32
     for w in (Window(0, 0, 320, 240, 0.5), Window(10, 20, 200, 180, 1.0), Window(5, 5, 101, 99, 1.7)):
-        assert torch.equal(crop_window(u8, w), crop_window(f32, w))
+        assert torch.equal(crop_window(served, w), crop_window(u8, w))
+        assert (crop_window(u8, w) - crop_window(f32, w)).abs().max() <= 1 / 255 + 1e-6
 
 
 def test_remote_detector_sends_crops_in_calls_of_bounded_pixels():
