@@ -170,3 +170,20 @@ def test_scale_fusion_benchmark_refuses_a_bad_pair():
             mod.parse_pair(bad)
     with pytest.raises(SystemExit):
         mod.main(["--checkpoint", "x.pt", "--data", "x.json", "--dataset", "x", "--pair", "1+1"])
+
+
+def test_policies_benchmark_refuses_a_run_without_fine_and_a_bad_results_name(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "policies.py"
+    spec = importlib.util.spec_from_file_location("bench_policies", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base = ["--config", "configs/eval/hituav.yaml", "--data", "x.json", "--dataset", "x"]
+    with pytest.raises(SystemExit):
+        mod.main(base + ["--policy", "coarse", "--results", "r"])
+    assert "--policy fine is needed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod.main(base + ["--policy", "fine", "--results", "../elsewhere"])
+    assert "--results is a file name" in capsys.readouterr().err
