@@ -30,12 +30,10 @@ sys.path.insert(0, str(REPO))
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from zoomdet.eval.results import add_dataset_args
+    from zoomdet.eval.results import add_dataset_args, add_policy_args, require_fine
 
     add_dataset_args(ap)
-    ap.add_argument("--policy", action="append", required=True, help="repeatable; include fine for the ratios")
-    ap.add_argument("--budget", type=float, nargs="+", help="budgets of the sequential policies")
-    ap.add_argument("--rnet", help="R-net for greedy")
+    add_policy_args(ap)
     ap.add_argument("--proposal-density", type=float, nargs="+", default=[0.0, 2500.0], metavar="PER_MPX")
     ap.add_argument("--proposal-min", type=int, nargs="+", default=[100], metavar="N",
                     help="with a density, the fewest proposals a call keeps (default 100); several values run "
@@ -44,8 +42,7 @@ def main(argv=None) -> int:
                     help="how images are held between decode and crop (EvalConfig.image_dtype); several run each")
     ap.add_argument("--out", default="runs/bench/latency")
     args = ap.parse_args(argv)
-    if "fine" not in args.policy:
-        ap.error("--policy fine is needed: every ratio is relative to it")
+    require_fine(ap, args.policy)
 
     from zoomdet.config import load_config
     from zoomdet.eval.evaluator import EvalConfig, evaluate

@@ -23,17 +23,14 @@ sys.path.insert(0, str(REPO))
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from zoomdet.eval.results import add_dataset_args
+    from zoomdet.eval.results import add_dataset_args, add_policy_args, require_fine
 
     add_dataset_args(ap)
-    ap.add_argument("--policy", action="append", required=True, help="repeatable; include fine for the ratios")
-    ap.add_argument("--budget", type=float, nargs="+", help="budgets of the sequential policies (default: the config's)")
-    ap.add_argument("--rnet", help="R-net for greedy")
+    add_policy_args(ap)
     ap.add_argument("--results", required=True, help="name of the results file, benchmarks/results/<name>.json")
     ap.add_argument("--out", help="evaluation folder (default runs/bench/<results>/eval-<dataset>)")
     args = ap.parse_args(argv)
-    if "fine" not in args.policy:
-        ap.error("--policy fine is needed: every ratio is relative to it")
+    require_fine(ap, args.policy)
     if not args.results.replace("_", "").replace("-", "").isalnum():
         ap.error(f"--results is a file name (letters, digits, - and _), got {args.results!r}")
 

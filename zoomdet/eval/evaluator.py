@@ -77,6 +77,15 @@ class EvalConfig:
     zoom: ZoomConfig = field(default_factory=ZoomConfig)
     policies: PolicyConfig = field(default_factory=PolicyConfig)
 
+    def __post_init__(self) -> None:
+        if self.image_dtype not in ("uint8", "float32"):
+            raise ValueError(f"image_dtype must be uint8 or float32, got {self.image_dtype!r}")
+
+    @property
+    def keep_uint8(self) -> bool:
+        """Whether 8-bit images are read as ``uint8`` (``image_dtype: uint8``)."""
+        return self.image_dtype == "uint8"
+
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -102,8 +111,6 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
     out.mkdir(parents=True, exist_ok=True)
     if not policy_names:
         raise ValueError("give at least one --policy")
-    if cfg.image_dtype not in ("uint8", "float32"):
-        raise ValueError(f"image_dtype must be uint8 or float32, got {cfg.image_dtype!r}")
     ds = CocoDataset(data, image_root=cfg.image_root)
     if detector is None:
         ckpt = cfg.checkpoint or str(default_checkpoint())
@@ -153,7 +160,7 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
     todo = [i for i in ids if i not in complete]
     for k, iid in enumerate(tqdm(todo, desc="evaluate", unit="img", disable=not progress)):
         t = time.perf_counter()
-        image = ds.load_image(iid, keep_uint8=cfg.image_dtype == "uint8")
+        image = ds.load_image(iid, keep_uint8=cfg.keep_uint8)
         decode = time.perf_counter() - t
         boxes, labels, crowd = ds.targets(iid)
         gt = GroundTruth(boxes, labels, crowd)

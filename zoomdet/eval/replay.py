@@ -44,7 +44,7 @@ def replay(cfg: EvalConfig, data: str, policy_name: str, out: str | Path, *, lam
         info = ds.coco.imgs[iid]
         boxes, labels, crowd = ds.targets(iid)
         gt = GroundTruth(boxes, labels, crowd)
-        res = engine.run(ds.load_image(iid, keep_uint8=True), policy, ground_truth=gt, seed=cfg.seed + iid, max_pixels_ratio=budget)
+        res = engine.run(ds.load_image(iid, keep_uint8=cfg.keep_uint8), policy, ground_truth=gt, seed=cfg.seed + iid, max_pixels_ratio=budget)
         doc = episode_record(res, cfg.zoom, policy=policy.name, categories=ds.categories, ground_truth=gt, lam=lam,
                              max_pixels_ratio=budget,
                              image={"id": iid, "file_name": info["file_name"], "path": str(ds.image_path(iid).resolve())})

@@ -35,6 +35,21 @@ def add_dataset_args(parser, images_default: int = 0) -> None:
                         help=f"N images, a seeded sample (default {images_default}; 0 = all)")
 
 
+def add_policy_args(parser) -> None:
+    """The policies of a benchmark run through ``zoomdet evaluate``: ``--policy`` (repeatable, ``fine`` among them,
+    checked by :func:`require_fine`), ``--budget``, ``--rnet``."""
+    parser.add_argument("--policy", action="append", required=True, help="repeatable; include fine for the ratios")
+    parser.add_argument("--budget", type=float, nargs="+",
+                        help="budgets of the sequential policies (default: the config's)")
+    parser.add_argument("--rnet", help="R-net for greedy")
+
+
+def require_fine(parser, policies: Sequence[str]) -> None:
+    """Every ratio of a results row is relative to ``fine`` of the same run: refuse a run without it."""
+    if "fine" not in policies:
+        parser.error("--policy fine is needed: every ratio is relative to it")
+
+
 def add_agent_args(parser) -> None:
     """The arguments of the agent benchmarks: ``--cache``, ``--eval-cache``, ``--rnet``, ``--seeds``."""
     parser.add_argument("--cache", required=True, help="training rollout cache")

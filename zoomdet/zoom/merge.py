@@ -70,7 +70,7 @@ def fuse_boxes(det: Detections, iou: float = 0.55) -> tuple[Detections, Tensor]:
     """Fuse overlapping same-class boxes: the coordinates of each cluster averaged, weighted by score.
 
     Clusters are formed as NMS would (:func:`torchvision.ops.batched_nms` at ``iou``: each kept box heads a
-    cluster, and every other box joins the same-class head it overlaps most, if by at least ``iou``). A cluster
+    cluster, and every other box, suppressed by at least one same-class head, joins the one it overlaps most). A cluster
     becomes one box: the score-weighted mean of its members' coordinates, with the head's (highest) score and
     label. This is the fusion of weighted boxes fusion (Solovyev et al., 2021) with its ``max`` confidence,
     clustered against the head box instead of the running mean ("box voting", Gidaris & Komodakis, 2015);
@@ -87,10 +87,9 @@ def fuse_boxes(det: Detections, iou: float = 0.55) -> tuple[Detections, Tensor]:
         return det.without_features(), torch.zeros(0, dtype=torch.int64)
     heads = batched_nms(det.boxes, det.scores, det.labels, iou)
     overlap = box_iou(det.boxes, det.boxes[heads]) * (det.labels[:, None] == det.labels[heads][None, :])
-    best, cluster = overlap.max(dim=1)
+    cluster = overlap.argmax(dim=1)  # every other box was suppressed by a same-class head, so it has one
     cluster[heads] = torch.arange(len(heads))  # a head belongs to itself, even when heads overlap
-    member = (best >= iou) | torch.zeros(len(det), dtype=torch.bool).index_fill_(0, heads, True)
-    w = det.scores * member
+    w = det.scores
     total = torch.zeros(len(heads)).index_add_(0, cluster, w)
     boxes = torch.zeros(len(heads), 4).index_add_(0, cluster, det.boxes * w[:, None]) / total.clamp(min=1e-12)[:, None]
     return Detections(boxes, det.scores[heads], det.labels[heads]), heads
