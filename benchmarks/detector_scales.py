@@ -4,9 +4,13 @@
         --data ../shared/data/hit-uav/test.json --dataset hituav-test --scales 1.0 0.75 0.63 0.5
 
 Runs ``zoomdet detector eval`` once (every scale on the same images; a finished
-eval in ``--out`` is reused) and writes one ``detector@<scale>`` row per scale
+eval in ``--out`` with the same scales and settings is reused) and writes one ``detector@<scale>`` row per scale
 to ``benchmarks/results/detector_scales.json``, replacing ``--dataset``'s rows:
 AP by size bucket, pixels (scale²) and AP and time relative to scale 1.0.
+``--set FIELD=VALUE`` runs the checkpoint with another inference setting of its
+model (``zoomdet detector eval --set``), e.g. the RPN counts of an earlier
+version: ``--set rpn_pre_nms_top_n=2000 --set rpn_score_thresh=0``; the rows
+carry the settings.
 
 This is the check to make before tuning zoom policies. A zoom policy pays for
 a coarse pass plus windows at full resolution. Against it stands the simplest
@@ -35,6 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75, 0.63, 0.5],
                     help="whole-image scales; 1.0 is the reference and is always run (default 1.0 0.75 0.63 0.5)")
     ap.add_argument("--images", type=int, default=0, help="N images, a seeded sample (default 0 = all)")
+    ap.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
+                    help="an inference setting of the model (zoomdet detector eval --set), repeatable")
     ap.add_argument("--out", help="working folder (default runs/bench/scales-<dataset>)")
     args = ap.parse_args(argv)
     if any(not 0 < s <= 4 for s in args.scales):
@@ -46,13 +52,19 @@ def main(argv=None) -> int:
     out = Path(args.out or f"runs/bench/scales-{args.dataset}")
     out.mkdir(parents=True, exist_ok=True)
     det_json = out / "detector_eval.json"
-    if det_json.is_file() and sorted(map(float, json.loads(det_json.read_text())["scales"]), reverse=True) != scales:
-        det_json.unlink()  # another set of scales: run again
+    argv = ["detector", "eval", "--checkpoint", args.checkpoint, "--data", args.data, "--scales", *map(str, scales),
+            "--images", str(args.images), "--out", str(det_json)] + [a for s in args.settings for a in ("--set", s)]
+    if det_json.is_file():
+        old = json.loads(det_json.read_text())
+        if (sorted(map(float, old["scales"]), reverse=True) != scales or old.get("argv") != argv):
+            det_json.unlink()  # other scales, images or settings: run again
     if not det_json.is_file():
-        run_zoomdet(["detector", "eval", "--checkpoint", args.checkpoint, "--data", args.data,
-                     "--scales", *map(str, scales), "--images", str(args.images), "--out", str(det_json)])
-    rows = detector_scale_rows(json.loads(det_json.read_text()), args.dataset, command_line(),
-                               _dt.date.today().isoformat())
+        run_zoomdet(argv)
+        det_json.write_text(json.dumps({**json.loads(det_json.read_text()), "argv": argv}, indent=2))
+    det_eval = json.loads(det_json.read_text())
+    rows = detector_scale_rows(det_eval, args.dataset, command_line(), _dt.date.today().isoformat())
+    for r in rows:
+        r["settings"] = det_eval.get("settings", {})
     path = write_results("detector_scales", rows, replace={"dataset": args.dataset})
     print(f"{rows[0]['images']} images of {args.data}\n")
     print("| whole image at | pixels | AP | AP_small | AP_medium | AP_large | rel AP | rel time |")

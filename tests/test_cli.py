@@ -87,6 +87,32 @@ def test_evaluate_writes_report_and_resumes(tmp_path, synth_small, tiny_checkpoi
     assert all(sorted(state["runs"][k]["done"]) == sorted(rep["image_ids"]) for k in rows3)
 
 
+def test_evaluate_restarts_when_the_same_weights_run_with_other_detector_settings(tmp_path, synth_small, tiny_checkpoint,
+                                                                                  capsys):
+    """A checkpoint's digest names its weights, not how the code builds the model around them (e.g. RPN counts
+    that a newer version defaults differently): the resume signature covers both."""
+    from dataclasses import replace
+
+    from zoomdet.detector.detector import Detector, load_checkpoint
+    from zoomdet.detector.models import build_model
+    from zoomdet.eval.evaluator import EvalConfig, evaluate
+
+    cfg, out = EvalConfig(images=2), tmp_path / "ev"
+    det = Detector.from_checkpoint(tiny_checkpoint)
+    first = evaluate(cfg, str(synth_small), ["coarse"], out, progress=False, detector=det)
+    capsys.readouterr()
+    evaluate(cfg, str(synth_small), ["coarse"], out, progress=False, detector=det)
+    assert "resuming: 2/2" in capsys.readouterr().out
+    model, model_cfg, cats, _ = load_checkpoint(tiny_checkpoint)
+    other_cfg = replace(model_cfg, rpn_post_nms_top_n=7)
+    other = build_model(other_cfg)
+    other.load_state_dict(model.state_dict())
+    again = evaluate(cfg, str(synth_small), ["coarse"], out, progress=False,
+                     detector=Detector(other, other_cfg, cats, checkpoint_id=det.checkpoint_id))
+    assert "resuming" not in capsys.readouterr().out
+    assert again["checkpoint"] == first["checkpoint"]  # same weights, same digest: only the settings told them apart
+
+
 def test_evaluate_rejects_unknown_policy(tmp_path, synth_small, tiny_checkpoint, capsys):
     code = main(["evaluate", "--data", str(synth_small), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path),
                  "--policy", "magic", "--no-progress"])
@@ -153,3 +179,19 @@ def test_evaluate_refuses_an_unknown_image_dtype(tmp_path, synth_small, tiny_che
     code = main(["evaluate", "--data", str(synth_small), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path),
                  "--policy", "coarse", "--set", "image_dtype=float16", "--no-progress"])
     assert code == 2 and "image_dtype must be uint8 or float32" in capsys.readouterr().err
+
+
+def test_detector_eval_runs_a_checkpoint_with_other_inference_settings_and_refuses_the_rest(tmp_path, synth_small,
+                                                                                            tiny_checkpoint, capsys):
+    out = tmp_path / "eval.json"
+    base = ["detector", "eval", "--checkpoint", str(tiny_checkpoint), "--data", str(synth_small), "--images", "2",
+            "--scales", "0.5"]
+    assert main(base + ["--set", "rpn_pre_nms_top_n=2000", "--set", "rpn_score_thresh=0", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["settings"] == {"rpn_pre_nms_top_n": 2000, "rpn_score_thresh": 0} and rep["images"] == 2
+    capsys.readouterr()
+    for bad, said in [("fpn_channels=8", "not an inference setting"), ("rpn_score_thresh=1.5", "rpn_score_thresh"),
+                      ("rpn_pre_nms_top_n", "FIELD=NUMBER"), ("rpn_pre_nms_top_n=many", "FIELD=NUMBER"),
+                      ("score_thresh=true", "FIELD=NUMBER")]:
+        assert main(base + ["--set", bad]) == 2
+        assert said in capsys.readouterr().err

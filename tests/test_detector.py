@@ -237,3 +237,31 @@ def test_uint8_crops_are_resized_in_uint8_within_one_level_of_the_float_path():
         assert 0 <= a.min() and a.max() <= 1
     same = Window(5, 5, 105, 85, 1.0)
     assert torch.equal(crop_window(u8, same), crop_window(f32, same))
+
+
+def test_rpn_inference_settings_come_from_the_model_config_and_old_checkpoints_take_the_defaults(tmp_path):
+    torch.manual_seed(0)
+    rpn = build_model(tiny_model_config()).rpn
+    # torchvision's own test-time counts for its FPN R-CNNs, and the objectness floor of its 320 px mobile model
+    assert (rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"], rpn.score_thresh) == (1000, 1000, 0.05)
+    assert (rpn._pre_nms_top_n["training"], rpn._post_nms_top_n["training"]) == (2000, 1000)  # training unchanged
+    cfg = tiny_model_config(rpn_pre_nms_top_n=120, rpn_post_nms_top_n=40, rpn_score_thresh=0.0)
+    model = build_model(cfg)
+    assert (model.rpn._pre_nms_top_n["testing"], model.rpn._post_nms_top_n["testing"], model.rpn.score_thresh) == (120, 40, 0.0)
+    seen = []
+    model.roi_heads.box_roi_pool.register_forward_hook(lambda m, a, out: seen.append(out.shape[0]))
+    Detector(model, cfg, {1: "a", 2: "b"}).detect(torch.rand(3, 128, 160), [Window.full(160, 128, 1.0)])
+    assert seen == [40]  # an untrained RPN scores every anchor near 0.5: exactly the cap reaches the box head
+    # a checkpoint written before these fields existed loads with the defaults
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model, cfg, {1: "a", 2: "b"})
+    payload = torch.load(path, weights_only=True)
+    for k in ("rpn_pre_nms_top_n", "rpn_post_nms_top_n", "rpn_score_thresh"):
+        del payload["model_config"][k]
+    torch.save(payload, path)
+    old, old_cfg, _, _ = load_checkpoint(path)
+    assert old_cfg.rpn_post_nms_top_n == 1000 and old.rpn._pre_nms_top_n["testing"] == 1000
+    for bad in (dict(rpn_pre_nms_top_n=0), dict(rpn_post_nms_top_n=-5), dict(rpn_score_thresh=1.0),
+                dict(rpn_score_thresh=-0.1)):
+        with pytest.raises(ValueError, match="rpn_"):
+            build_model(tiny_model_config(**bad))

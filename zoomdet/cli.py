@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev_det.add_argument("--image-root", help="image folder (default: guessed beside the json)")
     ev_det.add_argument("--out", help="also write the report to this JSON file")
     ev_det.add_argument("--device", default="cpu")
+    ev_det.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
+                        help="run the checkpoint with another inference setting of its model config, e.g. "
+                             "--set rpn_pre_nms_top_n=2000 (repeatable; score_thresh, nms_thresh, detections_per_img, "
+                             "rpn_pre_nms_top_n, rpn_post_nms_top_n, rpn_score_thresh)")
 
     ev = sub.add_parser("evaluate", help="run policies through the zoom engine; write report.json/.md and pareto.png")
     _add_config_args(ev, None)
@@ -278,12 +282,30 @@ def _cmd_detector(args) -> int:
         path = train_detector(cfg, resume=not args.no_resume)
         print(f"checkpoint: {path}")
         return 0
+    import yaml
+
     from zoomdet.data.coco import CocoDataset
     from zoomdet.detector.detector import Detector, default_checkpoint
     from zoomdet.detector.train import evaluate_scales
 
-    det = Detector.from_checkpoint(args.checkpoint or default_checkpoint(), device=args.device)
+    settings = {}
+    for item in args.settings:
+        key, sep, text = item.partition("=")
+        try:
+            value = yaml.safe_load(text) if sep else None
+        except yaml.YAMLError:
+            value = None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            print(f"zoomdet detector eval: --set {item!r}: give FIELD=NUMBER, e.g. rpn_pre_nms_top_n=2000", file=sys.stderr)
+            return 2
+        settings[key.strip()] = value
+    try:
+        det = Detector.from_checkpoint(args.checkpoint or default_checkpoint(), device=args.device, settings=settings)
+    except ValueError as e:
+        print(f"zoomdet detector eval: {e}", file=sys.stderr)
+        return 2
     rep = evaluate_scales(det, CocoDataset(args.data, image_root=args.image_root), args.scales, args.images)
+    rep["settings"] = settings
     print(json.dumps(rep, indent=2))
     for s, m in rep["scales"].items():
         print(f"scale {s}: AP {m['ap']:.3f}  AP_small {m['ap_small']:.3f}  AP_medium {m['ap_medium']:.3f}  "

@@ -14,7 +14,7 @@ import copy
 import hashlib
 import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,7 +25,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
-from zoomdet.detector.models import ModelConfig, build_model
+from zoomdet.detector.models import INFERENCE_FIELDS, ModelConfig, build_model
 from zoomdet.types import Detections, Window
 
 __all__ = ["Detector", "postprocess_with_index", "batch_plan", "size_batches", "crop_window", "save_checkpoint", "load_checkpoint", "default_checkpoint"]
@@ -235,9 +235,11 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", batch_size: int = 4,
-                        proposal_density: float = 0.0, proposal_min: int = MIN_PROPOSALS) -> "Detector":
-        """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
-        model, cfg, cats, _ = load_checkpoint(path)
+                        proposal_density: float = 0.0, proposal_min: int = MIN_PROPOSALS,
+                        settings: Optional[dict] = None) -> "Detector":
+        """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``); ``settings`` as
+        :func:`load_checkpoint` takes them."""
+        model, cfg, cats, _ = load_checkpoint(path, settings)
         return cls(model, cfg, cats, device=device, batch_size=batch_size, checkpoint_id=file_digest(path),
                    proposal_density=proposal_density, proposal_min=proposal_min)
 
@@ -262,8 +264,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: ModelConfig,
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ModelConfig, dict[int, str], dict]:
-    """Rebuild the model from a checkpoint; returns ``(model, config, categories, extra)``."""
+def load_checkpoint(path: str | os.PathLike, settings: Optional[dict] = None
+                    ) -> tuple[nn.Module, ModelConfig, dict[int, str], dict]:
+    """Rebuild the model from a checkpoint; returns ``(model, config, categories, extra)``.
+
+    ``settings``: inference-only :class:`ModelConfig` fields (``models.INFERENCE_FIELDS``, e.g.
+    ``{"rpn_pre_nms_top_n": 2000}``) to build the model with instead of the checkpoint's values."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"detector checkpoint not found: {path}")
@@ -274,6 +280,12 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ModelConfig, di
         state = payload["state_dict"]
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a ZoomDet detector checkpoint (missing {e})") from e
+    if settings:
+        other = sorted(set(settings) - set(INFERENCE_FIELDS))
+        if other:
+            raise ValueError(f"{', '.join(other)}: not an inference setting; the weights depend on it "
+                             f"(settable: {', '.join(INFERENCE_FIELDS)})")
+        cfg = replace(cfg, **settings)
     model = build_model(cfg)
     model.load_state_dict(state)
     return model.eval(), cfg, cats, payload.get("extra", {})

@@ -30,7 +30,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-__all__ = ["ModelConfig", "PinnedScaleTransform", "ThreadedRoIAlign", "TinyBackbone", "build_model", "MODEL_NAMES"]
+__all__ = ["ModelConfig", "PinnedScaleTransform", "ThreadedRoIAlign", "TinyBackbone", "build_model", "MODEL_NAMES",
+           "INFERENCE_FIELDS"]
 
 MODEL_NAMES = (
     "tiny_frcnn",
@@ -69,8 +70,24 @@ class ModelConfig:
     """Per-class NMS IoU inside one detector call."""
     detections_per_img: int = 300
     """Maximum detections per model input."""
+    rpn_pre_nms_top_n: int = 1000
+    """R-CNN models, inference: RPN boxes kept per FPN level before the RPN's NMS (torchvision's own
+    test-time default; training keeps 2000). Until 2026-12 the tiny model kept 2000 at inference too,
+    the same AP on HIT-UAV val and a third of a 320x256 call spent in that NMS."""
+    rpn_post_nms_top_n: int = 1000
+    """R-CNN models, inference: RPN proposals handed to the box head per input (the cap
+    :class:`~zoomdet.detector.Detector`'s ``proposal_density`` scales under)."""
+    rpn_score_thresh: float = 0.05
+    """R-CNN models: RPN boxes whose objectness is below this are dropped before the RPN's NMS (the
+    setting of torchvision's ``fasterrcnn_mobilenet_v3_large_320_fpn``; 0 keeps every box)."""
     image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+INFERENCE_FIELDS = ("score_thresh", "nms_thresh", "detections_per_img", "rpn_pre_nms_top_n", "rpn_post_nms_top_n",
+                    "rpn_score_thresh")
+"""The :class:`ModelConfig` fields a trained checkpoint can be run with other values of (no weight depends on them);
+``zoomdet detector eval --set`` takes these."""
 
 
 class PinnedScaleTransform(GeneralizedRCNNTransform):
@@ -163,6 +180,17 @@ def _anchor_generator(cfg: ModelConfig, levels: int) -> AnchorGenerator:
     return AnchorGenerator(sizes, (tuple(cfg.aspect_ratios),) * levels)
 
 
+def _rpn_test_settings(cfg: ModelConfig) -> dict:
+    """The R-CNNs' inference-time RPN keyword arguments, checked."""
+    if cfg.rpn_pre_nms_top_n < 1 or cfg.rpn_post_nms_top_n < 1:
+        raise ValueError(f"rpn_pre_nms_top_n and rpn_post_nms_top_n must be >= 1, got "
+                         f"{cfg.rpn_pre_nms_top_n} and {cfg.rpn_post_nms_top_n}")
+    if not 0.0 <= cfg.rpn_score_thresh < 1.0:
+        raise ValueError(f"rpn_score_thresh must be in [0, 1), got {cfg.rpn_score_thresh}")
+    return {"rpn_pre_nms_top_n_test": cfg.rpn_pre_nms_top_n, "rpn_post_nms_top_n_test": cfg.rpn_post_nms_top_n,
+            "rpn_score_thresh": cfg.rpn_score_thresh}
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
     """Build an untrained detector with the pinned-scale transform.
 
@@ -185,20 +213,20 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             box_roi_pool=roi_pool,
             box_head=TwoMLPHead(cfg.fpn_channels * 49, cfg.representation_size),
             box_predictor=FastRCNNPredictor(cfg.representation_size, cfg.num_classes),
-            rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=1000,
-            rpn_pre_nms_top_n_test=2000, rpn_post_nms_top_n_test=1000,
+            rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=1000, **_rpn_test_settings(cfg),
             box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.nms_thresh,
             box_detections_per_img=cfg.detections_per_img,
         )
     elif cfg.name == "fasterrcnn_mobilenet_v3_large_fpn":
         model = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=cfg.num_classes,
+                                                  **_rpn_test_settings(cfg),
                                                   box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.nms_thresh,
                                                   box_detections_per_img=cfg.detections_per_img)
     elif cfg.name == "fasterrcnn_resnet50_fpn_v2":
         # FPN from ResNet's first stage (stride 4); 5 levels with the config's
         # anchors when it gives 5 levels of one size each (e.g. 8, 16, 32, 64, 128)
         model = fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=cfg.num_classes,
-                                           trainable_backbone_layers=5,
+                                           trainable_backbone_layers=5, **_rpn_test_settings(cfg),
                                            box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.nms_thresh,
                                            box_detections_per_img=cfg.detections_per_img)
         if len(cfg.anchor_sizes) == 5 and all(len(s) == 1 for s in cfg.anchor_sizes):

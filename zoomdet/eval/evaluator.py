@@ -29,7 +29,7 @@ import os
 import platform
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -132,11 +132,12 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
     ids = ds.subset(cfg.images, cfg.seed)
     save_config(cfg, out / "config.yaml")
 
-    # what every run shares (config but the budget list, images, detector, R-net): a change restarts everything;
-    # each run (policy x budget) then resumes on its own, so adding a policy or a budget reruns only the new runs
+    # what every run shares (config but the budget list, images, detector weights and settings as built, R-net):
+    # a change restarts everything; each run (policy x budget) then resumes on its own, so adding a policy or a
+    # budget reruns only the new runs
     shared = {k: v for k, v in to_dict(cfg).items() if k != "budgets"}
     signature = hashlib.sha256(json.dumps(
-        [shared, str(Path(data).resolve()), ids, detector.checkpoint_id,
+        [shared, str(Path(data).resolve()), ids, detector.checkpoint_id, _settings(detector),
          file_digest(cfg.policies.rnet) if cfg.policies.rnet and Path(cfg.policies.rnet).is_file() else None],
         sort_keys=True, default=str).encode()).hexdigest()[:16]
     partial_path = out / "partial.json"
@@ -192,6 +193,14 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
     write_atomic(out / "report.md", report_markdown(report))
     plot_pareto(report, out / "pareto.png")
     return report
+
+
+def _settings(detector) -> Optional[dict]:
+    """The detector's model config as built (defaults added since its checkpoint was written included) and its
+    proposal rule: what, beside the weights, decides its outputs."""
+    config = getattr(detector, "config", None)
+    return {"model": asdict(config) if is_dataclass(config) else None,
+            "proposals": [getattr(detector, "proposal_density", None), getattr(detector, "proposal_min", None)]}
 
 
 def _report(cfg, data, ds, ids, keys, state, detector) -> dict:
