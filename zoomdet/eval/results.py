@@ -135,7 +135,8 @@ def rows_from_report(report: dict, dataset: str, seed: int = 0, command: Optiona
 
 def detector_scale_rows(det_eval: dict, dataset: str, command: str, date: str) -> list[dict]:
     """Rows ``detector@<scale>`` from a ``zoomdet detector eval --out`` document: the detector on the whole image
-    at each scale, its pixels (scale²) and AP relative to scale 1.0, time relative to scale 1.0's s/image."""
+    at each scale, its pixels (scale²) and AP relative to scale 1.0, time relative to scale 1.0's and
+    in seconds per image."""
     scales = det_eval["scales"]
     full = scales.get("1.0")
     if full is None:
@@ -144,7 +145,8 @@ def detector_scale_rows(det_eval: dict, dataset: str, command: str, date: str) -
              "ap": m["ap"], "ap50": m["ap50"], "ap_small": m["ap_small"], "ap_medium": m["ap_medium"],
              "ap_large": m["ap_large"], "pixels_ratio": float(s) ** 2,
              "rel_ap": m["ap"] / full["ap"] if full["ap"] else None, "rel_pixels": float(s) ** 2,
-             "rel_time": m["seconds_per_image"] / full["seconds_per_image"], "command": command, "date": date}
+             "rel_time": m["seconds_per_image"] / full["seconds_per_image"], "time_per_image_s": m["seconds_per_image"],
+             "command": command, "date": date}
             for s, m in scales.items()]
 
 
