@@ -54,14 +54,11 @@ def main(argv=None) -> int:
     det_json = out / "detector_eval.json"
     argv = ["detector", "eval", "--checkpoint", args.checkpoint, "--data", args.data, "--scales", *map(str, scales),
             "--images", str(args.images), "--out", str(det_json)] + [a for s in args.settings for a in ("--set", s)]
-    if det_json.is_file():
-        old = json.loads(det_json.read_text())
-        if (sorted(map(float, old["scales"]), reverse=True) != scales or old.get("argv") != argv):
-            det_json.unlink()  # other scales, images or settings: run again
-    if not det_json.is_file():
+    det_eval = json.loads(det_json.read_text()) if det_json.is_file() else {}
+    if det_eval.get("argv") != argv:  # none yet, or other scales, images or settings: run again
         run_zoomdet(argv)
-        det_json.write_text(json.dumps({**json.loads(det_json.read_text()), "argv": argv}, indent=2))
-    det_eval = json.loads(det_json.read_text())
+        det_eval = {**json.loads(det_json.read_text()), "argv": argv}
+        det_json.write_text(json.dumps(det_eval, indent=2))
     rows = detector_scale_rows(det_eval, args.dataset, command_line(), _dt.date.today().isoformat())
     for r in rows:
         r["settings"] = det_eval.get("settings", {})

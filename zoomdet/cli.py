@@ -284,21 +284,21 @@ def _cmd_detector(args) -> int:
         return 0
     import yaml
 
+    from zoomdet.config import ConfigError, apply_overrides
     from zoomdet.data.coco import CocoDataset
     from zoomdet.detector.detector import Detector, default_checkpoint
     from zoomdet.detector.train import evaluate_scales
 
     settings = {}
-    for item in args.settings:
-        key, sep, text = item.partition("=")
+    for item in args.settings:  # parsed as every other --set is; only flat numeric fields make sense here
         try:
-            value = yaml.safe_load(text) if sep else None
-        except yaml.YAMLError:
+            (key, value), = apply_overrides({}, [item]).items()
+        except (ConfigError, yaml.YAMLError):
             value = None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             print(f"zoomdet detector eval: --set {item!r}: give FIELD=NUMBER, e.g. rpn_pre_nms_top_n=2000", file=sys.stderr)
             return 2
-        settings[key.strip()] = value
+        settings[key] = value
     try:
         det = Detector.from_checkpoint(args.checkpoint or default_checkpoint(), device=args.device, settings=settings)
     except ValueError as e:
