@@ -79,9 +79,11 @@ class AgentPolicy:
         info = load_run_info(path)
         algo = info["algo"]
         cfg = ZoomEnvConfig(**info["env_config"])
-        if detector_id and info.get("detector_checkpoint_id") not in (None, detector_id):
-            raise ValueError(f"agent {path} was trained on a cache of detector {info['detector_checkpoint_id']}, "
-                             f"not {detector_id}")
+        trained_on = info.get("detector_id")  # agents from before detector ids recorded the weights' digest only
+        if detector_id and trained_on != detector_id:
+            raise ValueError(f"agent {path} was trained on a cache of detector "
+                             f"{trained_on or info.get('detector_checkpoint_id')}, not {detector_id} (other weights or "
+                             f"model settings); train it on a cache of this detector")
         model = algorithm_class(algo).load(str(path), device="cpu")
         run = path.parent.name if path.parent.name != "checkpoints" else path.parent.parent.name
         return cls(model, algo, cfg, gain_model_for(cfg, detector_id), name or f"{algo}:{run}/{path.stem}")

@@ -156,7 +156,7 @@ def train_agent(args: TrainArgs) -> Path:
                          policy_kwargs=policy_kwargs, device="cpu", **hp)
 
     info = {"algo": args.algo, "env_id": args.env, "env_config": asdict(ZoomEnvConfig(**env_kwargs)),
-            "cache": str(Path(args.cache).resolve()), "detector_checkpoint_id": base_env.cache.checkpoint_id,
+            "cache": str(Path(args.cache).resolve()), "detector_id": base_env.cache.detector_id,
             "n_timesteps": n_timesteps}
     info["env_config"]["grid"] = list(info["env_config"]["grid"])
     (run / RUN_FILE).write_text(json.dumps(info, indent=1))

@@ -123,7 +123,7 @@ def _in_process_worker(conn, threads: int, policy: str, budget: float, data: byt
     torch.set_num_threads(threads)
     cfg = load_config(EvalConfig, str(REPO / "configs/eval/synth.yaml"))
     det = Detector.from_checkpoint(default_checkpoint())
-    engine, pol = ZoomEngine(det, cfg.zoom), make_policy(policy, cfg.policies, cfg.zoom, det.checkpoint_id)
+    engine, pol = ZoomEngine(det, cfg.zoom), make_policy(policy, cfg.policies, cfg.zoom, det.detector_id)
     engine.run(decode_image(data, 40_000_000), pol, max_pixels_ratio=budget)  # warm-up
     conn.send("ready")
     while conn.recv():

@@ -158,12 +158,12 @@ class ZoomEnvConfig:
         return cls(**{**current, **options})
 
 
-def gain_model_for(cfg: ZoomEnvConfig, detector_checkpoint_id: Optional[str] = None):
+def gain_model_for(cfg: ZoomEnvConfig, detector_id: Optional[str] = None):
     """The state builder of a config (:class:`~zoomdet.rnet.model.RNetGain` or ``EntropyGain``); ``None`` for the oracle."""
     from zoomdet.rnet.model import EntropyGain, RNetGain
 
     if cfg.state == "rnet":
-        return RNetGain.from_checkpoint(cfg.rnet, expect_detector=detector_checkpoint_id)
+        return RNetGain.from_checkpoint(cfg.rnet, expect_detector=detector_id)
     if cfg.state == "entropy":
         return EntropyGain()
     return None
@@ -307,7 +307,7 @@ class ZoomEnv(gym.Env):
         if not self.records:
             raise ValueError(f"rollout cache {self.cache.root} holds no images")
         self.zoom = self.cache.zoom
-        self.gain_model = gain_model_for(config, self.cache.checkpoint_id)
+        self.gain_model = gain_model_for(config, self.cache.detector_id)
         self._images: dict[int, _Image] = {}
         self.num_candidates = self.records[0].num_candidates
         rows, cols = config.grid

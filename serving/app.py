@@ -222,7 +222,7 @@ class RemoteDetector:
     """The engine's detector interface over the ``DetectorServer`` deployment: crops here, forward there.
 
     Attributes mirror :class:`~zoomdet.detector.Detector` (``batch_size``,
-    ``checkpoint_id``, ``categories``) so :class:`ZoomEngine` cannot tell the difference.
+    ``checkpoint_id``, ``detector_id``, ``categories``) so :class:`ZoomEngine` cannot tell the difference.
 
     With ``max_call_pixels``, the crops go in consecutive calls of at most that many input pixels
     each (one crop per call when a crop alone is larger), cut just before each call: a request with
@@ -230,9 +230,10 @@ class RemoteDetector:
     and crops of other requests get in between its calls.
     """
 
-    def __init__(self, handle, batch_size: int, checkpoint_id: str, categories: dict[int, str],
+    def __init__(self, handle, batch_size: int, checkpoint_id: str, detector_id: str, categories: dict[int, str],
                  max_call_pixels: Optional[int] = None) -> None:
-        self.handle, self.batch_size, self.checkpoint_id, self.categories = handle, batch_size, checkpoint_id, categories
+        self.handle, self.batch_size, self.categories = handle, batch_size, categories
+        self.checkpoint_id, self.detector_id = checkpoint_id, detector_id
         self.max_call_pixels = max_call_pixels
 
     def call_groups(self, windows) -> list[list[int]]:
@@ -273,8 +274,8 @@ def load_detector(cfg: DetectorConfig):
 
 
 def detector_info(detector) -> dict:
-    """What the ingress needs to know of the detector: checkpoint id, categories, batch size."""
-    return {"checkpoint_id": detector.checkpoint_id, "categories": detector.categories,
+    """What the ingress needs to know of the detector: checkpoint and detector ids, categories, batch size."""
+    return {"checkpoint_id": detector.checkpoint_id, "detector_id": detector.detector_id, "categories": detector.categories,
             "batch_size": detector.batch_size}
 
 
@@ -460,7 +461,7 @@ class ZoomDetIngress:
         zoom.max_pass_pixels = cfg.max_pass_pixels
         if cfg.rnet:
             pcfg.rnet = cfg.rnet
-        did = info["checkpoint_id"]
+        did = info["detector_id"]  # R-nets and agents are checked against it
         names = ["fine", "coarse", "sahi", "random", "greedy-entropy"] + (["greedy"] if pcfg.rnet else [])
         policies = {n: make_policy(n, pcfg, zoom, did) for n in names}
         if cfg.agent:
@@ -468,9 +469,9 @@ class ZoomDetIngress:
         default = cfg.default_policy or ("agent" if cfg.agent else "greedy" if pcfg.rnet else "fine")
         if default not in policies:
             raise ValueError(f"default_policy {default!r} is not loaded (have {sorted(policies)})")
-        detector = local or RemoteDetector(self.detector_handle, info["batch_size"], did, info["categories"],
+        detector = local or RemoteDetector(self.detector_handle, info["batch_size"], info["checkpoint_id"], did, info["categories"],
                                            cfg.max_pass_pixels)
-        self.ids = {"detector": did,
+        self.ids = {"detector": info["checkpoint_id"],
                     "rnet": file_digest(pcfg.rnet) if pcfg.rnet and Path(pcfg.rnet).is_file() else None,
                     "agent": file_digest(cfg.agent) if cfg.agent and Path(cfg.agent).is_file() else None}
         self.categories, self.policies, self.default_policy = info["categories"], policies, default

@@ -26,7 +26,7 @@ class StubDetector:
         self.boxes, self.labels, self.min_px, self.batch_size = boxes.float(), labels.long(), min_px, batch_size
         self.categories = {1: "a", 2: "b"}
         self.device = torch.device("cpu")
-        self.checkpoint_id = "stub"
+        self.checkpoint_id = self.detector_id = "stub"
         self.calls: list[list[Window]] = []
 
     def detect(self, image: torch.Tensor, windows, features: bool = True):
@@ -78,7 +78,7 @@ def synth_small(tmp_path_factory) -> Path:
     return generate_dataset(SynthConfig(images=4, width=320, height=240, seed=3), out, progress=False)
 
 
-def write_fake_cache(root, records, checkpoint_id="fake", zoom=None):
+def write_fake_cache(root, records, detector_id="fake", zoom=None):
     """Write ``records`` (CacheRecord) as a one-shard rollout cache built for ``zoom`` (default ZoomConfig())."""
     import json
 
@@ -90,7 +90,7 @@ def write_fake_cache(root, records, checkpoint_id="fake", zoom=None):
     root.mkdir(parents=True, exist_ok=True)
     torch.save([r.to_payload() for r in records], root / "shard_00000.pt")
     (root / "manifest.json").write_text(json.dumps({
-        "version": CACHE_VERSION, "checkpoint_id": checkpoint_id, "checkpoint": "x", "zoom_digest": zoom_digest(zoom),
+        "version": CACHE_VERSION, "detector_id": detector_id, "checkpoint_id": "x", "checkpoint": "x", "zoom_digest": zoom_digest(zoom),
         "zoom": to_dict(zoom), "data": "x", "data_digest": "x",
         "image_ids": [r.image_id for r in records], "shards": [[r.image_id for r in records]]}))
     return root

@@ -1,5 +1,7 @@
 """ZoomDet-v0 on hand-built caches: checkers, reward, termination, masking, and the Q-net agent."""
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -227,6 +229,13 @@ def test_maskable_ppo_trains_and_runs_live_through_the_engine(toy_cache, tmp_pat
     # the cache was built by detector "fake": a policy for another detector is refused
     with pytest.raises(ValueError, match="trained on a cache of detector fake"):
         make_policy(str(model_path), detector_id="stub")
+    assert AgentPolicy.from_path(model_path, detector_id="fake").name.startswith("ppo_mask:")
+    # an agent from before detector ids (the weights' digest only) is refused by every live detector
+    info = json.loads((run / "zoomdet.json").read_text())
+    info["detector_checkpoint_id"] = info.pop("detector_id")
+    (run / "zoomdet.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="train it on a cache of this detector"):
+        AgentPolicy.from_path(model_path, detector_id="fake")
     policy = AgentPolicy.from_path(model_path)
     boxes = torch.tensor([[40.0, 40, 48, 48], [200, 150, 260, 200]])
     engine = ZoomEngine(StubDetector(boxes, torch.tensor([1, 1]), min_px=6), ZOOM)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.conftest import StubDetector, write_fake_cache
+from zoomdet.detector.detector import Detector
 from zoomdet.rnet.cache import CacheMismatch, CacheRecord, RolloutCache, build_cache, cached_windows
 from zoomdet.rnet.model import EntropyGain, RNetConfig, RNetGain, coarse_gain_targets, window_predicted_gains, window_true_gains
 from zoomdet.rnet.policies import GreedyPolicy
@@ -76,8 +77,15 @@ def test_rnet_learns_gains_from_features_on_a_toy_cache(tmp_path):
     pred = r.predict(records[0].coarse)
     target = coarse_gain_targets(records[0])
     assert torch.corrcoef(torch.stack([pred, target]))[0, 1] > 0.9
+    assert r.detector_id == "fake"  # the cache's detector id
     with pytest.raises(ValueError, match="trained on features of detector"):
         RNetGain.from_checkpoint(tmp_path / "r.pt", expect_detector="another")
+    # an R-net from before detector ids (the weights' digest only) is refused by every live detector
+    old = torch.load(tmp_path / "r.pt", weights_only=True)
+    old["detector_checkpoint_id"] = old.pop("detector_id")
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="train an R-net from a cache of this detector"):
+        RNetGain.from_checkpoint(tmp_path / "old.pt", expect_detector="fake")
 
 
 class FixedGain:
@@ -125,10 +133,17 @@ def test_serial_build_resumes_refuses_mismatch_and_loads(tmp_path, synth_small, 
         RolloutCache(out)
     build_cache(str(synth_small), out, str(tiny_checkpoint), small_zoom(), shard_size=2, workers=0, progress=False)
     assert (out / "shard_00000.pt").stat().st_mtime_ns == first  # not rebuilt
-    again = RolloutCache(out, expect_checkpoint_id=c.checkpoint_id, expect_zoom=small_zoom()).records()
+    det = Detector.from_checkpoint(tiny_checkpoint)
+    assert c.detector_id == det.detector_id and c.detector_id.startswith(det.checkpoint_id + "-")
+    again = RolloutCache(out, expect_detector_id=det.detector_id, expect_zoom=small_zoom()).records()
     assert torch.allclose(again[3].coarse.boxes, recs[3].coarse.boxes)
     with pytest.raises(CacheMismatch, match="built with detector"):
-        RolloutCache(out, expect_checkpoint_id="0123456789ab")
+        RolloutCache(out, expect_detector_id="0123456789ab-00000000")
+    # the same weights with other test-time settings are another detector: the cache says so
+    other = Detector.from_checkpoint(tiny_checkpoint, settings={"rpn_post_nms_top_n": 7})
+    assert other.checkpoint_id == det.checkpoint_id and other.detector_id != det.detector_id
+    with pytest.raises(CacheMismatch, match="other weights or model settings"):
+        RolloutCache(out, expect_detector_id=other.detector_id)
     with pytest.raises(CacheMismatch, match="another zoom config"):
         RolloutCache(out, expect_zoom=ZoomConfig(coarse_scale=0.25))
     with pytest.raises(CacheMismatch, match="another detector, zoom config"):

@@ -94,7 +94,7 @@ def in_process(policy_name: str, image: torch.Tensor, max_pixels_ratio: float):
 
     cfg = load_config(EvalConfig, "configs/eval/synth.yaml")
     det = Detector.from_checkpoint(default_checkpoint())
-    pol = make_policy(policy_name, cfg.policies, cfg.zoom, det.checkpoint_id)
+    pol = make_policy(policy_name, cfg.policies, cfg.zoom, det.detector_id)
     return ZoomEngine(det, cfg.zoom).run(image, pol, max_pixels_ratio=max_pixels_ratio)
 
 
@@ -271,11 +271,11 @@ def test_remote_detector_sends_crops_in_calls_of_bounded_pixels():
     from zoomdet.serving.app import RemoteDetector
     from zoomdet.types import Window
 
-    r = RemoteDetector(None, 4, "x", {}, max_call_pixels=100 * 100)
+    r = RemoteDetector(None, 4, "x", "x-0", {}, max_call_pixels=100 * 100)
     wins = [Window(0, 0, 60, 60), Window(0, 0, 60, 60), Window(0, 0, 200, 200), Window(0, 0, 50, 50),
             Window(0, 0, 50, 50), Window(0, 0, 50, 50), Window(0, 0, 50, 50)]
     assert r.call_groups(wins) == [[0, 1], [2], [3, 4, 5, 6]]  # a crop over the cap goes alone
-    assert RemoteDetector(None, 4, "x", {}).call_groups(wins) == [list(range(7))]
+    assert RemoteDetector(None, 4, "x", "x-0", {}).call_groups(wins) == [list(range(7))]
     assert r.call_groups([]) == []
 
 

@@ -345,7 +345,7 @@ def _cmd_cache(args) -> int:
                         shard_size=args.shard_size, workers=args.workers, ray_address=args.ray_address,
                         device=cfg.device, batch_size=cfg.batch_size, progress=not args.no_progress, seed=cfg.seed,
                         image_root=cfg.image_root, fine=args.fine)
-    print(f"cache {args.out}: {len(cache)} images, detector {cache.checkpoint_id}")
+    print(f"cache {args.out}: {len(cache)} images, detector {cache.detector_id}")
     return 0
 
 

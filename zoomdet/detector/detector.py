@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 import os
 from dataclasses import asdict, replace
@@ -28,7 +29,7 @@ from torchvision.ops import boxes as box_ops
 from zoomdet.detector.models import INFERENCE_FIELDS, ModelConfig, build_model
 from zoomdet.types import Detections, Window
 
-__all__ = ["Detector", "postprocess_with_index", "batch_plan", "size_batches", "crop_window", "save_checkpoint", "load_checkpoint", "default_checkpoint"]
+__all__ = ["Detector", "detector_id", "postprocess_with_index", "batch_plan", "size_batches", "crop_window", "save_checkpoint", "load_checkpoint", "default_checkpoint"]
 
 
 def as_float_image(t: Tensor) -> Tensor:
@@ -117,7 +118,8 @@ class Detector:
             ``i + 1``; names alongside.
         device: torch device for the forward passes.
         batch_size: crops per forward pass (crops of equal size are batched).
-        checkpoint_id: short hash of the weights, reported by the service.
+        checkpoint_id: short hash of the weights, reported by the service. :attr:`detector_id` adds the
+            model settings to it.
         proposal_density: R-CNN models only: RPN proposals kept per megapixel of model input,
             ``n = clamp(ceil(density * h * w / 1e6), proposal_min, the model's own post-NMS top-n)``
             (pre-NMS top-n per level: ``2 n``). The box head's cost is proportional to ``n``, so with a
@@ -145,6 +147,13 @@ class Detector:
             raise ValueError(f"proposal_min must be >= 1, got {proposal_min}")
         self.proposal_min = int(proposal_min)
         self._index_to_category = torch.tensor([0] + list(self.categories.keys()), dtype=torch.int64)
+
+    @property
+    def detector_id(self) -> str:
+        """What decides this detector's outputs, as one id: :func:`detector_id` of its weights and its model
+        config as built. Rollout caches, R-nets and agents record it and are refused by a detector whose id
+        differs (other weights, or the same weights with other test-time settings such as the RPN's counts)."""
+        return detector_id(self.checkpoint_id, self.config)
 
     @property
     def feature_dim(self) -> Optional[int]:
@@ -242,6 +251,16 @@ class Detector:
         model, cfg, cats, _ = load_checkpoint(path, settings)
         return cls(model, cfg, cats, device=device, batch_size=batch_size, checkpoint_id=file_digest(path),
                    proposal_density=proposal_density, proposal_min=proposal_min)
+
+
+def detector_id(checkpoint_id: str, config: ModelConfig) -> str:
+    """``"<checkpoint_id>-<settings>"``: the weights' digest and an 8-hex digest of every field of the model
+    config as built (the checkpoint's fields, defaults added since it was written, ``--set`` overrides).
+
+    The per-call proposal rule (``proposal_density``) is not in it: it is a latency setting an evaluation or
+    the service picks at run time, recorded in reports beside the id."""
+    settings = json.dumps(asdict(config), sort_keys=True, default=str)
+    return f"{checkpoint_id}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
 
 
 def file_digest(path: str | os.PathLike) -> str:

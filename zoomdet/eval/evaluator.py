@@ -29,7 +29,7 @@ import os
 import platform
 import re
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -123,7 +123,7 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
     engine = ZoomEngine(detector, cfg.zoom)
     policies, sources = {}, {}
     for name in dict.fromkeys(policy_names):
-        pol = make_policy(name, cfg.policies, cfg.zoom, detector.checkpoint_id)
+        pol = make_policy(name, cfg.policies, cfg.zoom, detector.detector_id)
         if pol.name in policies:  # two agents from run folders of the same name would share one row
             raise ValueError(f"two policies are both named {pol.name!r} ({name} and an earlier --policy); agents are "
                              "named after their run folder: copy or rename one of the folders")
@@ -132,12 +132,13 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
     ids = ds.subset(cfg.images, cfg.seed)
     save_config(cfg, out / "config.yaml")
 
-    # what every run shares (config but the budget list, images, detector weights and settings as built, R-net):
+    # what every run shares (config but the budget list, images, detector id = weights and settings as built,
+    # its proposal rule, R-net):
     # a change restarts everything; each run (policy x budget) then resumes on its own, so adding a policy or a
     # budget reruns only the new runs
     shared = {k: v for k, v in to_dict(cfg).items() if k != "budgets"}
     signature = hashlib.sha256(json.dumps(
-        [shared, str(Path(data).resolve()), ids, detector.checkpoint_id, _settings(detector),
+        [shared, str(Path(data).resolve()), ids, detector.detector_id, _proposal_rule(detector),
          file_digest(cfg.policies.rnet) if cfg.policies.rnet and Path(cfg.policies.rnet).is_file() else None],
         sort_keys=True, default=str).encode()).hexdigest()[:16]
     partial_path = out / "partial.json"
@@ -195,12 +196,9 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
     return report
 
 
-def _settings(detector) -> Optional[dict]:
-    """The detector's model config as built (defaults added since its checkpoint was written included) and its
-    proposal rule: what, beside the weights, decides its outputs."""
-    config = getattr(detector, "config", None)
-    return {"model": asdict(config) if is_dataclass(config) else None,
-            "proposals": [getattr(detector, "proposal_density", None), getattr(detector, "proposal_min", None)]}
+def _proposal_rule(detector) -> list:
+    """The detector's per-call proposal rule: what, beside its :attr:`detector_id`, decides its outputs."""
+    return [getattr(detector, "proposal_density", None), getattr(detector, "proposal_min", None)]
 
 
 def _report(cfg, data, ds, ids, keys, state, detector) -> dict:

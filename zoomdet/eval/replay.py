@@ -35,7 +35,7 @@ def replay(cfg: EvalConfig, data: str, policy_name: str, out: str | Path, *, lam
     detector = Detector.from_checkpoint(cfg.checkpoint or str(default_checkpoint()), device=cfg.device,
                                         batch_size=cfg.batch_size)
     engine = ZoomEngine(detector, cfg.zoom)
-    policy = make_policy(policy_name, cfg.policies, cfg.zoom, detector.checkpoint_id)
+    policy = make_policy(policy_name, cfg.policies, cfg.zoom, detector.detector_id)
     if lam is None and hasattr(policy, "config"):
         lam = policy.config.lam
     budget = cfg.zoom.max_pixels_ratio if max_pixels_ratio is None else float(max_pixels_ratio)

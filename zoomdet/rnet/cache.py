@@ -59,7 +59,8 @@ __all__ = ["CacheMismatch", "CacheRecord", "RolloutCache", "build_cache", "zoom_
 
 FINE_MODES = ("exact", "composed")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""2: the manifest records ``detector_id`` (weights and model settings), not the weights' digest alone."""
 
 
 class CacheMismatch(ValueError):
@@ -275,7 +276,7 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     from tqdm import tqdm
 
     from zoomdet.data.coco import CocoDataset
-    from zoomdet.detector.detector import file_digest
+    from zoomdet.detector.detector import Detector, file_digest
 
     _check_fine(fine)  # before any Ray worker starts
     root = Path(out)
@@ -285,7 +286,8 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     image_root = str(ds.image_root.resolve())
     shards = [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)]
     manifest = {
-        "version": CACHE_VERSION, "checkpoint_id": file_digest(checkpoint), "checkpoint": str(checkpoint),
+        "version": CACHE_VERSION, "detector_id": Detector.from_checkpoint(checkpoint).detector_id,
+        "checkpoint_id": file_digest(checkpoint), "checkpoint": str(checkpoint),
         "zoom_digest": zoom_digest(zoom), "zoom": to_dict(zoom), "data": str(Path(data).resolve()),
         "data_digest": file_digest(data),
         "image_ids": ids, "shards": shards, "fine": fine, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -294,7 +296,7 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     if mpath.is_file():
         old = json.loads(mpath.read_text())
         old.setdefault("fine", "exact")  # caches from before the composed mode
-        same = all(old.get(k) == manifest[k] for k in ("version", "checkpoint_id", "zoom_digest", "data_digest", "shards", "fine"))
+        same = all(old.get(k) == manifest[k] for k in ("version", "detector_id", "zoom_digest", "data_digest", "shards", "fine"))
         if not same:
             raise CacheMismatch(f"{root} holds a cache built from another detector, zoom config, dataset, image "
                                 f"selection or --fine mode; use a new --out folder or delete {root}")
@@ -342,11 +344,12 @@ class RolloutCache:
 
     Args:
         root: cache folder.
-        expect_checkpoint_id: refuse unless built with this detector checkpoint digest.
+        expect_detector_id: refuse unless built by the detector of this
+            :attr:`~zoomdet.detector.Detector.detector_id` (weights and model settings).
         expect_zoom: refuse unless built with an equivalent zoom config.
     """
 
-    def __init__(self, root: str | os.PathLike, expect_checkpoint_id: Optional[str] = None,
+    def __init__(self, root: str | os.PathLike, expect_detector_id: Optional[str] = None,
                  expect_zoom: Optional[ZoomConfig] = None) -> None:
         self.root = Path(root)
         mpath = self.root / "manifest.json"
@@ -355,9 +358,10 @@ class RolloutCache:
         self.manifest = json.loads(mpath.read_text())
         if self.manifest.get("version") != CACHE_VERSION:
             raise CacheMismatch(f"{self.root}: cache version {self.manifest.get('version')}, this ZoomDet reads {CACHE_VERSION}; rebuild it")
-        if expect_checkpoint_id and self.manifest["checkpoint_id"] != expect_checkpoint_id:
-            raise CacheMismatch(f"{self.root} was built with detector {self.manifest['checkpoint_id']} "
-                                f"({self.manifest['checkpoint']}), not {expect_checkpoint_id}; rebuild the cache for this detector")
+        if expect_detector_id and self.manifest["detector_id"] != expect_detector_id:
+            raise CacheMismatch(f"{self.root} was built with detector {self.manifest['detector_id']} "
+                                f"({self.manifest['checkpoint']}), not {expect_detector_id} (other weights or model "
+                                f"settings); rebuild the cache for this detector")
         if expect_zoom is not None and self.manifest["zoom_digest"] != zoom_digest(expect_zoom):
             raise CacheMismatch(f"{self.root} was built with another zoom config (scales or windows differ: "
                                 f"{self.manifest['zoom']}); rebuild the cache for this config")
@@ -369,8 +373,9 @@ class RolloutCache:
         self.zoom = from_dict(ZoomConfig, self.manifest["zoom"])
 
     @property
-    def checkpoint_id(self) -> str:
-        return self.manifest["checkpoint_id"]
+    def detector_id(self) -> str:
+        """The :attr:`~zoomdet.detector.Detector.detector_id` of the detector that built the cache."""
+        return self.manifest["detector_id"]
 
     @property
     def image_ids(self) -> list[int]:

@@ -145,10 +145,10 @@ class RNetGain:
 
     name = "rnet"
 
-    def __init__(self, model: RNet, cfg: RNetConfig, detector_checkpoint_id: str) -> None:
+    def __init__(self, model: RNet, cfg: RNetConfig, detector_id: str) -> None:
         self.model = model.eval()
         self.cfg = cfg
-        self.detector_checkpoint_id = detector_checkpoint_id
+        self.detector_id = detector_id
 
     @torch.inference_mode()
     def predict(self, coarse: Detections) -> Tensor:
@@ -164,23 +164,25 @@ class RNetGain:
         p = torch.load(path, map_location="cpu", weights_only=True)
         if "rnet_config" not in p:
             raise ValueError(f"{path} is not a ZoomDet R-net checkpoint")
-        if expect_detector and p["detector_checkpoint_id"] != expect_detector:
-            raise ValueError(f"R-net {path} was trained on features of detector {p['detector_checkpoint_id']}, "
-                             f"not {expect_detector}; train an R-net from a cache of this detector")
+        trained_on = p.get("detector_id")  # R-nets from before detector ids recorded the weights' digest only
+        if expect_detector and trained_on != expect_detector:
+            raise ValueError(f"R-net {path} was trained on features of detector {trained_on or p.get('detector_checkpoint_id')}"
+                             f", not {expect_detector} (other weights or model settings); train an R-net from a cache "
+                             f"of this detector")
         cfg = RNetConfig(**p["rnet_config"])
         model = RNet(int(p["in_dim"]), cfg.hidden)
         model.load_state_dict(p["state_dict"])
-        return cls(model, cfg, p["detector_checkpoint_id"])
+        return cls(model, cfg, trained_on or p.get("detector_checkpoint_id", "unknown"))
 
 
-def save_rnet(path: str | Path, model: RNet, cfg: RNetConfig, in_dim: int, detector_checkpoint_id: str, metrics: dict) -> None:
+def save_rnet(path: str | Path, model: RNet, cfg: RNetConfig, in_dim: int, detector_id: str, metrics: dict) -> None:
     import os
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"state_dict": model.state_dict(), "rnet_config": asdict(cfg), "in_dim": in_dim,
-                "detector_checkpoint_id": detector_checkpoint_id,
+                "detector_id": detector_id,
                 "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not math.isnan(v)}}, tmp)
     os.replace(tmp, path)
 

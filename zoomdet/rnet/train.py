@@ -51,7 +51,7 @@ def train_rnet(cache_dir: str, out: str, cfg: Optional[RNetConfig] = None, val_c
         cfg.coarse_min_px = cache.manifest.get("zoom", {}).get("merge", {}).get("coarse_min_px")
     records = cache.records()
     if val_cache:
-        val = RolloutCache(val_cache, expect_checkpoint_id=cache.checkpoint_id).records()
+        val = RolloutCache(val_cache, expect_detector_id=cache.detector_id).records()
         train = records
     else:
         order = list(range(len(records)))
@@ -84,7 +84,7 @@ def train_rnet(cache_dir: str, out: str, cfg: Optional[RNetConfig] = None, val_c
         lin = model.net[0]
         lin.weight.div_(std[None, :])
         lin.bias.sub_((lin.weight * mean[None, :]).sum(1))
-    rnet = RNetGain(model, cfg, cache.checkpoint_id)
+    rnet = RNetGain(model, cfg, cache.detector_id)
     metrics = {"train_images": len(train), "val_images": len(val), "train_detections": int(len(y)),
                "train_l2": float(torch.mean((model(x).detach() - y) ** 2)),
                "label_mean": float(y.mean()), "label_std": float(y.std())}
@@ -92,8 +92,8 @@ def train_rnet(cache_dir: str, out: str, cfg: Optional[RNetConfig] = None, val_c
     en = window_correlations(val, EntropyGain(), cfg.drop_ios, cfg.coarse_min_px)
     metrics.update({"val_pearson": rn["pearson"], "val_spearman": rn["spearman"], "val_windows": rn["windows"],
                     "entropy_val_pearson": en["pearson"], "entropy_val_spearman": en["spearman"]})
-    save_rnet(out, model, cfg, x.shape[1], cache.checkpoint_id, metrics)
-    report = {"cache": str(cache_dir), "val_cache": val_cache, "detector_checkpoint_id": cache.checkpoint_id,
+    save_rnet(out, model, cfg, x.shape[1], cache.detector_id, metrics)
+    report = {"cache": str(cache_dir), "val_cache": val_cache, "detector_id": cache.detector_id,
               "config": cfg.__dict__, "metrics": metrics}
     Path(str(out) + ".json").write_text(json.dumps(report, indent=2))
     return metrics
