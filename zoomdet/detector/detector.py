@@ -44,7 +44,9 @@ def crop_window(image: Tensor, window: Window) -> Tensor:
     ``image`` is float32 in [0, 1], or uint8 in [0, 255]. A uint8 crop is resized in uint8 (torch's
     vectorised fixed-point antialiased path, the one torchvision's ``Resize`` takes; each output pixel
     within one 8-bit level of the float result) and then converted as :func:`~zoomdet.data.coco.image_to_tensor` would: three times faster than
-    converting first, on a 2048x1536 image shrunk to half, and what every inference path feeds the model.
+    converting first, on a 2048x1536 image shrunk to half, and what every inference path feeds the model. On a
+    GPU (``image`` already there, as :meth:`Detector.detect` puts it) the crop is converted first and resized
+    in float, the reference result: the antialiased GPU kernels take no ``uint8``.
 
     Returns:
         ``Tensor[3, h, w]`` float32 with ``(h, w) == window.input_size``;
@@ -56,6 +58,8 @@ def crop_window(image: Tensor, window: Window) -> Tensor:
     crop = image[:, window.y0:window.y1, window.x0:window.x1]
     size = window.input_size
     if size != (window.height, window.width):
+        if crop.device.type != "cpu":  # the antialiased kernels on GPUs take float only: the float reference result
+            crop = as_float_image(crop)
         crop = F.interpolate(crop[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
     return as_float_image(crop)
 
@@ -181,6 +185,8 @@ class Detector:
         """
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image must be Tensor[3, H, W], got {tuple(image.shape)}")
+        if self.device.type != "cpu":  # one upload per pass; the crops are cut and resized on the device
+            image = image.to(self.device)
         dets = self.detect_crops([crop_window(image, w) for w in windows], features)  # batched as batch_plan(windows) says
         return [d.with_boxes(w.to_image(d.boxes)) for d, w in zip(dets, windows)]
 
