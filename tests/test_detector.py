@@ -118,6 +118,24 @@ def test_training_checkpoints_and_resumes(tmp_path, synth_small, capsys):
     assert set(report["scales"]) == {"1.0", "0.5"} and "ap50_small" in report["scales"]["1.0"]
 
 
+def test_training_on_a_seeded_sample_of_images(tmp_path, synth_small, monkeypatch):
+    from zoomdet.data.coco import CocoDataset
+    from zoomdet.detector.train import DetectorTrainConfig, TrainConfig, train_detector
+
+    loaded = []
+    real = CocoDataset.load_image
+    monkeypatch.setattr(CocoDataset, "load_image", lambda self, iid, **kw: loaded.append(iid) or real(self, iid, **kw))
+    model = tiny_model_config(num_classes=0)
+    train = TrainConfig(data=str(synth_small), val_data=None, out=str(tmp_path / "run"), crop_size=96, batch_size=4,
+                        max_iters=6, warmup_iters=1, images=2, seed=5)
+    train_detector(DetectorTrainConfig(model, train), progress=False)
+    sample = CocoDataset(str(synth_small)).subset(2, 5)
+    assert set(loaded) == set(sample) and len(sample) == 2  # the images of the sample, and no others
+    train.images = -1
+    with pytest.raises(ValueError, match="train.images must be >= 0"):
+        train_detector(DetectorTrainConfig(model, train), resume=False, progress=False)
+
+
 def test_a_time_budget_decays_the_learning_rate_fully():
     from zoomdet.detector.train import TrainConfig, learning_rate
 

@@ -43,6 +43,8 @@ class TrainConfig:
     image_root: Optional[str] = None
     """Folder the ``file_name`` entries of ``data`` are relative to (default: ``<json dir>/images`` or the
     json's dir, whichever holds the files)."""
+    images: int = 0
+    """Train on a seeded sample of this many images of ``data`` (``CocoDataset.subset(images, seed)``; 0 = all)."""
     val_data: Optional[str] = "data/synth-val/annotations.json"
     """Validation COCO json for the final evaluation (``null`` to skip)."""
     val_image_root: Optional[str] = None
@@ -135,6 +137,9 @@ def train_detector(cfg: DetectorTrainConfig, resume: bool = True, progress: bool
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(tc.seed)
     ds = CocoDataset(tc.data, image_root=tc.image_root)
+    if tc.images < 0:
+        raise ValueError(f"train.images must be >= 0 (0 = all images of {tc.data}), got {tc.images}")
+    train_ids = ds.subset(tc.images, tc.seed)
     categories = {cid: name for cid, name in sorted(ds.categories.items())}
     if cfg.model.num_classes == 0:  # derived from the data
         cfg.model.num_classes = len(categories) + 1
@@ -189,7 +194,7 @@ def train_detector(cfg: DetectorTrainConfig, resume: bool = True, progress: bool
         rng = random.Random(tc.seed * 1_000_003 + it)  # resumable: the sample stream depends only on the iteration
         images, targets = [], []
         while len(images) < tc.batch_size:
-            iid = ds.image_ids[rng.randrange(len(ds))]
+            iid = train_ids[rng.randrange(len(train_ids))]
             image = load(iid)
             boxes, labels, crowd = ds.targets(iid)
             boxes, labels = boxes[~crowd], labels[~crowd]
