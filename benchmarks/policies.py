@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     add_policy_args(ap)
     ap.add_argument("--results", required=True, help="name of the results file, benchmarks/results/<name>.json")
     ap.add_argument("--out", help="evaluation folder (default runs/bench/<results>/eval-<dataset>)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field of --config (zoomdet evaluate --set), e.g. zoom.window_scale=1.0")
     args = ap.parse_args(argv)
     require_fine(ap, args.policy)
     if not args.results.replace("_", "").replace("-", "").isalnum():
@@ -38,7 +40,7 @@ def main(argv=None) -> int:
     from zoomdet.eval.evaluator import EvalConfig
     from zoomdet.eval.results import command_line, rows_from_report, run_zoomdet, write_results
 
-    cfg = load_config(EvalConfig, args.config)
+    cfg = load_config(EvalConfig, args.config, args.set)
     out = Path(args.out or f"runs/bench/{args.results}/eval-{args.dataset}")
     argv_eval = ["evaluate", "--config", args.config, "--data", args.data, "--out", str(out),
                  "--images", str(args.images), "--no-progress", *[x for p in args.policy for x in ("--policy", p)]]
@@ -46,6 +48,7 @@ def main(argv=None) -> int:
         argv_eval += ["--budget", *map(str, args.budget)]
     if args.rnet:
         argv_eval += ["--rnet", args.rnet]
+    argv_eval += [x for kv in args.set for x in ("--set", kv)]
     run_zoomdet(argv_eval)
     report = json.loads((out / "report.json").read_text())
     rows = rows_from_report(report, args.dataset, seed=cfg.seed, command=command_line())
