@@ -51,8 +51,7 @@ def main(argv=None) -> int:
     require_fine(ap, args.policy)
 
     from zoomdet.config import load_config
-    from zoomdet.detector.detector import Detector, default_checkpoint
-    from zoomdet.eval.evaluator import EvalConfig, evaluate
+    from zoomdet.eval.evaluator import EvalConfig, evaluate, load_detector
     from zoomdet.eval.results import rows_from_report, write_results
 
     rows = []
@@ -67,9 +66,7 @@ def main(argv=None) -> int:
         if args.device:
             over.append(f"device={args.device}")
         cfg = load_config(EvalConfig, args.config, over)
-        detector = Detector.from_checkpoint(cfg.checkpoint or default_checkpoint(), device=cfg.device,
-                                            batch_size=cfg.batch_size, proposal_density=cfg.proposal_density,
-                                            proposal_min=cfg.proposal_min)
+        detector = load_detector(cfg)
         if detector.device.type != "cpu":
             warm_up(detector, cfg, args.data)
         tag = "" if detector.device.type == "cpu" else f"-{detector.device.type}"

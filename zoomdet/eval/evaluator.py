@@ -104,6 +104,14 @@ def _run_keys(policies: dict, budgets: Sequence[float], cfg: EvalConfig) -> list
     return keys
 
 
+def load_detector(cfg: EvalConfig) -> Detector:
+    """The detector ``cfg`` evaluates: its checkpoint (the embedded one when null) on its device, with its batch
+    size and per-call proposal rule."""
+    return Detector.from_checkpoint(cfg.checkpoint or str(default_checkpoint()), device=cfg.device,
+                                    batch_size=cfg.batch_size, proposal_density=cfg.proposal_density,
+                                    proposal_min=cfg.proposal_min)
+
+
 def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str | os.PathLike,
              progress: bool = True, detector: Optional[Detector] = None) -> dict:
     """Run the policies over ``data`` and write the report to ``out``; returns ``report.json``'s content."""
@@ -113,9 +121,7 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
         raise ValueError("give at least one --policy")
     ds = CocoDataset(data, image_root=cfg.image_root)
     if detector is None:
-        ckpt = cfg.checkpoint or str(default_checkpoint())
-        detector = Detector.from_checkpoint(ckpt, device=cfg.device, batch_size=cfg.batch_size,
-                                            proposal_density=cfg.proposal_density, proposal_min=cfg.proposal_min)
+        detector = load_detector(cfg)
     unknown = set(detector.categories) - set(ds.categories)
     if unknown:
         raise ValueError(f"detector classes {sorted(unknown)} are not categories of {data}; "
