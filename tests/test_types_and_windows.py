@@ -119,3 +119,26 @@ def test_pooled_grid_sums_to_the_map_and_places_gain():
     assert grid.sum() == pytest.approx(2.0, abs=1e-5)
     assert grid[0, 3] == pytest.approx(2.0, abs=1e-5)  # the box fills the top-right grid cell
     assert np.abs(grid).sum() == pytest.approx(2.0, abs=1e-5)
+
+
+def test_a_config_file_starts_from_its_base_and_refuses_bad_bases(tmp_path):
+    from zoomdet.config import ConfigError, load_config
+    from zoomdet.eval.evaluator import EvalConfig
+
+    (tmp_path / "parent.yaml").write_text("checkpoint: a.pt\nbudgets: [0.3, 0.4]\nzoom:\n  coarse_scale: 0.25\n"
+                                          "  windows:\n    grids: [2, 3]\n    fractions: [0.5, 0.3]\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\ncheckpoint: b.pt\nzoom:\n  windows:\n    grids: [2, 4]\n")
+    cfg = load_config(EvalConfig, tmp_path / "child.yaml", ["budgets=[0.5]"])
+    assert cfg.checkpoint == "b.pt" and cfg.budgets == [0.5]  # the child's key, then the override
+    assert cfg.zoom.coarse_scale == 0.25 and cfg.zoom.windows.fractions == [0.5, 0.3]  # kept from the base
+    assert cfg.zoom.windows.grids == [2, 4]  # a list is replaced whole
+    (tmp_path / "loop.yaml").write_text("base: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        load_config(EvalConfig, tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="the base of"):
+        load_config(EvalConfig, tmp_path / "orphan.yaml")
+    (tmp_path / "odd.yaml").write_text("base: [parent.yaml]\n")
+    with pytest.raises(ConfigError, match="base must be a file path"):
+        load_config(EvalConfig, tmp_path / "odd.yaml")

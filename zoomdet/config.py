@@ -69,17 +69,38 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
 
 
 def load_config(cls: type[T], path: Optional[str | Path] = None, overrides: Iterable[str] = ()) -> T:
-    """Defaults of ``cls``, updated from the YAML file at ``path``, then from ``overrides``."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        data = loaded
+    """Defaults of ``cls``, updated from the YAML file at ``path``, then from ``overrides``.
+
+    A file may start from another: ``base: other.yaml`` (a path relative to the file) loads that file first, and
+    this file's keys then replace its keys, section by section (lists and values replaced whole)."""
+    data = read_yaml_config(Path(path)) if path is not None else {}
     return from_dict(cls, apply_overrides(data, overrides))
+
+
+def read_yaml_config(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """The mapping in the YAML file at ``path``, with its ``base:`` chain resolved (see :func:`load_config`)."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (f" (the base of {_seen[-1]})" if _seen else ""))
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a file path, got {base!r}")
+    base_path = path.parent / base
+    if base_path.resolve() in {p.resolve() for p in (*_seen, path)}:
+        raise ConfigError(f"{path}: base {base} leads back to itself")
+    return _merge(read_yaml_config(base_path, (*_seen, path)), loaded)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """``base`` updated by ``top``: mappings merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def to_dict(obj: Any) -> dict:
