@@ -14,7 +14,9 @@ script prints, per policy: AP, AP_small, pixels_ratio, the stage times
 and rel_pixels against fine of the same run, and the policy overhead (gain +
 policy + merge) as a share of total latency. Rows go to
 ``benchmarks/results/latency.json`` (replacing ``--dataset``'s rows), with
-``image_dtype``, ``proposal_density``, ``proposal_min`` and ``timing_ms`` added.
+``image_dtype``, ``proposal_density``, ``proposal_min``, ``detector_settings`` and ``timing_ms`` added.
+``--detector-set`` runs each group of the model's inference settings (e.g.
+``roi_sampling_ratio=1,box_head_rank=64``; ``-`` is the config's own) as one more setting.
 
 ``--device cuda`` runs the detector on a GPU (the config's ``device`` otherwise). There the detector is first
 run a few times on the first image's coarse and full frames (CUDA context, cuDNN and allocator set-up), so the
@@ -45,6 +47,9 @@ def main(argv=None) -> int:
                          "every density with each")
     ap.add_argument("--image-dtype", nargs="+", default=["uint8"], choices=["uint8", "float32"],
                     help="how images are held between decode and crop (EvalConfig.image_dtype); several run each")
+    ap.add_argument("--detector-set", nargs="+", default=["-"], metavar="FIELD=VALUE[,FIELD=VALUE]",
+                    help="inference settings of the detector's model (EvalConfig.detector_settings), one group per "
+                         "run, e.g. - roi_sampling_ratio=1,box_head_rank=64 ('-' = the config's own; default -)")
     ap.add_argument("--device", help="torch device of the detector, e.g. cuda (default: the config's)")
     ap.add_argument("--out", default="runs/bench/latency")
     args = ap.parse_args(argv)
@@ -55,10 +60,12 @@ def main(argv=None) -> int:
     from zoomdet.eval.results import rows_from_report, write_results
 
     rows = []
-    settings = list(dict.fromkeys((dt, d, m if d else 100) for dt in args.image_dtype for d in args.proposal_density
-                                  for m in args.proposal_min))  # the floor means nothing without a density
-    for dtype, density, pmin in settings:
+    groups = {g: parse_detector_set(ap, g) for g in args.detector_set}
+    settings = list(dict.fromkeys((dt, d, m if d else 100, g) for dt in args.image_dtype for d in args.proposal_density
+                                  for m in args.proposal_min for g in groups))  # the floor means nothing without a density
+    for dtype, density, pmin, group in settings:
         over = [f"images={args.images}", f"image_dtype={dtype}", f"proposal_density={density}", f"proposal_min={pmin}"]
+        over += [f"detector_settings.{k}={v}" for k, v in groups[group].items()]
         if args.budget:
             over.append(f"budgets={json.dumps(args.budget)}")
         if args.rnet:
@@ -70,19 +77,22 @@ def main(argv=None) -> int:
         if detector.device.type != "cpu":
             warm_up(detector, cfg, args.data)
         tag = "" if detector.device.type == "cpu" else f"-{detector.device.type}"
-        out = Path(args.out) / f"{args.dataset}-{dtype}-d{density:g}-m{pmin}{tag}"
+        gtag = "" if group == "-" else "-" + group.replace("=", "").replace(",", "-")
+        out = Path(args.out) / f"{args.dataset}-{dtype}-d{density:g}-m{pmin}{gtag}{tag}"
         report = evaluate(cfg, args.data, args.policy, out, detector=detector)
         run_rows = rows_from_report(report, args.dataset, seed=cfg.seed, extra={"image_dtype": dtype,
                                                                                   "proposal_density": density,
                                                                                   "proposal_min": pmin,
-                                                                                  "device": str(detector.device)})
+                                                                                  "device": str(detector.device),
+                                                                                  "detector_settings": cfg.detector_settings})
         for row, r in zip(run_rows, report["policies"]):
             t = r["timing_ms"]
             row["timing_ms"] = t
             row["overhead_share"] = (t["gain"] + t["policy"] + t["merge"]) / t["total"] if t["total"] else None
         rows += run_rows
         print(f"\n{args.dataset}, {report['images']} images held as {dtype}, proposal_density {density:g}/Mpx (0 = fixed 1000)"
-              + (f", at least {pmin} per call" if density else ""))
+              + (f", at least {pmin} per call" if density else "")
+              + (f", detector settings {cfg.detector_settings}" if cfg.detector_settings else ""))
         stages = ("decode", "coarse", "gain", "policy", "fine", "merge", "total")
         print(f"{'policy':<22}{'AP':>7}{'AP_s':>7}{'pixels':>8}" + "".join(f"{s:>8}" for s in stages)
               + f"{'relT':>7}{'relP':>7}{'ovh':>6}")
@@ -93,6 +103,16 @@ def main(argv=None) -> int:
     path = write_results("latency", rows, replace={"dataset": args.dataset})
     print(f"\nwrote {path}")
     return 0
+
+
+def parse_detector_set(ap: argparse.ArgumentParser, group: str) -> dict:
+    """``"a=1,b=2"`` -> ``{"a": "1", "b": "2"}`` (values parsed later, as ``--set`` values are); ``"-"`` -> ``{}``."""
+    if group == "-":
+        return {}
+    pairs = [p.split("=", 1) for p in group.split(",")]
+    if any(len(p) != 2 or not p[0] or not p[1] for p in pairs):
+        ap.error(f"--detector-set {group!r}: give FIELD=VALUE pairs separated by commas, or -")
+    return dict(pairs)
 
 
 def warm_up(detector, cfg, data: str, rounds: int = 3) -> None:

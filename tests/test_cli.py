@@ -195,3 +195,20 @@ def test_detector_eval_runs_a_checkpoint_with_other_inference_settings_and_refus
                       ("score_thresh=true", "FIELD=NUMBER")]:
         assert main(base + ["--set", bad]) == 2
         assert said in capsys.readouterr().err
+
+
+def test_eval_config_detector_settings_reach_the_detector_and_unknown_fields_are_refused(tmp_path, tiny_checkpoint):
+    from zoomdet.config import ConfigError, load_config
+    from zoomdet.eval.evaluator import EvalConfig, load_detector
+
+    cfg = load_config(EvalConfig, None, [f"checkpoint={tiny_checkpoint}", "detector_settings.box_head_rank=8",
+                                         "detector_settings.roi_sampling_ratio=1"])
+    det = load_detector(cfg)
+    assert det.config.box_head_rank == 8 and det.config.roi_sampling_ratio == 1
+    assert len(det.model.roi_heads.box_head.fc6) == 2  # the factorised layer
+    assert det.detector_id != load_detector(EvalConfig(checkpoint=str(tiny_checkpoint))).detector_id
+    with pytest.raises(ConfigError, match="num_classes not an inference setting"):
+        load_config(EvalConfig, None, ["detector_settings.num_classes=3"])
+    code = main(["evaluate", "--data", "x.json", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path),
+                 "--policy", "coarse", "--set", "detector_settings.widths=[1,2]"])
+    assert code == 2

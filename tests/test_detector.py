@@ -283,3 +283,45 @@ def test_rpn_inference_settings_come_from_the_model_config_and_old_checkpoints_t
                 dict(rpn_score_thresh=-0.1)):
         with pytest.raises(ValueError, match="rpn_"):
             build_model(tiny_model_config(**bad))
+
+
+def test_box_head_rank_is_the_truncated_svd_of_the_trained_layer_and_keeps_older_detector_ids(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_model_config()
+    model = build_model(cfg).eval()
+    path = tmp_path / "det.pt"
+    save_checkpoint(path, model, cfg, {1: "a", 2: "b"})
+    full, _, _, _ = load_checkpoint(path)
+    fc6 = full.roi_heads.box_head.fc6
+    x = torch.randn(50, fc6.in_features)
+    d = min(fc6.in_features, fc6.out_features)
+    errors = []
+    for rank in (4, d // 2, d):
+        low, low_cfg, _, _ = load_checkpoint(path, {"box_head_rank": rank})
+        assert low_cfg.box_head_rank == rank
+        with torch.no_grad():
+            errors.append(float((low.roi_heads.box_head.fc6(x) - fc6(x)).norm() / fc6(x).norm()))
+    # the error falls as the rank grows, and the full rank is the layer itself (up to float round-off)
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-5
+    low, _, _, _ = load_checkpoint(path, {"box_head_rank": 4})
+    first, second = low.roi_heads.box_head.fc6
+    assert first.weight.shape == (4, fc6.in_features) and second.weight.shape == (fc6.out_features, 4)
+    assert torch.equal(second.bias, fc6.bias)
+    # the same weights with the default settings keep the id they had before these fields existed
+    plain = Detector.from_checkpoint(path)
+    assert Detector.from_checkpoint(path, settings={"box_head_rank": 0, "roi_sampling_ratio": 2}).detector_id == plain.detector_id
+    assert Detector.from_checkpoint(path, settings={"box_head_rank": 4}).detector_id != plain.detector_id
+    assert Detector.from_checkpoint(path, settings={"roi_sampling_ratio": 1}).detector_id != plain.detector_id
+    with pytest.raises(ValueError, match="box_head_rank"):
+        load_checkpoint(path, {"box_head_rank": -1})
+
+
+def test_roi_sampling_ratio_reaches_the_pool_and_bad_values_are_refused():
+    model = build_model(tiny_model_config(roi_sampling_ratio=1))
+    assert model.roi_heads.box_roi_pool.sampling_ratio == 1
+    assert build_model(tiny_model_config()).roi_heads.box_roi_pool.sampling_ratio == 2  # as the models were trained
+    with pytest.raises(ValueError, match="roi_sampling_ratio"):
+        build_model(tiny_model_config(roi_sampling_ratio=-1))
+    with pytest.raises(ValueError, match="two-layer MLP box head"):
+        from zoomdet.detector.models import factorize_box_head
+        factorize_box_head(torch.nn.Linear(2, 2), 1)

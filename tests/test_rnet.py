@@ -208,3 +208,16 @@ def test_cache_build_refuses_to_mix_exact_and_composed(tmp_path, synth_small, ti
     assert __import__("json").loads((out / "manifest.json").read_text())["fine"] == "composed"
     with pytest.raises(CacheMismatch, match="--fine mode"):
         build_cache(str(synth_small), out, str(tiny_checkpoint), small_zoom(), images=1, workers=0, progress=False)
+
+
+def test_cache_build_runs_the_detector_with_the_configs_inference_settings(tmp_path, synth_small, tiny_checkpoint):
+    from zoomdet.detector.detector import Detector
+
+    settings = {"roi_sampling_ratio": 1, "box_head_rank": 8}
+    cache = build_cache(str(synth_small), tmp_path / "c", str(tiny_checkpoint), small_zoom(), images=1, workers=0,
+                        progress=False, settings=settings)
+    assert cache.detector_id == Detector.from_checkpoint(tiny_checkpoint, settings=settings).detector_id
+    assert cache.detector_id != Detector.from_checkpoint(tiny_checkpoint).detector_id
+    with pytest.raises(CacheMismatch):  # the same folder, the model as trained: another detector
+        build_cache(str(synth_small), tmp_path / "c", str(tiny_checkpoint), small_zoom(), images=1, workers=0,
+                    progress=False)

@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev_det.add_argument("--device", default="cpu")
     ev_det.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
                         help="run the checkpoint with another inference setting of its model config, e.g. "
-                             "--set rpn_pre_nms_top_n=2000 (repeatable; score_thresh, nms_thresh, detections_per_img, "
-                             "rpn_pre_nms_top_n, rpn_post_nms_top_n, rpn_score_thresh)")
+                             "--set box_head_rank=64 (repeatable; score_thresh, nms_thresh, detections_per_img, rpn_pre_nms_top_n, "
+                             "rpn_post_nms_top_n, rpn_score_thresh, roi_sampling_ratio, box_head_rank)")
 
     ev = sub.add_parser("evaluate", help="run policies through the zoom engine; write report.json/.md and pareto.png")
     _add_config_args(ev, None)
@@ -344,7 +344,7 @@ def _cmd_cache(args) -> int:
     cache = build_cache(args.data, args.out, cfg.checkpoint or str(default_checkpoint()), cfg.zoom, images=cfg.images,
                         shard_size=args.shard_size, workers=args.workers, ray_address=args.ray_address,
                         device=cfg.device, batch_size=cfg.batch_size, progress=not args.no_progress, seed=cfg.seed,
-                        image_root=cfg.image_root, fine=args.fine)
+                        image_root=cfg.image_root, fine=args.fine, settings=cfg.detector_settings or None)
     print(f"cache {args.out}: {len(cache)} images, detector {cache.detector_id}")
     return 0
 

@@ -26,7 +26,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
-from zoomdet.detector.models import INFERENCE_FIELDS, ModelConfig, build_model
+from zoomdet.detector.models import INFERENCE_FIELDS, ModelConfig, build_model, factorize_box_head
 from zoomdet.types import Detections, Window
 
 __all__ = ["Detector", "detector_id", "postprocess_with_index", "batch_plan", "size_batches", "crop_window", "save_checkpoint", "load_checkpoint", "default_checkpoint"]
@@ -259,13 +259,22 @@ class Detector:
                    proposal_density=proposal_density, proposal_min=proposal_min)
 
 
+_HASHED_WHEN_SET = {"roi_sampling_ratio": 2, "box_head_rank": 0}
+"""Model fields added after detector ids were first issued: hashed only when they differ from these defaults,
+so every id, rollout cache and R-net made before them stays valid."""
+
+
 def detector_id(checkpoint_id: str, config: ModelConfig) -> str:
     """``"<checkpoint_id>-<settings>"``: the weights' digest and an 8-hex digest of every field of the model
     config as built (the checkpoint's fields, defaults added since it was written, ``--set`` overrides).
 
     The per-call proposal rule (``proposal_density``) is not in it: it is a latency setting an evaluation or
     the service picks at run time, recorded in reports beside the id."""
-    settings = json.dumps(asdict(config), sort_keys=True, default=str)
+    fields = asdict(config)
+    for name, default in _HASHED_WHEN_SET.items():  # keeps the ids (and caches, R-nets) of earlier settings
+        if fields.get(name) == default:
+            del fields[name]
+    settings = json.dumps(fields, sort_keys=True, default=str)
     return f"{checkpoint_id}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
 
 
@@ -313,6 +322,8 @@ def load_checkpoint(path: str | os.PathLike, settings: Optional[dict] = None
         cfg = replace(cfg, **settings)
     model = build_model(cfg)
     model.load_state_dict(state)
+    if cfg.box_head_rank:
+        factorize_box_head(model, cfg.box_head_rank)
     return model.eval(), cfg, cats, payload.get("extra", {})
 
 

@@ -31,7 +31,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 __all__ = ["ModelConfig", "PinnedScaleTransform", "ThreadedRoIAlign", "TinyBackbone", "build_model", "MODEL_NAMES",
-           "INFERENCE_FIELDS"]
+           "INFERENCE_FIELDS", "factorize_box_head"]
 
 MODEL_NAMES = (
     "tiny_frcnn",
@@ -80,12 +80,21 @@ class ModelConfig:
     rpn_score_thresh: float = 0.05
     """R-CNN models: RPN boxes whose objectness is below this are dropped before the RPN's NMS (the
     setting of torchvision's ``fasterrcnn_mobilenet_v3_large_320_fpn``; 0 keeps every box)."""
+    roi_sampling_ratio: int = 2
+    """R-CNN models: bilinear samples per RoIAlign bin side (torchvision's ``sampling_ratio``; models are
+    trained with 2). 1 samples a quarter as many points: torchvision's CPU kernel loops over them, and at
+    1000 proposals it was the largest per-call cost of a small crop (see *Latency that follows pixels*)."""
+    box_head_rank: int = 0
+    """R-CNN models with a two-layer MLP box head, inference: 0 keeps the head's first layer as trained;
+    ``r > 0`` replaces it by its rank-``r`` truncated SVD (Fast R-CNN, Girshick 2015, sec. 3.1), two
+    thinner layers computed from the trained weights at load time, no retraining. A 3136x256 layer at
+    rank 64 costs a quarter of the multiply-adds per proposal."""
     image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
 
 INFERENCE_FIELDS = ("score_thresh", "nms_thresh", "detections_per_img", "rpn_pre_nms_top_n", "rpn_post_nms_top_n",
-                    "rpn_score_thresh")
+                    "rpn_score_thresh", "roi_sampling_ratio", "box_head_rank")
 """The :class:`ModelConfig` fields a trained checkpoint can be run with other values of (no weight depends on them);
 ``zoomdet detector eval --set`` takes these."""
 
@@ -144,6 +153,36 @@ class ThreadedRoIAlign(MultiScaleRoIAlign):
         outs = list(self._pool(n).map(pool, chunks))  # outs[chunk]: chunk j of every image, image order
         per = [o.split([len(p[j]) for p in parts]) for j, o in enumerate(outs)]
         return torch.cat([per[j][i] for i in range(len(boxes)) for j in range(n)])
+
+
+def factorize_box_head(model: nn.Module, rank: int) -> nn.Module:
+    """Replace the first layer of ``model``'s two-layer MLP box head by its rank-``rank`` truncated SVD, in place.
+
+    ``fc6`` (``Linear(d_in, d_out)``, weight ``W``) becomes ``Linear(d_in, rank, bias=False)`` with weight
+    ``V_r^T`` followed by ``Linear(rank, d_out)`` with weight ``U_r S_r`` and ``fc6``'s bias, so
+    ``fc6(x) ~= U_r S_r V_r^T x + b``: the best rank-``rank`` approximation of ``W`` (Eckart-Young), the Fast
+    R-CNN trick for fixed-size heads. Call after the weights are loaded; inference only (the two layers are
+    not trained). A rank at or above ``min(d_in, d_out)`` leaves the head unchanged.
+
+    Raises:
+        ValueError: the model has no ``roi_heads.box_head.fc6`` linear layer (one-stage models,
+            torchvision's conv box head).
+    """
+    head = getattr(getattr(model, "roi_heads", None), "box_head", None)
+    fc6 = getattr(head, "fc6", None)
+    if not isinstance(fc6, nn.Linear):
+        raise ValueError(f"box_head_rank needs an R-CNN with a two-layer MLP box head (fc6), not {type(model).__name__}")
+    if rank >= min(fc6.in_features, fc6.out_features):
+        return model
+    with torch.no_grad():
+        u, s, vh = torch.linalg.svd(fc6.weight.double(), full_matrices=False)
+        first = nn.Linear(fc6.in_features, rank, bias=False)
+        second = nn.Linear(rank, fc6.out_features)
+        first.weight.copy_(vh[:rank].float())
+        second.weight.copy_((u[:, :rank] * s[:rank]).float())
+        second.bias.copy_(fc6.bias)
+    head.fc6 = nn.Sequential(first, second)
+    return model
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -205,7 +244,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             in_channels_list=list(cfg.widths),
             out_channels=cfg.fpn_channels,
         )  # adds a max-pooled stride-64 level "pool" for the RPN
-        roi_pool = ThreadedRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+        roi_pool = ThreadedRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7,
+                                    sampling_ratio=cfg.roi_sampling_ratio)
         model: nn.Module = FasterRCNN(
             backbone,
             num_classes=None,
@@ -242,9 +282,13 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     else:
         raise ValueError(f"unknown model name {cfg.name!r}; choose one of {', '.join(MODEL_NAMES)}")
     model.transform = PinnedScaleTransform(cfg.image_mean, cfg.image_std)
+    if cfg.roi_sampling_ratio < 0:
+        raise ValueError(f"roi_sampling_ratio must be >= 0 (0 = adaptive), got {cfg.roi_sampling_ratio}")
+    if cfg.box_head_rank < 0:
+        raise ValueError(f"box_head_rank must be >= 0 (0 = the head as trained), got {cfg.box_head_rank}")
     pool = getattr(getattr(model, "roi_heads", None), "box_roi_pool", None)
     if type(pool) is MultiScaleRoIAlign:  # torchvision's R-CNNs: the same pooling, on every core
-        model.roi_heads.box_roi_pool = ThreadedRoIAlign(pool.featmap_names, pool.output_size, pool.sampling_ratio,
+        model.roi_heads.box_roi_pool = ThreadedRoIAlign(pool.featmap_names, pool.output_size, cfg.roi_sampling_ratio,
                                                         canonical_scale=pool.canonical_scale,
                                                         canonical_level=pool.canonical_level)
     return model

@@ -61,6 +61,10 @@ class EvalConfig:
     (see :class:`~zoomdet.detector.Detector`); 0 = the model's fixed 1000."""
     proposal_min: int = 100
     """With ``proposal_density``: the fewest RPN proposals a call keeps."""
+    detector_settings: dict = field(default_factory=dict)
+    """Inference settings to run the checkpoint's model with instead of its own (``ModelConfig`` fields no weight
+    depends on, as ``zoomdet detector eval --set`` takes them), e.g. ``{roi_sampling_ratio: 1, box_head_rank: 64}``;
+    empty = as trained. They change the detector id, so caches and R-nets follow them."""
     image_dtype: str = "uint8"
     """How images are held between decode and crop: ``uint8`` (8-bit images stay 8-bit, each crop is resized in
     uint8, as the service does: cheaper) or ``float32`` (the whole image converted first, crops resized in
@@ -80,6 +84,12 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.image_dtype not in ("uint8", "float32"):
             raise ValueError(f"image_dtype must be uint8 or float32, got {self.image_dtype!r}")
+        from zoomdet.detector.models import INFERENCE_FIELDS
+
+        other = sorted(set(self.detector_settings) - set(INFERENCE_FIELDS))
+        if other:
+            raise ValueError(f"detector_settings: {', '.join(other)} not an inference setting "
+                             f"(settable: {', '.join(INFERENCE_FIELDS)})")
 
     @property
     def keep_uint8(self) -> bool:
@@ -106,10 +116,10 @@ def _run_keys(policies: dict, budgets: Sequence[float], cfg: EvalConfig) -> list
 
 def load_detector(cfg: EvalConfig) -> Detector:
     """The detector ``cfg`` evaluates: its checkpoint (the embedded one when null) on its device, with its batch
-    size and per-call proposal rule."""
+    size, per-call proposal rule and inference settings."""
     return Detector.from_checkpoint(cfg.checkpoint or str(default_checkpoint()), device=cfg.device,
                                     batch_size=cfg.batch_size, proposal_density=cfg.proposal_density,
-                                    proposal_min=cfg.proposal_min)
+                                    proposal_min=cfg.proposal_min, settings=cfg.detector_settings or None)
 
 
 def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str | os.PathLike,

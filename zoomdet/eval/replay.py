@@ -15,8 +15,7 @@ from typing import Optional
 from tqdm import tqdm
 
 from zoomdet.data.coco import CocoDataset
-from zoomdet.detector.detector import Detector, default_checkpoint
-from zoomdet.eval.evaluator import EvalConfig, write_atomic
+from zoomdet.eval.evaluator import EvalConfig, load_detector, write_atomic
 from zoomdet.zoom.engine import GroundTruth, ZoomEngine
 from zoomdet.zoom.episode import episode_record, save_episode
 from zoomdet.zoom.policies import make_policy
@@ -32,8 +31,7 @@ def replay(cfg: EvalConfig, data: str, policy_name: str, out: str | Path, *, lam
     """
     out = Path(out)
     ds = CocoDataset(data, image_root=cfg.image_root)
-    detector = Detector.from_checkpoint(cfg.checkpoint or str(default_checkpoint()), device=cfg.device,
-                                        batch_size=cfg.batch_size)
+    detector = load_detector(cfg)
     engine = ZoomEngine(detector, cfg.zoom)
     policy = make_policy(policy_name, cfg.policies, cfg.zoom, detector.detector_id)
     if lam is None and hasattr(policy, "config"):

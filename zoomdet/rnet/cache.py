@@ -233,7 +233,7 @@ def _shard_path(root: Path, k: int) -> Path:
 
 def _build_shard(root: str, k: int, image_ids: Sequence[int], data: str, checkpoint: str, zoom_dict: dict,
                  device: str, batch_size: int, threads: int, image_root: Optional[str] = None,
-                 fine: str = "exact") -> int:
+                 fine: str = "exact", settings: Optional[dict] = None) -> int:
     """Build and atomically write shard ``k`` (runs in-process or as a Ray task)."""
     from zoomdet.config import from_dict
     from zoomdet.data.coco import CocoDataset
@@ -243,7 +243,7 @@ def _build_shard(root: str, k: int, image_ids: Sequence[int], data: str, checkpo
         torch.set_num_threads(threads)
     zoom = from_dict(ZoomConfig, zoom_dict)
     ds = CocoDataset(data, image_root=image_root, check_files=False)
-    det = Detector.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
+    det = Detector.from_checkpoint(checkpoint, device=device, batch_size=batch_size, settings=settings)
     records = [build_record(det, zoom, ds.load_image(i, keep_uint8=True), i, ds.targets(i), fine).to_payload() for i in image_ids]
     path = _shard_path(Path(root), k)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -255,13 +255,14 @@ def _build_shard(root: str, k: int, image_ids: Sequence[int], data: str, checkpo
 def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomConfig, *, images: int = 0,
                 shard_size: int = 4, workers: Optional[int] = None, ray_address: Optional[str] = None,
                 device: str = "cpu", batch_size: int = 4, progress: bool = True, seed: int = 0,
-                image_root: Optional[str] = None, fine: str = "exact") -> "RolloutCache":
+                image_root: Optional[str] = None, fine: str = "exact", settings: Optional[dict] = None) -> "RolloutCache":
     """Build (or finish building) a rollout cache; returns it opened.
 
     Args:
         data: COCO json of the images to cache.
         out: cache folder.
         checkpoint: detector checkpoint path.
+        settings: inference settings of its model (``EvalConfig.detector_settings``); part of the detector id.
         zoom: zoom config (scales, candidate windows, refinement).
         images: N images sampled with ``seed`` (0 = all); see :meth:`CocoDataset.subset`.
         image_root: folder ``file_name`` is relative to (default: guessed beside ``data``).
@@ -286,7 +287,7 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     image_root = str(ds.image_root.resolve())
     shards = [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)]
     manifest = {
-        "version": CACHE_VERSION, "detector_id": Detector.from_checkpoint(checkpoint).detector_id,
+        "version": CACHE_VERSION, "detector_id": Detector.from_checkpoint(checkpoint, settings=settings).detector_id,
         "checkpoint_id": file_digest(checkpoint), "checkpoint": str(checkpoint),
         "zoom_digest": zoom_digest(zoom), "zoom": to_dict(zoom), "data": str(Path(data).resolve()),
         "data_digest": file_digest(data),
@@ -312,7 +313,8 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     bar = tqdm(total=len(shards), initial=len(shards) - len(todo), desc="cache build", unit="shard", disable=not progress)
     if workers == 0 and ray_address is None:
         for k in todo:
-            _build_shard(str(root), k, shards[k], data, str(checkpoint), zd, device, batch_size, 0, image_root, fine)
+            _build_shard(str(root), k, shards[k], data, str(checkpoint), zd, device, batch_size, 0, image_root, fine,
+                         settings)
             bar.update(1)
     elif todo:
         import ray
@@ -327,7 +329,7 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
         try:
             task = ray.remote(num_cpus=1, num_gpus=1 if device == "cuda" else 0)(_build_shard)
             pending = [task.remote(str(root), k, shards[k], str(Path(data).resolve()), str(Path(checkpoint).resolve()),
-                                   zd, device, batch_size, 1, image_root, fine) for k in todo]
+                                   zd, device, batch_size, 1, image_root, fine, settings) for k in todo]
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 ray.get(done)
