@@ -61,6 +61,8 @@ def stage_table(rows: list[dict]) -> int:
     for r in rows:
         d = r.get("proposal_density") or 0
         setting = "fixed 1000" if not d else f"{d:g}/Mpx, ≥ {r.get('proposal_min', 100)}"
+        if r.get("detector_settings"):  # the model's inference settings (latency.py --detector-set)
+            setting += "; " + ", ".join(f"{k} {v}" for k, v in r["detector_settings"].items())
         name = r["policy"] + (f"@{r['budget']:g}" if r.get("budget") else "")
         t = r["timing_ms"]
         print(f"| {r.get('image_dtype', 'float32')} | {setting} | {name} | {fmt(r['ap'])} | {fmt(r['ap_small'])} | {r['pixels_ratio']:.3f} | "

@@ -270,7 +270,8 @@ def load_detector(cfg: DetectorConfig):
     from zoomdet.detector.detector import Detector, default_checkpoint
 
     return Detector.from_checkpoint(cfg.checkpoint or str(default_checkpoint()), device=cfg.device,
-                                    batch_size=cfg.batch_size)
+                                    batch_size=cfg.batch_size, proposal_density=cfg.proposal_density,
+                                    proposal_min=cfg.proposal_min, settings=cfg.settings or None)
 
 
 def detector_info(detector) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -106,6 +106,11 @@ class DetectorConfig(BaseModel):
     batch_wait_timeout_s: float = Field(0.001, ge=0, description="@serve.batch: longest wait for a fuller batch")
     torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads of the replica; null: "
                                          "torch's default (Ray sets OMP_NUM_THREADS from num_cpus)")
+    proposal_density: float = Field(0.0, ge=0, description="R-CNN detectors: RPN proposals per megapixel of model "
+                                                          "input (EvalConfig.proposal_density); 0: the model's fixed count")
+    proposal_min: int = Field(100, ge=1, description="with a density: the fewest proposals a call keeps")
+    settings: dict[str, Union[int, float]] = Field(default_factory=dict, description="inference settings of the checkpoint's model "
+                                       "(EvalConfig.detector_settings), e.g. {roi_sampling_ratio: 1}; {}: as trained")
 
 
 class ServiceConfig(BaseModel):

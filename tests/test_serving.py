@@ -653,3 +653,21 @@ def test_a_replica_killed_under_load_answers_503_problems_then_recovers(http_ser
     now = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)
            if "ServeReplica:zoomdet:DetectorServer" in " ".join(p.cmdline())]
     assert now and not set(now) & {v.pid for v in victims}  # ... and it is a new process
+
+
+def test_detector_config_carries_the_proposal_rule_and_model_settings_to_the_replica(tiny_checkpoint):
+    from pydantic import ValidationError
+
+    from zoomdet.serving.app import load_detector
+    from zoomdet.serving.schemas import DetectorConfig
+
+    cfg = DetectorConfig(checkpoint=str(tiny_checkpoint), proposal_density=2500, proposal_min=50,
+                         settings={"roi_sampling_ratio": 1, "box_head_rank": 8})
+    det = load_detector(cfg)
+    assert (det.proposal_density, det.proposal_min) == (2500, 50)
+    assert det.config.roi_sampling_ratio == 1 and isinstance(det.config.roi_sampling_ratio, int)
+    assert det.model.roi_heads.box_roi_pool.sampling_ratio == 1 and det.config.box_head_rank == 8
+    with pytest.raises(ValidationError):
+        DetectorConfig(proposal_density=-1)
+    with pytest.raises(ValueError, match="not an inference setting"):
+        load_detector(DetectorConfig(checkpoint=str(tiny_checkpoint), settings={"num_classes": 3}))
