@@ -325,3 +325,22 @@ def test_roi_sampling_ratio_reaches_the_pool_and_bad_values_are_refused():
     with pytest.raises(ValueError, match="two-layer MLP box head"):
         from zoomdet.detector.models import factorize_box_head
         factorize_box_head(torch.nn.Linear(2, 2), 1)
+
+
+def test_latency_benchmark_parses_detector_setting_groups_and_refuses_malformed_ones(capsys):
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
+    spec = importlib.util.spec_from_file_location("bench_latency", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ap = argparse.ArgumentParser()
+    assert mod.parse_detector_set(ap, "-") == {}
+    assert mod.parse_detector_set(ap, "roi_sampling_ratio=1,box_head_rank=64") == {"roi_sampling_ratio": "1",
+                                                                                   "box_head_rank": "64"}
+    for bad in ("roi_sampling_ratio", "roi_sampling_ratio=", "=1", "a=1,,b=2"):
+        with pytest.raises(SystemExit):
+            mod.parse_detector_set(ap, bad)
+    assert "FIELD=VALUE" in capsys.readouterr().err
