@@ -26,7 +26,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
-from zoomdet.detector.models import INFERENCE_FIELDS, ModelConfig, build_model, factorize_box_head
+from zoomdet.detector.models import ModelConfig, build_model, check_inference_settings, factorize_box_head
 from zoomdet.types import Detections, Window
 
 __all__ = ["Detector", "detector_id", "postprocess_with_index", "batch_plan", "size_batches", "crop_window", "save_checkpoint", "load_checkpoint", "default_checkpoint"]
@@ -315,10 +315,7 @@ def load_checkpoint(path: str | os.PathLike, settings: Optional[dict] = None
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a ZoomDet detector checkpoint (missing {e})") from e
     if settings:
-        other = sorted(set(settings) - set(INFERENCE_FIELDS))
-        if other:
-            raise ValueError(f"{', '.join(other)}: not an inference setting; the weights depend on it "
-                             f"(settable: {', '.join(INFERENCE_FIELDS)})")
+        check_inference_settings(settings)
         cfg = replace(cfg, **settings)
     model = build_model(cfg)
     model.load_state_dict(state)

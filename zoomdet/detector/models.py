@@ -31,7 +31,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 __all__ = ["ModelConfig", "PinnedScaleTransform", "ThreadedRoIAlign", "TinyBackbone", "build_model", "MODEL_NAMES",
-           "INFERENCE_FIELDS", "factorize_box_head"]
+           "INFERENCE_FIELDS", "check_inference_settings", "factorize_box_head"]
 
 MODEL_NAMES = (
     "tiny_frcnn",
@@ -97,6 +97,15 @@ INFERENCE_FIELDS = ("score_thresh", "nms_thresh", "detections_per_img", "rpn_pre
                     "rpn_score_thresh", "roi_sampling_ratio", "box_head_rank")
 """The :class:`ModelConfig` fields a trained checkpoint can be run with other values of (no weight depends on them);
 ``zoomdet detector eval --set`` takes these."""
+
+
+def check_inference_settings(settings, where: str = "") -> None:
+    """Raise ``ValueError`` unless every key of ``settings`` is one of :data:`INFERENCE_FIELDS`; ``where`` prefixes
+    the message (e.g. the config field the settings came from)."""
+    other = sorted(set(settings) - set(INFERENCE_FIELDS))
+    if other:
+        raise ValueError(f"{where}{', '.join(other)} not an inference setting; the weights depend on it "
+                         f"(settable: {', '.join(INFERENCE_FIELDS)})")
 
 
 class PinnedScaleTransform(GeneralizedRCNNTransform):
@@ -236,6 +245,10 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     No weights are downloaded: backbones start from scratch (``weights=None``,
     ``weights_backbone=None``).
     """
+    if cfg.roi_sampling_ratio < 0:
+        raise ValueError(f"roi_sampling_ratio must be >= 0 (0 = adaptive), got {cfg.roi_sampling_ratio}")
+    if cfg.box_head_rank < 0:
+        raise ValueError(f"box_head_rank must be >= 0 (0 = the head as trained), got {cfg.box_head_rank}")
     if cfg.name == "tiny_frcnn":
         body = TinyBackbone(cfg.widths)
         backbone = BackboneWithFPN(
@@ -282,10 +295,6 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     else:
         raise ValueError(f"unknown model name {cfg.name!r}; choose one of {', '.join(MODEL_NAMES)}")
     model.transform = PinnedScaleTransform(cfg.image_mean, cfg.image_std)
-    if cfg.roi_sampling_ratio < 0:
-        raise ValueError(f"roi_sampling_ratio must be >= 0 (0 = adaptive), got {cfg.roi_sampling_ratio}")
-    if cfg.box_head_rank < 0:
-        raise ValueError(f"box_head_rank must be >= 0 (0 = the head as trained), got {cfg.box_head_rank}")
     pool = getattr(getattr(model, "roi_heads", None), "box_roi_pool", None)
     if type(pool) is MultiScaleRoIAlign:  # torchvision's R-CNNs: the same pooling, on every core
         model.roi_heads.box_roi_pool = ThreadedRoIAlign(pool.featmap_names, pool.output_size, cfg.roi_sampling_ratio,

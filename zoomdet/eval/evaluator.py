@@ -84,12 +84,9 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.image_dtype not in ("uint8", "float32"):
             raise ValueError(f"image_dtype must be uint8 or float32, got {self.image_dtype!r}")
-        from zoomdet.detector.models import INFERENCE_FIELDS
+        from zoomdet.detector.models import check_inference_settings
 
-        other = sorted(set(self.detector_settings) - set(INFERENCE_FIELDS))
-        if other:
-            raise ValueError(f"detector_settings: {', '.join(other)} not an inference setting "
-                             f"(settable: {', '.join(INFERENCE_FIELDS)})")
+        check_inference_settings(self.detector_settings, where="detector_settings: ")
 
     @property
     def keep_uint8(self) -> bool:
