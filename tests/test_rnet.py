@@ -107,6 +107,45 @@ def test_greedy_takes_the_richest_window_per_pixel_then_stops():
     assert len(empty.run(torch.rand(3, H, W), GreedyPolicy(FixedGain())).regions) == 0
 
 
+def test_greedy_choice_equals_a_scalar_loop_over_candidates_ties_and_negatives_included():
+    """The vectorized choice is the one a loop in candidate order makes: the first of equal best scores,
+    and no window when none has positive gain."""
+    import numpy as np
+
+    from zoomdet.zoom.engine import EpisodeState
+    from zoomdet.zoom.windows import GainMap, candidate_windows
+
+    def scalar_choice(gm, cands, available, per_pixel):
+        best, best_score = None, 0.0
+        for i in np.flatnonzero(available):
+            g = gm.window_sum(cands[i])
+            score = g / cands[i].source_pixels if per_pixel else g
+            if g > 0 and (best is None or score > best_score):
+                best, best_score = int(i), score
+        return best
+
+    W, H = 640, 480
+    cands = candidate_windows(W, H, WindowConfig(grids=[2, 3, 4], fractions=[0.55, 0.4, 0.25]))
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    chosen = set()
+    for trial in range(40):
+        n = int(rng.integers(0, 12))
+        xy = torch.rand(n, 2, generator=gen) * torch.tensor([W - 40.0, H - 40.0])
+        boxes = torch.cat([xy, xy + 8 + torch.rand(n, 2, generator=gen) * 30], 1)
+        gains = torch.randn(n, generator=gen) if trial % 3 else torch.ones(n)  # all-equal gains: ties
+        if trial % 5 == 0:
+            boxes, gains = torch.tensor([[0.0, 0, W, H]]), torch.tensor([1.0])  # uniform map: every window ties
+        gm = GainMap(W, H, boxes, gains)
+        available = rng.random(len(cands)) < 0.8
+        for per_pixel in (True, False):
+            state = EpisodeState(W, H, Detections.empty(), cands, [], 0.0, gm, available, np.random.default_rng(0))
+            got = GreedyPolicy(EntropyGain(), stop_gain=-1.0, per_pixel=per_pixel).select(state)
+            assert got == scalar_choice(gm, cands, available, per_pixel)
+            chosen.add(got)
+    assert None in chosen and len(chosen) > 3  # the trials reach "stop" and several different windows
+
+
 def small_zoom():
     return ZoomConfig(windows=WindowConfig(refine_shift=0.1, refine_steps=1))
 

@@ -48,11 +48,14 @@ class GreedyPolicy:
         assert gm is not None
         if gm.positive_total() < self.stop_gain:
             return None
-        best, best_score = None, 0.0
-        for i in np.flatnonzero(state.available):
-            w = state.candidates[i]
-            g = gm.window_sum(w)
-            score = g / w.source_pixels if self.per_pixel else g
-            if g > 0 and (best is None or score > best_score):
-                best, best_score = int(i), score
-        return best
+        if "greedy_boxes" not in state.memory:  # once per episode: the candidates as arrays
+            state.memory["greedy_boxes"] = np.array([w.as_tuple() for w in state.candidates], dtype=np.float64)
+            state.memory["greedy_pixels"] = np.array([w.source_pixels for w in state.candidates], dtype=np.float64)
+        idx = np.flatnonzero(state.available)
+        if not len(idx):
+            return None
+        g = gm.window_sums(state.memory["greedy_boxes"][idx])  # one vectorized pass over the integral image
+        score = g / state.memory["greedy_pixels"][idx] if self.per_pixel else g
+        score = np.where(g > 0, score, -np.inf)
+        k = int(np.argmax(score))  # the first of equal scores, as a loop in candidate order would keep
+        return int(idx[k]) if np.isfinite(score[k]) else None

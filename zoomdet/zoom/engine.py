@@ -373,10 +373,10 @@ class ZoomEngine:
         regions: list[Region] = []
         spent = cost.model_input_pixels
         t = time.perf_counter()
+        cand_pixels = np.array([self.pass_pixels(w) for w in cands], dtype=np.int64)  # refinement keeps the size
+        taken = np.zeros(len(cands), dtype=bool)
         while len(regions) < steps:
-            state.available = np.array(
-                [i not in state.zoomed and spent + self.pass_pixels(w) <= budget * W * H + 1e-6 for i, w in enumerate(cands)],
-                dtype=bool)
+            state.available = ~taken & (spent + cand_pixels <= budget * W * H + 1e-6)
             if not state.available.any():
                 break
             choice = policy.select(state)
@@ -390,6 +390,7 @@ class ZoomEngine:
             regions.append(Region(len(regions), len(regions), choice, proposed, window, predicted))
             spent += self.pass_pixels(window)
             state.zoomed.append(choice)
+            taken[choice] = True
             state.zoomed_windows.append(window)
             state.pixels_ratio = spent / (W * H)
             if state.gain is not None:

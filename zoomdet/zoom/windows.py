@@ -283,14 +283,15 @@ def refinement_windows(window: Window, width: int, height: int, cfg: Optional[Wi
     ks = range(-cfg.refine_steps, cfg.refine_steps + 1)
     offsets = sorted(((i, j) for j in ks for i in ks), key=lambda ij: (abs(ij[0]) + abs(ij[1]), ij[1], ij[0]))
     out: list[Window] = []
+    seen: set[tuple[int, int]] = set()
     for i, j in offsets:
         dx = round(i / cfg.refine_steps * cfg.refine_shift * window.width)
         dy = round(j / cfg.refine_steps * cfg.refine_shift * window.height)
         x0 = min(max(window.x0 + dx, 0), width - window.width)
         y0 = min(max(window.y0 + dy, 0), height - window.height)
-        cand = Window(x0, y0, x0 + window.width, y0 + window.height, window.scale)
-        if cand not in out:
-            out.append(cand)
+        if (x0, y0) not in seen:  # same size and scale: the corner identifies the position
+            seen.add((x0, y0))
+            out.append(Window(x0, y0, x0 + window.width, y0 + window.height, window.scale))
     return out
 
 
