@@ -52,6 +52,9 @@ def main(argv=None) -> int:
                          "run, e.g. - roi_sampling_ratio=1,box_head_rank=64 ('-' = the config's own; default -)")
     ap.add_argument("--device", help="torch device of the detector, e.g. cuda (default: the config's)")
     ap.add_argument("--out", default="runs/bench/latency")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the timed results an earlier run left in --out (default: run every image again; "
+                         "timings kept from before a code change would describe the old code)")
     args = ap.parse_args(argv)
     require_fine(ap, args.policy)
 
@@ -79,6 +82,7 @@ def main(argv=None) -> int:
         tag = "" if detector.device.type == "cpu" else f"-{detector.device.type}"
         gtag = "" if group == "-" else "-" + group.replace("=", "").replace(",", "-")
         out = Path(args.out) / f"{args.dataset}-{dtype}-d{density:g}-m{pmin}{gtag}{tag}"
+        fresh_out(out, args.resume)
         report = evaluate(cfg, args.data, args.policy, out, detector=detector)
         run_rows = rows_from_report(report, args.dataset, seed=cfg.seed, extra={"image_dtype": dtype,
                                                                                   "proposal_density": density,
@@ -103,6 +107,15 @@ def main(argv=None) -> int:
     path = write_results("latency", rows, replace={"dataset": args.dataset})
     print(f"\nwrote {path}")
     return 0
+
+
+def fresh_out(out: Path, resume: bool) -> None:
+    """Remove the evaluation folder ``out`` (this script's own, one per setting) unless ``resume``: the
+    evaluator resumes from what a folder holds, and a latency figure must come from the code as it is now."""
+    import shutil
+
+    if out.exists() and not resume:
+        shutil.rmtree(out)
 
 
 def parse_detector_set(ap: argparse.ArgumentParser, group: str) -> dict:

@@ -344,3 +344,21 @@ def test_latency_benchmark_parses_detector_setting_groups_and_refuses_malformed_
         with pytest.raises(SystemExit):
             mod.parse_detector_set(ap, bad)
     assert "FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_latency_benchmark_times_afresh_unless_asked_to_resume(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
+    spec = importlib.util.spec_from_file_location("bench_latency", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "synth-uint8-d0-m100"
+    out.mkdir()
+    (out / "partial.json").write_text("{}")
+    mod.fresh_out(out, resume=True)
+    assert (out / "partial.json").exists()
+    mod.fresh_out(out, resume=False)
+    assert not out.exists() and tmp_path.exists()
+    mod.fresh_out(out, resume=False)  # nothing there: nothing to do
