@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--out", required=True, help="checkpoint path; metrics go to PATH.json")
     rt.add_argument("--config", metavar="YAML", help="R-net options (RNetConfig fields)")
     rt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override an R-net option, e.g. --set epochs=500")
+                    help="override an R-net option, e.g. --set epochs=500, or --set target=ap to fit the AP "
+                         "points each cached window adds instead of the paper's gain")
     rt.add_argument("--no-progress", action="store_true")
 
     tr = sub.add_parser("train", help="train a zoom agent (Q-net DQN or MaskablePPO) on a rollout cache, rl-zoo style",
@@ -356,8 +357,13 @@ def _cmd_rnet(args) -> int:
 
     cfg = load_config(RNetConfig, args.config, args.overrides)
     m = train_rnet(args.cache, args.out, cfg, val_cache=args.val_cache, progress=not args.no_progress)
-    print(f"R-net {args.out}: validation window-gain Spearman {m['val_spearman']:.3f}, Pearson {m['val_pearson']:.3f} "
-          f"({m['val_windows']} windows of {m['val_images']} images); entropy state: Spearman {m['entropy_val_spearman']:.3f}")
+    own = "AP-points" if cfg.target == "ap" else "window-gain"
+    print(f"R-net {args.out} (target {cfg.target}): validation {own} Spearman {m['val_spearman']:.3f}, Pearson "
+          f"{m['val_pearson']:.3f} ({m['val_windows']} windows of {m['val_images']} images); entropy state: Spearman "
+          f"{m['entropy_val_spearman']:.3f}")
+    if cfg.target != "ap":
+        print(f"against the AP points each window adds: Spearman {m['val_ap_spearman']:.3f} "
+              f"(entropy state {m['entropy_val_ap_spearman']:.3f})")
     print(f"metrics: {args.out}.json")
     return 0
 

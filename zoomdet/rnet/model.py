@@ -1,5 +1,10 @@
 """R-net: predict, from a coarse detection alone, how much zooming on it gains.
 
+Two targets (``RNetConfig.target``): ``gain``, the paper's per-detection labels below, and ``ap``, where the
+R-net is fitted so that the sum of its gains over a window (the AG map's window sum) predicts the AP points
+the image gains when that window alone is zoomed (:func:`~zoomdet.zoom.gain.window_ap_gains`): the metric
+itself, where the paper's gain need not track AP.
+
 The paper's form: two fully connected layers on each coarse detection's RoI
 feature vector, trained with an L2 loss on that detection's gain label. One
 documented addition: the input also carries the detection's score and its
@@ -37,12 +42,21 @@ from zoomdet.zoom.gain import window_gain_items
 from zoomdet.zoom.windows import GainMap
 
 __all__ = ["RNetConfig", "RNet", "rnet_inputs", "coarse_gain_targets", "window_true_gains", "window_predicted_gains",
-           "GainModel", "RNetGain", "EntropyGain", "oracle_gain_map", "save_rnet"]
+           "RNET_TARGETS", "window_cover", "window_ap_targets", "GainModel", "RNetGain", "EntropyGain", "oracle_gain_map", "save_rnet"]
+
+
+RNET_TARGETS = ("gain", "ap")
 
 
 @dataclass
 class RNetConfig:
     """R-net architecture and training options."""
+
+    target: str = "gain"
+    """What the R-net learns. ``gain``: the paper's per-detection gain labels (Eq. 1-2). ``ap``: per-detection
+    values whose sum over each cached window (each box's share inside it, as the AG map spreads it) fits the
+    AP points that window alone adds to its image (:func:`window_ap_targets`); the greedy stop rule then reads
+    AP points."""
 
     hidden: int = 128
     """Width of the hidden fully connected layer."""
@@ -61,6 +75,10 @@ class RNetConfig:
     fine_only_iou: float = 0.1
     """A fine-only gain is credited to a replaced coarse box overlapping it at least this much."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.target not in RNET_TARGETS:
+            raise ValueError(f"R-net target must be one of {', '.join(RNET_TARGETS)}, got {self.target!r}")
 
 
 def rnet_inputs(det: Detections, extra: bool = True) -> Tensor:
@@ -120,6 +138,30 @@ def window_predicted_gains(rec, gains: Tensor) -> Tensor:
     """Predicted gain of each candidate window: its sum on the AG map of ``gains``."""
     gm = GainMap(rec.width, rec.height, rec.coarse.boxes, gains)
     return torch.tensor([gm.window_sum(rec.windows[k]) for k in range(rec.num_candidates)])
+
+
+def window_cover(boxes: Tensor, windows) -> Tensor:
+    """``Tensor[K, N]`` float32: the share of each box (xyxy pixels) inside each window, as the AG map spreads a
+    detection's gain uniformly over its box; a window's map sum is ``window_cover(boxes, windows) @ gains``."""
+    if len(boxes) == 0 or len(windows) == 0:
+        return torch.zeros(len(windows), len(boxes))
+    w = torch.tensor([wi.as_tuple() for wi in windows], dtype=torch.float32)
+    b = boxes.float()
+    lt = torch.max(w[:, None, :2], b[None, :, :2])
+    rb = torch.min(w[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    return inter / ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).clamp(min=1.0)[None, :]
+
+
+def window_ap_targets(rec, merge, candidates_only: bool = False) -> Tensor:
+    """``Tensor[K]`` float32: AP points each cached window of ``rec`` adds when zoomed alone (NaN on an image
+    without objects); ``merge``: the cache's :class:`~zoomdet.zoom.merge.MergeConfig`. ``candidates_only``:
+    the unshifted candidate windows only (``rec.windows[:rec.num_candidates]``)."""
+    from zoomdet.zoom.gain import window_ap_gains
+
+    k = rec.num_candidates if candidates_only else len(rec.windows)
+    return torch.from_numpy(window_ap_gains(rec.coarse, rec.fine[:k], rec.windows[:k], rec.gt_boxes, rec.gt_labels,
+                                            rec.gt_crowd, rec.width, rec.height, merge)).float()
 
 
 class GainModel(Protocol):

@@ -31,7 +31,7 @@ from torchvision.ops import box_iou
 
 from zoomdet.types import Detections, Window
 
-__all__ = ["GainItems", "detection_gains", "window_gain_items", "fresh_gain"]
+__all__ = ["GainItems", "detection_gains", "window_gain_items", "fresh_gain", "window_ap_gains"]
 
 
 @dataclass(frozen=True)
@@ -178,3 +178,27 @@ def fresh_gain(items: GainItems, zoomed: Sequence[Window]) -> float:
     for z in zoomed:
         fresh &= (x < z.x0) | (x >= z.x1) | (y < z.y0) | (y >= z.y1)
     return float(items.gains_np[fresh].sum())
+
+
+def window_ap_gains(coarse: Detections, fines: Sequence[Detections], windows: Sequence[Window], gt_boxes: Tensor,
+                    gt_labels: Tensor, gt_crowd: Tensor | None, width: int, height: int, merge) -> np.ndarray:
+    """AP points gained by zooming each window alone (``reward: ap`` of the environment before its pixel cost).
+
+    For each window, the coarse detections are merged with that window's fine detections by the engine's rule
+    (:func:`~zoomdet.zoom.merge.merge_zoom` with ``merge``, a :class:`~zoomdet.zoom.merge.MergeConfig`) and the
+    image's COCO AP@[.5:.95] (:class:`~zoomdet.eval.coco_eval.ImageAP`) is compared with the coarse pass's own.
+
+    Returns:
+        ``float64[K]``: ``100 * (AP(coarse + window k) - AP(coarse))``; all NaN on an image without objects.
+    """
+    from zoomdet.eval.coco_eval import ImageAP
+    from zoomdet.zoom.merge import merge_zoom
+
+    crowd = torch.zeros(len(gt_boxes), dtype=torch.bool) if gt_crowd is None else gt_crowd
+    scorer = ImageAP(gt_boxes, gt_labels, crowd, width, height)
+    if not scorer.has_objects:
+        return np.full(len(windows), np.nan)
+    plain = coarse.without_features()
+    base = scorer(plain)
+    return np.array([100.0 * (scorer(merge_zoom(plain, [f], [w], width, height, merge).detections) - base)
+                     for f, w in zip(fines, windows)], dtype=np.float64)
