@@ -362,3 +362,22 @@ def test_latency_benchmark_times_afresh_unless_asked_to_resume(tmp_path):
     mod.fresh_out(out, resume=False)
     assert not out.exists() and tmp_path.exists()
     mod.fresh_out(out, resume=False)  # nothing there: nothing to do
+
+
+def test_call_cost_benchmark_fits_fixed_and_per_pixel_cost_and_refuses_bad_input(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "call_cost.py"
+    spec = importlib.util.spec_from_file_location("bench_call_cost", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    fixed, per = mod.fit_line([0.1, 0.2, 0.4], [25.0, 30.0, 40.0])
+    assert fixed == pytest.approx(20.0) and per == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="two different input sizes"):
+        mod.fit_line([0.1, 0.1], [1.0, 2.0])
+    for bad in (["--images", "0"], ["--window-sides", "1.5"], ["--scales", "0"]):
+        with pytest.raises(SystemExit):
+            mod.main(["--checkpoint", "x.pt", "--data", "x.json", "--dataset", "d"] + bad)
+    assert "must be" in capsys.readouterr().err
+
