@@ -32,7 +32,7 @@ for name in ["rnet-gain-s0"] + [f"rnet-ap-s{s}" for s in seeds]:
     rows.append({"dataset": "synth-agent-val", "images": m["val_images"], "policy": name, "target": m["target"],
                  "seed": int(name.rsplit("-s", 1)[1]), "windows": m["val_windows"],
                  **{k: m[k] for k in ("val_spearman", "val_pearson", "val_ap_spearman", "val_ap_pearson",
-                                      "entropy_val_ap_spearman", "entropy_val_ap_pearson", "train_images", "train_l2",
+                                      "entropy_val_ap_spearman", "entropy_val_ap_pearson", "train_images", "train_labels", "train_l2",
                                       "label_std")},
                  "command": "bash benchmarks/rnet_ap.sh", "date": datetime.date.today().isoformat()})
     print(f"{name:14s} target {m['target']:4s}  validation Spearman with the AP points of each window "
