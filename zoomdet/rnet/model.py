@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
@@ -137,7 +138,8 @@ def window_true_gains(rec, drop_ios: float = 0.5, coarse_min_px: Optional[float]
 def window_predicted_gains(rec, gains: Tensor) -> Tensor:
     """Predicted gain of each candidate window: its sum on the AG map of ``gains``."""
     gm = GainMap(rec.width, rec.height, rec.coarse.boxes, gains)
-    return torch.tensor([gm.window_sum(rec.windows[k]) for k in range(rec.num_candidates)])
+    boxes = np.array([w.as_tuple() for w in rec.windows[:rec.num_candidates]], dtype=np.float64).reshape(-1, 4)
+    return torch.from_numpy(gm.window_sums(boxes)).float()
 
 
 def window_cover(boxes: Tensor, windows) -> Tensor:

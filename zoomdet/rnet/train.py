@@ -82,19 +82,20 @@ def train_rnet(cache_dir: str, out: str, cfg: Optional[RNetConfig] = None, val_c
     model = fit_rnet(x, y, cover, cfg, progress)
     rnet = RNetGain(model, cfg, cache.detector_id)
     with torch.no_grad():
-        pred = model(x)
-        train_l2 = float(torch.mean(((pred if cover is None else torch.sparse.mm(cover, pred[:, None])[:, 0]) - y) ** 2))
+        train_l2 = float(torch.mean((_per_label(model(x), cover) - y) ** 2))
     metrics = {"target": cfg.target, "train_images": len(train), "val_images": len(val),
                "train_detections": int(len(x)), "train_labels": int(len(y)), "train_l2": train_l2,
                "label_mean": float(y.mean()), "label_std": float(y.std())}
     # the target's own ranking, then (for either target) the ranking of the AP points each window adds
     ap_truth = [window_ap_targets(rec, cache.zoom.merge, candidates_only=True)
                 for rec in tqdm(val, desc="val AP gains", disable=not progress)]
-    own = ap_truth if cfg.target == "ap" else None
-    rn = window_correlations(val, rnet, cfg.drop_ios, cfg.coarse_min_px, own)
-    en = window_correlations(val, EntropyGain(), cfg.drop_ios, cfg.coarse_min_px, own)
     rn_ap = window_correlations(val, rnet, truths=ap_truth)
     en_ap = window_correlations(val, EntropyGain(), truths=ap_truth)
+    if cfg.target == "ap":  # its own target is the AP points
+        rn, en = rn_ap, en_ap
+    else:
+        rn = window_correlations(val, rnet, cfg.drop_ios, cfg.coarse_min_px)
+        en = window_correlations(val, EntropyGain(), cfg.drop_ios, cfg.coarse_min_px)
     metrics.update({"val_pearson": rn["pearson"], "val_spearman": rn["spearman"], "val_windows": rn["windows"],
                     "entropy_val_pearson": en["pearson"], "entropy_val_spearman": en["spearman"],
                     "val_ap_pearson": rn_ap["pearson"], "val_ap_spearman": rn_ap["spearman"],
@@ -118,8 +119,7 @@ def fit_rnet(x: torch.Tensor, y: torch.Tensor, cover: Optional[torch.Tensor], cf
     xn = (x - mean) / std
     bar = tqdm(range(cfg.epochs), desc="rnet train", disable=not progress)
     for _ in bar:
-        out = model(xn)
-        loss = torch.mean(((out if cover is None else torch.sparse.mm(cover, out[:, None])[:, 0]) - y) ** 2)
+        loss = torch.mean((_per_label(model(xn), cover) - y) ** 2)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -129,6 +129,12 @@ def fit_rnet(x: torch.Tensor, y: torch.Tensor, cover: Optional[torch.Tensor], cf
         lin.weight.div_(std[None, :])
         lin.bias.sub_((lin.weight * mean[None, :]).sum(1))
     return model
+
+
+def _per_label(per_detection: torch.Tensor, cover: Optional[torch.Tensor]) -> torch.Tensor:
+    """What the labels are compared with: the per-detection outputs themselves (``cover`` None), or each window's
+    sum of them, ``cover @ per_detection`` (``cover`` sparse ``[K, N]``)."""
+    return per_detection if cover is None else torch.sparse.mm(cover, per_detection[:, None])[:, 0]
 
 
 def _ap_training_set(records, cfg: RNetConfig, merge, progress: bool):
