@@ -43,8 +43,12 @@ def main(argv=None) -> int:
     ap.add_argument("--root", default="../shared/data/airbus-aircraft", help="dataset folder")
     ap.add_argument("--config", default="configs/eval/airbus.yaml")
     ap.add_argument("--images", type=int, default=0, help="test images (default 0 = all 20)")
-    ap.add_argument("--out", help="working folder (default runs/bench/airbus-<digest of the config's zoom section>, "
-                                   "so a changed zoom config never reuses caches or an R-net built for another)")
+    ap.add_argument("--dataset", default="airbus-test",
+                    help="the rows' dataset name (default airbus-test; -<images> is added with --images); the plot "
+                         "goes to docs/pareto_airbus.png for airbus-test, else docs/pareto_<dataset>.png")
+    ap.add_argument("--out", help="working folder (default runs/bench/airbus-<digest of the config's zoom section>-"
+                                   "<digest of its checkpoint>, so a changed zoom config or detector never reuses "
+                                   "caches, an R-net or a detector evaluation made for another)")
     ap.add_argument("--workers", type=int, default=None, help="Ray workers for the caches (default: CPU count)")
     ap.add_argument("--train-images", type=int, default=0, help="images per cache split (default 0 = all)")
     ap.add_argument("--policy", action="append", help=f"policies of stage 4, repeatable (default: {' '.join(POLICIES)}); "
@@ -56,13 +60,14 @@ def main(argv=None) -> int:
     from zoomdet.eval.evaluator import EvalConfig
     from zoomdet.eval.results import command_line, detector_scale_rows, rows_from_report, run_zoomdet, write_results
 
+    from zoomdet.detector.detector import file_digest
     from zoomdet.rnet.cache import zoom_digest
 
     cfg = load_config(EvalConfig, args.config)
     root = Path(args.root)
-    out = Path(args.out or f"runs/bench/airbus-{zoom_digest(cfg.zoom)}")
+    out = Path(args.out or f"runs/bench/airbus-{zoom_digest(cfg.zoom)}-{file_digest(cfg.checkpoint)[:8]}")
     out.mkdir(parents=True, exist_ok=True)
-    dataset = "airbus-test" if not args.images else f"airbus-test-{args.images}"
+    dataset = args.dataset if not args.images else f"{args.dataset}-{args.images}"
     command, today = command_line(), _dt.date.today().isoformat()
 
     # 1. the detector at three scales
@@ -94,7 +99,8 @@ def main(argv=None) -> int:
     path = write_results("airbus", rows, replace={"dataset": dataset})
     if not args.images:
         (REPO / "docs").mkdir(exist_ok=True)
-        shutil.copy(ev / "pareto.png", REPO / "docs" / "pareto_airbus.png")
+        plot = "pareto_airbus.png" if dataset == "airbus-test" else f"pareto_{dataset}.png"
+        shutil.copy(ev / "pareto.png", REPO / "docs" / plot)
     print("detector on test, whole image (AP / AP_medium / AP_large):")
     for r in (r for r in rows if r["policy"].startswith("detector@")):
         print(f"  {r['policy']}: {r['ap']:.3f} / {r['ap_medium']:.3f} / {r['ap_large']:.3f}")

@@ -381,3 +381,54 @@ def test_call_cost_benchmark_fits_fixed_and_per_pixel_cost_and_refuses_bad_input
             mod.main(["--checkpoint", "x.pt", "--data", "x.json", "--dataset", "d"] + bad)
     assert "must be" in capsys.readouterr().err
 
+
+
+def test_tiny_fcos_trains_detects_through_the_detector_and_round_trips(tmp_path):
+    """The one-stage model: the same backbone and FPN as tiny_frcnn, FCOS's head, no RoI features."""
+    from dataclasses import asdict
+
+    from zoomdet.detector.detector import detector_id
+
+    torch.manual_seed(0)
+    cfg = tiny_model_config(name="tiny_fcos", head_convs=1, fpn_channels=32)
+    model = build_model(cfg).train()
+    assert not hasattr(model, "rpn") and not hasattr(model, "roi_heads")
+    images = [torch.rand(3, 128, 160), torch.rand(3, 128, 160)]
+    targets = [{"boxes": torch.tensor([[10.0, 10, 30, 40], [60, 50, 140, 120]]), "labels": torch.tensor([1, 2])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    losses = model(images, targets)
+    assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}
+    sum(losses.values()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
+    # more head layers, more weights; the level sizes are the strides 4..64
+    assert sum(p.numel() for p in build_model(tiny_model_config(name="tiny_fcos", head_convs=2, fpn_channels=32)).parameters()) > \
+        sum(p.numel() for p in model.parameters())
+    assert [s[0] for s in model.anchor_generator.sizes] == [4, 8, 16, 32, 64]
+
+    model.eval()
+    model.score_thresh = 0.0  # an untrained head scores everything near its prior: keep some boxes
+    det = Detector(model, cfg, {1: "person", 2: "car"})
+    assert det.feature_dim is None
+    image = torch.rand(3, 200, 300)
+    (d,) = det.detect(image, [Window(100, 50, 300, 200, 0.5)])
+    assert len(d) > 0 and d.features is None
+    assert (d.boxes[:, 0] >= 100 - 1e-3).all() and (d.boxes[:, 2] <= 300 + 1e-3).all()
+    assert set(d.labels.tolist()) <= {1, 2}
+
+    path = tmp_path / "fcos.pt"
+    save_checkpoint(path, model, cfg, {1: "person", 2: "car"})
+    again = Detector.from_checkpoint(path)
+    assert again.config.name == "tiny_fcos" and again.config.head_convs == 1
+    with pytest.raises(ValueError, match="head_convs"):
+        build_model(tiny_model_config(name="tiny_fcos", head_convs=-1, fpn_channels=32))
+    with pytest.raises(ValueError, match="divisible by 32"):
+        build_model(tiny_model_config(name="tiny_fcos"))  # 16 FPN channels
+    # head_convs joined the model config after detector ids were issued: at its default it leaves them unchanged
+    frcnn = tiny_model_config()
+    fields = asdict(frcnn)
+    del fields["head_convs"]
+    import hashlib
+    import json
+    old = hashlib.sha256(json.dumps({k: v for k, v in fields.items() if k not in ("roi_sampling_ratio", "box_head_rank")},
+                                    sort_keys=True, default=str).encode()).hexdigest()[:8]
+    assert detector_id("abc", frcnn) == f"abc-{old}"

@@ -218,7 +218,9 @@ class Detector:
             # a detection's feature is its proposal's box-head vector, already computed above
             vectors = [head[d["index"]] if features else None for d in dets]
         else:
-            dets = m(crops)
+            # one-stage models (FCOS, RetinaNet) score every class index with a sigmoid, the never-trained
+            # background index 0 too: it is no category, so its boxes are dropped
+            dets = [{k: v[d["labels"] > 0] for k, v in d.items()} for d in m(crops)]
             vectors = [None] * len(dets)
         out = []
         for d, v in zip(dets, vectors):
@@ -259,7 +261,7 @@ class Detector:
                    proposal_density=proposal_density, proposal_min=proposal_min)
 
 
-_HASHED_WHEN_SET = {"roi_sampling_ratio": 2, "box_head_rank": 0}
+_HASHED_WHEN_SET = {"roi_sampling_ratio": 2, "box_head_rank": 0, "head_convs": 1}
 """Model fields added after detector ids were first issued: hashed only when they differ from these defaults,
 so every id, rollout cache and R-net made before them stays valid."""
 

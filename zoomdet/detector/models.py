@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import (
+    FCOS,
     FasterRCNN,
     fasterrcnn_mobilenet_v3_large_fpn,
     fasterrcnn_resnet50_fpn_v2,
@@ -27,6 +28,7 @@ from torchvision.models.detection import (
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
@@ -35,6 +37,7 @@ __all__ = ["ModelConfig", "PinnedScaleTransform", "ThreadedRoIAlign", "TinyBackb
 
 MODEL_NAMES = (
     "tiny_frcnn",
+    "tiny_fcos",
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_resnet50_fpn_v2",
     "retinanet_resnet50_fpn_v2",
@@ -47,19 +50,25 @@ class ModelConfig:
     """Architecture of a detector (saved inside every checkpoint)."""
 
     name: str = "tiny_frcnn"
-    """One of ``tiny_frcnn`` (default, CPU), ``fasterrcnn_mobilenet_v3_large_fpn``,
+    """One of ``tiny_frcnn`` (default, CPU), ``tiny_fcos`` (the same backbone and FPN with a one-stage
+    FCOS head: no RPN, no RoI pooling, a smaller fixed cost per call), ``fasterrcnn_mobilenet_v3_large_fpn``,
     ``fasterrcnn_resnet50_fpn_v2``, ``retinanet_resnet50_fpn_v2``, ``fcos_resnet50_fpn``."""
     num_classes: int = 4
     """Number of classes including background (index 0); labels are dataset category ids.
     ``zoomdet detector train`` takes 0 to mean "the training set's categories + 1"."""
     widths: list[int] = field(default_factory=lambda: [24, 48, 96, 160])
-    """tiny_frcnn: channels of the stride-4/8/16/32 stages."""
+    """tiny_frcnn, tiny_fcos: channels of the stride-4/8/16/32 stages."""
     fpn_channels: int = 64
-    """tiny_frcnn: FPN output channels."""
+    """tiny_frcnn, tiny_fcos: FPN output channels."""
+    head_convs: int = 1
+    """tiny_fcos: 3x3 conv + GroupNorm + ReLU layers in each of the head's two branches before its
+    predictions (FCOS's paper uses 4; on the stride-4 level each costs about as much as the backbone)."""
     anchor_sizes: list[list[int]] = field(default_factory=lambda: [[8, 12], [16, 24], [32, 48], [64, 96], [128, 192]])
     """Anchor sizes (pixels of the model input) per FPN level: strides 4, 8, 16, 32 and the
     max-pooled stride-64 level (tiny_frcnn); fasterrcnn_resnet50_fpn_v2 takes them when given as
-    5 levels of one size each."""
+    5 levels of one size each. tiny_fcos has no anchors: each level's location size is its stride, so
+    FCOS assigns an object to the level whose range holds its largest centre-to-side distance
+    (0-32, 32-64, 64-128, 128-256, >= 256 px of model input)."""
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     """Anchor aspect ratios (height / width)."""
     representation_size: int = 256
@@ -270,6 +279,25 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.nms_thresh,
             box_detections_per_img=cfg.detections_per_img,
         )
+    elif cfg.name == "tiny_fcos":
+        if cfg.head_convs < 0:
+            raise ValueError(f"head_convs must be >= 0, got {cfg.head_convs}")
+        if cfg.fpn_channels % 32:
+            raise ValueError(f"tiny_fcos needs fpn_channels divisible by 32 (its head's GroupNorm has 32 groups), "
+                             f"got {cfg.fpn_channels}")
+        backbone = BackboneWithFPN(
+            TinyBackbone(cfg.widths),
+            return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+            in_channels_list=list(cfg.widths),
+            out_channels=cfg.fpn_channels,
+        )  # the same five levels as tiny_frcnn, strides 4 to 64
+        # FCOS reads one "anchor" per location: its centre and its size (the stride here, as in
+        # torchvision's fcos_resnet50_fpn, whose P3..P7 get sizes 8..128), for the level ranges
+        locations = AnchorGenerator(((4,), (8,), (16,), (32,), (64,)), ((1.0,),) * 5)
+        model = FCOS(backbone, cfg.num_classes, anchor_generator=locations,
+                     head=FCOSHead(cfg.fpn_channels, 1, cfg.num_classes, num_convs=cfg.head_convs),
+                     score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
+                     detections_per_img=cfg.detections_per_img)
     elif cfg.name == "fasterrcnn_mobilenet_v3_large_fpn":
         model = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=cfg.num_classes,
                                                   **_rpn_test_settings(cfg),
