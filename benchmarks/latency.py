@@ -88,6 +88,7 @@ def main(argv=None) -> int:
                                                                                   "proposal_density": density,
                                                                                   "proposal_min": pmin,
                                                                                   "device": str(detector.device),
+                                                                                  "model": detector.config.name,
                                                                                   "detector_settings": cfg.detector_settings})
         for row, r in zip(run_rows, report["policies"]):
             t = r["timing_ms"]
