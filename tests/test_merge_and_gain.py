@@ -187,3 +187,20 @@ def test_policies_benchmark_refuses_a_run_without_fine_and_a_bad_results_name(ca
     with pytest.raises(SystemExit):
         mod.main(base + ["--policy", "fine", "--results", "../elsewhere"])
     assert "--results is a file name" in capsys.readouterr().err
+
+
+def test_latency_stage_table_labels_proposal_settings_and_one_stage_models(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tables.py"
+    spec = importlib.util.spec_from_file_location("bench_tables", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    timing = {k: 1.0 for k in mod.STAGES}
+    base = dict(policy="coarse", budget=None, ap=0.1, ap_small=0.1, pixels_ratio=0.25, rel_time=0.3, rel_pixels=0.25,
+                overhead_share=0.0, timing_ms=timing, image_dtype="uint8")
+    mod.stage_table([dict(base, proposal_density=0), dict(base, proposal_density=3500, proposal_min=300),
+                     dict(base, proposal_density=0, model="tiny_fcos"), dict(base, proposal_density=0, model="tiny_frcnn")])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| uint8")]
+    assert [ln.split(" | ")[1] for ln in lines] == ["fixed 1000", "3500/Mpx, ≥ 300", "none (tiny_fcos)", "fixed 1000"]
