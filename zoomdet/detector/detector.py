@@ -220,7 +220,10 @@ class Detector:
         else:
             # one-stage models (FCOS, RetinaNet) score every class index with a sigmoid, the never-trained
             # background index 0 too: it is no category, so its boxes are dropped
-            dets = [{k: v[d["labels"] > 0] for k, v in d.items()} for d in m(crops)]
+            dets = []
+            for d in m(crops):
+                keep = d["labels"] > 0
+                dets.append({k: v[keep] for k, v in d.items()})
             vectors = [None] * len(dets)
         out = []
         for d, v in zip(dets, vectors):

@@ -33,14 +33,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Protocol
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from zoomdet.types import Detections
 from zoomdet.zoom.gain import window_gain_items
-from zoomdet.zoom.windows import GainMap
+from zoomdet.zoom.merge import intersection_over_self
+from zoomdet.zoom.windows import GainMap, window_boxes
 
 __all__ = ["RNetConfig", "RNet", "rnet_inputs", "coarse_gain_targets", "window_true_gains", "window_predicted_gains",
            "RNET_TARGETS", "window_cover", "window_ap_targets", "GainModel", "RNetGain", "EntropyGain", "oracle_gain_map", "save_rnet"]
@@ -138,8 +138,7 @@ def window_true_gains(rec, drop_ios: float = 0.5, coarse_min_px: Optional[float]
 def window_predicted_gains(rec, gains: Tensor) -> Tensor:
     """Predicted gain of each candidate window: its sum on the AG map of ``gains``."""
     gm = GainMap(rec.width, rec.height, rec.coarse.boxes, gains)
-    boxes = np.array([w.as_tuple() for w in rec.windows[:rec.num_candidates]], dtype=np.float64).reshape(-1, 4)
-    return torch.from_numpy(gm.window_sums(boxes)).float()
+    return torch.from_numpy(gm.window_sums(window_boxes(rec.windows[:rec.num_candidates]))).float()
 
 
 def window_cover(boxes: Tensor, windows) -> Tensor:
@@ -147,12 +146,8 @@ def window_cover(boxes: Tensor, windows) -> Tensor:
     detection's gain uniformly over its box; a window's map sum is ``window_cover(boxes, windows) @ gains``."""
     if len(boxes) == 0 or len(windows) == 0:
         return torch.zeros(len(windows), len(boxes))
-    w = torch.tensor([wi.as_tuple() for wi in windows], dtype=torch.float32)
-    b = boxes.float()
-    lt = torch.max(w[:, None, :2], b[None, :, :2])
-    rb = torch.min(w[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    return inter / ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).clamp(min=1.0)[None, :]
+    # the gain map divides a gain by its box's area floored at 1 px², so the share is floored the same way
+    return intersection_over_self(boxes.float(), torch.from_numpy(window_boxes(windows)).float(), area_floor=1.0).T
 
 
 def window_ap_targets(rec, merge, candidates_only: bool = False) -> Tensor:

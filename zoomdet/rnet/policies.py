@@ -16,7 +16,7 @@ import numpy as np
 
 from zoomdet.rnet.model import GainModel
 from zoomdet.zoom.engine import EpisodeState
-from zoomdet.zoom.windows import GainMap
+from zoomdet.zoom.windows import GainMap, window_boxes
 
 __all__ = ["GreedyPolicy"]
 
@@ -49,7 +49,7 @@ class GreedyPolicy:
         if gm.positive_total() < self.stop_gain:
             return None
         if "greedy_boxes" not in state.memory:  # once per episode: the candidates as arrays
-            state.memory["greedy_boxes"] = np.array([w.as_tuple() for w in state.candidates], dtype=np.float64)
+            state.memory["greedy_boxes"] = window_boxes(state.candidates)
             state.memory["greedy_pixels"] = np.array([w.source_pixels for w in state.candidates], dtype=np.float64)
         idx = np.flatnonzero(state.available)
         if not len(idx):

@@ -119,12 +119,13 @@ class MergeResult:
     region: Tensor
 
 
-def intersection_over_self(a: Tensor, b: Tensor) -> Tensor:
-    """``Tensor[N, M]``: area of ``a[i] ∩ b[j]`` divided by the area of ``a[i]`` (xyxy boxes)."""
+def intersection_over_self(a: Tensor, b: Tensor, area_floor: float = 1e-9) -> Tensor:
+    """``Tensor[N, M]``: area of ``a[i] ∩ b[j]`` divided by the area of ``a[i]`` (xyxy boxes), that area taken as
+    at least ``area_floor`` (px²)."""
     lt = torch.max(a[:, None, :2], b[None, :, :2])
     rb = torch.min(a[:, None, 2:], b[None, :, 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)
-    return inter / box_area(a).clamp(min=1e-9)[:, None]
+    return inter / box_area(a).clamp(min=area_floor)[:, None]
 
 
 def _touches_interior_edge(boxes: Tensor, window: Window, width: int, height: int, border: float) -> Tensor:

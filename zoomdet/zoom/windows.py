@@ -24,7 +24,8 @@ from torch import Tensor
 
 from zoomdet.types import Window
 
-__all__ = ["WindowConfig", "candidate_windows", "GainMap", "refine_window", "refinement_windows", "split_window"]
+__all__ = ["WindowConfig", "candidate_windows", "GainMap", "refine_window", "refinement_windows", "split_window",
+           "window_boxes"]
 
 
 @dataclass
@@ -118,6 +119,12 @@ def candidate_windows(width: int, height: int, cfg: Optional[WindowConfig] = Non
             for x in _grid_starts(width, ww, n):
                 out.append(Window(x, y, x + ww, y + wh, 1.0))
     return out
+
+
+def window_boxes(windows) -> np.ndarray:
+    """``float64[K, 4]``: the xyxy full-image pixel boxes of ``windows`` (``[0, 4]`` for none), as
+    :meth:`GainMap.window_sums` takes them."""
+    return np.array([w.as_tuple() for w in windows], dtype=np.float64).reshape(-1, 4)
 
 
 class GainMap:
@@ -307,7 +314,7 @@ def refine_window(window: Window, gain: GainMap, cfg: Optional[WindowConfig] = N
         positions = refinement_windows(window, gain.width, gain.height, cfg)
     if len(positions) <= 1:
         return window
-    return positions[best_position(gain.window_sums(np.array([p.as_tuple() for p in positions], dtype=np.float64)))]
+    return positions[best_position(gain.window_sums(window_boxes(positions)))]
 
 
 def best_position(sums: Sequence[float]) -> int:
