@@ -371,3 +371,40 @@ def test_agents_benchmark_parses_variants_and_refuses_unknown_ones():
         ZoomEnvConfig.from_options(**{"rnet": "x.pt", **parse_key_values(mod.parse_variant(v)[1])})
     with pytest.raises(SystemExit, match="unknown variant"):
         mod.parse_variant("qnet-magic")
+
+
+def test_window_signal_benchmark_scores_states_against_the_oracles_first_pick(monkeypatch, tmp_path, capsys):
+    import dataclasses
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import zoomdet.eval.results as results
+
+    # the toy images, but the coarse pass misses two of the four small objects, which the fine pass finds
+    recs = []
+    for i in range(9):
+        r = toy_record(i + 1, i, np.random.default_rng(i))
+        recs.append(dataclasses.replace(r, coarse=D(r.coarse.boxes[2:].tolist(), r.coarse.scores[2:].tolist())))
+    toy_cache = write_fake_cache(tmp_path / "cache", recs, zoom=ZOOM)
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "window_signal.py"
+    spec = importlib.util.spec_from_file_location("bench_window_signal", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # greedy's first pick: best score per pixel among positive scores; none positive -> stop (0 AP points)
+    assert mod.first_pick(np.array([1.0, 3.0, 2.0]), np.array([1.0, 4.0, 1.0]), np.array([5.0, 6.0, 7.0])) == 7.0
+    assert mod.first_pick(np.array([0.0, -1.0]), np.array([1.0, 1.0]), np.array([5.0, 6.0])) == 0.0
+
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    assert mod.main(["--cache", str(toy_cache), "--dataset", "toy"]) == 0
+    rows = {r["state"]: r for r in json.loads((tmp_path / "window_signal.json").read_text())}
+    assert set(rows) == {"entropy", "fine-objects"}
+    for r in rows.values():
+        assert r["dataset"] == "toy" and r["images"] == 9 and r["windows_per_image"] == 13
+        assert r["random_pick"] < r["first_pick"] <= r["oracle_pick"] + 1e-9
+    # the toy's small objects are what the fine pass finds better: the object map takes the oracle's first pick
+    assert rows["fine-objects"]["share"] == pytest.approx(1.0)
+    assert "fine-objects" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        mod.main(["--cache", str(toy_cache)])  # --dataset is required

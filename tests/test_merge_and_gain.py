@@ -204,3 +204,20 @@ def test_latency_stage_table_labels_proposal_settings_and_one_stage_models(capsy
                      dict(base, proposal_density=0, model="tiny_fcos"), dict(base, proposal_density=0, model="tiny_frcnn")])
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| uint8")]
     assert [ln.split(" | ")[1] for ln in lines] == ["fixed 1000", "3500/Mpx, ≥ 300", "none (tiny_fcos)", "fixed 1000"]
+
+
+def test_object_fine_gains_is_the_best_fine_score_over_the_best_coarse_score():
+    from zoomdet.zoom.gain import object_fine_gains
+
+    gt = torch.tensor([[0, 0, 10, 10], [50, 50, 60, 60], [100, 100, 110, 110], [150, 150, 160, 160]], dtype=torch.float32)
+    labels = torch.tensor([1, 1, 1, 2])
+    coarse = dets([[0, 0, 10, 10], [50, 50, 60, 60], [150, 150, 160, 160]], [0.3, 0.8, 0.9], [1, 1, 1])
+    # object 0: fine finds it at 0.9 in the second window (0.5 in the first); object 1: the coarse pass was better;
+    # object 2: only a box at IoU 0.25 (no match); object 3: the coarse box has the wrong class, the fine one the right
+    fine_a = dets([[0, 0, 10, 10], [100, 100, 105, 105]], [0.5, 0.99], [1, 1])
+    fine_b = dets([[1, 0, 11, 10], [50, 50, 60, 60], [150, 150, 160, 160]], [0.9, 0.6, 0.7], [1, 1, 2])
+    g = object_fine_gains(coarse, [fine_a, fine_b], gt, labels)
+    assert g.shape == (4,) and g.dtype == torch.float32
+    torch.testing.assert_close(g, torch.tensor([0.6, 0.0, 0.0, 0.7]))
+    assert object_fine_gains(coarse, [], gt, labels).tolist() == [0.0] * 4
+    assert len(object_fine_gains(coarse, [fine_a], torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))) == 0

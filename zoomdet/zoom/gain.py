@@ -31,7 +31,7 @@ from torchvision.ops import box_iou
 
 from zoomdet.types import Detections, Window
 
-__all__ = ["GainItems", "detection_gains", "window_gain_items", "fresh_gain", "window_ap_gains"]
+__all__ = ["GainItems", "detection_gains", "window_gain_items", "fresh_gain", "window_ap_gains", "object_fine_gains"]
 
 
 @dataclass(frozen=True)
@@ -202,3 +202,32 @@ def window_ap_gains(coarse: Detections, fines: Sequence[Detections], windows: Se
     base = scorer(plain)
     return np.array([100.0 * (scorer(merge_zoom(plain, [f], [w], width, height, merge).detections) - base)
                      for f, w in zip(fines, windows)], dtype=np.float64)
+
+
+def _best_matched_score(det: Detections, gt_boxes: Tensor, gt_labels: Tensor, iou: float) -> Tensor:
+    """``Tensor[G]``: for each ground-truth box, the highest score of a same-class detection at IoU >= ``iou`` (0 if none)."""
+    if len(det) == 0 or len(gt_boxes) == 0:
+        return torch.zeros(len(gt_boxes))
+    hit = (box_iou(gt_boxes.float(), det.boxes.float()) >= iou) & (gt_labels[:, None] == det.labels[None, :])
+    return torch.where(hit, det.scores[None, :].float(), torch.zeros(())).max(dim=1).values
+
+
+def object_fine_gains(coarse: Detections, fines: Sequence[Detections], gt_boxes: Tensor, gt_labels: Tensor,
+                      iou: float = 0.5) -> Tensor:
+    """What the fine pass adds for each ground-truth object: its best matched fine score minus its best matched
+    coarse score, floored at 0 (ground truth only; a diagnostic of where zooming pays, not a reward).
+
+    Args:
+        coarse: coarse detections (xyxy full-image pixels).
+        fines: fine detections of any windows (e.g. every cached window of an image); an object's best fine
+            score is taken over all of them.
+        gt_boxes: ``Tensor[G, 4]`` xyxy full-image pixels; ``gt_labels``: ``Tensor[G]`` category ids.
+        iou: the IoU at which a same-class detection matches an object.
+
+    Returns:
+        ``Tensor[G]`` float32 in [0, 1].
+    """
+    fine = torch.zeros(len(gt_boxes))
+    for f in fines:
+        fine = torch.maximum(fine, _best_matched_score(f, gt_boxes, gt_labels, iou))
+    return (fine - _best_matched_score(coarse, gt_boxes, gt_labels, iou)).clamp(min=0.0)
