@@ -60,10 +60,13 @@ def main(argv=None) -> int:
     from zoomdet.zoom.gain import object_fine_gains
     from zoomdet.zoom.windows import GainMap, window_boxes
 
-    cache = RolloutCache(args.cache)
-    states = {"entropy": EntropyGain()}
-    for path in args.rnet:
-        states[f"rnet:{Path(path).stem}"] = RNetGain.from_checkpoint(path, expect_detector=cache.detector_id)
+    try:
+        cache = RolloutCache(args.cache)
+        states = {"entropy": EntropyGain()}
+        for path in args.rnet:  # an R-net of another detector is refused: its features mean something else
+            states[f"rnet:{Path(path).stem}"] = RNetGain.from_checkpoint(path, expect_detector=cache.detector_id)
+    except (FileNotFoundError, ValueError) as e:
+        ap.error(str(e))
     names = [*states, "fine-objects"]
     spearman = {n: [] for n in names}
     picks = {n: [] for n in names}

@@ -408,3 +408,10 @@ def test_window_signal_benchmark_scores_states_against_the_oracles_first_pick(mo
     assert "fine-objects" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         mod.main(["--cache", str(toy_cache)])  # --dataset is required
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        mod.main(["--cache", str(tmp_path / "none"), "--dataset", "toy"])
+    assert "no rollout cache" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod.main(["--cache", str(toy_cache), "--rnet", str(tmp_path / "none.pt"), "--dataset", "toy"])
+    assert "R-net checkpoint not found" in capsys.readouterr().err
