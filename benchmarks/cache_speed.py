@@ -10,7 +10,8 @@ window gains (paper Eq. 1-2, ``window_true_gains``) the R-net is trained on:
 Spearman and Pearson correlation, mean absolute difference, and the share of
 images whose best window is the same; and the same for each window's ``reward: ap``
 (the change of the image's COCO AP when that window alone is zoomed,
-``ZoomEnv.single_window_rewards``), the reward the agents are trained on. Writes
+``ZoomEnv.single_window_rewards``), the reward the agents are trained on, with
+its mean under each cache (how much zooming adds, on average, as each cache tells it). Writes
 ``benchmarks/results/cache_speed.json`` (replacing ``--dataset``'s rows).
 """
 
@@ -75,6 +76,8 @@ def main(argv=None) -> int:
            "ap_reward_spearman": float(spearmanr(x, y).statistic), "ap_reward_pearson": float(pearsonr(x, y).statistic),
            "ap_reward_mean_abs_diff": float(np.abs(x - y).mean()), "ap_reward_mean_abs_exact": float(np.abs(x).mean()),
            "ap_same_best_window": float(np.mean([np.argmax(u) == np.argmax(v) for u, v in zip(ae, ac)])),
+           # signed means: a composed cache that under- or overstates what zooming adds biases what agents learn
+           "ap_reward_mean_exact": float(x.mean()), "ap_reward_mean_composed": float(y.mean()),
            "command": command_line(), "date": _dt.date.today().isoformat()}
     path = write_results("cache_speed", [row], replace={"dataset": args.dataset},
                          required=("dataset", "images", "command", "date"))
