@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     spearman = {n: [] for n in names}
     picks = {n: [] for n in names}
     random_pick, oracle_pick = [], []
-    n_images = 0
+    n_images, k = 0, 0
     records = list(cache)[:args.images] if args.images else cache
     for rec in tqdm(records, desc="images", total=args.images or len(cache)):
         k = rec.num_candidates
@@ -92,6 +92,8 @@ def main(argv=None) -> int:
         random_pick.append(float(labels.mean()))
         oracle_pick.append(max(float(labels.max()), 0.0))
 
+    if not n_images:
+        ap.error(f"{args.cache}: no image with objects (a window's AP gain is undefined without them)")
     rnd, orc = float(np.mean(random_pick)), float(np.mean(oracle_pick))
     common = {"dataset": args.dataset, "images": n_images, "windows_per_image": int(k), "random_pick": rnd,
               "oracle_pick": orc, "detector_id": cache.detector_id, "cache": args.cache,

@@ -409,6 +409,11 @@ def test_window_signal_benchmark_scores_states_against_the_oracles_first_pick(mo
     with pytest.raises(SystemExit):
         mod.main(["--cache", str(toy_cache)])  # --dataset is required
     capsys.readouterr()
+    empty = [dataclasses.replace(r, gt_boxes=torch.zeros(0, 4), gt_labels=torch.zeros(0, dtype=torch.long),
+                                 gt_crowd=torch.zeros(0, dtype=torch.bool)) for r in recs[:2]]
+    with pytest.raises(SystemExit):
+        mod.main(["--cache", str(write_fake_cache(tmp_path / "empty", empty, zoom=ZOOM)), "--dataset", "toy"])
+    assert "no image with objects" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         mod.main(["--cache", str(tmp_path / "none"), "--dataset", "toy"])
     assert "no rollout cache" in capsys.readouterr().err
