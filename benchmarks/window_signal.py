@@ -26,6 +26,7 @@ random): the part of the oracle's first-step room the state takes. Rows go to
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -72,8 +73,8 @@ def main(argv=None) -> int:
     picks = {n: [] for n in names}
     random_pick, oracle_pick = [], []
     n_images, k = 0, 0
-    records = list(cache)[:args.images] if args.images else cache
-    for rec in tqdm(records, desc="images", total=args.images or len(cache)):
+    total = min(args.images, len(cache)) if args.images else len(cache)
+    for rec in tqdm(itertools.islice(cache, total), desc="images", total=total):  # records load shard by shard
         k = rec.num_candidates
         labels = window_ap_targets(rec, cache.zoom.merge, candidates_only=True).numpy()
         if np.isnan(labels).all():  # no object: AP is undefined

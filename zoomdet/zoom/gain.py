@@ -64,11 +64,15 @@ class GainItems:
         return self.gains.double().numpy()
 
 
+def _class_matches(boxes: Tensor, labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor, thr: float) -> Tensor:
+    """``Tensor[N, G]`` bool: detection ``i`` (xyxy, category id) has ground-truth box ``j``'s class and IoU >= ``thr``."""
+    return (box_iou(boxes, gt_boxes) >= thr) & (labels[:, None] == gt_labels[None, :])
+
+
 def _true_positive(det: Detections, gt_boxes: Tensor, gt_labels: Tensor, thr: float = 0.5) -> Tensor:
     if len(det) == 0 or len(gt_boxes) == 0:
         return torch.zeros(len(det))
-    iou = box_iou(det.boxes, gt_boxes) * (det.labels[:, None] == gt_labels[None, :])
-    return (iou >= thr).any(dim=1).float()
+    return _class_matches(det.boxes, det.labels, gt_boxes, gt_labels, thr).any(dim=1).float()
 
 
 def _in_crowd(det: Detections, crowd_boxes: Tensor) -> Tensor:
@@ -208,7 +212,7 @@ def _best_matched_score(det: Detections, gt_boxes: Tensor, gt_labels: Tensor, io
     """``Tensor[G]``: for each ground-truth box, the highest score of a same-class detection at IoU >= ``iou`` (0 if none)."""
     if len(det) == 0 or len(gt_boxes) == 0:
         return torch.zeros(len(gt_boxes))
-    hit = (box_iou(gt_boxes.float(), det.boxes.float()) >= iou) & (gt_labels[:, None] == det.labels[None, :])
+    hit = _class_matches(det.boxes.float(), det.labels, gt_boxes.float(), gt_labels, iou).T  # [G, N]
     return torch.where(hit, det.scores[None, :].float(), torch.zeros(())).max(dim=1).values
 
 
