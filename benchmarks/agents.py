@@ -42,13 +42,15 @@ VARIANTS = {
     "qnet-ap": f"reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",
     # ablations, each one change from qnet-ap
     "qnet-gain": f"reward:gain,lam:0,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",  # the paper's reward
+    # the dataset's AP, other images at their coarse pass, instead of the image's own (zoomdet.eval.coco_eval.PoolAP)
+    "qnet-dataset-ap": f"reward:dataset-ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",
     "er-qnet": f"state:entropy,reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",  # ER+Qnet
     "qnet-ap-nocontext": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7]",  # the paper's state only
     "qnet-ap-fixed": f"reward:ap,lam:0,stop_gain:0,max_pixels_ratio:0.6,{CONTEXT}",  # one budget in training
     "qnet-ap-lam1": f"reward:ap,lam:1,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",  # λ sweep
     "qnet-ap-lam5": f"reward:ap,lam:5,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",
 }
-ABLATIONS = ["qnet-gain", "er-qnet", "qnet-ap-nocontext", "qnet-ap-fixed", "qnet-ap-lam1", "qnet-ap-lam5"]
+ABLATIONS = ["qnet-gain", "qnet-dataset-ap", "er-qnet", "qnet-ap-nocontext", "qnet-ap-fixed", "qnet-ap-lam1", "qnet-ap-lam5"]
 RULES = ("greedy", "greedy-entropy")
 
 

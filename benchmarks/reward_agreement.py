@@ -4,7 +4,8 @@
 
 For every image of a rollout cache and every candidate window, zoom that
 window alone (the other images keep their coarse detections) and measure the
-change of the dataset's COCO AP (COCOeval over all the cache's images, x 100).
+change of the dataset's COCO AP (COCOeval over all the cache's images, x 100; :class:`~zoomdet.eval.coco_eval.PoolAP`
+evaluates the others once).
 Beside it, the window's reward under ``reward: gain`` (the paper's Eq. 1-2)
 and ``reward: ap`` (the change of that image's AP, x 100), both before the
 pixel cost, which is the same for both. Prints the Spearman and Pearson
@@ -35,22 +36,20 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from zoomdet.envs.zoom_env import ZoomEnv
-    from zoomdet.eval.coco_eval import coco_metrics, ground_truth_coco
+    from zoomdet.eval.coco_eval import PoolAP
     from zoomdet.eval.results import command_line, write_results
 
     env = ZoomEnv(args.cache, state="entropy", reward="ap")
     n = len(env.records) if not args.images else min(args.images, len(env.records))
     records = env.records[:n]
-    coco = ground_truth_coco((r.image_id, r.width, r.height, r.gt_boxes, r.gt_labels, r.gt_crowd) for r in records)
-    ids = [r.image_id for r in records]
-    coarse = {r.image_id: r.coarse.without_features().to_coco(r.image_id) for r in records}
-    base = coco_metrics(coco, [d for v in coarse.values() for d in v], ids)["ap"]
+    # COCOeval over the n images, each at its coarse pass but the one whose window is zoomed
+    pool = PoolAP([(r.image_id, r.width, r.height, r.gt_boxes, r.gt_labels, r.gt_crowd) for r in records],
+                  {r.image_id: r.coarse for r in records})
+    base = pool.reference_ap
     gain, ap_gain, delta = [], [], []
     for k in tqdm(range(n), desc="images"):
         for w in env.single_window_rewards(k):
-            rid = records[k].image_id
-            results = [d for i, v in coarse.items() if i != rid for d in v] + w["detections"].to_coco(rid)
-            delta.append(100 * (coco_metrics(coco, results, ids)["ap"] - base))
+            delta.append(100 * (pool(records[k].image_id, w["detections"]) - base))
             gain.append(w["gain"])
             ap_gain.append(w["ap_gain"])
     row = {"dataset": args.dataset, "images": n, "windows": len(delta), "coarse_ap": base,

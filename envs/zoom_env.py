@@ -39,7 +39,13 @@ scale). Stop: reward 0. With ``reward="ap"`` the first term is instead the
 change of the image's COCO AP (x 100, AP points) that the step makes to the
 merged detections (:class:`~zoomdet.eval.coco_eval.ImageAP`, COCOeval on that
 image alone): an episode's rewards then sum to the AP the zoom added, minus
-``lam`` times the pixels spent, so the objective is the metric.
+``lam`` times the pixels spent, so the objective is the metric. Per-image AP
+cannot see what ranking all images' detections together does (a false
+positive below its own image's true positives, or of a class the image does
+not hold, costs it nothing); ``reward="dataset-ap"`` keeps that: the step's
+change of the COCO AP of all the cache's images, the others at their coarse
+detections (:class:`~zoomdet.eval.coco_eval.PoolAP`), x 100 x their number,
+so its units are the per-image reward's.
 
 Terminated on stop, when the remaining positive AG sum falls under
 ``stop_gain`` (0.1, the paper's rule), or when every window has been taken.
@@ -76,7 +82,7 @@ __all__ = ["ZoomEnvConfig", "ZoomEnv", "observe", "budget_left", "gain_model_for
            "window_geometry", "context_planes", "EXTRA_CHANNELS"]
 
 STATES = ("rnet", "entropy", "oracle")
-REWARDS = ("gain", "ap")
+REWARDS = ("gain", "ap", "dataset-ap")
 EXTRA_CHANNELS = ("entropy", "scores", "small", "budget")
 SMALL_PX = 32.0
 """``small`` context plane: coarse boxes whose side (sqrt of area, full-resolution pixels) is under this."""
@@ -93,7 +99,8 @@ class ZoomEnvConfig:
     """R-net checkpoint (``zoomdet rnet train``), trained on features of the cache's detector."""
     reward: str = "gain"
     """``gain``: the paper's true accuracy gain (Eq. 1-2); ``ap``: the step's change of the image's COCO AP
-    x 100 (see the module docstring)."""
+    x 100; ``dataset-ap``: the step's change of the dataset's AP x 100 x its number of images, with the
+    cache's other images at their coarse detections (see the module docstring)."""
     lam: float = 5.0
     """λ of the reward: cost of zooming into the whole image, in gain units (AP points with ``reward: ap``)."""
     stop_gain: float = 0.1
@@ -318,6 +325,7 @@ class ZoomEnv(gym.Env):
         })
         self._next = 0
         self._img: Optional[_Image] = None
+        self._pool = None  # PoolAP of reward: dataset-ap, built on first use
 
     @staticmethod
     def candidates_of(rec: CacheRecord) -> list[Window]:
@@ -419,7 +427,7 @@ class ZoomEnv(gym.Env):
             k = self._img.index[window]
             predicted = float(sums[best])
             true_gain = fresh_gain(self._img.items[k], self.zoomed)
-            if self.config.reward == "ap":
+            if self.config.reward in ("ap", "dataset-ap"):
                 before = self.image_ap(self.fine_ids)
                 ap_gain = 100 * (self.image_ap(self.fine_ids + [k]) - before)
                 info["ap_gain"] = ap_gain
@@ -445,17 +453,26 @@ class ZoomEnv(gym.Env):
         return self._obs(), float(reward), terminated, truncated, info
 
     def image_ap(self, fine_ids: Sequence[int]) -> float:
-        """COCO AP (0..1) of the coarse detections merged with the cached windows ``fine_ids`` on the current
-        image (0 on an image without objects, where AP is undefined); memoised per image."""
+        """COCO AP of the coarse detections merged with the cached windows ``fine_ids`` on the current image,
+        memoised per image. With ``reward: ap`` the image's own AP (0..1; 0 on an image without objects, where
+        it is undefined); with ``reward: dataset-ap`` the AP of the cache's images, this one swapped in,
+        times their number (:class:`~zoomdet.eval.coco_eval.PoolAP`), so a step's change is in the same
+        per-image units."""
         key = tuple(sorted(fine_ids))
         if key not in self._img.ap_memo:
             self._img.ap_memo[key] = self._score(self.merged_for(key))
         return self._img.ap_memo[key]
 
     def _score(self, detections: Detections) -> float:
-        from zoomdet.eval.coco_eval import ImageAP
+        from zoomdet.eval.coco_eval import ImageAP, PoolAP
 
         img = self._img
+        if self.config.reward == "dataset-ap":
+            if self._pool is None:  # every image of the cache at its coarse pass, evaluated once
+                self._pool = PoolAP([(r.image_id, r.width, r.height, r.gt_boxes, r.gt_labels, r.gt_crowd)
+                                     for r in self.records], {r.image_id: r.coarse for r in self.records})
+            ap = self._pool(img.record.image_id, detections)
+            return 0.0 if ap != ap else ap * self._pool.size
         if img.scorer is None:
             rec = img.record
             img.scorer = ImageAP(rec.gt_boxes, rec.gt_labels, rec.gt_crowd, rec.width, rec.height)

@@ -222,6 +222,35 @@ def test_image_ap_is_cocoeval_on_one_image():
     assert np.isnan(ImageAP(np.zeros((0, 4)), [], [], W, H)(found))  # no object: AP undefined
 
 
+def test_pool_ap_is_the_datasets_cocoeval_with_one_image_swapped():
+    from zoomdet.eval.coco_eval import ImageAP, PoolAP, coco_metrics, ground_truth_coco
+
+    crowd = [0, 0, 0]
+    other = torch.tensor([[100.0, 100, 140, 140]])  # image 2: one object of class 1, found at score 0.5
+    images = [(1, W, H, BOXES, LABELS, crowd), (2, W, H, other, [1], [0])]
+    ref = {1: Detections(BOXES.clone(), torch.tensor([0.9, 0.8, 0.9]), LABELS.clone()),
+           2: Detections(other.clone(), torch.tensor([0.5]), torch.tensor([1]))}
+    pool = PoolAP(images, ref)
+    coco = ground_truth_coco(images)
+
+    def dataset_ap(first: Detections) -> float:
+        return coco_metrics(coco, first.to_coco(1) + ref[2].to_coco(2), [1, 2])["ap"]
+
+    assert pool.size == 2 and pool.reference_ap == pytest.approx(dataset_ap(ref[1])) == pytest.approx(1.0)
+    # a false positive ranked below image 1's true positives but above image 2's: image 1's own AP does not
+    # see it, the dataset's does
+    fp = Detections(torch.cat([BOXES, torch.tensor([[300.0, 20, 330, 50]])]), torch.tensor([0.9, 0.8, 0.9, 0.6]),
+                    torch.tensor([1, 1, 2, 1]))
+    alone = ImageAP(BOXES, LABELS, crowd, W, H)
+    assert alone(fp) == pytest.approx(alone(ref[1])) == pytest.approx(1.0)
+    assert pool(1, fp) == pytest.approx(dataset_ap(fp))
+    assert pool(1, fp) < pool.reference_ap - 0.02  # class 1 loses precision at image 2's object
+    assert pool(2, ref[2]) == pytest.approx(pool.reference_ap)  # the swap was put back
+    assert pool(1, Detections.empty()) == pytest.approx(dataset_ap(Detections.empty()))
+    with pytest.raises(KeyError, match="not in the pool"):
+        pool(3, fp)
+
+
 def test_ap_oracle_zooms_where_ap_rises_and_stops_when_it_cannot():
     eng = make_engine(max_pixels_ratio=10)
     gt = GroundTruth(BOXES, LABELS, torch.zeros(3, dtype=torch.bool))

@@ -1,5 +1,6 @@
 """ZoomDet-v0 on hand-built caches: checkers, reward, termination, masking, and the Q-net agent."""
 
+import dataclasses
 import json
 
 import gymnasium as gym
@@ -50,6 +51,15 @@ def toy_cache(tmp_path_factory):
     rng = np.random.default_rng(0)
     recs = [toy_record(i + 1, i % 9, rng) for i in range(18)]
     return write_fake_cache(tmp_path_factory.mktemp("toy") / "cache", recs, zoom=ZOOM)
+
+
+def missed_records() -> list[CacheRecord]:
+    """The toy images, but the coarse pass misses two of the four small objects, which the fine pass finds."""
+    recs = []
+    for i in range(9):
+        r = toy_record(i + 1, i, np.random.default_rng(i))
+        recs.append(dataclasses.replace(r, coarse=D(r.coarse.boxes[2:].tolist(), r.coarse.scores[2:].tolist())))
+    return recs
 
 
 def make(toy_cache, **kw):
@@ -112,6 +122,32 @@ def test_ap_reward_sums_to_the_images_ap_change_minus_lambda_pixels(toy_cache):
     assert gains[0][0] == pytest.approx(2.6, abs=1e-4) and gains[0][1] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="reward must be"):
         make(toy_cache, reward="score")
+
+
+def test_dataset_ap_reward_is_the_change_of_the_caches_ap_times_its_images(tmp_path):
+    from zoomdet.eval.coco_eval import coco_metrics, ground_truth_coco
+
+    cache = write_fake_cache(tmp_path / "cache", missed_records(), zoom=ZOOM)
+    env = make(cache, lam=0.0, reward="dataset-ap").unwrapped
+    recs = env.records
+    coco = ground_truth_coco((r.image_id, r.width, r.height, r.gt_boxes, r.gt_labels, r.gt_crowd) for r in recs)
+    ids = [r.image_id for r in recs]
+
+    def dataset_ap(k, detections) -> float:  # image k swapped in, every other image at its coarse pass
+        others = [d for j, r in enumerate(recs) if j != k for d in r.coarse.to_coco(r.image_id)]
+        return coco_metrics(coco, others + detections.to_coco(recs[k].image_id), ids)["ap"]
+
+    for k in (1, 4):
+        env.reset(options={"index": k})
+        start, total = dataset_ap(k, recs[k].coarse), 0.0
+        for a in (4, 0):
+            _, r, term, trunc, info = env.step(a)
+            assert r == pytest.approx(info["ap_gain"], abs=1e-9)
+            total += r
+            if term or trunc:
+                break
+        assert total == pytest.approx(100 * len(recs) * (dataset_ap(k, env.merged()) - start), abs=1e-6)
+        assert total > 0  # the coarse pass missed what the fine pass finds
 
 
 def test_stop_and_step_cap_and_budget(toy_cache):
@@ -381,11 +417,7 @@ def test_window_signal_benchmark_scores_states_against_the_oracles_first_pick(mo
 
     import zoomdet.eval.results as results
 
-    # the toy images, but the coarse pass misses two of the four small objects, which the fine pass finds
-    recs = []
-    for i in range(9):
-        r = toy_record(i + 1, i, np.random.default_rng(i))
-        recs.append(dataclasses.replace(r, coarse=D(r.coarse.boxes[2:].tolist(), r.coarse.scores[2:].tolist())))
+    recs = missed_records()
     toy_cache = write_fake_cache(tmp_path / "cache", recs, zoom=ZOOM)
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "window_signal.py"

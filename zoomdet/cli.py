@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="override hyperparameters, e.g. learning_rate:1e-3")
     tr.add_argument("--env-kwargs", nargs="+", default=[], metavar="KEY:VALUE",
                     help="environment options (ZoomEnvConfig), e.g. rnet:runs/rnet/rnet.pt lam:5 max_pixels_ratio:0.6; "
-                         "reward:ap (the image's COCO AP change), budget_range:[0.3,0.7] (a budget per episode: one "
+                         "reward:ap (the image's COCO AP change), reward:dataset-ap (the change of the cache's COCO AP, the "
+                         "other images at their coarse pass), budget_range:[0.3,0.7] (a budget per episode: one "
                          "agent for every per-request budget), extra_channels:[entropy,scores,small,budget] (context "
                          "planes from the coarse detections), stop_gain:0 (the agent alone decides when to stop)")
     tr.add_argument("--eval-freq", type=int, default=5000, help="evaluate on --eval-cache every N steps (default 5000; <=0 off)")

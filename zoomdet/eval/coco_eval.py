@@ -17,7 +17,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["coco_metrics", "episode_metrics", "AREA_RANGES", "ImageAP", "ground_truth_coco"]
+__all__ = ["coco_metrics", "episode_metrics", "AREA_RANGES", "ImageAP", "PoolAP", "ground_truth_coco"]
 
 # name -> [min area, max area] in px², as COCOeval expects
 AREA_RANGES = {
@@ -158,6 +158,76 @@ class ImageAP:
             ev.evaluate()
             ev.accumulate()
         return _mean_valid(ev.eval["precision"][:, :, :, 0, 0])
+
+
+class PoolAP:
+    """COCOeval's AP@[.5:.95] of a pool of images when one image's detections change: the dataset AP as a
+    function of that image alone, with every other image held at its reference detections.
+
+    Per-image AP (:class:`ImageAP`) is blind to what makes dataset AP: detections of all images are ranked
+    together, so a false positive ranked below every true positive of its own image costs nothing there but
+    costs the dataset whenever it outranks other images' true positives, and a detection of a class the image
+    does not hold is a false positive only in the dataset. This scorer keeps that context.
+
+    The pool is evaluated once by :class:`COCOeval` (area ``all``, up to 1000 detections, as :func:`coco_metrics`
+    reads ``ap``). A call swaps one image's detections in: COCOeval's own per-image evaluation
+    (``computeIoU`` and ``evaluateImg``) reruns for that image only, then ``accumulate`` runs over the pool,
+    and the image's reference evaluation is put back. Its cost is that of one image plus one accumulation
+    (4 ms over 60 HIT-UAV images, growing with the pool).
+
+    Args:
+        images: per image ``(image_id, width, height, boxes, labels, crowd)`` as :func:`ground_truth_coco`.
+        reference: ``{image_id: Detections}`` the pool's detections (e.g. each image's coarse pass; xyxy
+            image pixels, category ids); an image without an entry has none.
+    """
+
+    def __init__(self, images, reference: dict) -> None:
+        images = list(images)
+        self.gt = ground_truth_coco(images)
+        self.image_ids = [int(i[0]) for i in images]
+        self.size = len(self.image_ids)
+        results = [d for i in self.image_ids if i in reference for d in reference[i].to_coco(i)]
+        with contextlib.redirect_stdout(io.StringIO()):
+            dt = self.gt.loadRes(results) if results else COCO()
+            if not results:  # COCOeval needs a detection index even when empty
+                dt.dataset = {"images": self.gt.dataset["images"], "annotations": [],
+                              "categories": self.gt.dataset["categories"]}
+                dt.createIndex()
+            ev = COCOeval(self.gt, dt, "bbox")
+            ev.params.imgIds, ev.params.maxDets = self.image_ids, [1000]
+            ev.params.areaRng, ev.params.areaRngLbl = [AREA_RANGES["all"]], ["all"]
+            ev.evaluate()
+            ev.accumulate()
+        self._ev = ev
+        self._slot = {img: k for k, img in enumerate(ev.params.imgIds)}  # evaluate() sorts the ids
+        self.reference_ap = _mean_valid(ev.eval["precision"][:, :, :, 0, 0])
+        self._next_id = 1 + max((d["id"] for d in dt.dataset["annotations"]), default=0)
+
+    def __call__(self, image_id: int, detections) -> float:
+        """The pool's AP in [0, 1] with ``detections`` (:class:`~zoomdet.types.Detections`) as image
+        ``image_id``'s, every other image at its reference; NaN when the pool has no (non-crowd) object."""
+        ev, p = self._ev, self._ev.params
+        if image_id not in self._slot:
+            raise KeyError(f"image {image_id} is not in the pool")
+        slot, n = self._slot[image_id], len(p.imgIds)
+        dts = detections.to_coco(image_id)  # rounded as the evaluator writes them
+        for d in dts:
+            x, y, w, h = d["bbox"]
+            d.update(area=w * h, id=self._next_id, iscrowd=0)
+            self._next_id += 1
+        saved = {c: (ev._dts[image_id, c], ev.ious[image_id, c], ev.evalImgs[k * n + slot])
+                 for k, c in enumerate(p.catIds)}
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                for k, c in enumerate(p.catIds):
+                    ev._dts[image_id, c] = [d for d in dts if d["category_id"] == c]
+                    ev.ious[image_id, c] = ev.computeIoU(image_id, c)
+                    ev.evalImgs[k * n + slot] = ev.evaluateImg(image_id, c, p.areaRng[0], p.maxDets[-1])
+                ev.accumulate()
+            return _mean_valid(ev.eval["precision"][:, :, :, 0, 0])
+        finally:
+            for k, c in enumerate(p.catIds):
+                ev._dts[image_id, c], ev.ious[image_id, c], ev.evalImgs[k * n + slot] = saved[c]
 
 
 def episode_metrics(doc: dict) -> list[dict]:
