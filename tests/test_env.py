@@ -452,3 +452,37 @@ def test_window_signal_benchmark_scores_states_against_the_oracles_first_pick(mo
     with pytest.raises(SystemExit):
         mod.main(["--cache", str(toy_cache), "--rnet", str(tmp_path / "none.pt"), "--dataset", "toy"])
     assert "R-net checkpoint not found" in capsys.readouterr().err
+
+
+def test_cache_policies_benchmark_rolls_the_rules_out_on_a_cache(monkeypatch, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import zoomdet.eval.results as results
+
+    cache = write_fake_cache(tmp_path / "cache", missed_records(), zoom=ZOOM)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cache_policies.py"
+    spec = importlib.util.spec_from_file_location("bench_cache_policies", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    assert mod.main(["--cache", str(cache), "--dataset", "toy", "--budget", "0.45", "0.8"]) == 0
+    rows = json.loads((tmp_path / "cache_policies.json").read_text())
+    by = {(r["policy"], r["budget"]): r for r in rows}
+    assert set(by) == {("coarse", None)} | {(p, b) for p in ("greedy-entropy", "random") for b in (0.45, 0.8)}
+    coarse = by["coarse", None]
+    assert coarse["pixels_ratio"] == pytest.approx(0.25) and coarse["images"] == 9 and coarse["fine"] == "exact"
+    for b in (0.45, 0.8):
+        # the coarse pass found two of each image's four small objects, at 0.3: entropy points at them and the
+        # fine pass finds all four; COCOeval over the cache's nine images sees it
+        ent = by["greedy-entropy", b]
+        assert ent["ap"] > coarse["ap"] + 0.05 and ent["zoomed_share"] == 1.0
+        assert 0.25 < ent["pixels_ratio"] <= b + 1e-6 and by["random", b]["pixels_ratio"] <= b + 1e-6
+        assert ent["ap"] >= by["random", b]["ap"]
+    assert "greedy-entropy" in capsys.readouterr().out
+    for bad in (["--budget", "0"], ["--agent", str(tmp_path / "none.zip")]):
+        with pytest.raises(SystemExit):
+            mod.main(["--cache", str(cache), "--dataset", "toy", *bad])
+    with pytest.raises(SystemExit):
+        mod.main(["--cache", str(tmp_path / "none"), "--dataset", "toy"])
+    assert "no rollout cache" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from zoomdet.rnet.model import GainModel
 from zoomdet.zoom.engine import EpisodeState
 from zoomdet.zoom.windows import GainMap, window_boxes
 
-__all__ = ["GreedyPolicy"]
+__all__ = ["GreedyPolicy", "greedy_choice"]
 
 
 class GreedyPolicy:
@@ -51,11 +51,26 @@ class GreedyPolicy:
         if "greedy_boxes" not in state.memory:  # once per episode: the candidates as arrays
             state.memory["greedy_boxes"] = window_boxes(state.candidates)
             state.memory["greedy_pixels"] = np.array([w.source_pixels for w in state.candidates], dtype=np.float64)
-        idx = np.flatnonzero(state.available)
-        if not len(idx):
-            return None
-        g = gm.window_sums(state.memory["greedy_boxes"][idx])  # one vectorized pass over the integral image
-        score = g / state.memory["greedy_pixels"][idx] if self.per_pixel else g
-        score = np.where(g > 0, score, -np.inf)
-        k = int(np.argmax(score))  # the first of equal scores, as a loop in candidate order would keep
-        return int(idx[k]) if np.isfinite(score[k]) else None
+        return greedy_choice(gm, state.memory["greedy_boxes"], state.memory["greedy_pixels"], state.available,
+                             self.per_pixel)
+
+
+def greedy_choice(gain: GainMap, boxes: np.ndarray, pixels: np.ndarray, available: np.ndarray,
+                  per_pixel: bool = True) -> Optional[int]:
+    """Greedy's pick: the available window with the largest gain on ``gain`` (per pixel, or in total), among
+    windows of positive gain; ``None`` when there is none.
+
+    Args:
+        gain: the current gain map (zoomed windows already zeroed).
+        boxes: ``float64[K, 4]`` candidate windows, xyxy full-image pixels (:func:`window_boxes`).
+        pixels: ``float64[K]`` their source pixels.
+        available: ``bool[K]`` windows the budget and the zoom history still allow.
+    """
+    idx = np.flatnonzero(available)
+    if not len(idx):
+        return None
+    g = gain.window_sums(boxes[idx])  # one vectorized pass over the integral image
+    score = g / pixels[idx] if per_pixel else g
+    score = np.where(g > 0, score, -np.inf)
+    k = int(np.argmax(score))  # the first of equal scores, as a loop in candidate order would keep
+    return int(idx[k]) if np.isfinite(score[k]) else None

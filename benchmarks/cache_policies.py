@@ -1,0 +1,150 @@
+"""Does a rollout cache rank policies as the live pipeline does? The rules (and agents) rolled out on a cache.
+
+    python benchmarks/cache_policies.py --cache runs/bench/hituav-gpu-agent/cache-val \\
+        --rnet runs/bench/hituav-gpu-agent/rnet.pt --dataset hituav-val-gpudet --budget 0.45 0.6
+
+An agent learns only what its training cache says zooming does. This script asks the cache itself: it plays
+``greedy-entropy``, ``greedy`` (with ``--rnet``), ``random`` and every ``--agent`` through the environment
+(``ZoomDet-v0``: the cached fine detections, refined and merged as the live engine does, no detector) on every
+image of the cache at each budget, and scores the merged detections of all images with COCOeval, beside the
+coarse pass alone. Where the live evaluation ranks the policies differently, or finds that zooming helps
+where the cache says it hurts, an agent trained on that cache is taught the wrong thing.
+
+The rules pick as the live ones do (:func:`zoomdet.rnet.policies.greedy_choice`, stop when the map's
+positive sum falls under ``--stop-gain``, the live ``greedy_stop``); ``random`` takes a random allowed window
+until none fits. Rows (``dataset``, ``policy``, ``budget``, ``ap``, ``ap_small``, ``pixels_ratio``,
+``zoomed_share``, the cache's ``fine`` mode) go to ``benchmarks/results/cache_policies.json`` (replacing
+``--dataset``'s rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+RULES = {"greedy-entropy": "entropy", "greedy": "rnet", "random": "entropy"}
+
+
+def rollout(env, pick) -> tuple[list[dict], list[float], int]:
+    """Play one episode per cached image (in cache order) with ``pick(env) -> action``; returns the merged
+    detections of all images (COCO result dicts), each episode's pixels_ratio and the number that zoomed."""
+    detections, pixels, zoomed = [], [], 0
+    for k in range(len(env.records)):
+        env.reset(options={"index": k})
+        steps = 0
+        while True:
+            _, _, terminated, truncated, info = env.step(pick(env))
+            steps += "window" in info
+            if terminated or truncated:
+                break
+        detections += info["detections"]
+        pixels.append(info["pixels_ratio"])
+        zoomed += steps > 0
+    return detections, pixels, zoomed
+
+
+def rule_picker(name: str, rng: np.random.Generator):
+    """The action of a rule in the environment's terms (window index, or the stop action)."""
+    from zoomdet.rnet.policies import greedy_choice
+    from zoomdet.zoom.windows import window_boxes
+
+    def pick(env) -> int:
+        allowed = env.action_masks()[:-1]
+        if name == "random":
+            return int(rng.choice(np.flatnonzero(allowed))) if allowed.any() else env.stop_action
+        pixels = np.array([w.source_pixels for w in env.candidates], dtype=np.float64)
+        k = greedy_choice(env.gain, window_boxes(env.candidates), pixels, allowed)
+        return env.stop_action if k is None else k
+
+    return pick
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", required=True, help="rollout cache folder (zoomdet cache build), e.g. a val cache")
+    ap.add_argument("--dataset", required=True, help="name of the rows in the results file")
+    ap.add_argument("--rnet", help="R-net checkpoint for greedy (trained on features of the cache's detector)")
+    ap.add_argument("--agent", action="append", default=[], help="trained agent (zoomdet train's best_model.zip); repeat")
+    ap.add_argument("--budget", type=float, nargs="+", default=[0.45], help="pixel budgets (default 0.45)")
+    ap.add_argument("--stop-gain", type=float, default=0.1, help="the rules' stop rule (the live greedy_stop, 0.1)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random policy")
+    args = ap.parse_args(argv)
+
+    from tqdm import tqdm
+
+    from zoomdet.agents.policy import AgentPolicy
+    from zoomdet.envs.zoom_env import ZoomEnv, ZoomEnvConfig
+    from zoomdet.eval.coco_eval import coco_metrics, ground_truth_coco
+    from zoomdet.eval.results import command_line, write_results
+    from zoomdet.rnet.cache import RolloutCache
+    from zoomdet.types import Window
+
+    if any(b <= 0 for b in args.budget):
+        ap.error("--budget values must be > 0")
+    try:
+        cache = RolloutCache(args.cache)
+        records = cache.records()
+        agents = [AgentPolicy.from_path(p, detector_id=cache.detector_id) for p in args.agent]
+    except (FileNotFoundError, ValueError) as e:
+        ap.error(str(e))
+    if not records:
+        ap.error(f"{args.cache}: the cache holds no images")
+    coco = ground_truth_coco((r.image_id, r.width, r.height, r.gt_boxes, r.gt_labels, r.gt_crowd) for r in records)
+    ids = [r.image_id for r in records]
+    common = {"dataset": args.dataset, "images": len(records), "fine": cache.manifest.get("fine", "exact"),
+              "cache": args.cache, "detector_id": cache.detector_id, "command": command_line(),
+              "date": __import__("datetime").date.today().isoformat()}
+
+    def row(policy: str, budget, detections, pixels, zoomed) -> dict:
+        m = coco_metrics(coco, detections, ids)
+        return {**common, "policy": policy, "budget": budget, "ap": m["ap"], "ap_small": m["ap_small"],
+                "pixels_ratio": float(np.mean(pixels)), "zoomed_share": zoomed / len(records)}
+
+    coarse = [d for r in records for d in r.coarse.to_coco(r.image_id)]
+    coarse_px = [Window.full(r.width, r.height, cache.zoom.coarse_scale).input_pixels / (r.width * r.height)
+                 for r in records]
+    rows = [row("coarse", None, coarse, coarse_px, 0)]
+    rules = [n for n in RULES if n != "greedy" or args.rnet]
+    jobs = [(n, b) for b in args.budget for n in rules] + [(a, b) for b in args.budget for a in agents]
+    for name, budget in tqdm(jobs, desc="policies"):
+        if isinstance(name, str):
+            options = {"state": RULES[name], "rnet": args.rnet, "stop_gain": args.stop_gain}
+            pick = rule_picker(name, np.random.default_rng(args.seed))
+            label = name
+        else:  # an agent, with the options it was trained with
+            options = {f: getattr(name.config, f) for f in ZoomEnvConfig.__dataclass_fields__}
+            model = name.model
+            label = name.name
+
+            def pick(env, model=model) -> int:
+                action, _ = model.predict(env._obs(), deterministic=True)
+                return int(action)
+        options.update(max_pixels_ratio=budget, budget_range=None, order="sequential", info_detections=True,
+                       reward="gain", max_steps=max(40, options.get("max_steps", 13)))
+        env = ZoomEnv(cache, **options)
+        detections, pixels, zoomed = rollout(env, pick)
+        rows.append(row(label, budget, detections, pixels, zoomed))
+    return _report(rows, args.dataset, write_results)
+
+
+def _report(rows: list[dict], dataset: str, write_results) -> int:
+    print(f"{dataset}: {rows[0]['images']} cached images ({rows[0]['fine']} cache); dataset AP x 100 of the merged "
+          f"detections, coarse pass alone {100 * rows[0]['ap']:.2f}")
+    print(f"{'policy':<40}{'budget':>7}{'AP':>8}{'vs coarse':>10}{'AP_s':>8}{'pixels':>8}{'zooms on':>10}")
+    for r in rows[1:]:
+        print(f"{r['policy'][:40]:<40}{r['budget']:7.2f}{100 * r['ap']:8.2f}{100 * (r['ap'] - rows[0]['ap']):+10.2f}"
+              f"{100 * r['ap_small']:8.2f}{r['pixels_ratio']:8.3f}{100 * r['zoomed_share']:9.0f}%")
+    path = write_results("cache_policies", rows, replace={"dataset": dataset},
+                         required=("dataset", "images", "policy", "ap", "command", "date"))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
