@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", required=True, help="rollout cache folder (zoomdet cache build), e.g. a val cache")
     ap.add_argument("--dataset", required=True, help="name of the rows in the results file")
     ap.add_argument("--rnet", help="R-net checkpoint for greedy (trained on features of the cache's detector)")
-    ap.add_argument("--agent", action="append", default=[], help="trained agent (zoomdet train's best_model.zip); repeat")
+    ap.add_argument("--agent", action="append", default=[], metavar="[NAME=]PATH",
+                    help="trained agent (zoomdet train's best_model.zip), named NAME in the rows; repeat")
     ap.add_argument("--budget", type=float, nargs="+", default=[0.45], help="pixel budgets (default 0.45)")
     ap.add_argument("--stop-gain", type=float, default=0.1, help="the rules' stop rule (the live greedy_stop, 0.1)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random policy")
@@ -90,7 +91,8 @@ def main(argv=None) -> int:
     try:
         cache = RolloutCache(args.cache)
         records = cache.records()
-        agents = [AgentPolicy.from_path(p, detector_id=cache.detector_id) for p in args.agent]
+        agents = [AgentPolicy.from_path(p.split("=", 1)[-1], detector_id=cache.detector_id,
+                                        name=p.split("=", 1)[0] if "=" in p else None) for p in args.agent]
     except (FileNotFoundError, ValueError) as e:
         ap.error(str(e))
     if not records:

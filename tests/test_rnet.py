@@ -302,6 +302,15 @@ def test_composed_cache_takes_each_window_from_one_full_pass():
             assert key(fc) == key(fe)
             same += 1
     assert same > 0
+    det.calls.clear()
+    whole = build_record(det, small_zoom(), image, 1, gt, fine="composed-full")
+    # coarse + one call on the whole image; every window keeps the objects whose centre it holds
+    assert [len(c) for c in det.calls] == [1, 1] and det.calls[1][0].width == 320 and det.calls[1][0].height == 240
+    for win, fe, fw in zip(exact.windows, exact.fine, whole.fine):
+        cut = [(o[0] < win.x0 < o[2]) or (o[0] < win.x1 < o[2]) or (o[1] < win.y0 < o[3]) or (o[1] < win.y1 < o[3])
+               for o in objects.tolist()]
+        if not any(cut):
+            assert key(fw) == key(fe)
     with pytest.raises(ValueError, match="fine must be"):
         build_record(det, small_zoom(), image, 1, gt, fine="approx")
 

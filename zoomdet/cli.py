@@ -152,10 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--shard-size", type=_positive_int, default=4, help="images per shard (default 4)")
     cb.add_argument("--workers", type=int, help="parallel Ray tasks on a local Ray instance (default: CPU count; 0 = no Ray)")
     cb.add_argument("--ray-address", help="run on an existing Ray cluster, e.g. auto or ray://head:10001")
-    cb.add_argument("--fine", choices=["exact", "composed"], default="exact",
+    cb.add_argument("--fine", choices=["exact", "composed", "composed-full"], default="exact",
                     help="exact: the detector on every reachable window (default); composed: one full-resolution pass "
-                         "per image, each window's detections composed from it (about 10x cheaper; approximate for "
-                         "objects cut by a window edge)")
+                         "per image over tiles of the smallest window, each window's detections composed from it "
+                         "(about 10x cheaper; approximate for objects cut by a window edge); composed-full: composed "
+                         "from one pass of the whole image (cheaper still; the window sees its whole context). Check "
+                         "an approximate cache with benchmarks/cache_policies.py before training on it")
 
     rnet = sub.add_parser("rnet", help="train the R-net that predicts where zooming gains accuracy") \
         .add_subparsers(dest="rnet_command", required=True, metavar="ACTION")

@@ -24,7 +24,16 @@ instead of one per reachable window (about 10 for 13 candidates × 9
 refinement positions on 2048×1536); it differs from the exact cache for
 objects cut by a window edge and where tiles and windows see different
 context. ``benchmarks/cache_speed.py`` measures how far. The manifest
-records the mode; the two never mix.
+records the mode; the kinds never mix.
+
+``fine="composed-full"`` composes every window from one pass of the whole
+image at the windows' scale (the ``fine`` policy's own call): one image of
+detector input per image. The detector then sees each window with all its
+context, where a live window sees a crop. On HIT-UAV (640x512) the tiles of
+the smallest window made a fine pass that scored worse than the live windows,
+and the composed cache said that zooming lowers the dataset's AP where it
+raises it live; the whole-frame pass gets the sign and the rules' ranking
+right there (``benchmarks/cache_policies.py``, README).
 
 Shards are written to a temporary name and renamed, so a killed build leaves
 no corrupt shard; rerunning the same command builds only the missing shards.
@@ -57,7 +66,7 @@ from zoomdet.zoom.windows import candidate_windows, refinement_windows
 __all__ = ["CacheMismatch", "CacheRecord", "RolloutCache", "build_cache", "zoom_digest", "cached_windows", "compose_window", "tiled_fine_pass",
            "FINE_MODES"]
 
-FINE_MODES = ("exact", "composed")
+FINE_MODES = ("exact", "composed", "composed-full")
 
 CACHE_VERSION = 2
 """2: the manifest records ``detector_id`` (weights and model settings), not the weights' digest alone."""
@@ -213,7 +222,8 @@ def build_record(detector, zoom: ZoomConfig, image: Tensor, image_id: int, gt: t
     """Run the coarse pass and the fine pass of every reachable window on one image.
 
     ``fine="exact"`` runs the detector on each window; ``"composed"`` runs one tiled pass over the whole
-    image at the windows' scale (:func:`tiled_fine_pass`) and composes every window from it (:func:`compose_window`).
+    image at the windows' scale (:func:`tiled_fine_pass`) and composes every window from it (:func:`compose_window`);
+    ``"composed-full"`` composes them from one pass of the whole image at the windows' scale.
     """
     _check_fine(fine)
     _, H, W = image.shape
@@ -222,7 +232,10 @@ def build_record(detector, zoom: ZoomConfig, image: Tensor, image_id: int, gt: t
     if fine == "exact":
         dets = [d.without_features() for d in detector.detect(image, windows)]
     else:
-        full = tiled_fine_pass(detector, image, zoom)
+        if fine == "composed":
+            full = tiled_fine_pass(detector, image, zoom)
+        else:
+            (full,) = detector.detect(image, [Window.full(W, H, zoom.zoom_scale)])
         dets = [compose_window(full, w) for w in windows]
     return CacheRecord(int(image_id), W, H, coarse, windows, reach, dets, *gt)
 
