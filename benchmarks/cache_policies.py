@@ -119,7 +119,8 @@ def main(argv=None) -> int:
             options = {"state": RULES[name], "rnet": args.rnet, "stop_gain": args.stop_gain}
             pick = rule_picker(name, np.random.default_rng(args.seed))
             label = name
-        else:  # an agent, with the options it was trained with
+            options["max_steps"] = 40  # the live rules have no step cap; the budget ends them
+        else:  # an agent, with the options it was trained with (its step cap too, as the live AgentPolicy)
             options = {f: getattr(name.config, f) for f in ZoomEnvConfig.__dataclass_fields__}
             model = name.model
             label = name.name
@@ -127,8 +128,9 @@ def main(argv=None) -> int:
             def pick(env, model=model) -> int:
                 action, _ = model.predict(env._obs(), deterministic=True)
                 return int(action)
+        # the reward plays no part in the actions: the cheap one, so no AP scorer is built
         options.update(max_pixels_ratio=budget, budget_range=None, order="sequential", info_detections=True,
-                       reward="gain", max_steps=max(40, options.get("max_steps", 13)))
+                       reward="gain")
         env = ZoomEnv(cache, **options)
         detections, pixels, zoomed = rollout(env, pick)
         rows.append(row(label, budget, detections, pixels, zoomed))
