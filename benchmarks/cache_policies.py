@@ -32,14 +32,14 @@ RULES = {"greedy-entropy": "entropy", "greedy": "rnet", "random": "entropy"}
 
 
 def rollout(env, pick) -> tuple[list[dict], list[float], int]:
-    """Play one episode per cached image (in cache order) with ``pick(env) -> action``; returns the merged
+    """Play one episode per cached image (in cache order) with ``pick(env, obs) -> action``; returns the merged
     detections of all images (COCO result dicts), each episode's pixels_ratio and the number that zoomed."""
     detections, pixels, zoomed = [], [], 0
     for k in range(len(env.records)):
-        env.reset(options={"index": k})
+        obs, _ = env.reset(options={"index": k})
         steps = 0
         while True:
-            _, _, terminated, truncated, info = env.step(pick(env))
+            obs, _, terminated, truncated, info = env.step(pick(env, obs))
             steps += "window" in info
             if terminated or truncated:
                 break
@@ -54,7 +54,7 @@ def rule_picker(name: str, rng: np.random.Generator):
     from zoomdet.rnet.policies import greedy_choice
     from zoomdet.zoom.windows import window_boxes
 
-    def pick(env) -> int:
+    def pick(env, obs) -> int:
         allowed = env.action_masks()[:-1]
         if name == "random":
             return int(rng.choice(np.flatnonzero(allowed))) if allowed.any() else env.stop_action
@@ -125,8 +125,8 @@ def main(argv=None) -> int:
             model = name.model
             label = name.name
 
-            def pick(env, model=model) -> int:
-                action, _ = model.predict(env._obs(), deterministic=True)
+            def pick(env, obs, model=model) -> int:
+                action, _ = model.predict(obs, deterministic=True)
                 return int(action)
         # the reward plays no part in the actions: the cheap one, so no AP scorer is built
         options.update(max_pixels_ratio=budget, budget_range=None, order="sequential", info_detections=True,
