@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         ap.error(str(e))
     if not records:
         ap.error(f"{args.cache}: the cache holds no images")
-    coco = ground_truth_coco((r.image_id, r.width, r.height, r.gt_boxes, r.gt_labels, r.gt_crowd) for r in records)
+    coco = ground_truth_coco(r.coco_image for r in records)
     ids = [r.image_id for r in records]
     common = {"dataset": args.dataset, "images": len(records), "fine": cache.manifest.get("fine", "exact"),
               "cache": args.cache, "detector_id": cache.detector_id, "command": command_line(),

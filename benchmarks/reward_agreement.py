@@ -43,8 +43,7 @@ def main(argv=None) -> int:
     n = len(env.records) if not args.images else min(args.images, len(env.records))
     records = env.records[:n]
     # COCOeval over the n images, each at its coarse pass but the one whose window is zoomed
-    pool = PoolAP([(r.image_id, r.width, r.height, r.gt_boxes, r.gt_labels, r.gt_crowd) for r in records],
-                  {r.image_id: r.coarse for r in records})
+    pool = PoolAP([r.coco_image for r in records], {r.image_id: r.coarse for r in records})
     base = pool.reference_ap
     gain, ap_gain, delta = [], [], []
     for k in tqdm(range(n), desc="images"):

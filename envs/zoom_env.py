@@ -469,8 +469,7 @@ class ZoomEnv(gym.Env):
         img = self._img
         if self.config.reward == "dataset-ap":
             if self._pool is None:  # every image of the cache at its coarse pass, evaluated once
-                self._pool = PoolAP([(r.image_id, r.width, r.height, r.gt_boxes, r.gt_labels, r.gt_crowd)
-                                     for r in self.records], {r.image_id: r.coarse for r in self.records})
+                self._pool = PoolAP([r.coco_image for r in self.records], {r.image_id: r.coarse for r in self.records})
             ap = self._pool(img.record.image_id, detections)
             return 0.0 if ap != ap else ap * self._pool.size
         if img.scorer is None:

@@ -130,7 +130,7 @@ def test_dataset_ap_reward_is_the_change_of_the_caches_ap_times_its_images(tmp_p
     cache = write_fake_cache(tmp_path / "cache", missed_records(), zoom=ZOOM)
     env = make(cache, lam=0.0, reward="dataset-ap").unwrapped
     recs = env.records
-    coco = ground_truth_coco((r.image_id, r.width, r.height, r.gt_boxes, r.gt_labels, r.gt_crowd) for r in recs)
+    coco = ground_truth_coco(r.coco_image for r in recs)
     ids = [r.image_id for r in recs]
 
     def dataset_ap(k, detections) -> float:  # image k swapped in, every other image at its coarse pass

@@ -145,6 +145,12 @@ class CacheRecord:
     def num_candidates(self) -> int:
         return len(self.reach)
 
+    @property
+    def coco_image(self) -> tuple:
+        """``(image_id, width, height, gt_boxes, gt_labels, gt_crowd)``: one image as
+        :func:`~zoomdet.eval.coco_eval.ground_truth_coco` and :class:`~zoomdet.eval.coco_eval.PoolAP` take it."""
+        return self.image_id, self.width, self.height, self.gt_boxes, self.gt_labels, self.gt_crowd
+
     def fine_for(self, window: Window) -> Detections:
         """Fine detections of a cached window (raises ``KeyError`` for a window the cache lacks)."""
         for w, d in zip(self.windows, self.fine):
