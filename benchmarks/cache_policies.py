@@ -113,13 +113,13 @@ def main(argv=None) -> int:
                  for r in records]
     rows = [row("coarse", None, coarse, coarse_px, 0)]
     rules = [n for n in RULES if n != "greedy" or args.rnet]
-    jobs = [(n, b) for b in args.budget for n in rules] + [(a, b) for b in args.budget for a in agents]
-    for name, budget in tqdm(jobs, desc="policies"):
+    policies = [*rules, *agents]
+    results = {}
+    for i, name in enumerate(tqdm(policies, desc="policies")):
         if isinstance(name, str):
-            options = {"state": RULES[name], "rnet": args.rnet, "stop_gain": args.stop_gain}
-            pick = rule_picker(name, np.random.default_rng(args.seed))
+            # the live rules have no step cap; the budget ends them
+            options = {"state": RULES[name], "rnet": args.rnet, "stop_gain": args.stop_gain, "max_steps": 40}
             label = name
-            options["max_steps"] = 40  # the live rules have no step cap; the budget ends them
         else:  # an agent, with the options it was trained with (its step cap too, as the live AgentPolicy)
             options = {f: getattr(name.config, f) for f in ZoomEnvConfig.__dataclass_fields__}
             model = name.model
@@ -129,11 +129,16 @@ def main(argv=None) -> int:
                 action, _ = model.predict(obs, deterministic=True)
                 return int(action)
         # the reward plays no part in the actions: the cheap one, so no AP scorer is built
-        options.update(max_pixels_ratio=budget, budget_range=None, order="sequential", info_detections=True,
-                       reward="gain")
-        env = ZoomEnv(cache, **options)
-        detections, pixels, zoomed = rollout(env, pick)
-        rows.append(row(label, budget, detections, pixels, zoomed))
+        options.update(budget_range=None, order="sequential", info_detections=True, reward="gain")
+        env = ZoomEnv(cache, **options)  # one per policy: its per-image state (gain map, items) serves every budget
+        for budget in args.budget:  # the budget is read at each reset
+            env.config = ZoomEnvConfig.from_options(env.config, max_pixels_ratio=budget)
+            if isinstance(name, str):
+                pick = rule_picker(name, np.random.default_rng(args.seed))
+            results[i, budget] = row(label, budget, *rollout(env, pick))
+    # rules before agents, budget by budget
+    rows += [results[i, b] for b in args.budget for i in range(len(rules))]
+    rows += [results[i, b] for b in args.budget for i in range(len(rules), len(policies))]
     return _report(rows, args.dataset, write_results)
 
 
