@@ -18,7 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from zoomdet.envs.zoom_env import ZoomEnvConfig, budget_left, context_planes, covered_by, gain_model_for, observe
+from zoomdet.envs.zoom_env import (ZoomEnvConfig, budget_left, context_planes, covered_by, feature_maps, gain_model_for,
+                                   observe, window_features)
 from zoomdet.zoom.engine import EpisodeState
 from zoomdet.zoom.windows import GainMap
 
@@ -110,11 +111,27 @@ class AgentPolicy:
             if "context" not in state.memory:  # once per image: the planes depend on the coarse detections only
                 state.memory["context"] = context_planes(state.coarse, state.width, state.height, self.config)
             context = state.memory["context"]
-        obs = observe(gm, state.zoomed_windows, mask, left, self.config, context=context,
-                      budget_abs=state.max_pixels_ratio - state.pixels_ratio)
+        budget_abs = state.max_pixels_ratio - state.pixels_ratio
+        windows = self.window_features(state, budget_abs) if self.config.window_features else None
+        obs = observe(gm, state.zoomed_windows, mask, left, self.config, context=context, budget_abs=budget_abs,
+                      windows=windows)
         if self.algo == "ppo_mask":
             action, _ = self.model.predict(obs, deterministic=True, action_masks=mask)
         else:
             action, _ = self.model.predict(obs, deterministic=True)
         a = int(action)
         return None if a >= len(state.candidates) else a
+
+    def window_features(self, state: EpisodeState, budget_abs: float) -> np.ndarray:
+        """The ``windows`` observation, as the environment builds it: the image's :func:`feature_maps` (built on
+        the first call, kept in ``state.memory``) zeroed where the episode has zoomed so far."""
+        memory = state.memory
+        if "maps" not in memory:
+            memory["maps"], memory["maps_zeroed"] = feature_maps(state.coarse, state.width, state.height), 0
+        for window in state.zoomed_windows[memory["maps_zeroed"]:]:
+            for m in memory["maps"]:
+                m.zero_(window)
+        memory["maps_zeroed"] = len(state.zoomed_windows)
+        boxes = np.array([w.as_tuple() for w in state.candidates], dtype=np.float64)
+        cost = np.array([w.input_pixels for w in state.candidates], dtype=np.float64) / (state.width * state.height)
+        return window_features(state.gain, memory["maps"], boxes, cost, budget_abs, len(state.zoomed) / self.config.max_steps)

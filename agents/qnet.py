@@ -9,6 +9,14 @@ paper. The stop action's Q-value is a linear map of the globally averaged
 features. Masked actions get ``-1e8``, so the greedy choice, the TD target's
 max and :meth:`MaskableDQN.predict` never pick one.
 
+:class:`FeatureQHead` (``head: features``, environments with
+``window_features``): one MLP shared by every action scores each row of the
+``windows`` observation (what a window holds, its cost, the episode's
+globals; the stop action is a row of its own). It has no weight tied to a
+window's position, so it can only learn a rule over window contents, the
+kind of rule ``greedy-entropy`` is, and has a thousand times fewer
+parameters to fit to the training images.
+
 :class:`ZoomDQNPolicy` plugs the head into SB3's ``DQNPolicy`` (its target
 network and replay come from SB3); :class:`MaskableDQN` is SB3's DQN whose
 random actions (warm-up and epsilon-greedy) are drawn among allowed ones.
@@ -26,7 +34,7 @@ from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 from torch import Tensor, nn
 
-__all__ = ["WindowQHead", "ZoomQNetwork", "ZoomDQNPolicy", "MaskableDQN", "window_pooling", "random_masked_actions"]
+__all__ = ["WindowQHead", "FeatureQHead", "ZoomQNetwork", "ZoomDQNPolicy", "MaskableDQN", "window_pooling", "random_masked_actions"]
 
 MASKED_Q = -1e8
 
@@ -76,36 +84,65 @@ class WindowQHead(nn.Module):
         return q
 
 
+class FeatureQHead(nn.Module):
+    """Q-values ``[B, K + 1]`` from the per-action features ``[B, K + 1, F]`` and the mask ``[B, K + 1]``: one MLP
+    (``F -> hidden -> hidden -> 1``) shared by every row (see module docstring)."""
+
+    def __init__(self, n_features: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden),
+                                 nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+
+    def forward(self, windows: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        q = self.mlp(windows).squeeze(-1)
+        if mask is not None:
+            q = q.masked_fill(mask < 0.5, MASKED_Q)
+        return q
+
+
+HEADS = ("map", "features")
+
+
 class ZoomQNetwork(QNetwork):
-    """SB3 ``QNetwork`` whose Q-values come from :class:`WindowQHead` on the ``map`` and ``mask`` observations."""
+    """SB3 ``QNetwork`` whose Q-values come from :class:`WindowQHead` on the ``map`` and ``mask`` observations
+    (``head="map"``), or from :class:`FeatureQHead` on the ``windows`` and ``mask`` ones (``head="features"``)."""
 
     def __init__(self, observation_space: spaces.Dict, action_space: spaces.Discrete, features_extractor, features_dim: int,
                  window_boxes: Sequence[Sequence[float]] = (), window_groups: Sequence[int] = (), hidden: int = 64,
-                 **kwargs: Any) -> None:
+                 head: str = "map", **kwargs: Any) -> None:
         super().__init__(observation_space, action_space, features_extractor, features_dim, **kwargs)
-        c, rows, cols = observation_space["map"].shape
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if len(window_boxes) != action_space.n - 1:
             raise ValueError(f"{len(window_boxes)} window boxes for {action_space.n - 1} window actions")
         self.window_boxes, self.window_groups, self.hidden = [list(map(float, b)) for b in window_boxes], list(window_groups), hidden
-        self.q_net = WindowQHead(c, rows, cols, window_boxes, window_groups, hidden)
+        self.head = head
+        if head == "features":
+            if "windows" not in observation_space.spaces:
+                raise ValueError("head 'features' needs the windows observation: train with window_features: true")
+            self.q_net = FeatureQHead(observation_space["windows"].shape[-1], hidden)
+        else:
+            c, rows, cols = observation_space["map"].shape
+            self.q_net = WindowQHead(c, rows, cols, window_boxes, window_groups, hidden)
 
     def forward(self, obs) -> Tensor:
         obs = preprocess_obs(obs, self.observation_space, normalize_images=False)
-        return self.q_net(obs["map"], obs["mask"])
+        return self.q_net(obs["windows" if self.head == "features" else "map"], obs["mask"])
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(window_boxes=self.window_boxes, window_groups=self.window_groups, hidden=self.hidden)
+        data.update(window_boxes=self.window_boxes, window_groups=self.window_groups, hidden=self.hidden, head=self.head)
         return data
 
 
 class ZoomDQNPolicy(DQNPolicy):
-    """DQN policy with the window Q-net; ``policy_kwargs``: ``window_boxes``, ``window_groups``, ``hidden``."""
+    """DQN policy with the window Q-net; ``policy_kwargs``: ``window_boxes``, ``window_groups``, ``hidden``,
+    ``head`` (``map`` or ``features``)."""
 
     def __init__(self, *args: Any, window_boxes: Sequence[Sequence[float]] = (), window_groups: Sequence[int] = (),
-                 hidden: int = 64, **kwargs: Any) -> None:
+                 hidden: int = 64, head: str = "map", **kwargs: Any) -> None:
         self.head_kwargs = dict(window_boxes=[list(map(float, b)) for b in window_boxes],
-                                window_groups=list(map(int, window_groups)), hidden=int(hidden))
+                                window_groups=list(map(int, window_groups)), hidden=int(hidden), head=str(head))
         super().__init__(*args, **kwargs)
 
     def make_q_net(self) -> ZoomQNetwork:

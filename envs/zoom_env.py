@@ -26,6 +26,14 @@ Observation (``Dict``):
   every image size (cells of 40-128 px for 640-2048 px images), and keeps
   the replay buffer small. The candidate windows span 5-7 cells per side.
 * ``mask``: ``int8[K + 1]``, 1 where :meth:`ZoomEnv.action_masks` allows the action.
+* ``windows`` (only with ``window_features: true``): ``float32[K + 1, F]``, one
+  row of :data:`WINDOW_FEATURES` per action (:func:`window_features`): what
+  the candidate window holds on the current maps (R-net gain, entropy, score
+  mass, small boxes, share not yet zoomed, all zeroed where the agent
+  zoomed), its cost, and the episode's globals (budget left, steps, gain
+  and entropy left); the last row is the stop action. The window Q-net
+  (``head: features``) scores every row with one shared MLP, so it learns a
+  rule over what a window holds rather than a value per grid position.
 
 Actions: ``Discrete(K + 1)``: candidate window ``a < K`` of the zoom engine
 (13 by default: 2x2 large, then 3x3 small), or ``K`` = stop.
@@ -70,6 +78,7 @@ from typing import Any, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium import spaces
 
 from zoomdet.rnet.cache import CacheRecord, RolloutCache
@@ -79,11 +88,14 @@ from zoomdet.zoom.merge import merge_zoom
 from zoomdet.zoom.windows import GainMap, best_position
 
 __all__ = ["ZoomEnvConfig", "ZoomEnv", "observe", "budget_left", "gain_model_for", "zoomed_coverage", "covered_by",
-           "window_geometry", "context_planes", "EXTRA_CHANNELS"]
+           "window_geometry", "context_planes", "EXTRA_CHANNELS", "WINDOW_FEATURES", "feature_maps", "window_features"]
 
 STATES = ("rnet", "entropy", "oracle")
 REWARDS = ("gain", "ap", "dataset-ap")
 EXTRA_CHANNELS = ("entropy", "scores", "small", "budget")
+WINDOW_FEATURES = ("gain", "entropy", "scores", "small", "unzoomed", "cost", "cost_over_left", "budget_left",
+                   "steps", "gain_left", "entropy_left", "stop")
+"""Columns of the ``windows`` observation (:func:`window_features`)."""
 SMALL_PX = 32.0
 """``small`` context plane: coarse boxes whose side (sqrt of area, full-resolution pixels) is under this."""
 
@@ -114,12 +126,17 @@ class ZoomEnvConfig:
     ``max_pixels_ratio``, so one agent answers any per-request budget; ``None``: the fixed budget."""
     extra_channels: Sequence[str] = ()
     """Context planes appended to the observation (:data:`EXTRA_CHANNELS`), e.g. ``[entropy, scores, budget]``."""
+    window_features: bool = False
+    """Add the ``windows`` observation (:data:`WINDOW_FEATURES` per action); DQN then uses the per-window
+    feature Q-net (``head: features``) instead of the convolutional one on the map."""
     grid: Sequence[int] = (12, 16)
     """Observation grid ``[rows, cols]``."""
     obs_scale: float = 4.0
     """Multiplier of the pooled AG channel."""
     order: str = "random"
-    """``random``: each reset draws an image; ``sequential``: images in cache order (evaluation)."""
+    """``random``: each reset draws an image; ``sequential``: images in cache order (evaluation), each with the
+    same ``budget_range`` draw on every pass (a generator seeded by the image's index), so evaluations of
+    successive checkpoints compare them on the same budgets."""
     info_detections: bool = True
     """Merge the episode's detections into ``info["detections"]`` on its last step (training turns
     this off: the merge costs more than the rest of an episode)."""
@@ -220,15 +237,66 @@ def context_planes(coarse: Detections, width: int, height: int, cfg: ZoomEnvConf
     return out
 
 
+def feature_maps(coarse: Detections, width: int, height: int) -> list[GainMap]:
+    """The static maps :func:`window_features` reads, from the coarse detections (xyxy, full-resolution
+    pixels): entropy of the scores (bits), score mass, boxes under :data:`SMALL_PX` (count), and the image's
+    area (1 per pixel, so a window's sum over its area is its share not yet zoomed). Zero each with
+    :meth:`GainMap.zero_` where the episode zooms, as the AG map is."""
+    from zoomdet.rnet.model import EntropyGain
+
+    boxes = coarse.boxes
+    side = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt()
+    whole = torch.tensor([[0.0, 0.0, float(width), float(height)]])
+    return [GainMap(width, height, boxes, EntropyGain().predict(coarse)),
+            GainMap(width, height, boxes, coarse.scores.float()),
+            GainMap(width, height, boxes, (side < SMALL_PX).float()),
+            GainMap(width, height, whole, torch.tensor([float(width * height)]))]
+
+
+def window_features(gain: GainMap, maps: Sequence[GainMap], boxes: np.ndarray, cost: np.ndarray, budget_abs: float,
+                    step_frac: float) -> np.ndarray:
+    """``float32[K + 1, F]``: the :data:`WINDOW_FEATURES` of ``K`` candidate windows and of the stop action (last row).
+
+    Args:
+        gain: the current AG map (zeroed where zoomed).
+        maps: :func:`feature_maps` of the image, zeroed where zoomed.
+        boxes: ``float64[K, 4]`` candidate windows, xyxy pixels (unrefined).
+        cost: ``float64[K]`` each window's model-input pixels / the image's pixels.
+        budget_abs: pixel budget left, as a fraction of the image's pixels.
+        step_frac: steps taken / ``max_steps``.
+
+    Sums are log-compressed (``sign(x) log1p|x|``) so one MLP sees images with 1 and 100 objects alike."""
+    def squash(x):
+        return np.sign(x) * np.log1p(np.abs(x))
+
+    entropy, scores, small, area = maps
+    k = len(boxes)
+    out = np.zeros((k + 1, len(WINDOW_FEATURES)), dtype=np.float64)
+    out[:k, 0] = squash(gain.window_sums(boxes))
+    out[:k, 1] = squash(entropy.window_sums(boxes))
+    out[:k, 2] = squash(scores.window_sums(boxes))
+    out[:k, 3] = squash(small.window_sums(boxes))
+    out[:k, 4] = area.window_sums(boxes) / np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1.0)
+    out[:k, 5] = cost
+    out[:k, 6] = np.minimum(cost / max(budget_abs, 1e-3), 10.0)
+    out[:, 7] = max(budget_abs, 0.0)
+    out[:, 8] = step_frac
+    out[:, 9] = squash(gain.positive_total())
+    out[:, 10] = squash(entropy.positive_total())
+    out[k, 11] = 1.0
+    return np.clip(out, -100, 100).astype(np.float32)
+
+
 def observe(gain: GainMap, zoomed: Sequence[Window], mask: np.ndarray, left: float,
             cfg: ZoomEnvConfig, coverage: Optional[np.ndarray] = None, context: Optional[np.ndarray] = None,
-            budget_abs: float = 0.0) -> dict[str, np.ndarray]:
+            budget_abs: float = 0.0, windows: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
     """The observation of a state; the live :class:`~zoomdet.agents.AgentPolicy` builds it the same way.
 
     Args:
         coverage: :func:`zoomed_coverage` of ``zoomed``, when already computed (the environment keeps it).
         context: :func:`context_planes` of the image (required when ``cfg.extra_channels`` is set).
         budget_abs: pixel budget left, as a fraction of the image's pixels (the ``budget`` plane).
+        windows: :func:`window_features` of the state (required when ``cfg.window_features`` is set).
     """
     rows, cols = cfg.grid
     n_extra = len(cfg.extra_channels)
@@ -243,7 +311,13 @@ def observe(gain: GainMap, zoomed: Sequence[Window], mask: np.ndarray, left: flo
         obs[3:] = context
         if "budget" in cfg.extra_channels:
             obs[3 + cfg.extra_channels.index("budget")] = max(float(budget_abs), 0.0)
-    return {"map": obs, "mask": mask.astype(np.int8)}
+    out = {"map": obs, "mask": mask.astype(np.int8)}
+    if cfg.window_features:
+        if windows is None or windows.shape != (len(mask), len(WINDOW_FEATURES)):
+            raise ValueError(f"window_features needs a windows array of shape {(len(mask), len(WINDOW_FEATURES))}; "
+                             f"got {None if windows is None else windows.shape}")
+        out["windows"] = windows
+    return out
 
 
 def available_windows(candidate_pixels: np.ndarray, taken: np.ndarray, covered: np.ndarray, spent_pixels: float,
@@ -290,6 +364,8 @@ class _Image:
     """Per candidate: ``float64[P, 4]``, its refinement positions (xyxy, unshifted first)."""
     context: Optional[np.ndarray] = None
     """:func:`context_planes` of the image (``extra_channels``)."""
+    maps: Optional[list[GainMap]] = None
+    """:func:`feature_maps` of the image (``window_features``), before any zoom."""
     ap_memo: dict = field(default_factory=dict)
     """``reward="ap"``: image AP per set of zoomed cached windows (episodes on an image revisit sets)."""
     scorer: Any = None
@@ -322,6 +398,8 @@ class ZoomEnv(gym.Env):
         self.observation_space = spaces.Dict({
             "map": spaces.Box(-100.0, 100.0, shape=(3 + len(config.extra_channels), rows, cols), dtype=np.float32),
             "mask": spaces.MultiBinary(self.num_candidates + 1),
+            **({"windows": spaces.Box(-100.0, 100.0, shape=(self.num_candidates + 1, len(WINDOW_FEATURES)), dtype=np.float32)}
+               if config.window_features else {}),
         })
         self._next = 0
         self._img: Optional[_Image] = None
@@ -352,7 +430,8 @@ class ZoomEnv(gym.Env):
             pixels = np.array([w.input_pixels for w in self.candidates_of(rec)], dtype=np.float64)
             positions = [np.array([rec.windows[j].as_tuple() for j in reach], dtype=np.float64) for reach in rec.reach]
             context = context_planes(rec.coarse, rec.width, rec.height, self.config) if self.config.extra_channels else None
-            self._images[k] = _Image(rec, gm, items, {w: i for i, w in enumerate(rec.windows)}, pixels, positions, context)
+            maps = feature_maps(rec.coarse, rec.width, rec.height) if self.config.window_features else None
+            self._images[k] = _Image(rec, gm, items, {w: i for i, w in enumerate(rec.windows)}, pixels, positions, context, maps)
         return self._images[k]
 
     # ----------------------------------------------------------------- gymnasium API
@@ -370,12 +449,14 @@ class ZoomEnv(gym.Env):
         self._img = self._image(k)
         rec = self._img.record
         self.gain = self._img.gain.copy()
+        self.maps = [m.copy() for m in self._img.maps] if self._img.maps else None
         self.candidates = self.candidates_of(rec)
         self.image_pixels = rec.width * rec.height
         coarse_pixels = Window.full(rec.width, rec.height, self.zoom.coarse_scale).input_pixels
         self.spent = float(coarse_pixels)
         self.coarse_ratio = coarse_pixels / self.image_pixels
-        self.max_pixels_ratio = self.config.episode_budget(self.np_random)
+        budget_rng = np.random.default_rng(k) if self.config.order == "sequential" else self.np_random
+        self.max_pixels_ratio = self.config.episode_budget(budget_rng)
         self.budget_pixels = self.max_pixels_ratio * self.image_pixels
         self.zoomed_ids: list[int] = []
         self.zoomed: list[Window] = []
@@ -403,8 +484,14 @@ class ZoomEnv(gym.Env):
 
     def _obs(self) -> dict[str, np.ndarray]:
         left = budget_left(self.max_pixels_ratio, self.pixels_ratio, self.coarse_ratio)
+        budget_abs = self.max_pixels_ratio - self.pixels_ratio
+        windows = None
+        if self.maps is not None:
+            boxes = np.array([w.as_tuple() for w in self.candidates], dtype=np.float64)
+            windows = window_features(self.gain, self.maps, boxes, self._img.candidate_pixels / self.image_pixels,
+                                      budget_abs, len(self.zoomed_ids) / self.config.max_steps)
         return observe(self.gain, self.zoomed, self._mask, left, self.config, coverage=self._coverage,
-                       context=self._img.context, budget_abs=self.max_pixels_ratio - self.pixels_ratio)
+                       context=self._img.context, budget_abs=budget_abs, windows=windows)
 
     def step(self, action):
         if self._img is None:
@@ -436,6 +523,8 @@ class ZoomEnv(gym.Env):
                 reward = true_gain - self.config.lam * window.input_pixels / self.image_pixels
             self.spent += window.input_pixels
             self.gain.zero_(window)
+            for m in self.maps or ():
+                m.zero_(window)
             self.zoomed_ids.append(a)
             self.zoomed.append(window)
             np.maximum(self._coverage, zoomed_coverage([window], rec.width, rec.height, *self.config.grid), out=self._coverage)
@@ -502,8 +591,9 @@ class ZoomEnv(gym.Env):
 
 
 def window_geometry(env: "ZoomEnv") -> dict:
-    """``policy_kwargs`` of the Q-net for an environment: candidate windows normalized to [0, 1] and their grid."""
+    """``policy_kwargs`` of the Q-net for an environment: candidate windows normalized to [0, 1], their grid, and
+    the head (``features`` on the ``windows`` observation, else ``map``)."""
     rec = env.records[0]
     boxes = [[w.x0 / rec.width, w.y0 / rec.height, w.x1 / rec.width, w.y1 / rec.height] for w in env.candidates_of(rec)]
     groups = [g for g, n in enumerate(env.zoom.windows.grids) for _ in range(n * n)]
-    return {"window_boxes": boxes, "window_groups": groups}
+    return {"window_boxes": boxes, "window_groups": groups, "head": "features" if env.config.window_features else "map"}

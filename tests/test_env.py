@@ -326,6 +326,11 @@ def test_random_budgets_are_drawn_per_episode_and_respected(toy_cache):
     env2 = make(toy_cache, budget_range=[0.35, 0.7], extra_channels=["budget"]).unwrapped
     env2.reset(seed=3)
     assert [env2.reset(options={"index": k % 18})[1]["max_pixels_ratio"] for k in range(30)] == budgets
+    # sequential (evaluation) order: each image keeps its draw on every pass, so checkpoints meet the same budgets
+    ev = make(toy_cache, budget_range=[0.35, 0.7], order="sequential").unwrapped
+    ev.reset(seed=5)
+    passes = [[ev.reset()[1]["max_pixels_ratio"] for _ in range(18)] for _ in range(2)]
+    assert passes[0] == passes[1] and len(set(passes[0])) == 18
 
 
 def test_context_planes_come_from_coarse_detections(toy_cache):
@@ -486,3 +491,70 @@ def test_cache_policies_benchmark_rolls_the_rules_out_on_a_cache(monkeypatch, tm
     with pytest.raises(SystemExit):
         mod.main(["--cache", str(tmp_path / "none"), "--dataset", "toy"])
     assert "no rollout cache" in capsys.readouterr().err
+
+
+def test_window_features_describe_each_window_and_follow_the_zoom(toy_cache):
+    from gymnasium.utils.env_checker import check_env
+
+    from zoomdet.envs.zoom_env import WINDOW_FEATURES
+
+    env = make(toy_cache, state="entropy", window_features=True).unwrapped
+    check_env(env, skip_render_check=True)
+    col = {n: i for i, n in enumerate(WINDOW_FEATURES)}
+    obs, _ = env.reset(options={"index": 0})  # image 0: the four small objects inside window 4
+    f = obs["windows"]
+    assert f.shape == (env.num_candidates + 1, len(WINDOW_FEATURES)) and f.dtype == np.float32
+    h = lambda p: -(p * np.log2(p) + (1 - p) * np.log2(1 - p))  # noqa: E731
+    assert f[4, col["entropy"]] == pytest.approx(np.log1p(4 * h(0.3)), rel=1e-3)
+    assert f[4, col["small"]] == pytest.approx(np.log1p(4.0), rel=1e-3)
+    assert f[4, col["unzoomed"]] == pytest.approx(1.0)
+    assert f[:-1, col["stop"]].sum() == 0 and f[-1, col["stop"]] == 1 and not f[-1, :col["cost"] + 1].any()
+    cost = env.candidates[4].input_pixels / (W * H)
+    assert f[4, col["cost"]] == pytest.approx(cost) and f[0, col["budget_left"]] == pytest.approx(1.0 - 0.25)
+    obs2, *_ = env.step(4)
+    g = obs2["windows"]
+    # the zoomed window holds nothing more; the budget and steps moved on for every row
+    assert g[4, col["entropy"]] == pytest.approx(0.0, abs=1e-6) and g[4, col["unzoomed"]] == pytest.approx(0.0, abs=1e-6)
+    assert g[-1, col["budget_left"]] == pytest.approx(0.75 - env.zoomed[0].input_pixels / (W * H))
+    assert g[-1, col["steps"]] == pytest.approx(1 / env.config.max_steps)
+    assert g[-1, col["entropy_left"]] < f[-1, col["entropy_left"]]
+    # without the option there is no windows observation
+    assert "windows" not in make(toy_cache, state="entropy").unwrapped.reset(options={"index": 0})[0]
+
+
+def test_feature_qnet_learns_and_the_live_agent_builds_the_envs_windows(toy_cache, tmp_path):
+    """DQN with the per-window feature head beats random on the toy cache, and the live policy's ``windows``
+    observation equals the environment's, before and after a zoom."""
+    from zoomdet.agents import AgentPolicy
+    from zoomdet.agents.qnet import FeatureQHead, random_masked_actions
+    from zoomdet.agents.train import TrainArgs, train_agent
+    from zoomdet.zoom.engine import EpisodeState
+
+    kw = {"state": "entropy", "lam": 1.0, "window_features": True}
+    hp = {"learning_starts": 200, "exploration_fraction": 0.5, "target_update_interval": 100, "learning_rate": 2e-3,
+          "buffer_size": 5000}
+    run = train_agent(TrainArgs(cache=str(toy_cache), n_timesteps=2500, eval_freq=-1, progress=False, env_kwargs=kw,
+                                hyperparams=hp, log_folder=str(tmp_path / "logs"), conf_file="configs/agents/dqn.yml"))
+    policy = AgentPolicy.from_path(run / "ZoomDet-v0.zip")
+    assert isinstance(policy.model.q_net.q_net, FeatureQHead)
+    env = make(toy_cache, **kw).unwrapped
+    rng = np.random.default_rng(0)
+    learned = _mean_return(env, lambda o: int(policy.model.predict(o, deterministic=True)[0]))
+    random = _mean_return(env, lambda o: int(random_masked_actions(o, rng)))
+    assert learned > random + 0.5, (learned, random)
+
+    seen = {}
+    orig = policy.model.predict
+    policy.model.predict = lambda obs, **k: (seen.setdefault("obs", []).append(obs), orig(obs, **k))[1]
+    env = make(toy_cache, **{**kw, "max_pixels_ratio": 0.6}).unwrapped
+    env_obs, _ = env.reset(options={"index": 0})
+    rec = env.records[0]
+    state = EpisodeState(rec.width, rec.height, rec.coarse, env.candidates, [], 0.25, env.gain.copy(),
+                         env.action_masks()[:-1], np.random.default_rng(0), max_pixels_ratio=0.6)
+    policy.select(state)
+    np.testing.assert_allclose(seen["obs"][-1]["windows"], env_obs["windows"], atol=1e-6)
+    env_obs, *_ = env.step(4)
+    state.zoomed, state.zoomed_windows, state.gain = [4], list(env.zoomed), env.gain.copy()
+    state.pixels_ratio, state.available = env.pixels_ratio, env.action_masks()[:-1]
+    policy.select(state)
+    np.testing.assert_allclose(seen["obs"][-1]["windows"], env_obs["windows"], atol=1e-6)
