@@ -51,6 +51,7 @@ VARIANTS = {
     "qnet-ap-lam5": f"reward:ap,lam:5,stop_gain:0,budget_range:[0.3,0.7],{CONTEXT}",
     # qnet-ap with the per-window feature Q-net (one MLP over what each window holds) instead of the map's
     "qnet-win": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true",
+    "qnet-win-dataset-ap": "reward:dataset-ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true",
 }
 ABLATIONS = ["qnet-gain", "qnet-dataset-ap", "er-qnet", "qnet-ap-nocontext", "qnet-ap-fixed", "qnet-ap-lam1", "qnet-ap-lam5"]
 RULES = ("greedy", "greedy-entropy")

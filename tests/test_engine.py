@@ -286,3 +286,42 @@ def test_pass_memo_runs_each_pass_once_and_charges_every_run_in_full():
     # the reused pass is charged its measured seconds, in the coarse stage and in the total
     assert shared[1].timing["coarse"] == shared[0].timing["coarse"] > 0
     assert shared[1].timing["total"] >= shared[1].timing["coarse"]
+
+
+def _bootstrap_world(n: int = 12):
+    """``n`` 200x200 images, one 20-px object each (class 1 on even images, 2 on odd), found exactly by
+    ``good`` at 0.9 and by ``poor`` on every other image only (the rest shifted by half a box, at 0.8)."""
+    from zoomdet.eval.coco_eval import ground_truth_coco
+
+    images, good, poor = [], [], []
+    for i in range(1, n + 1):
+        box = [10.0 * i, 20.0, 10.0 * i + 20, 40.0]
+        images.append((i, 200, 200, [box], [1 + i % 2], [0]))
+        good.append({"image_id": i, "category_id": 1 + i % 2, "bbox": [box[0], 20.0, 20.0, 20.0], "score": 0.9})
+        shift = 0.0 if i % 2 else 10.0
+        poor.append({"image_id": i, "category_id": 1 + i % 2, "bbox": [box[0] + shift, 20.0, 20.0, 20.0], "score": 0.8})
+    return ground_truth_coco(images), good, poor
+
+
+def test_bootstrap_ap_resamples_images_and_pairs_the_draws():
+    from zoomdet.eval.coco_eval import BootstrapAP, coco_metrics, paired_bootstrap
+
+    gt, good, poor = _bootstrap_world()
+    ids = list(range(12, 0, -1))  # any order: resamples index the sorted ids
+    g, p = BootstrapAP(gt, good, ids), BootstrapAP(gt, poor, ids)
+    assert g.image_ids == sorted(ids) and g.categories == ["1", "2"]
+    assert g.ap == pytest.approx(coco_metrics(gt, good, ids)["ap"]) == pytest.approx(1.0)
+    assert p.ap == pytest.approx(coco_metrics(gt, poor, ids)["ap"]) and p.ap < 0.7
+    # every image twice scores as the images once; one odd image alone is all class 2, found exactly
+    assert p(np.repeat(np.arange(12), 2))[0] == pytest.approx(p.ap)
+    ap, per_class = p(np.array([0, 0, 0]))  # image 1 (odd: exact) three times
+    assert ap == pytest.approx(1.0) and np.isnan(per_class[0]) and per_class[1] == pytest.approx(1.0)
+    r = paired_bootstrap([g], p, resamples=200, seed=1)
+    assert r["diff"] == pytest.approx(100 * (g.ap - p.ap)) and r["ci_low"] > 0 and r["p_better"] == 1.0
+    assert r["per_class"]["2"] == pytest.approx(0.0) and r["per_class"]["1"] > 0
+    same = paired_bootstrap([p], p, resamples=50)
+    assert same["diff"] == same["ci_low"] == same["ci_high"] == 0 and same["p_better"] == 0
+    two = paired_bootstrap([g, p], p, resamples=50)  # the mean of two "seeds"
+    assert two["diff"] == pytest.approx(50 * (g.ap - p.ap))
+    with pytest.raises(ValueError, match="same images"):
+        paired_bootstrap([BootstrapAP(gt, good, ids[:6])], p)

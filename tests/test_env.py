@@ -558,3 +558,42 @@ def test_feature_qnet_learns_and_the_live_agent_builds_the_envs_windows(toy_cach
     state.pixels_ratio, state.available = env.pixels_ratio, env.action_masks()[:-1]
     policy.select(state)
     np.testing.assert_allclose(seen["obs"][-1]["windows"], env_obs["windows"], atol=1e-6)
+
+
+def test_ap_compare_benchmark_bootstraps_each_policy_against_the_rule(monkeypatch, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from tests.test_engine import _bootstrap_world
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ap_compare.py"
+    spec = importlib.util.spec_from_file_location("bench_ap_compare", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.variant_of("dqn:qnet-win-s1/best_model") == "qnet-win" and mod.variant_of("greedy") is None
+
+    gt, good, poor = _bootstrap_world()
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps(gt.dataset))
+    ev = tmp_path / "eval"
+    (ev / "detections").mkdir(parents=True)
+    runs = {"greedy-entropy": poor, "dqn:a-s0/best_model": good, "dqn:a-s1/best_model": poor}
+    policies = []
+    for name, dets in runs.items():
+        f = f"detections/{name.replace(':', '_').replace('/', '_')}@0.45.json"
+        (ev / f).write_text(json.dumps(dets))
+        policies.append({"name": name, "budget": 0.45, "detections_file": f})
+    (ev / "report.json").write_text(json.dumps({"data": str(gt_file), "image_ids": list(range(1, 13)),
+                                                "policies": policies}))
+    monkeypatch.setattr("zoomdet.eval.results.RESULTS_DIR", tmp_path / "results")
+    assert mod.main(["--eval", str(ev), "--dataset", "toy", "--resamples", "50"]) == 0
+    rows = json.loads((tmp_path / "results" / "ap_compare.json").read_text())
+    by = {r["policy"]: r for r in rows}
+    assert set(by) == {"dqn:a-s0/best_model", "dqn:a-s1/best_model", "a (mean of 2 seeds)"}
+    assert by["dqn:a-s0/best_model"]["ci_low"] > 0 and by["dqn:a-s1/best_model"]["diff"] == 0
+    assert by["a (mean of 2 seeds)"]["diff"] == pytest.approx(by["dqn:a-s0/best_model"]["diff"] / 2)
+    assert "a (mean of 2 seeds)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no 'greedy' run"):
+        mod.main(["--eval", str(ev), "--dataset", "toy", "--baseline", "greedy"])
+    with pytest.raises(SystemExit, match="report.json not found"):
+        mod.main(["--eval", str(tmp_path / "nowhere"), "--dataset", "toy"])

@@ -17,7 +17,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["coco_metrics", "episode_metrics", "AREA_RANGES", "ImageAP", "PoolAP", "ground_truth_coco"]
+__all__ = ["coco_metrics", "episode_metrics", "AREA_RANGES", "ImageAP", "PoolAP", "ground_truth_coco", "BootstrapAP",
+           "paired_bootstrap", "bootstrap_draws"]
 
 # name -> [min area, max area] in px², as COCOeval expects
 AREA_RANGES = {
@@ -187,17 +188,10 @@ class PoolAP:
         self.image_ids = [int(i[0]) for i in images]
         self.size = len(self.image_ids)
         results = [d for i in self.image_ids if i in reference for d in reference[i].to_coco(i)]
+        ev = _evaluate_images(self.gt, results, self.image_ids)
         with contextlib.redirect_stdout(io.StringIO()):
-            dt = self.gt.loadRes(results) if results else COCO()
-            if not results:  # COCOeval needs a detection index even when empty
-                dt.dataset = {"images": self.gt.dataset["images"], "annotations": [],
-                              "categories": self.gt.dataset["categories"]}
-                dt.createIndex()
-            ev = COCOeval(self.gt, dt, "bbox")
-            ev.params.imgIds, ev.params.maxDets = self.image_ids, [1000]
-            ev.params.areaRng, ev.params.areaRngLbl = [AREA_RANGES["all"]], ["all"]
-            ev.evaluate()
             ev.accumulate()
+        dt = ev.cocoDt
         self._ev = ev
         self._slot = {img: k for k, img in enumerate(ev.params.imgIds)}  # evaluate() sorts the ids
         self.reference_ap = _mean_valid(ev.eval["precision"][:, :, :, 0, 0])
@@ -228,6 +222,90 @@ class PoolAP:
         finally:
             for k, c in enumerate(p.catIds):
                 ev._dts[image_id, c], ev.ious[image_id, c], ev.evalImgs[k * n + slot] = saved[c]
+
+
+def _evaluate_images(gt: COCO, results: list[dict], image_ids: Sequence[int]) -> COCOeval:
+    """COCOeval's per-image evaluation (``evaluate``, not yet ``accumulate``) of ``results`` on ``image_ids``: area
+    ``all``, up to 1000 detections per image, as :func:`coco_metrics` reads ``ap``."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(copy.deepcopy(results)) if results else COCO()
+        if not results:  # COCOeval needs a detection index even when empty
+            dt.dataset = {"images": gt.dataset["images"], "annotations": [], "categories": gt.dataset["categories"]}
+            dt.createIndex()
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds, ev.params.maxDets = list(image_ids), [1000]
+        ev.params.areaRng, ev.params.areaRngLbl = [AREA_RANGES["all"]], ["all"]
+        ev.evaluate()
+    return ev
+
+
+class BootstrapAP:
+    """AP@[.5:.95] of one set of detections on resamples of its images (drawn with repeats).
+
+    A difference of a point of AP between two policies on 100 images can be one rare object; the bootstrap
+    says how much of a difference the choice of images alone makes. COCOeval's per-image evaluation runs once;
+    a resample reruns only ``accumulate`` over the drawn images, each repeat counted as an image of its own
+    (about 10 ms for 100 HIT-UAV images).
+
+    Args:
+        coco_gt: ground truth.
+        results: COCO result dicts (xywh pixels) of the images.
+        image_ids: the images; resamples index them in sorted order (:attr:`image_ids`), so two instances on
+            the same images draw the same images for the same indices.
+    """
+
+    def __init__(self, coco_gt: COCO, results: list[dict], image_ids: Sequence[int]) -> None:
+        self._ev = _evaluate_images(coco_gt, results, image_ids)
+        self.image_ids = list(self._ev.params.imgIds)  # sorted and unique, as evaluate() left them
+        self._per_image = list(self._ev.evalImgs)
+        self.categories = [c["name"] for c in coco_gt.loadCats(self._ev.params.catIds)]
+        self._memo: dict = {}
+        self.ap, self.per_class = self(np.arange(len(self.image_ids)))
+
+    def __call__(self, draw: np.ndarray) -> tuple[float, np.ndarray]:
+        """AP (0..1; NaN without objects) and ``float64[C]`` per-category AP of the images at sorted positions
+        ``draw`` (``int[M]``, repeats allowed)."""
+        ev, n = self._ev, len(self.image_ids)
+        ids = list(range(len(draw)))  # each drawn image, repeats included, is an image of its own
+        ev.evalImgs = [self._per_image[k * n + int(i)] for k in range(len(self.categories)) for i in draw]
+        ev.params.imgIds = ev._paramsEval.imgIds = ids
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.accumulate()
+        p = ev.eval["precision"][:, :, :, 0, 0]
+        return _mean_valid(p), np.array([_mean_valid(p[:, :, k]) for k in range(p.shape[2])])
+
+    def resampled(self, draws: np.ndarray) -> np.ndarray:
+        """``float64[R]``: the AP of each row of ``draws`` (``int[R, M]``), kept for the next call with the same draws."""
+        key = (draws.shape, hash(draws.tobytes()))
+        if self._memo.get("key") != key:
+            self._memo.update(key=key, ap=np.array([self(d)[0] for d in draws]))
+        return self._memo["ap"]
+
+
+def bootstrap_draws(images: int, resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """``int64[resamples, images]``: resamples of ``images`` sorted positions, drawn with repeats."""
+    return np.random.default_rng(seed).integers(0, images, (resamples, images))
+
+
+def paired_bootstrap(a: Sequence[BootstrapAP], b: BootstrapAP, resamples: int = 1000, seed: int = 0) -> dict:
+    """The AP difference (x 100) of ``a`` (the mean AP of one or more detection sets, e.g. an agent's seeds) minus
+    ``b``, on the same resamples of their images (:func:`bootstrap_draws` of ``seed``).
+
+    Returns ``diff`` (on all the images), ``ci_low`` / ``ci_high`` (the 2.5 / 97.5 percentiles over resamples),
+    ``p_better`` (share of resamples where ``a`` is above ``b``), and ``per_class``: ``{category: diff}`` on
+    all the images (x 100; NaN where a category has no ground truth). Each set's AP on the draws is computed
+    once and kept (:meth:`BootstrapAP.resampled`), so comparing many policies with one baseline costs one
+    pass per policy."""
+    if not a or any(x.image_ids != b.image_ids for x in a):
+        raise ValueError("paired_bootstrap needs detection sets on the same images")
+    draws = bootstrap_draws(len(b.image_ids), resamples, seed)
+    diffs = 100 * (np.mean([x.resampled(draws) for x in a], axis=0) - b.resampled(draws))
+    diffs = diffs[~np.isnan(diffs)]
+    per_class = 100 * (np.mean([x.per_class for x in a], axis=0) - b.per_class)
+    return {"diff": float(100 * (np.mean([x.ap for x in a]) - b.ap)),
+            "ci_low": float(np.percentile(diffs, 2.5)), "ci_high": float(np.percentile(diffs, 97.5)),
+            "p_better": float((diffs > 0).mean()), "resamples": int(len(diffs)),
+            "per_class": {c: float(v) for c, v in zip(b.categories, per_class)}}
 
 
 def episode_metrics(doc: dict) -> list[dict]:
