@@ -13,9 +13,10 @@ max and :meth:`MaskableDQN.predict` never pick one.
 ``window_features``): one MLP shared by every action scores each row of the
 ``windows`` observation (what a window holds, its cost, the episode's
 globals; the stop action is a row of its own). It has no weight tied to a
-window's position, so it can only learn a rule over window contents, the
-kind of rule ``greedy-entropy`` is, and has a thousand times fewer
-parameters to fit to the training images.
+window's position or grid, so it can only learn a rule over window
+contents, the kind of rule ``greedy-entropy`` is; and it reads each
+window's exact sums where :class:`WindowQHead` reads a 12x16 pooled grid.
+Both are small (about 5,000 parameters).
 
 :class:`ZoomDQNPolicy` plugs the head into SB3's ``DQNPolicy`` (its target
 network and replay come from SB3); :class:`MaskableDQN` is SB3's DQN whose

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
           f"95% interval over {args.resamples} paired resamples of the images")
     print(f"{'policy':48s} {'budget':>6s} {'diff':>7s} {'95% interval':>18s} {'P(ahead)':>8s}  per class")
     for r in rows:
-        per = " ".join(f"{c} {v:+.1f}" for c, v in r["per_class"].items() if v == v)
+        per = " ".join(f"{c} {v:+.1f}" for c, v in r["per_class"].items() if v is not None)
         print(f"{r['policy']:48s} {r['budget']:6.2f} {r['diff']:+7.2f} [{r['ci_low']:+7.2f}, {r['ci_high']:+6.2f}] "
               f"{r['p_better']:8.2f}  {per}")
     out = write_results(args.results, rows, replace={"dataset": args.dataset},

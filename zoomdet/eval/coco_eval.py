@@ -293,7 +293,7 @@ def paired_bootstrap(a: Sequence[BootstrapAP], b: BootstrapAP, resamples: int = 
 
     Returns ``diff`` (on all the images), ``ci_low`` / ``ci_high`` (the 2.5 / 97.5 percentiles over resamples),
     ``p_better`` (share of resamples where ``a`` is above ``b``), and ``per_class``: ``{category: diff}`` on
-    all the images (x 100; NaN where a category has no ground truth). Each set's AP on the draws is computed
+    all the images (x 100; ``None`` where a category has no ground truth). Each set's AP on the draws is computed
     once and kept (:meth:`BootstrapAP.resampled`), so comparing many policies with one baseline costs one
     pass per policy."""
     if not a or any(x.image_ids != b.image_ids for x in a):
@@ -305,7 +305,7 @@ def paired_bootstrap(a: Sequence[BootstrapAP], b: BootstrapAP, resamples: int = 
     return {"diff": float(100 * (np.mean([x.ap for x in a]) - b.ap)),
             "ci_low": float(np.percentile(diffs, 2.5)), "ci_high": float(np.percentile(diffs, 97.5)),
             "p_better": float((diffs > 0).mean()), "resamples": int(len(diffs)),
-            "per_class": {c: float(v) for c, v in zip(b.categories, per_class)}}
+            "per_class": {c: float(v) if v == v else None for c, v in zip(b.categories, per_class)}}
 
 
 def episode_metrics(doc: dict) -> list[dict]:
