@@ -597,3 +597,20 @@ def test_ap_compare_benchmark_bootstraps_each_policy_against_the_rule(monkeypatc
         mod.main(["--eval", str(ev), "--dataset", "toy", "--baseline", "greedy"])
     with pytest.raises(SystemExit, match="report.json not found"):
         mod.main(["--eval", str(tmp_path / "nowhere"), "--dataset", "toy"])
+
+
+def test_feature_head_and_window_features_refuse_bad_input(toy_cache):
+    from zoomdet.agents.qnet import MaskableDQN, ZoomDQNPolicy
+    from zoomdet.envs.zoom_env import observe, window_geometry
+
+    plain = make(toy_cache, state="entropy").unwrapped
+    geometry = {**window_geometry(plain), "head": "features"}
+    with pytest.raises(ValueError, match="window_features"):
+        MaskableDQN(ZoomDQNPolicy, plain, policy_kwargs=geometry, learning_starts=10, buffer_size=100)
+    with pytest.raises(ValueError, match="head must be one of"):
+        MaskableDQN(ZoomDQNPolicy, plain, policy_kwargs={**geometry, "head": "transformer"}, buffer_size=100)
+    env = make(toy_cache, state="entropy", window_features=True).unwrapped
+    assert window_geometry(env)["head"] == "features"
+    env.reset(options={"index": 0})
+    with pytest.raises(ValueError, match="windows array of shape"):
+        observe(env.gain, [], env.action_masks(), 1.0, env.config)  # the rows are required with the option
