@@ -215,6 +215,12 @@ def budget_left(max_pixels_ratio: float, pixels_ratio: float, coarse_ratio: floa
     return float(np.clip((max_pixels_ratio - pixels_ratio) / max(max_pixels_ratio - coarse_ratio, 1e-9), 0.0, 1.0))
 
 
+def small_boxes(boxes: torch.Tensor) -> torch.Tensor:
+    """``float32[N]``: 1 for boxes (``[N, 4]`` xyxy pixels) whose side (sqrt of area) is under :data:`SMALL_PX`."""
+    side = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt()
+    return (side < SMALL_PX).float()
+
+
 def context_planes(coarse: Detections, width: int, height: int, cfg: ZoomEnvConfig) -> np.ndarray:
     """``float32[C, rows, cols]``: the static context planes of ``cfg.extra_channels`` for one image, from its
     coarse detections (boxes xyxy in full-resolution pixels); ``budget`` is left 0 here (:func:`observe` fills it)."""
@@ -231,8 +237,7 @@ def context_planes(coarse: Detections, width: int, height: int, cfg: ZoomEnvConf
         elif name == "scores":
             values = coarse.scores.float()
         else:  # small
-            side = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt()
-            values = (side < SMALL_PX).float()
+            values = small_boxes(boxes)
         out[i] = np.clip(GainMap(width, height, boxes, values).pooled(rows, cols), -100, 100)
     return out
 
@@ -245,11 +250,10 @@ def feature_maps(coarse: Detections, width: int, height: int) -> list[GainMap]:
     from zoomdet.rnet.model import EntropyGain
 
     boxes = coarse.boxes
-    side = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt()
     whole = torch.tensor([[0.0, 0.0, float(width), float(height)]])
     return [GainMap(width, height, boxes, EntropyGain().predict(coarse)),
             GainMap(width, height, boxes, coarse.scores.float()),
-            GainMap(width, height, boxes, (side < SMALL_PX).float()),
+            GainMap(width, height, boxes, small_boxes(boxes)),
             GainMap(width, height, whole, torch.tensor([float(width * height)]))]
 
 
