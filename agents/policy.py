@@ -21,7 +21,7 @@ import numpy as np
 from zoomdet.envs.zoom_env import (ZoomEnvConfig, budget_left, context_planes, covered_by, feature_maps, gain_model_for,
                                    observe, window_features)
 from zoomdet.zoom.engine import EpisodeState
-from zoomdet.zoom.windows import GainMap
+from zoomdet.zoom.windows import GainMap, window_boxes
 
 __all__ = ["AgentPolicy", "RUN_FILE", "load_run_info", "ALGOS", "algorithm_class"]
 
@@ -123,15 +123,18 @@ class AgentPolicy:
         return None if a >= len(state.candidates) else a
 
     def window_features(self, state: EpisodeState, budget_abs: float) -> np.ndarray:
-        """The ``windows`` observation, as the environment builds it: the image's :func:`feature_maps` (built on
-        the first call, kept in ``state.memory``) zeroed where the episode has zoomed so far."""
+        """The ``windows`` observation, as the environment builds it: the image's :func:`feature_maps` and the
+        candidates' boxes and costs (built on the first call, kept in ``state.memory``), the maps zeroed where the
+        episode has zoomed so far."""
         memory = state.memory
         if "maps" not in memory:
             memory["maps"], memory["maps_zeroed"] = feature_maps(state.coarse, state.width, state.height), 0
+            memory["feature_boxes"] = window_boxes(state.candidates)
+            memory["feature_cost"] = (np.array([w.input_pixels for w in state.candidates], dtype=np.float64)
+                                      / (state.width * state.height))
         for window in state.zoomed_windows[memory["maps_zeroed"]:]:
             for m in memory["maps"]:
                 m.zero_(window)
         memory["maps_zeroed"] = len(state.zoomed_windows)
-        boxes = np.array([w.as_tuple() for w in state.candidates], dtype=np.float64)
-        cost = np.array([w.input_pixels for w in state.candidates], dtype=np.float64) / (state.width * state.height)
-        return window_features(state.gain, memory["maps"], boxes, cost, budget_abs, len(state.zoomed) / self.config.max_steps)
+        return window_features(state.gain, memory["maps"], memory["feature_boxes"], memory["feature_cost"], budget_abs,
+                               len(state.zoomed) / self.config.max_steps)

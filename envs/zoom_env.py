@@ -85,7 +85,7 @@ from zoomdet.rnet.cache import CacheRecord, RolloutCache
 from zoomdet.types import Detections, Window
 from zoomdet.zoom.gain import GainItems, fresh_gain, window_gain_items
 from zoomdet.zoom.merge import merge_zoom
-from zoomdet.zoom.windows import GainMap, best_position
+from zoomdet.zoom.windows import GainMap, best_position, window_boxes
 
 __all__ = ["ZoomEnvConfig", "ZoomEnv", "observe", "budget_left", "gain_model_for", "zoomed_coverage", "covered_by",
            "window_geometry", "context_planes", "EXTRA_CHANNELS", "WINDOW_FEATURES", "feature_maps", "window_features"]
@@ -370,6 +370,8 @@ class _Image:
     """:func:`context_planes` of the image (``extra_channels``)."""
     maps: Optional[list[GainMap]] = None
     """:func:`feature_maps` of the image (``window_features``), before any zoom."""
+    boxes: Optional[np.ndarray] = None
+    """``float64[K, 4]``: the candidate windows (:func:`window_boxes`), for :func:`window_features`."""
     ap_memo: dict = field(default_factory=dict)
     """``reward="ap"``: image AP per set of zoomed cached windows (episodes on an image revisit sets)."""
     scorer: Any = None
@@ -434,8 +436,11 @@ class ZoomEnv(gym.Env):
             pixels = np.array([w.input_pixels for w in self.candidates_of(rec)], dtype=np.float64)
             positions = [np.array([rec.windows[j].as_tuple() for j in reach], dtype=np.float64) for reach in rec.reach]
             context = context_planes(rec.coarse, rec.width, rec.height, self.config) if self.config.extra_channels else None
-            maps = feature_maps(rec.coarse, rec.width, rec.height) if self.config.window_features else None
-            self._images[k] = _Image(rec, gm, items, {w: i for i, w in enumerate(rec.windows)}, pixels, positions, context, maps)
+            maps, boxes = None, None
+            if self.config.window_features:
+                maps, boxes = feature_maps(rec.coarse, rec.width, rec.height), window_boxes(self.candidates_of(rec))
+            self._images[k] = _Image(rec, gm, items, {w: i for i, w in enumerate(rec.windows)}, pixels, positions, context,
+                                     maps, boxes)
         return self._images[k]
 
     # ----------------------------------------------------------------- gymnasium API
@@ -491,8 +496,7 @@ class ZoomEnv(gym.Env):
         budget_abs = self.max_pixels_ratio - self.pixels_ratio
         windows = None
         if self.maps is not None:
-            boxes = np.array([w.as_tuple() for w in self.candidates], dtype=np.float64)
-            windows = window_features(self.gain, self.maps, boxes, self._img.candidate_pixels / self.image_pixels,
+            windows = window_features(self.gain, self.maps, self._img.boxes, self._img.candidate_pixels / self.image_pixels,
                                       budget_abs, len(self.zoomed_ids) / self.config.max_steps)
         return observe(self.gain, self.zoomed, self._mask, left, self.config, coverage=self._coverage,
                        context=self._img.context, budget_abs=budget_abs, windows=windows)
