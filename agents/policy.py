@@ -137,4 +137,4 @@ class AgentPolicy:
                 m.zero_(window)
         memory["maps_zeroed"] = len(state.zoomed_windows)
         return window_features(state.gain, memory["maps"], memory["feature_boxes"], memory["feature_cost"], budget_abs,
-                               len(state.zoomed) / self.config.max_steps)
+                               len(state.zoomed) / self.config.max_steps, self.config.window_extras)

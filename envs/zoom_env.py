@@ -88,7 +88,8 @@ from zoomdet.zoom.merge import merge_zoom
 from zoomdet.zoom.windows import GainMap, best_position, window_boxes
 
 __all__ = ["ZoomEnvConfig", "ZoomEnv", "observe", "budget_left", "gain_model_for", "zoomed_coverage", "covered_by",
-           "window_geometry", "context_planes", "EXTRA_CHANNELS", "WINDOW_FEATURES", "feature_maps", "window_features"]
+           "window_geometry", "context_planes", "EXTRA_CHANNELS", "WINDOW_FEATURES", "WINDOW_EXTRAS", "feature_maps",
+           "window_features"]
 
 STATES = ("rnet", "entropy", "oracle")
 REWARDS = ("gain", "ap", "dataset-ap")
@@ -96,6 +97,10 @@ EXTRA_CHANNELS = ("entropy", "scores", "small", "budget")
 WINDOW_FEATURES = ("gain", "entropy", "scores", "small", "unzoomed", "cost", "cost_over_left", "budget_left",
                    "steps", "gain_left", "entropy_left", "stop")
 """Columns of the ``windows`` observation (:func:`window_features`)."""
+WINDOW_EXTRAS = {"density": ("gain_per_cost", "entropy_per_cost", "scores_per_cost", "small_per_cost")}
+"""Optional column groups appended after :data:`WINDOW_FEATURES` (``window_extras``): ``density`` is each window's
+sums divided by its cost, so a rule that ranks windows by gain per pixel (``greedy``, ``greedy-entropy``) is one
+weight of the first layer instead of a ratio the MLP must approximate."""
 SMALL_PX = 32.0
 """``small`` context plane: coarse boxes whose side (sqrt of area, full-resolution pixels) is under this."""
 
@@ -129,6 +134,9 @@ class ZoomEnvConfig:
     window_features: bool = False
     """Add the ``windows`` observation (:data:`WINDOW_FEATURES` per action); DQN then uses the per-window
     feature Q-net (``head: features``) instead of the convolutional one on the map."""
+    window_extras: Sequence[str] = ()
+    """Column groups of :data:`WINDOW_EXTRAS` appended to the ``windows`` observation, e.g. ``[density]``
+    (needs ``window_features``)."""
     grid: Sequence[int] = (12, 16)
     """Observation grid ``[rows, cols]``."""
     obs_scale: float = 4.0
@@ -159,11 +167,22 @@ class ZoomEnvConfig:
         if unknown or len(set(self.extra_channels)) != len(self.extra_channels):
             raise ValueError(f"extra_channels must be distinct names from {EXTRA_CHANNELS}, got {list(self.extra_channels)}")
         self.extra_channels = tuple(self.extra_channels)
+        unknown = [c for c in self.window_extras if c not in WINDOW_EXTRAS]
+        if unknown or len(set(self.window_extras)) != len(self.window_extras):
+            raise ValueError(f"window_extras must be distinct names from {tuple(WINDOW_EXTRAS)}, got {list(self.window_extras)}")
+        if self.window_extras and not self.window_features:
+            raise ValueError("window_extras add columns to the windows observation: set window_features: true")
+        self.window_extras = tuple(self.window_extras)
         if self.budget_range is not None:
             lo, hi = (float(v) for v in self.budget_range)
             if not 0 < lo <= hi:
                 raise ValueError(f"budget_range must be [low, high] with 0 < low <= high, got {list(self.budget_range)}")
             self.budget_range = (lo, hi)
+
+    @property
+    def window_columns(self) -> tuple[str, ...]:
+        """Names of the ``windows`` observation's columns: :data:`WINDOW_FEATURES`, then ``window_extras``' groups."""
+        return WINDOW_FEATURES + tuple(c for name in self.window_extras for c in WINDOW_EXTRAS[name])
 
     def episode_budget(self, rng: np.random.Generator) -> float:
         """The pixel budget of a new episode: drawn from ``budget_range`` when set, else ``max_pixels_ratio``."""
@@ -258,8 +277,9 @@ def feature_maps(coarse: Detections, width: int, height: int) -> list[GainMap]:
 
 
 def window_features(gain: GainMap, maps: Sequence[GainMap], boxes: np.ndarray, cost: np.ndarray, budget_abs: float,
-                    step_frac: float) -> np.ndarray:
-    """``float32[K + 1, F]``: the :data:`WINDOW_FEATURES` of ``K`` candidate windows and of the stop action (last row).
+                    step_frac: float, extras: Sequence[str] = ()) -> np.ndarray:
+    """``float32[K + 1, F]``: the :data:`WINDOW_FEATURES` of ``K`` candidate windows and of the stop action (last row),
+    then the columns of each :data:`WINDOW_EXTRAS` group in ``extras`` (0 on the stop row).
 
     Args:
         gain: the current AG map (zeroed where zoomed).
@@ -275,11 +295,11 @@ def window_features(gain: GainMap, maps: Sequence[GainMap], boxes: np.ndarray, c
 
     entropy, scores, small, area = maps
     k = len(boxes)
-    out = np.zeros((k + 1, len(WINDOW_FEATURES)), dtype=np.float64)
-    out[:k, 0] = squash(gain.window_sums(boxes))
-    out[:k, 1] = squash(entropy.window_sums(boxes))
-    out[:k, 2] = squash(scores.window_sums(boxes))
-    out[:k, 3] = squash(small.window_sums(boxes))
+    n_extra = sum(len(WINDOW_EXTRAS[name]) for name in extras)
+    out = np.zeros((k + 1, len(WINDOW_FEATURES) + n_extra), dtype=np.float64)
+    sums = np.stack([gain.window_sums(boxes), entropy.window_sums(boxes), scores.window_sums(boxes),
+                     small.window_sums(boxes)], axis=1)  # [K, 4]
+    out[:k, 0:4] = squash(sums)
     out[:k, 4] = area.window_sums(boxes) / np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1.0)
     out[:k, 5] = cost
     out[:k, 6] = np.minimum(cost / max(budget_abs, 1e-3), 10.0)
@@ -288,6 +308,11 @@ def window_features(gain: GainMap, maps: Sequence[GainMap], boxes: np.ndarray, c
     out[:, 9] = squash(gain.positive_total())
     out[:, 10] = squash(entropy.positive_total())
     out[k, 11] = 1.0
+    col = len(WINDOW_FEATURES)
+    for name in extras:
+        if name == "density":  # the sums per unit of cost (share of the image's pixels)
+            out[:k, col:col + 4] = squash(sums / np.maximum(cost, 1e-6)[:, None])
+        col += len(WINDOW_EXTRAS[name])
     return np.clip(out, -100, 100).astype(np.float32)
 
 
@@ -317,8 +342,9 @@ def observe(gain: GainMap, zoomed: Sequence[Window], mask: np.ndarray, left: flo
             obs[3 + cfg.extra_channels.index("budget")] = max(float(budget_abs), 0.0)
     out = {"map": obs, "mask": mask.astype(np.int8)}
     if cfg.window_features:
-        if windows is None or windows.shape != (len(mask), len(WINDOW_FEATURES)):
-            raise ValueError(f"window_features needs a windows array of shape {(len(mask), len(WINDOW_FEATURES))}; "
+        shape = (len(mask), len(cfg.window_columns))
+        if windows is None or windows.shape != shape:
+            raise ValueError(f"window_features needs a windows array of shape {shape}; "
                              f"got {None if windows is None else windows.shape}")
         out["windows"] = windows
     return out
@@ -404,7 +430,7 @@ class ZoomEnv(gym.Env):
         self.observation_space = spaces.Dict({
             "map": spaces.Box(-100.0, 100.0, shape=(3 + len(config.extra_channels), rows, cols), dtype=np.float32),
             "mask": spaces.MultiBinary(self.num_candidates + 1),
-            **({"windows": spaces.Box(-100.0, 100.0, shape=(self.num_candidates + 1, len(WINDOW_FEATURES)), dtype=np.float32)}
+            **({"windows": spaces.Box(-100.0, 100.0, shape=(self.num_candidates + 1, len(config.window_columns)), dtype=np.float32)}
                if config.window_features else {}),
         })
         self._next = 0
@@ -497,7 +523,7 @@ class ZoomEnv(gym.Env):
         windows = None
         if self.maps is not None:
             windows = window_features(self.gain, self.maps, self._img.boxes, self._img.candidate_pixels / self.image_pixels,
-                                      budget_abs, len(self.zoomed_ids) / self.config.max_steps)
+                                      budget_abs, len(self.zoomed_ids) / self.config.max_steps, self.config.window_extras)
         return observe(self.gain, self.zoomed, self._mask, left, self.config, coverage=self._coverage,
                        context=self._img.context, budget_abs=budget_abs, windows=windows)
 

@@ -522,6 +522,45 @@ def test_window_features_describe_each_window_and_follow_the_zoom(toy_cache):
     assert "windows" not in make(toy_cache, state="entropy").unwrapped.reset(options={"index": 0})[0]
 
 
+def test_window_density_columns_make_greedy_entropy_one_column(toy_cache):
+    """``window_extras: [density]`` appends each window's sums per unit of cost; ranking the available windows by
+    ``entropy_per_cost`` is ``greedy-entropy``'s pick, and the first columns are the plain option's."""
+    from zoomdet.envs.zoom_env import WINDOW_EXTRAS, WINDOW_FEATURES
+    from zoomdet.rnet.policies import greedy_choice
+    from zoomdet.zoom.windows import window_boxes
+
+    plain = make(toy_cache, state="entropy", window_features=True).unwrapped
+    env = make(toy_cache, state="entropy", window_features=True, window_extras=["density"]).unwrapped
+    cols = env.config.window_columns
+    assert cols == WINDOW_FEATURES + WINDOW_EXTRAS["density"] and env.observation_space["windows"].shape[-1] == len(cols)
+    c = {n: i for i, n in enumerate(cols)}
+    picks = 0
+    for index in range(len(env.records)):
+        obs, _ = env.reset(options={"index": index})
+        boxes = window_boxes(env.candidates)
+        pixels = np.array([w.source_pixels for w in env.candidates], dtype=np.float64)
+        base, _ = plain.reset(options={"index": index})
+        for _ in range(3):
+            f = obs["windows"]
+            np.testing.assert_array_equal(f[:, :len(WINDOW_FEATURES)], base["windows"])
+            assert not f[-1, len(WINDOW_FEATURES):].any()  # the stop row has no window to measure
+            k = len(env.candidates)
+            sums = env.maps[0].window_sums(boxes)  # entropy, zeroed where zoomed
+            np.testing.assert_allclose(f[:k, c["entropy_per_cost"]], np.log1p(sums / f[:k, c["cost"]]), rtol=1e-4, atol=1e-5)
+            avail = env.action_masks()[:-1]
+            rule = greedy_choice(env.maps[0], boxes, pixels, avail)
+            if rule is None:
+                break
+            dens = np.where(avail & (sums > 0), f[:k, c["entropy_per_cost"]], -np.inf)
+            assert int(np.argmax(dens)) == rule
+            picks += 1
+            obs, _, done, trunc, _ = env.step(rule)
+            base, *_ = plain.step(rule)
+            if done or trunc:
+                break
+    assert picks >= len(env.records)
+
+
 def test_feature_qnet_learns_and_the_live_agent_builds_the_envs_windows(toy_cache, tmp_path):
     """DQN with the per-window feature head beats random on the toy cache, and the live policy's ``windows``
     observation equals the environment's, before and after a zoom."""
@@ -530,7 +569,7 @@ def test_feature_qnet_learns_and_the_live_agent_builds_the_envs_windows(toy_cach
     from zoomdet.agents.train import TrainArgs, train_agent
     from zoomdet.zoom.engine import EpisodeState
 
-    kw = {"state": "entropy", "lam": 1.0, "window_features": True}
+    kw = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density"]}
     hp = {"learning_starts": 200, "exploration_fraction": 0.5, "target_update_interval": 100, "learning_rate": 2e-3,
           "buffer_size": 5000}
     run = train_agent(TrainArgs(cache=str(toy_cache), n_timesteps=2500, eval_freq=-1, progress=False, env_kwargs=kw,
@@ -614,3 +653,7 @@ def test_feature_head_and_window_features_refuse_bad_input(toy_cache):
     env.reset(options={"index": 0})
     with pytest.raises(ValueError, match="windows array of shape"):
         observe(env.gain, [], env.action_masks(), 1.0, env.config)  # the rows are required with the option
+    with pytest.raises(ValueError, match="set window_features"):
+        make(toy_cache, state="entropy", window_extras=["density"])
+    with pytest.raises(ValueError, match="window_extras must be distinct names"):
+        make(toy_cache, state="entropy", window_features=True, window_extras=["density", "texture"])
