@@ -1,7 +1,10 @@
 """A trained agent as a :class:`~zoomdet.zoom.engine.ZoomPolicy` of the live zoom engine.
 
 ``zoomdet evaluate --policy logs/dqn/ZoomDet-v0_1/best_model.zip`` (and the
-service) load the ``.zip`` with :meth:`AgentPolicy.from_path`. The run
+service) load the ``.zip`` with :meth:`AgentPolicy.from_path`. Several DQN
+models trained with the same environment options (e.g. seeds) joined by
+``+`` (``a/best_model.zip+b/best_model.zip``) make one policy that picks the
+argmax of their mean Q-values (:meth:`AgentPolicy.from_paths`). The run
 folder's ``zoomdet.json`` (written by ``zoomdet train``) names the algorithm
 and the environment options, so the live policy builds exactly the
 observation the agent was trained on (:func:`zoomdet.envs.zoom_env.observe`)
@@ -13,8 +16,9 @@ terminated (remaining gain under ``stop_gain``, the stop action, or
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -66,11 +70,36 @@ class AgentPolicy:
 
     needs_ground_truth = False
 
-    def __init__(self, model, algo: str, env_config: ZoomEnvConfig, gain_model, name: str = "agent") -> None:
+    def __init__(self, model, algo: str, env_config: ZoomEnvConfig, gain_model, name: str = "agent",
+                 ensemble: Sequence = ()) -> None:
         if gain_model is None:
             raise ValueError("an agent trained on the oracle state cannot run live (it needs ground truth); "
                              "train it with state rnet or entropy")
+        if ensemble and algo != "dqn":
+            raise ValueError(f"an ensemble averages Q-values: only dqn models can be joined, not {algo}")
         self.model, self.algo, self.config, self.gain_model, self.name = model, algo, env_config, gain_model, name
+        self.ensemble = list(ensemble)
+        """Further DQN models whose Q-values are averaged with ``model``'s (empty: ``model`` alone)."""
+
+    @classmethod
+    def from_paths(cls, paths: Sequence[str | Path], detector_id: Optional[str] = None,
+                   name: Optional[str] = None) -> "AgentPolicy":
+        """One policy from several DQN models trained with the same environment options: each step picks the
+        argmax of their mean Q-values (masked actions stay masked in every model)."""
+        if len(paths) < 2:
+            raise ValueError("an ensemble needs at least two agent models")
+        agents = [cls.from_path(p, detector_id=detector_id) for p in paths]
+        first = agents[0]
+        for path, other in zip(paths[1:], agents[1:]):
+            if other.algo != "dqn" or first.algo != "dqn":
+                raise ValueError(f"an ensemble averages Q-values: only dqn models can be joined ({path} is {other.algo})")
+            if asdict(other.config) != asdict(first.config):
+                diff = sorted(k for k, v in asdict(other.config).items() if asdict(first.config)[k] != v)
+                raise ValueError(f"{path} was trained with other environment options than {paths[0]} ({', '.join(diff)}); "
+                                 "an ensemble needs the same observation")
+        runs = "+".join(a.name.split(":", 1)[1].split("/")[0] for a in agents)
+        return cls(first.model, "dqn", first.config, first.gain_model, name or f"dqn-ensemble:{runs}",
+                   ensemble=[a.model for a in agents[1:]])
 
     @classmethod
     def from_path(cls, path: str | Path, detector_id: Optional[str] = None, name: Optional[str] = None) -> "AgentPolicy":
@@ -115,12 +144,31 @@ class AgentPolicy:
         windows = self.window_features(state, budget_abs) if self.config.window_features else None
         obs = observe(gm, state.zoomed_windows, mask, left, self.config, context=context, budget_abs=budget_abs,
                       windows=windows)
+        a = self.act(obs)
+        return None if a >= len(state.candidates) else a
+
+    def act(self, obs: dict[str, np.ndarray]) -> int:
+        """The model's deterministic action for one observation (window index, or ``K`` = stop); an ensemble
+        takes the argmax of its mean Q-values."""
         if self.algo == "ppo_mask":
-            action, _ = self.model.predict(obs, deterministic=True, action_masks=mask)
+            action, _ = self.model.predict(obs, deterministic=True, action_masks=obs["mask"].astype(bool))
+        elif self.ensemble:
+            action = self.mean_q_values(obs).argmax()
         else:
             action, _ = self.model.predict(obs, deterministic=True)
-        a = int(action)
-        return None if a >= len(state.candidates) else a
+        return int(action)
+
+    def mean_q_values(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """``float32[K + 1]``: the mean over ``model`` and ``ensemble`` of the DQN Q-values of one observation
+        (masked actions at about ``-1e8``)."""
+        import torch
+
+        qs = []
+        with torch.no_grad():
+            for model in [self.model, *self.ensemble]:
+                tensor, _ = model.policy.obs_to_tensor(obs)
+                qs.append(model.q_net(tensor)[0].numpy())
+        return np.mean(qs, axis=0)
 
     def window_features(self, state: EpisodeState, budget_abs: float) -> np.ndarray:
         """The ``windows`` observation, as the environment builds it: the image's :func:`feature_maps` and the

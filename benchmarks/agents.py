@@ -52,6 +52,8 @@ VARIANTS = {
     # qnet-ap with the per-window feature Q-net (one MLP over what each window holds) instead of the map's
     "qnet-win": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true",
     "qnet-win-dataset-ap": "reward:dataset-ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true",
+    # qnet-win with each window's sums per unit of cost as inputs too (greedy's per-pixel ranking is one weight)
+    "qnet-win-density": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,window_extras:[density]",
 }
 ABLATIONS = ["qnet-gain", "qnet-dataset-ap", "er-qnet", "qnet-ap-nocontext", "qnet-ap-fixed", "qnet-ap-lam1", "qnet-ap-lam5"]
 RULES = ("greedy", "greedy-entropy")
@@ -93,6 +95,9 @@ def main(argv=None) -> int:
     ap.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="DQN overrides for every agent")
     ap.add_argument("--budget", type=float, nargs="+", default=[0.35, 0.45, 0.6])
     ap.add_argument("--oracle", action="store_true", help="also run oracle-ap (the upper bound; look-ahead is slow)")
+    ap.add_argument("--ensemble", action="store_true",
+                    help="also evaluate, per variant, one policy on the mean Q-values of all its seeds (rows with "
+                         "variant NAME-ensemble)")
     ap.add_argument("--train-only", action="store_true",
                     help="train the agents and stop (run one process per seed in parallel, then once without)")
     ap.add_argument("--out", default="runs/bench/agents", help="work folder (agents, evaluation)")
@@ -113,16 +118,24 @@ def main(argv=None) -> int:
 
     ev = out / f"eval-{args.dataset}"
     policies = ["coarse", "fine", *RULES] + (["oracle-ap"] if args.oracle else []) + [str(m) for m in agents]
+    ensembles = {}  # policy name in the report -> variant
+    if args.ensemble:
+        for variant in specs:
+            models = [m for m, (v, _) in agents.items() if v == variant]
+            if len(models) > 1:
+                policies.append("+".join(map(str, models)))
+                ensembles["dqn-ensemble:" + "+".join(m.parent.name for m in models)] = f"{variant}-ensemble"
     run_zoomdet(["evaluate", "--config", args.config, "--data", args.data, "--rnet", args.rnet, "--out", str(ev),
                  "--images", str(args.images), "--budget", *map(str, args.budget), "--no-progress",
                  *[x for p in policies for x in ("--policy", p)]])
     report = json.loads((ev / "report.json").read_text())
     rows = rows_from_report(report, args.dataset, command=command_line())
     names = {f"dqn:{m.parent.name}/best_model": vs for m, vs in agents.items()}
+    names.update({name: (variant, None) for name, variant in ensembles.items()})
     for r in rows:
         variant, seed = names.get(r["policy"], (None, 0))
         r["variant"], r["seed"] = variant, seed
-        r["env_kwargs"] = specs.get(variant) if variant else None
+        r["env_kwargs"] = specs.get(variant.removesuffix("-ensemble")) if variant else None
     from tables import agent_table  # benchmarks/tables.py: the README's table of these rows
 
     print(f"\n{args.dataset}, {report['images']} images, seeds {args.seeds}:")

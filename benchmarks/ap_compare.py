@@ -33,7 +33,10 @@ SEED = re.compile(r"^(?P<variant>.*?)-s(?P<seed>\d+)(?P<rest>/.*)?$")
 
 
 def variant_of(name: str) -> str | None:
-    """``dqn:qnet-win-s1/best_model`` -> ``qnet-win``; ``None`` for a name without a seed."""
+    """``dqn:qnet-win-s1/best_model`` -> ``qnet-win``; ``None`` for a name without a seed and for an ensemble
+    (``dqn-ensemble:qnet-win-s0+qnet-win-s1``, one policy of its own)."""
+    if "+" in name:
+        return None
     m = SEED.match(name.split(":", 1)[-1])
     return m.group("variant") if m else None
 

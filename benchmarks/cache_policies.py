@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset", required=True, help="name of the rows in the results file")
     ap.add_argument("--rnet", help="R-net checkpoint for greedy (trained on features of the cache's detector)")
     ap.add_argument("--agent", action="append", default=[], metavar="[NAME=]PATH",
-                    help="trained agent (zoomdet train's best_model.zip), named NAME in the rows; repeat")
+                    help="trained agent (zoomdet train's best_model.zip; several DQN models joined by + are one "
+                         "policy on their mean Q-values), named NAME in the rows; repeat")
     ap.add_argument("--budget", type=float, nargs="+", default=[0.45], help="pixel budgets (default 0.45)")
     ap.add_argument("--stop-gain", type=float, default=0.1, help="the rules' stop rule (the live greedy_stop, 0.1)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random policy")
@@ -91,8 +92,11 @@ def main(argv=None) -> int:
     try:
         cache = RolloutCache(args.cache)
         records = cache.records()
-        agents = [AgentPolicy.from_path(p.split("=", 1)[-1], detector_id=cache.detector_id,
-                                        name=p.split("=", 1)[0] if "=" in p else None) for p in args.agent]
+        agents = []
+        for spec in args.agent:  # [NAME=]PATH, PATH may join several DQN models with + (an ensemble)
+            path, name = spec.split("=", 1)[-1], spec.split("=", 1)[0] if "=" in spec else None
+            load = AgentPolicy.from_paths if "+" in path else AgentPolicy.from_path
+            agents.append(load(path.split("+") if "+" in path else path, detector_id=cache.detector_id, name=name))
     except (FileNotFoundError, ValueError) as e:
         ap.error(str(e))
     if not records:
@@ -122,12 +126,10 @@ def main(argv=None) -> int:
             label = name
         else:  # an agent, with the options it was trained with (its step cap too, as the live AgentPolicy)
             options = {f: getattr(name.config, f) for f in ZoomEnvConfig.__dataclass_fields__}
-            model = name.model
             label = name.name
 
-            def pick(env, obs, model=model) -> int:
-                action, _ = model.predict(obs, deterministic=True)
-                return int(action)
+            def pick(env, obs, agent=name) -> int:
+                return agent.act(obs)
         # the reward plays no part in the actions: the cheap one, so no AP scorer is built
         options.update(budget_range=None, order="sequential", info_detections=True, reward="gain")
         env = ZoomEnv(cache, **options)  # one per policy: its per-image state (gain map, items) serves every budget

@@ -657,3 +657,68 @@ def test_feature_head_and_window_features_refuse_bad_input(toy_cache):
         make(toy_cache, state="entropy", window_extras=["density"])
     with pytest.raises(ValueError, match="window_extras must be distinct names"):
         make(toy_cache, state="entropy", window_features=True, window_extras=["density", "texture"])
+
+
+def test_dqn_ensemble_picks_by_the_mean_q_value_and_refuses_mismatched_models(toy_cache, tmp_path, monkeypatch):
+    """``a.zip+b.zip`` is one policy on the mean of the models' Q-values: live through the engine, in the cache
+    benchmark, and refused for one model or models trained on other observations."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    from tests.conftest import StubDetector
+    from zoomdet.agents import AgentPolicy
+    from zoomdet.agents.train import TrainArgs, train_agent
+    from zoomdet.zoom.engine import ZoomEngine
+    from zoomdet.zoom.policies import make_policy
+
+    kw = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density"]}
+
+    def train(seed, **extra):
+        run = train_agent(TrainArgs(cache=str(toy_cache), n_timesteps=300, eval_freq=-1, progress=False, seed=seed,
+                                    env_kwargs={**kw, **extra}, hyperparams={"learning_starts": 100, "buffer_size": 1000},
+                                    log_folder=str(tmp_path / f"logs{seed}"), conf_file="configs/agents/dqn.yml"))
+        return str(run / "ZoomDet-v0.zip")
+
+    a, b = train(0), train(1)
+    policy = make_policy(f"{a}+{b}", detector_id="fake")
+    assert isinstance(policy, AgentPolicy) and len(policy.ensemble) == 1 and policy.name.startswith("dqn-ensemble:")
+    single = [AgentPolicy.from_path(p) for p in (a, b)]
+    env = make(toy_cache, **kw).unwrapped
+    for index in range(len(env.records)):
+        obs, _ = env.reset(options={"index": index})
+        obs["mask"][[0, 4]] = 0  # masked windows stay out of the ensemble's pick
+        qs = []
+        for agent in single:
+            tensor, _ = agent.model.policy.obs_to_tensor(obs)
+            with torch.no_grad():
+                qs.append(agent.model.q_net(tensor)[0].numpy())
+        np.testing.assert_allclose(policy.mean_q_values(obs), (qs[0] + qs[1]) / 2, rtol=1e-5)
+        pick = policy.act(obs)
+        assert pick == int(np.argmax(qs[0] + qs[1])) and pick not in (0, 4)
+        twice = AgentPolicy.from_paths([a, a])  # one model twice is that model
+        assert twice.act(obs) == single[0].act(obs)
+    boxes = torch.tensor([[40.0, 40, 48, 48], [200, 150, 260, 200]])
+    engine = ZoomEngine(StubDetector(boxes, torch.tensor([1, 1]), min_px=6), ZOOM)
+    res = engine.run(torch.rand(3, H, W), policy, max_pixels_ratio=0.6)
+    assert res.cost.pixels_ratio <= 0.6 + 1e-9
+
+    with pytest.raises(ValueError, match="at least two"):
+        AgentPolicy.from_paths([a])
+    other = train(2, lam=2.0)
+    with pytest.raises(ValueError, match=r"other environment options .*\(lam\)"):
+        make_policy(f"{a}+{other}")
+    with pytest.raises(FileNotFoundError):
+        make_policy(f"{a}+{tmp_path / 'none.zip'}")
+
+    # the cache benchmark plays the ensemble too
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cache_policies.py"
+    spec = importlib.util.spec_from_file_location("bench_cache_policies_ens", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    results_dir = tmp_path / "results"
+    monkeypatch.setattr("zoomdet.eval.results.RESULTS_DIR", results_dir)
+    assert mod.main(["--cache", str(toy_cache), "--dataset", "toy", "--budget", "0.6", "--agent", f"ens={a}+{b}"]) == 0
+    rows = json.loads((results_dir / "cache_policies.json").read_text())
+    assert {r["policy"] for r in rows} >= {"ens", "greedy-entropy"}

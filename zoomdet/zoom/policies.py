@@ -294,11 +294,14 @@ def make_policy(name: str, cfg: Optional[PolicyConfig] = None, zoom: Optional[Zo
                 detector_id: Optional[str] = None):
     """A policy by name: ``coarse``, ``fine``, ``sahi``, ``random``, ``oracle``, ``oracle-ap``, ``greedy`` (needs
     ``cfg.rnet``, trained on features of the detector ``detector_id``), ``greedy-entropy``, or the
-    path of a trained agent (``.zip`` from ``zoomdet train``)."""
+    path of a trained agent (``.zip`` from ``zoomdet train``), or several DQN agents' paths joined by ``+``
+    (one policy on their mean Q-values)."""
     cfg = cfg or PolicyConfig()
     if name.endswith(".zip"):
         from zoomdet.agents.policy import AgentPolicy
 
+        if "+" in name:  # several DQN models: one policy on their mean Q-values
+            return AgentPolicy.from_paths(name.split("+"), detector_id=detector_id)
         return AgentPolicy.from_path(name, detector_id=detector_id)
     if name in GAIN_POLICIES:
         from zoomdet.rnet.model import EntropyGain, RNetGain
