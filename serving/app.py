@@ -474,7 +474,8 @@ class ZoomDetIngress:
                                            cfg.max_pass_pixels)
         self.ids = {"detector": info["checkpoint_id"],
                     "rnet": file_digest(pcfg.rnet) if pcfg.rnet and Path(pcfg.rnet).is_file() else None,
-                    "agent": file_digest(cfg.agent) if cfg.agent and Path(cfg.agent).is_file() else None}
+                    "agent": "+".join(file_digest(p) for p in cfg.agent.split("+"))
+                    if cfg.agent and all(Path(p).is_file() for p in cfg.agent.split("+")) else None}
         self.categories, self.policies, self.default_policy = info["categories"], policies, default
         self.engine = ZoomEngine(detector, zoom)
 

@@ -61,11 +61,16 @@ def resolve_config(path: str | Path, host: Optional[str] = None, port: Optional[
                 nested.append((f"{dep.get('name')}.user_config.detector", uc["detector"]))
             for where, d in nested:
                 for key in PATH_KEYS:
-                    if d.get(key):
-                        p = Path(d[key]) if Path(d[key]).is_absolute() else (base / d[key])
-                        if not p.is_file():
-                            raise FileNotFoundError(f"{path}: {where}.{key} = {d[key]} not found")
-                        d[key] = str(p.resolve())
+                    if d.get(key):  # an agent may join several DQN models with + (one policy on their mean Q)
+                        parts = str(d[key]).split("+") if key == "agent" else [d[key]]
+                        resolved = []
+                        for part in parts:
+                            p = Path(part) if Path(part).is_absolute() else (base / part)
+                            if not p.is_file():
+                                raise FileNotFoundError(f"{path}: {where}.{key} = {d[key]} not found" +
+                                                        (f" ({part})" if len(parts) > 1 else ""))
+                            resolved.append(str(p.resolve()))
+                        d[key] = "+".join(resolved)
     try:
         ServeDeploySchema.model_validate(cfg)
     except ValidationError as e:

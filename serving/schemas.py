@@ -122,7 +122,8 @@ class ServiceConfig(BaseModel):
                                                            "(EvalConfig; its zoom and policies sections); null: defaults")
     rnet: Optional[str] = Field(None, description="R-net checkpoint: enables the greedy policy (overrides the "
                                                   "engine config's policies.rnet)")
-    agent: Optional[str] = Field(None, description="trained agent .zip (zoomdet train): enables the agent policy")
+    agent: Optional[str] = Field(None, description="trained agent .zip (zoomdet train), or several DQN "
+                                 "agents' .zip joined by + (one policy on their mean Q-values): enables the agent policy")
     default_policy: Optional[str] = Field(None, description="default: agent if set, else greedy if an R-net, else fine")
     max_pixels_ratio: float = Field(0.6, gt=0, le=4, description="default pixel budget, coarse pass included")
     max_steps: int = Field(13, ge=0, le=64, description="default most zoom windows")

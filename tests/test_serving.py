@@ -177,6 +177,17 @@ def test_colocated_config_resolves_the_nested_detector_checkpoint(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(FileNotFoundError, match=r"user_config\.detector\.checkpoint"):
         resolve_config(tmp_path / "bad.yaml")
+    # an agent ensemble (paths joined by +): each part made absolute, a missing one named
+    (tmp_path / "a.zip").write_bytes(b"zip")
+    cfg["applications"][0]["deployments"][0]["user_config"]["detector"]["checkpoint"] = "zoomdet/assets/tiny_synth.pt"
+    cfg["applications"][0]["deployments"][0]["user_config"]["agent"] = f"{tmp_path / 'a.zip'}+zoomdet/assets/tiny_synth.pt"
+    (tmp_path / "ens.yaml").write_text(yaml.safe_dump(cfg))
+    dep = resolve_config(tmp_path / "ens.yaml")["applications"][0]["deployments"][0]
+    assert dep["user_config"]["agent"] == f"{(tmp_path / 'a.zip').resolve()}+{Path('zoomdet/assets/tiny_synth.pt').resolve()}"
+    cfg["applications"][0]["deployments"][0]["user_config"]["agent"] = f"{tmp_path / 'a.zip'}+no/c.zip"
+    (tmp_path / "ens-bad.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(FileNotFoundError, match=r"user_config\.agent = .*a\.zip\+no/c\.zip not found \(no/c\.zip\)"):
+        resolve_config(tmp_path / "ens-bad.yaml")
 
 
 @pytest.mark.parametrize("options,status", [
