@@ -53,19 +53,19 @@ def main(argv=None) -> int:
 STAGES = ("decode", "coarse", "gain", "policy", "fine", "merge", "total")
 
 
-ONE_STAGE = ("tiny_fcos", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn")
-"""Models without proposals (rows of latency.py carry ``model`` since 2026-12-04)."""
 
 
 def stage_table(rows: list[dict]) -> int:
     """Rows of ``benchmarks/latency.py``: image dtype (rows written before it existed: float32), proposals setting, AP, pixels, ms per stage, ratios, policy overhead."""
+    from zoomdet.detector.models import ONE_STAGE_MODELS  # rows of latency.py carry ``model`` since 2026-12-04
+
     print("| held as | proposals | policy | AP | AP_small | pixels_ratio | " + " | ".join(STAGES)
           + " | rel time | rel pixels | gain+policy+merge |")
     print("|---|---|---|---|---|---|" + "---|" * len(STAGES) + "---|---|---|")
     for r in rows:
         d = r.get("proposal_density") or 0
         setting = "fixed 1000" if not d else f"{d:g}/Mpx, ≥ {r.get('proposal_min', 100)}"
-        if r.get("model") in ONE_STAGE:  # no RPN: proposal settings do not apply
+        if r.get("model") in ONE_STAGE_MODELS:  # no RPN: proposal settings do not apply
             setting = f"none ({r['model']})"
         if r.get("detector_settings"):  # the model's inference settings (latency.py --detector-set)
             setting += "; " + ", ".join(f"{k} {v}" for k, v in r["detector_settings"].items())

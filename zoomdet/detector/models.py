@@ -32,7 +32,7 @@ from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-__all__ = ["ModelConfig", "PinnedScaleTransform", "ThreadedRoIAlign", "TinyBackbone", "build_model", "MODEL_NAMES",
+__all__ = ["ONE_STAGE_MODELS", "ModelConfig", "PinnedScaleTransform", "ThreadedRoIAlign", "TinyBackbone", "build_model", "MODEL_NAMES",
            "INFERENCE_FIELDS", "check_inference_settings", "factorize_box_head"]
 
 MODEL_NAMES = (
@@ -43,6 +43,8 @@ MODEL_NAMES = (
     "retinanet_resnet50_fpn_v2",
     "fcos_resnet50_fpn",
 )
+ONE_STAGE_MODELS = ("tiny_fcos", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn")
+"""Models of :data:`MODEL_NAMES` without a region proposal network (the RPN's settings do not apply to them)."""
 
 
 @dataclass
