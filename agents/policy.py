@@ -89,10 +89,11 @@ class AgentPolicy:
         if len(paths) < 2:
             raise ValueError("an ensemble needs at least two agent models")
         agents = [cls.from_path(p, detector_id=detector_id) for p in paths]
+        for path, agent in zip(paths, agents):
+            if agent.algo != "dqn":
+                raise ValueError(f"an ensemble averages Q-values: only dqn models can be joined ({path} is {agent.algo})")
         first = agents[0]
         for path, other in zip(paths[1:], agents[1:]):
-            if other.algo != "dqn" or first.algo != "dqn":
-                raise ValueError(f"an ensemble averages Q-values: only dqn models can be joined ({path} is {other.algo})")
             if asdict(other.config) != asdict(first.config):
                 diff = sorted(k for k, v in asdict(other.config).items() if asdict(first.config)[k] != v)
                 raise ValueError(f"{path} was trained with other environment options than {paths[0]} ({', '.join(diff)}); "

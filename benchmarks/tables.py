@@ -53,8 +53,6 @@ def main(argv=None) -> int:
 STAGES = ("decode", "coarse", "gain", "policy", "fine", "merge", "total")
 
 
-
-
 def stage_table(rows: list[dict]) -> int:
     """Rows of ``benchmarks/latency.py``: image dtype (rows written before it existed: float32), proposals setting, AP, pixels, ms per stage, ratios, policy overhead."""
     from zoomdet.detector.models import ONE_STAGE_MODELS  # rows of latency.py carry ``model`` since 2026-12-04

@@ -266,6 +266,8 @@ def test_maskable_ppo_trains_and_runs_live_through_the_engine(toy_cache, tmp_pat
     with pytest.raises(ValueError, match="trained on a cache of detector fake"):
         make_policy(str(model_path), detector_id="stub")
     assert AgentPolicy.from_path(model_path, detector_id="fake").name.startswith("ppo_mask:")
+    with pytest.raises(ValueError, match="only dqn models can be joined"):  # no Q-values to average
+        AgentPolicy.from_paths([model_path, model_path])
     # an agent from before detector ids (the weights' digest only) is refused by every live detector
     info = json.loads((run / "zoomdet.json").read_text())
     info["detector_checkpoint_id"] = info.pop("detector_id")
