@@ -28,6 +28,7 @@ from typing import Any, Optional
 import yaml
 
 from zoomdet.agents.policy import ALGOS, RUN_FILE, algorithm_class
+from zoomdet.config import exponent_float, parse_value
 from zoomdet.envs import ENV_ID, ZoomEnv, ZoomEnvConfig
 
 __all__ = ["TrainArgs", "train_agent", "parse_key_values", "next_run_dir"]
@@ -59,13 +60,14 @@ class TrainArgs:
 
 
 def parse_key_values(items: list[str]) -> dict[str, Any]:
-    """``["lam:5", "grid:[12,16]"]`` -> ``{"lam": 5, "grid": [12, 16]}`` (values parsed as YAML)."""
+    """``["lam:5", "grid:[12,16]", "learning_rate:1e-4"]`` -> ``{"lam": 5, "grid": [12, 16], "learning_rate": 0.0001}``
+    (values parsed by :func:`zoomdet.config.parse_value`: YAML, with ``1e-4`` a float)."""
     out = {}
     for item in items or []:
         if ":" not in item:
             raise ValueError(f"expected key:value, got {item!r}")
         k, v = item.split(":", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        out[k.strip()] = parse_value(v)
     return out
 
 
@@ -86,7 +88,7 @@ def load_hyperparams(args: TrainArgs) -> dict:
     table = yaml.safe_load(conf.read_text()) or {}
     if args.env not in table:
         raise ValueError(f"{conf} has no entry for {args.env} (entries: {sorted(table)})")
-    hp = dict(table[args.env])
+    hp = {k: exponent_float(v) for k, v in table[args.env].items()}  # "learning_rate: 1e-4" is a string to PyYAML
     hp.update(args.hyperparams)
     return hp
 

@@ -27,3 +27,24 @@ def test_detector_configs_load_and_build(path):
     cfg = load_config(DetectorTrainConfig, path)
     model = build_model(cfg.model)
     assert cfg.model.num_classes >= 2 and sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_exponent_floats_without_a_dot_are_numbers_everywhere_a_user_types_them(tmp_path):
+    """PyYAML reads ``1e-4`` as a string; --set, a YAML file's float fields, train's --hyperparams/--env-kwargs
+    and the agent hyperparameter file all take it as the number (the train --help example is learning_rate:1e-3)."""
+    from zoomdet.agents.train import TrainArgs, load_hyperparams, parse_key_values
+    from zoomdet.config import apply_overrides, parse_value
+
+    assert parse_value("1e-4") == pytest.approx(1e-4) and parse_value("-2.5E+3") == -2500.0
+    assert parse_value("5") == 5 and parse_value("[1, 2]") == [1, 2] and parse_value("runs/x1e-4.pt") == "runs/x1e-4.pt"
+    assert parse_value("1e-4x") == "1e-4x" and parse_value("e5") == "e5"
+    assert parse_key_values(["learning_rate:1e-3", "rnet:a.pt"]) == {"learning_rate": pytest.approx(1e-3), "rnet": "a.pt"}
+    assert apply_overrides({}, ["train.lr=2e-3"]) == {"train": {"lr": pytest.approx(2e-3)}}
+    # a float field of a typed config, from a file
+    (tmp_path / "d.yaml").write_text("train:\n  lr: 3e-3\n")
+    cfg = load_config(DetectorTrainConfig, tmp_path / "d.yaml")
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == pytest.approx(3e-3)
+    # the agents' hyperparameter file
+    (tmp_path / "dqn.yml").write_text("ZoomDet-v0:\n  learning_rate: 1e-4\n  policy: ZoomDQNPolicy\n")
+    hp = load_hyperparams(TrainArgs(conf_file=str(tmp_path / "dqn.yml")))
+    assert hp["learning_rate"] == pytest.approx(1e-4) and hp["policy"] == "ZoomDQNPolicy"

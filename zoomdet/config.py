@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any, Iterable, Optional, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "from_dict", "load_config", "apply_overrides", "to_dict", "save_config"]
+__all__ = ["ConfigError", "from_dict", "load_config", "apply_overrides", "to_dict", "save_config", "parse_value",
+           "exponent_float"]
 
 T = TypeVar("T")
 
@@ -40,6 +42,8 @@ def from_dict(cls: type[T], data: Optional[dict], where: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
+        if tp in (float, Optional[float]):  # "lr: 1e-4" in a YAML file is a string to PyYAML
+            value = exponent_float(value)
         if _is_dataclass_type(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}{name} must be a mapping, got {value!r}")
@@ -51,8 +55,25 @@ def from_dict(cls: type[T], data: Optional[dict], where: str = "") -> T:
         raise ConfigError(f"{where or cls.__name__}: {e}") from e
 
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def exponent_float(value: Any) -> Any:
+    """``value``, or the float it spells when it is a string like ``1e-4``: YAML 1.1 (PyYAML) reads an exponent
+    without a dot as a string, where a user means the number."""
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    return value
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value parsed as YAML, with :func:`exponent_float`: ``"5"`` -> 5, ``"[1, 2]"`` -> [1, 2],
+    ``"1e-4"`` -> 0.0001, ``"a.pt"`` -> ``"a.pt"``."""
+    return exponent_float(yaml.safe_load(raw))
+
+
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
-    """Apply ``key.sub=value`` strings to a nested dict (values parsed as YAML)."""
+    """Apply ``key.sub=value`` strings to a nested dict (values parsed by :func:`parse_value`)."""
     data = json.loads(json.dumps(data))  # deep copy of plain data
     for item in overrides:
         if "=" not in item:
@@ -64,7 +85,7 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = parse_value(raw)
     return data
 
 
