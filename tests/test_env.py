@@ -724,3 +724,61 @@ def test_dqn_ensemble_picks_by_the_mean_q_value_and_refuses_mismatched_models(to
     assert mod.main(["--cache", str(toy_cache), "--dataset", "toy", "--budget", "0.6", "--agent", f"ens={a}+{b}"]) == 0
     rows = json.loads((results_dir / "cache_policies.json").read_text())
     assert {r["policy"] for r in rows} >= {"ens", "greedy-entropy"}
+
+
+def test_agent_returns_benchmark_replays_trains_evaluation_and_the_untrained_start(toy_cache, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """benchmarks/agent_returns.py: a trained agent's return equals train's own last evaluation of it, the
+    untrained Q-net of seed S has the weights ``zoomdet train --seed S`` starts from, and the rules are played."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    from zoomdet.agents.policy import algorithm_class
+    from zoomdet.agents.train import TrainArgs, train_agent
+
+    kw = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density"]}
+    args = TrainArgs(cache=str(toy_cache), eval_cache=str(toy_cache), n_timesteps=600, eval_freq=600, progress=False,
+                     seed=3, env_kwargs=kw, hyperparams={"learning_starts": 100, "buffer_size": 1000},
+                     log_folder=str(tmp_path / "logs"), conf_file="configs/agents/dqn.yml")
+    run = train_agent(args)
+    trained_eval = float(np.load(run / "evaluations.npz")["results"][-1].mean())
+    # no gradient step before learning_starts: that model holds its initial weights
+    start = train_agent(TrainArgs(**{**args.__dict__, "n_timesteps": 50, "eval_freq": -1}))
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "agent_returns.py"
+    spec = importlib.util.spec_from_file_location("bench_agent_returns", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr("zoomdet.eval.results.RESULTS_DIR", tmp_path / "results")
+    variant = "v=state:entropy,lam:1.0,window_features:true,window_extras:[density]"
+    made = {}  # the untrained models the script builds, by seed
+    from zoomdet.agents import qnet
+
+    real = qnet.MaskableDQN
+
+    class Capture(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            if k.get("seed") is not None:
+                made[k["seed"]] = self
+
+    monkeypatch.setattr(qnet, "MaskableDQN", Capture)
+    assert mod.main(["--cache", str(toy_cache), "--rnet", "unused.pt", "--dataset", "toy", "--variant", variant,
+                     "--untrained-seeds", "3", "--agent", f"final={run / 'ZoomDet-v0.zip'}"]) == 0
+    rows = {r["policy"]: r for r in json.loads((tmp_path / "results" / "agent_returns.json").read_text())}
+    assert set(rows) == {"greedy-entropy", "greedy", "v untrained", "final"}
+    assert rows["final"]["mean_return"] == pytest.approx(trained_eval, abs=1e-4)
+    initial = algorithm_class("dqn").load(str(start / "ZoomDet-v0.zip")).q_net.state_dict()
+    for k, v in made[3].q_net.state_dict().items():
+        assert torch.equal(v, initial[k]), k
+    assert rows["greedy-entropy"]["mean_return"] > 0  # the toy's small objects are found by zooming on entropy
+    assert "v untrained" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # an agent of another observation
+        plain = train_agent(TrainArgs(**{**args.__dict__, "n_timesteps": 50, "eval_freq": -1,
+                                         "env_kwargs": {"state": "entropy", "lam": 1.0}}))
+        mod.main(["--cache", str(toy_cache), "--rnet", "x.pt", "--dataset", "toy", "--variant", variant,
+                  "--agent", f"p={plain / 'ZoomDet-v0.zip'}"])
+    with pytest.raises(SystemExit):
+        mod.main(["--cache", str(toy_cache), "--rnet", "x.pt", "--dataset", "toy", "--agent", "no-name.zip"])

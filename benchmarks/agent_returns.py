@@ -1,0 +1,128 @@
+"""What does DQN training add? Returns on the evaluation cache of the rules, untrained Q-nets and trained agents.
+
+    python benchmarks/agent_returns.py --cache runs/exp/cache-val-exact --rnet runs/exp/rnet-exact.pt \\
+        --dataset hituav-val60-exact --variant qnet-win-density --untrained-seeds 0 1 2 \\
+        --agent s0=runs/s12/agents-win/qnet-win-density-s0/best_model.zip
+
+``zoomdet train`` keeps the checkpoint with the best mean return on ``--eval-cache`` (one episode per cached
+image, in cache order, each image with the same budget draw on every pass: ``order: sequential``). This script
+plays, in that same environment and with the variant's options (:data:`VARIANTS` of ``benchmarks/agents.py``, or
+``--variant NAME=key:value,...``):
+
+- the rules ``greedy-entropy`` and ``greedy`` (:func:`zoomdet.rnet.policies.greedy_choice` on the entropy map or
+  the R-net's, stopping under ``--stop-gain`` as the live rules do);
+- the Q-net of the variant as built before any training step, for each ``--untrained-seeds`` seed (the weights
+  ``zoomdet train --seed S`` starts from);
+- every ``--agent`` (a trained ``.zip``; it must have been trained with the variant's options);
+
+and prints each one's mean return: with ``reward: ap`` the AP points per image its zooms added. Rows
+(``dataset``, ``policy``, ``kind``, ``seed``, ``mean_return``, ``images``, ``variant``) go to
+``benchmarks/results/agent_returns.json`` (replacing ``--dataset``'s rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def mean_return(env, pick) -> float:
+    """Mean episode return over one pass of a sequential env's images (each with its index's budget draw, as
+    train's evaluation); ``pick(env, obs) -> action``."""
+    returns = []
+    for k in range(len(env.records)):
+        obs, _ = env.reset(options={"index": k})
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(pick(env, obs))
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
+
+
+def main(argv=None) -> int:
+    from agents import VARIANTS, parse_variant
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", required=True, help="the evaluation rollout cache (train's --eval-cache)")
+    ap.add_argument("--rnet", required=True, help="R-net checkpoint (the variant's state and greedy's map)")
+    ap.add_argument("--dataset", required=True, help="name of the rows in the results file")
+    ap.add_argument("--variant", default="qnet-win", metavar="NAME[=KEY:VALUE,...]",
+                    help=f"environment options (default qnet-win); named: {', '.join(VARIANTS)}")
+    ap.add_argument("--untrained-seeds", type=int, nargs="*", default=[0, 1, 2], metavar="SEED",
+                    help="seeds of untrained Q-nets to play (default 0 1 2; none: leave them out)")
+    ap.add_argument("--agent", action="append", default=[], metavar="NAME=PATH", help="trained agent .zip; repeat")
+    ap.add_argument("--stop-gain", type=float, default=0.1, help="the rules' stop rule (the live greedy_stop, 0.1)")
+    args = ap.parse_args(argv)
+
+    from tqdm import tqdm
+
+    from zoomdet.agents.policy import AgentPolicy
+    from zoomdet.agents.qnet import MaskableDQN, ZoomDQNPolicy
+    from zoomdet.agents.train import parse_key_values
+    from zoomdet.envs import ZoomEnv, ZoomEnvConfig
+    from zoomdet.envs.zoom_env import window_geometry
+    from zoomdet.eval.results import command_line, write_results
+    from zoomdet.rnet.policies import greedy_choice
+    from zoomdet.zoom.windows import window_boxes
+
+    name, items = parse_variant(args.variant)
+    try:
+        options = {"rnet": args.rnet, **parse_key_values(items)}
+        config = ZoomEnvConfig.from_options(**options)
+        env = ZoomEnv(args.cache, **options, order="sequential", info_detections=False)
+        agents = []
+        for spec in args.agent:
+            if "=" not in spec:
+                raise ValueError(f"--agent takes NAME=PATH, got {spec!r}")
+            label, path = spec.split("=", 1)
+            agent = AgentPolicy.from_path(path, detector_id=env.cache.detector_id, name=label)
+            if agent.config.window_columns != config.window_columns or agent.config.extra_channels != config.extra_channels:
+                raise ValueError(f"agent {path} was trained on another observation than variant {name!r}")
+            agents.append(agent)
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        ap.error(str(e))
+
+    def rule(state: str):
+        def pick(env, obs) -> int:
+            gain = env.maps[0] if state == "entropy" else env.gain
+            boxes = window_boxes(env.candidates)
+            pixels = np.array([w.source_pixels for w in env.candidates], dtype=np.float64)
+            k = greedy_choice(gain, boxes, pixels, env.action_masks()[:-1]) if gain.positive_total() >= args.stop_gain else None
+            return env.stop_action if k is None else k
+        return pick
+
+    players = []
+    if config.window_features:  # the entropy map, zeroed where zoomed, is the env's first feature map
+        players.append(("greedy-entropy", "rule", None, rule("entropy")))
+    players.append(("greedy", "rule", None, rule("rnet")))
+    for seed in args.untrained_seeds:
+        model = MaskableDQN(ZoomDQNPolicy, env, seed=seed, learning_starts=1, buffer_size=10, device="cpu",
+                            policy_kwargs={**window_geometry(env), "hidden": 64})
+        players.append((f"{name} untrained", "untrained", seed,
+                        lambda env, obs, m=model: int(m.predict(obs, deterministic=True)[0])))
+    players += [(a.name, "trained", None, lambda env, obs, a=a: a.act(obs)) for a in agents]
+
+    common = {"dataset": args.dataset, "images": len(env.records), "variant": name, "cache": args.cache,
+              "command": command_line(), "date": __import__("datetime").date.today().isoformat()}
+    rows = []
+    for label, kind, seed, pick in tqdm(players, desc="policies"):
+        rows.append({**common, "policy": label, "kind": kind, "seed": seed, "mean_return": mean_return(env, pick)})
+    print(f"{args.dataset}: {len(env.records)} cached images, variant {name} ({', '.join(items)}); mean return per image")
+    for r in rows:
+        print(f"  {r['policy']:40s} {'' if r['seed'] is None else r['seed']:>4} {r['mean_return']:8.3f}")
+    path = write_results("agent_returns", rows, replace={"dataset": args.dataset},
+                         required=("dataset", "images", "policy", "kind", "mean_return", "command", "date"))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
