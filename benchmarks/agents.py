@@ -15,7 +15,9 @@ chosen on ``--eval-cache``; then one ``zoomdet evaluate`` runs every agent
 beside ``coarse``, ``fine``, ``greedy`` (GS+Rnet), ``greedy-entropy`` and,
 with ``--oracle``, ``oracle-ap`` on the same images and budgets. Each agent
 is trained once for all budgets: variants with ``budget_range`` draw a
-budget per episode, so one agent answers any per-request budget.
+budget per episode, so one agent answers any per-request budget. With
+``--ensemble`` the evaluation also runs, per variant, one policy on the mean
+Q-values of all its seeds (``a.zip+b.zip+c.zip``; rows ``NAME-ensemble``).
 
 Prints the table ``benchmarks/tables.py --agents`` prints: per budget, each
 variant's AP (mean ± population std over seeds), its margin over the best
