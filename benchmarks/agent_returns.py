@@ -49,6 +49,7 @@ def mean_return(env, pick) -> float:
 
 def main(argv=None) -> int:
     from agents import VARIANTS, parse_variant
+    from cache_policies import rule_picker
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True, help="the evaluation rollout cache (train's --eval-cache)")
@@ -66,12 +67,10 @@ def main(argv=None) -> int:
 
     from zoomdet.agents.policy import AgentPolicy
     from zoomdet.agents.qnet import MaskableDQN, ZoomDQNPolicy
-    from zoomdet.agents.train import parse_key_values
+    from zoomdet.agents.train import TrainArgs, load_hyperparams, parse_key_values
     from zoomdet.envs import ZoomEnv, ZoomEnvConfig
     from zoomdet.envs.zoom_env import window_geometry
     from zoomdet.eval.results import command_line, write_results
-    from zoomdet.rnet.policies import greedy_choice
-    from zoomdet.zoom.windows import window_boxes
 
     name, items = parse_variant(args.variant)
     try:
@@ -90,22 +89,15 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, TypeError) as e:
         ap.error(str(e))
 
-    def rule(state: str):
-        def pick(env, obs) -> int:
-            gain = env.maps[0] if state == "entropy" else env.gain
-            boxes = window_boxes(env.candidates)
-            pixels = np.array([w.source_pixels for w in env.candidates], dtype=np.float64)
-            k = greedy_choice(gain, boxes, pixels, env.action_masks()[:-1]) if gain.positive_total() >= args.stop_gain else None
-            return env.stop_action if k is None else k
-        return pick
-
     players = []
     if config.window_features:  # the entropy map, zeroed where zoomed, is the env's first feature map
-        players.append(("greedy-entropy", "rule", None, rule("entropy")))
-    players.append(("greedy", "rule", None, rule("rnet")))
+        players.append(("greedy-entropy", "rule", None,
+                        rule_picker("greedy-entropy", None, gain_of=lambda env: env.maps[0], stop_gain=args.stop_gain)))
+    players.append(("greedy", "rule", None, rule_picker("greedy", None, stop_gain=args.stop_gain)))  # on the R-net map
+    policy_kwargs = {**window_geometry(env), **(load_hyperparams(TrainArgs()).get("policy_kwargs") or {})}  # as train
     for seed in args.untrained_seeds:
         model = MaskableDQN(ZoomDQNPolicy, env, seed=seed, learning_starts=1, buffer_size=10, device="cpu",
-                            policy_kwargs={**window_geometry(env), "hidden": 64})
+                            policy_kwargs=policy_kwargs)
         players.append((f"{name} untrained", "untrained", seed,
                         lambda env, obs, m=model: int(m.predict(obs, deterministic=True)[0])))
     players += [(a.name, "trained", None, lambda env, obs, a=a: a.act(obs)) for a in agents]

@@ -49,17 +49,29 @@ def rollout(env, pick) -> tuple[list[dict], list[float], int]:
     return detections, pixels, zoomed
 
 
-def rule_picker(name: str, rng: np.random.Generator):
-    """The action of a rule in the environment's terms (window index, or the stop action)."""
+def rule_picker(name: str, rng: np.random.Generator, gain_of=None, stop_gain: float | None = None):
+    """The action of a rule in the environment's terms (window index, or the stop action).
+
+    ``greedy`` and ``greedy-entropy`` pick with :func:`zoomdet.rnet.policies.greedy_choice` on ``gain_of(env)``
+    (default ``env.gain``, the map of the env's state) and stop when that map's positive sum is under
+    ``stop_gain`` (default: the env's own ``stop_gain`` ends the episode); ``random`` takes a random allowed
+    window. The candidates' boxes and pixels are built once per episode."""
     from zoomdet.rnet.policies import greedy_choice
     from zoomdet.zoom.windows import window_boxes
+
+    memo: dict = {}
 
     def pick(env, obs) -> int:
         allowed = env.action_masks()[:-1]
         if name == "random":
             return int(rng.choice(np.flatnonzero(allowed))) if allowed.any() else env.stop_action
-        pixels = np.array([w.source_pixels for w in env.candidates], dtype=np.float64)
-        k = greedy_choice(env.gain, window_boxes(env.candidates), pixels, allowed)
+        if memo.get("of") is not env.candidates:  # a new episode (each reset makes a new candidate list)
+            memo.update(of=env.candidates, boxes=window_boxes(env.candidates),
+                        pixels=np.array([w.source_pixels for w in env.candidates], dtype=np.float64))
+        gain = env.gain if gain_of is None else gain_of(env)
+        if stop_gain is not None and gain.positive_total() < stop_gain:
+            return env.stop_action
+        k = greedy_choice(gain, memo["boxes"], memo["pixels"], allowed)
         return env.stop_action if k is None else k
 
     return pick
