@@ -20,7 +20,10 @@ Both are small (about 5,000 parameters).
 
 :class:`ZoomDQNPolicy` plugs the head into SB3's ``DQNPolicy`` (its target
 network and replay come from SB3); :class:`MaskableDQN` is SB3's DQN whose
-random actions (warm-up and epsilon-greedy) are drawn among allowed ones.
+random actions (warm-up and epsilon-greedy) are drawn among allowed ones, and
+which learns from a rule's demonstrations when given them (DQfD,
+:mod:`zoomdet.agents.demos`): pretraining on them, then their TD and
+large-margin losses beside the agent's own TD loss.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import DQN
 from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.utils import polyak_update, update_learning_rate
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 __all__ = ["WindowQHead", "FeatureQHead", "ZoomQNetwork", "ZoomDQNPolicy", "MaskableDQN", "window_pooling", "random_masked_actions"]
 
@@ -183,5 +188,87 @@ class MaskableDQN(DQN):
             return action, action
         return super()._sample_action(learning_starts, action_noise, n_envs)
 
+    # ----------------------------------------------------------------- demonstrations (DQfD)
+    demo_buffer = None
+    demo = None
+
+    def set_demonstrations(self, buffer, config) -> None:
+        """Learn from the transitions in ``buffer`` (an SB3 replay buffer filled by
+        :func:`~zoomdet.agents.demos.collect_demonstrations`) with the losses of ``config``
+        (:class:`~zoomdet.agents.demos.DemoConfig`) from now on; ``buffer=None`` turns it off."""
+        self.demo_buffer, self.demo = buffer, config
+
+    def _td_loss(self, data) -> Tensor:
+        """SB3 DQN's loss: Huber between ``Q(s, a)`` and ``r + gamma * max_a' Q_target(s', a')``."""
+        discounts = data.discounts if data.discounts is not None else self.gamma
+        with torch.no_grad():
+            next_q = self.q_net_target(data.next_observations).max(dim=1).values.reshape(-1, 1)
+            target = data.rewards + (1 - data.dones) * discounts * next_q
+        return F.smooth_l1_loss(self.q_net(data.observations).gather(1, data.actions.long()), target)
+
+    def _demo_losses(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        """(TD loss, large-margin loss) on a batch of demonstrations, each times its weight."""
+        from zoomdet.agents.demos import large_margin_loss
+
+        data = self.demo_buffer.sample(batch_size)
+        td = self._td_loss(data) if self.demo.td_weight > 0 else torch.zeros(())
+        margin = large_margin_loss(self.q_net(data.observations), data.actions, self.demo.margin)
+        return self.demo.td_weight * td, self.demo.weight * margin
+
+    def _gradient_step(self, loss: Tensor) -> None:
+        self.policy.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        self.policy.optimizer.step()
+
+    def pretrain(self, steps: int, batch_size: Optional[int] = None, progress: bool = False) -> dict:
+        """``steps`` gradient steps on the demonstrations alone (TD + large-margin loss), the target network
+        updated every ``target_update_interval`` steps as online training would. Returns the last 100 steps'
+        mean losses and how often the Q-net's argmax is the demonstrator's action on a final batch."""
+        from tqdm import tqdm
+
+        if self.demo_buffer is None:
+            raise RuntimeError("pretrain needs demonstrations: call set_demonstrations first")
+        batch_size = batch_size or self.batch_size
+        self.policy.set_training_mode(True)
+        update_learning_rate(self.policy.optimizer, self.lr_schedule(self._current_progress_remaining))  # no logger yet
+        td_losses, margin_losses = [], []
+        for step in tqdm(range(1, steps + 1), desc="pretraining on demonstrations", disable=not progress):
+            td, margin = self._demo_losses(batch_size)
+            self._gradient_step(td + margin)
+            td_losses.append(td.item())
+            margin_losses.append(margin.item())
+            if step % max(self.target_update_interval, 1) == 0:
+                polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), self.tau)
+                polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+        polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), 1.0)  # start online from this net
+        self.policy.set_training_mode(False)
+        data = self.demo_buffer.sample(min(1024, self.demo_buffer.size()))
+        with torch.no_grad():
+            agree = (self.q_net(data.observations).argmax(1) == data.actions.reshape(-1)).float().mean().item()
+        return {"steps": steps, "td_loss": float(np.mean(td_losses[-100:] or [0.0])),
+                "margin_loss": float(np.mean(margin_losses[-100:] or [0.0])), "agreement": agree}
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        """SB3 DQN's update; with demonstrations, each step's loss adds their TD and large-margin terms (DQfD)."""
+        if self.demo_buffer is None:
+            return super().train(gradient_steps, batch_size)
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        losses, demo_td, demo_margin = [], [], []
+        for _ in range(gradient_steps):
+            agent = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+            td, margin = self._demo_losses(batch_size)
+            loss = self._td_loss(agent)
+            self._gradient_step(loss + td + margin)
+            losses.append(loss.item())
+            demo_td.append(td.item())
+            demo_margin.append(margin.item())
+        self._n_updates += gradient_steps
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/loss", np.mean(losses))
+        self.logger.record("train/demo_td_loss", np.mean(demo_td))
+        self.logger.record("train/demo_margin_loss", np.mean(demo_margin))
+
     def _excluded_save_params(self) -> list[str]:
-        return super()._excluded_save_params() + ["_masked_rng"]
+        return super()._excluded_save_params() + ["_masked_rng", "demo_buffer", "demo"]

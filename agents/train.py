@@ -15,6 +15,14 @@ keyed by environment id, overridden by ``--hyperparams key:value``;
 
 ``--trained-agent PATH`` resumes: it loads the model (and the replay buffer
 saved beside a checkpoint) and trains until ``n_timesteps`` in total.
+
+``--hyperparams demo_rule:greedy-entropy`` (DQN only; the other ``demo_*``
+keys are :class:`~zoomdet.agents.demos.DemoConfig`'s fields) first plays the
+rule in the training environment, pretrains the Q-net on its transitions and
+keeps their losses during training (DQfD, :mod:`zoomdet.agents.demos`); the
+run folder gains ``demonstrations.json`` (the rule's return, the pretrained
+net's agreement with it), and the evaluation also runs before the first
+step, so ``best_model.zip`` can be the pretrained net itself.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from typing import Any, Optional
 
 import yaml
 
+from zoomdet.agents.demos import DemoConfig, rule_map
 from zoomdet.agents.policy import ALGOS, RUN_FILE, algorithm_class
 from zoomdet.config import exponent_float, parse_value
 from zoomdet.envs import ENV_ID, ZoomEnv, ZoomEnvConfig
@@ -123,9 +132,17 @@ def train_agent(args: TrainArgs) -> Path:
     except TypeError as e:
         raise ValueError(f"--env-kwargs: {e}") from None
     policy_kwargs = dict(hp.pop("policy_kwargs", {}) or {})
+    demo = DemoConfig.pop_from(hp)
+    if demo is not None and args.algo != "dqn":
+        raise ValueError(f"demo_* options (learning from a rule's demonstrations) need --algo dqn, not {args.algo}")
 
     train_env = _make_env(args.cache, env_kwargs, args.seed)
     base_env: ZoomEnv = train_env.unwrapped
+    if demo is not None and demo.rule != "random":
+        try:
+            rule_map(base_env, demo.rule)  # a rule this environment cannot play (its map is missing)
+        except ValueError as e:
+            raise ValueError(f"demo_rule {demo.rule}: {e}") from None
     vec = DummyVecEnv([lambda: train_env])
     run = next_run_dir(args.log_folder, args.algo, args.env)
     algo_cls = algorithm_class(args.algo)
@@ -162,9 +179,13 @@ def train_agent(args: TrainArgs) -> Path:
             "n_timesteps": n_timesteps}
     info["env_config"]["grid"] = list(info["env_config"]["grid"])
     (run / RUN_FILE).write_text(json.dumps(info, indent=1))
-    (run / "config.yml").write_text(yaml.safe_dump({args.env: {"n_timesteps": n_timesteps, **hp, "env_kwargs": env_kwargs,
+    demo_hp = {f"demo_{k}": v for k, v in asdict(demo).items()} if demo else {}
+    (run / "config.yml").write_text(yaml.safe_dump({args.env: {"n_timesteps": n_timesteps, **hp, **demo_hp, "env_kwargs": env_kwargs,
                                                                 "policy_kwargs": {k: v for k, v in policy_kwargs.items() if not k.startswith("window_")}}}))
     (run / "args.yml").write_text(yaml.safe_dump(asdict(args)))
+
+    if demo is not None:
+        _learn_from_demonstrations(model, demo, args, env_kwargs, run, pretrain=not args.trained_agent)
 
     callbacks = []
     if args.save_freq > 0:
@@ -176,6 +197,8 @@ def train_agent(args: TrainArgs) -> Path:
             from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback as Eval
         else:
             from stable_baselines3.common.callbacks import EvalCallback as Eval
+        if demo is not None and not args.trained_agent:
+            Eval = _evaluating_at_start(Eval)
         callbacks.append(Eval(eval_env, n_eval_episodes=n_eval, eval_freq=args.eval_freq, log_path=str(run),
                               best_model_save_path=str(run), deterministic=True, verbose=0))
     remaining = n_timesteps - model.num_timesteps if args.trained_agent else n_timesteps
@@ -184,6 +207,38 @@ def train_agent(args: TrainArgs) -> Path:
                     reset_num_timesteps=not args.trained_agent, tb_log_name=run.name)
     model.save(str(run / args.env))
     return run
+
+
+def _learn_from_demonstrations(model, demo: DemoConfig, args: TrainArgs, env_kwargs: dict, run: Path, pretrain: bool) -> None:
+    """Play ``demo.rule`` in a training environment of its own, hand its transitions to ``model`` and (unless
+    resuming) pretrain on them; writes ``demonstrations.json`` into the run folder."""
+    import numpy as np
+    from stable_baselines3.common.buffers import DictReplayBuffer
+
+    from zoomdet.agents.demos import collect_demonstrations, rule_picker
+
+    env = _make_env(args.cache, env_kwargs, args.seed + 2).unwrapped
+    pick = rule_picker(demo.rule, np.random.default_rng(args.seed), stop_gain=demo.stop_gain)
+    buffer = DictReplayBuffer(demo.episodes * (env.config.max_steps + 1), env.observation_space, env.action_space,
+                              device="cpu")
+    stats = {"rule": demo.rule, **collect_demonstrations(env, pick, demo.episodes, buffer, progress=args.progress)}
+    model.set_demonstrations(buffer, demo)
+    if pretrain and demo.pretrain_steps:
+        stats["pretrain"] = model.pretrain(demo.pretrain_steps, progress=args.progress)
+    (run / "demonstrations.json").write_text(json.dumps(stats, indent=1))
+    print(f"demonstrations: {stats['transitions']} transitions of {demo.rule} (mean return {stats['mean_return']:.3f})"
+          + (f"; pretrained net agrees with it on {stats['pretrain']['agreement']:.1%} of them" if "pretrain" in stats else ""))
+
+
+def _evaluating_at_start(eval_callback_class):
+    """``eval_callback_class`` (SB3's ``EvalCallback`` or a subclass) that also evaluates before the first step."""
+
+    class EvalAtStart(eval_callback_class):
+        def _on_training_start(self) -> None:
+            super()._on_training_start()
+            self._on_step()  # n_calls is 0, so the periodic test passes: evaluate, save best_model.zip
+
+    return EvalAtStart
 
 
 def _replay_buffer_for(model_path: Path) -> Optional[Path]:

@@ -49,7 +49,6 @@ def mean_return(env, pick) -> float:
 
 def main(argv=None) -> int:
     from agents import VARIANTS, parse_variant
-    from cache_policies import rule_picker
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True, help="the evaluation rollout cache (train's --eval-cache)")
@@ -65,16 +64,17 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
+    from zoomdet.agents.demos import rule_picker
     from zoomdet.agents.policy import AgentPolicy
     from zoomdet.agents.qnet import MaskableDQN, ZoomDQNPolicy
     from zoomdet.agents.train import TrainArgs, load_hyperparams, parse_key_values
     from zoomdet.envs import ZoomEnv, ZoomEnvConfig
     from zoomdet.envs.zoom_env import window_geometry
-    from zoomdet.eval.results import command_line, write_results
+    from zoomdet.eval.results import command_line, split_variant, write_results
 
     name, items = parse_variant(args.variant)
     try:
-        options = {"rnet": args.rnet, **parse_key_values(items)}
+        options = {"rnet": args.rnet, **parse_key_values(split_variant(items)[0])}
         config = ZoomEnvConfig.from_options(**options)
         env = ZoomEnv(args.cache, **options, order="sequential", info_detections=False)
         agents = []
@@ -90,10 +90,10 @@ def main(argv=None) -> int:
         ap.error(str(e))
 
     players = []
-    if config.window_features:  # the entropy map, zeroed where zoomed, is the env's first feature map
-        players.append(("greedy-entropy", "rule", None,
-                        rule_picker("greedy-entropy", None, gain_of=lambda env: env.maps[0], stop_gain=args.stop_gain)))
-    players.append(("greedy", "rule", None, rule_picker("greedy", None, stop_gain=args.stop_gain)))  # on the R-net map
+    if config.window_features or config.state == "entropy":  # the entropy map (zeroed where zoomed) is in the env
+        players.append(("greedy-entropy", "rule", None, rule_picker("greedy-entropy", stop_gain=args.stop_gain)))
+    if config.state == "rnet":  # greedy ranks on the R-net map
+        players.append(("greedy", "rule", None, rule_picker("greedy", stop_gain=args.stop_gain)))
     policy_kwargs = {**window_geometry(env), **(load_hyperparams(TrainArgs()).get("policy_kwargs") or {})}  # as train
     for seed in args.untrained_seeds:
         model = MaskableDQN(ZoomDQNPolicy, env, seed=seed, learning_starts=1, buffer_size=10, device="cpu",

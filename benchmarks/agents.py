@@ -5,7 +5,8 @@
         --rnet runs/bench/hituav/rnet.pt --seeds 0 1 2 --budget 0.35 0.45 0.6 --variant qnet-ap
 
 A *variant* is a named set of environment options (``ZoomEnvConfig`` fields, as
-``zoomdet train --env-kwargs`` takes them). ``--variant NAME`` picks one of
+``zoomdet train --env-kwargs`` takes them) and, prefixed ``dqn.``, DQN
+hyperparameters (``zoomdet train --hyperparams``). ``--variant NAME`` picks one of
 :data:`VARIANTS`; ``--variant NAME=key:value,key:value`` defines a new one;
 ``--ablations`` adds the paper's ablations (the Q-net on the entropy state
 "ER+Qnet", the paper's gain reward, no random budgets, no context planes, a
@@ -56,6 +57,10 @@ VARIANTS = {
     "qnet-win-dataset-ap": "reward:dataset-ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true",
     # qnet-win with each window's sums per unit of cost as inputs too (greedy's per-pixel ranking is one weight)
     "qnet-win-density": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,window_extras:[density]",
+    # qnet-win-density started from greedy-entropy's demonstrations and kept near them by DQfD's losses
+    # (zoomdet.agents.demos); its best model may be the pretrained net (evaluated before the first step)
+    "qnet-dqfd": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,window_extras:[density],"
+                 "dqn.demo_rule:greedy-entropy",
 }
 ABLATIONS = ["qnet-gain", "qnet-dataset-ap", "er-qnet", "qnet-ap-nocontext", "qnet-ap-fixed", "qnet-ap-lam1", "qnet-ap-lam5"]
 RULES = ("greedy", "greedy-entropy")

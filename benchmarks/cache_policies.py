@@ -49,34 +49,6 @@ def rollout(env, pick) -> tuple[list[dict], list[float], int]:
     return detections, pixels, zoomed
 
 
-def rule_picker(name: str, rng: np.random.Generator, gain_of=None, stop_gain: float | None = None):
-    """The action of a rule in the environment's terms (window index, or the stop action).
-
-    ``greedy`` and ``greedy-entropy`` pick with :func:`zoomdet.rnet.policies.greedy_choice` on ``gain_of(env)``
-    (default ``env.gain``, the map of the env's state) and stop when that map's positive sum is under
-    ``stop_gain`` (default: the env's own ``stop_gain`` ends the episode); ``random`` takes a random allowed
-    window. The candidates' boxes and pixels are built once per episode."""
-    from zoomdet.rnet.policies import greedy_choice
-    from zoomdet.zoom.windows import window_boxes
-
-    memo: dict = {}
-
-    def pick(env, obs) -> int:
-        allowed = env.action_masks()[:-1]
-        if name == "random":
-            return int(rng.choice(np.flatnonzero(allowed))) if allowed.any() else env.stop_action
-        if memo.get("of") is not env.candidates:  # a new episode (each reset makes a new candidate list)
-            memo.update(of=env.candidates, boxes=window_boxes(env.candidates),
-                        pixels=np.array([w.source_pixels for w in env.candidates], dtype=np.float64))
-        gain = env.gain if gain_of is None else gain_of(env)
-        if stop_gain is not None and gain.positive_total() < stop_gain:
-            return env.stop_action
-        k = greedy_choice(gain, memo["boxes"], memo["pixels"], allowed)
-        return env.stop_action if k is None else k
-
-    return pick
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True, help="rollout cache folder (zoomdet cache build), e.g. a val cache")
@@ -92,6 +64,7 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
+    from zoomdet.agents.demos import rule_picker
     from zoomdet.agents.policy import AgentPolicy
     from zoomdet.envs.zoom_env import ZoomEnv, ZoomEnvConfig
     from zoomdet.eval.coco_eval import coco_metrics, ground_truth_coco

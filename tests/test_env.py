@@ -410,8 +410,14 @@ def test_agents_benchmark_parses_variants_and_refuses_unknown_ones():
     from zoomdet.agents.train import parse_key_values
     from zoomdet.envs import ZoomEnvConfig
 
+    from zoomdet.agents.demos import DemoConfig
+    from zoomdet.eval.results import split_variant
+
     for v in mod.VARIANTS:
-        ZoomEnvConfig.from_options(**{"rnet": "x.pt", **parse_key_values(mod.parse_variant(v)[1])})
+        env_items, hp_items = split_variant(mod.parse_variant(v)[1])
+        ZoomEnvConfig.from_options(**{"rnet": "x.pt", **parse_key_values(env_items)})
+        DemoConfig.pop_from(parse_key_values(hp_items))  # the demonstration options are valid too
+    assert split_variant(mod.parse_variant("qnet-dqfd")[1])[1] == ["demo_rule:greedy-entropy"]
     with pytest.raises(SystemExit, match="unknown variant"):
         mod.parse_variant("qnet-magic")
 
@@ -768,7 +774,7 @@ def test_agent_returns_benchmark_replays_trains_evaluation_and_the_untrained_sta
     assert mod.main(["--cache", str(toy_cache), "--rnet", "unused.pt", "--dataset", "toy", "--variant", variant,
                      "--untrained-seeds", "3", "--agent", f"final={run / 'ZoomDet-v0.zip'}"]) == 0
     rows = {r["policy"]: r for r in json.loads((tmp_path / "results" / "agent_returns.json").read_text())}
-    assert set(rows) == {"greedy-entropy", "greedy", "v untrained", "final"}
+    assert set(rows) == {"greedy-entropy", "v untrained", "final"}  # no greedy: the variant has no R-net map
     assert rows["final"]["mean_return"] == pytest.approx(trained_eval, abs=1e-4)
     initial = algorithm_class("dqn").load(str(start / "ZoomDet-v0.zip")).q_net.state_dict()
     for k, v in made[3].q_net.state_dict().items():
@@ -782,3 +788,95 @@ def test_agent_returns_benchmark_replays_trains_evaluation_and_the_untrained_sta
                   "--agent", f"p={plain / 'ZoomDet-v0.zip'}"])
     with pytest.raises(SystemExit):
         mod.main(["--cache", str(toy_cache), "--rnet", "x.pt", "--dataset", "toy", "--agent", "no-name.zip"])
+
+
+def test_large_margin_loss_is_zero_only_when_the_rules_action_leads_by_the_margin():
+    from zoomdet.agents.demos import large_margin_loss
+    from zoomdet.agents.qnet import MASKED_Q
+
+    q = torch.tensor([[1.0, 2.0, 0.0], [3.0, 1.0, MASKED_Q]])
+    # row 0: rule picks 1 (lead 1.0 >= 0.8: 0); row 1: rule picks 1, action 0 is 2.0 above it: 3 + 0.8 - 1
+    assert large_margin_loss(q, torch.tensor([1, 1]), 0.8).item() == pytest.approx((0.0 + 2.8) / 2)
+    assert large_margin_loss(q, torch.tensor([[1], [0]]), 0.8).item() == pytest.approx(0.0)
+    assert large_margin_loss(q, torch.tensor([1, 0]), 1.5).item() == pytest.approx(0.5 / 2)  # lead 1.0 < 1.5
+    assert large_margin_loss(q, torch.tensor([2, 0]), 0.0).item() == pytest.approx(2.0 / 2)  # masked never the max
+
+
+def test_demonstrations_are_the_rules_transitions_and_dqfd_starts_from_the_rule(toy_cache, tmp_path):
+    """The demonstration buffer holds the rule's own actions and rewards; pretraining makes the Q-net's argmax the
+    rule's action; ``zoomdet train`` evaluates the pretrained net before the first step (its return is the
+    rule's) and the saved model carries no demonstrations."""
+    from stable_baselines3.common.buffers import DictReplayBuffer
+
+    from zoomdet.agents.demos import collect_demonstrations, rule_picker
+    from zoomdet.agents.policy import algorithm_class
+    from zoomdet.agents.train import TrainArgs, train_agent
+
+    kw = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density"]}
+    env = make(toy_cache, **kw).unwrapped
+    env.reset(seed=5)
+    buf = DictReplayBuffer(200, env.observation_space, env.action_space, device="cpu")
+    pick = rule_picker("greedy-entropy", stop_gain=0.1)
+    stats = collect_demonstrations(env, pick, 12, buf)
+    assert stats["transitions"] == buf.size() > 12 and stats["zoomed_share"] == 1.0
+    replay = make(toy_cache, **kw).unwrapped  # the same draws again, each action checked against the rule
+    replay.reset(seed=5)
+    n, total = 0, 0.0
+    for _ in range(12):
+        obs, _ = replay.reset()
+        done = False
+        while not done:
+            a = pick(replay, obs)
+            assert buf.actions[n, 0, 0] == a
+            np.testing.assert_array_equal(buf.observations["windows"][n, 0], obs["windows"])
+            obs, r, term, trunc, _ = replay.step(a)
+            assert buf.rewards[n, 0] == pytest.approx(r) and bool(buf.dones[n, 0]) == (term or trunc)
+            n, total, done = n + 1, total + r, term or trunc
+    assert n == stats["transitions"] and stats["mean_return"] == pytest.approx(total / 12)
+
+    hp = {"learning_starts": 100, "buffer_size": 1000, "demo_rule": "greedy-entropy", "demo_episodes": 60,
+          "demo_pretrain_steps": 400, "learning_rate": 2e-3}
+    run = train_agent(TrainArgs(cache=str(toy_cache), eval_cache=str(toy_cache), n_timesteps=300, eval_freq=300,
+                                progress=False, env_kwargs=kw, hyperparams=hp, log_folder=str(tmp_path / "logs"),
+                                conf_file="configs/agents/dqn.yml"))
+    demos = json.loads((run / "demonstrations.json").read_text())
+    assert demos["rule"] == "greedy-entropy" and demos["pretrain"]["agreement"] >= 0.9
+    assert yaml_load(run / "config.yml")["ZoomDet-v0"]["demo_pretrain_steps"] == 400
+    ev = np.load(run / "evaluations.npz")
+    assert ev["timesteps"][0] == 0 and len(ev["timesteps"]) == 2
+    rule_env = make(toy_cache, **kw, order="sequential").unwrapped
+    rule = _mean_return(rule_env, lambda o: pick(rule_env, o))
+    assert ev["results"][0].mean() == pytest.approx(rule, abs=0.05)  # the pretrained net plays the rule
+    model = algorithm_class("dqn").load(str(run / "best_model.zip"))
+    assert model.demo_buffer is None
+
+
+def yaml_load(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def test_demonstration_options_refuse_bad_input(toy_cache, tmp_path, capsys):
+    from zoomdet.agents.demos import DemoConfig, rule_map, rule_picker
+    from zoomdet.cli import main
+
+    base = ["train", "--cache", str(toy_cache), "-f", str(tmp_path), "--no-progress", "-n", "10",
+            "--env-kwargs", "state:entropy"]
+    for hp, message in ((["demo_rule:oracle"], "demo_rule must be one of"),
+                        (["demo_rule:greedy-entropy", "demo_margins:1"], "unknown demonstration option"),
+                        (["demo_episodes:10"], "need demo_rule"),
+                        (["demo_rule:greedy-entropy", "demo_episodes:0"], "demo_episodes must be >= 1"),
+                        (["demo_rule:greedy"], "state rnet")):  # greedy ranks on the R-net map, absent here
+        assert main(base + ["--hyperparams", *hp]) == 2, hp
+        assert message in capsys.readouterr().err, hp
+    assert main(base + ["--algo", "ppo_mask", "--hyperparams", "demo_rule:greedy-entropy"]) == 2
+    assert "need --algo dqn" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("ZoomDet-v0_*"))  # refused before a run folder was made
+    assert DemoConfig.pop_from({"gamma": 0.9}) is None
+    env = make(toy_cache, state="oracle").unwrapped
+    env.reset()
+    with pytest.raises(ValueError, match="needs the entropy map"):
+        rule_map(env, "greedy-entropy")
+    with pytest.raises(ValueError, match="unknown rule"):
+        rule_picker("best")

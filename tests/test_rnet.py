@@ -335,3 +335,30 @@ def test_cache_build_runs_the_detector_with_the_configs_inference_settings(tmp_p
     with pytest.raises(CacheMismatch):  # the same folder, the model as trained: another detector
         build_cache(str(synth_small), tmp_path / "c", str(tiny_checkpoint), small_zoom(), images=1, workers=0,
                     progress=False)
+
+
+def test_cache_build_can_leave_out_another_caches_images(tmp_path, synth_small, tiny_checkpoint, capsys):
+    """``--exclude-cache``: a training cache of a split's images other than those of its evaluation cache."""
+    import json
+
+    from zoomdet.cli import main
+
+    held = build_cache(str(synth_small), tmp_path / "held", str(tiny_checkpoint), small_zoom(), images=1, workers=0,
+                       progress=False, fine="composed")
+    rest = build_cache(str(synth_small), tmp_path / "rest", str(tiny_checkpoint), small_zoom(), workers=0,
+                       progress=False, fine="composed", exclude=[tmp_path / "held"])
+    held_ids = {r.image_id for r in held.records()}
+    rest_ids = {r.image_id for r in rest.records()}
+    assert len(held_ids) == 1 and len(rest_ids) == 3 and not held_ids & rest_ids
+    assert json.loads((tmp_path / "rest" / "manifest.json").read_text())["excluded"] == [str((tmp_path / "held").resolve())]
+    two = build_cache(str(synth_small), tmp_path / "two", str(tiny_checkpoint), small_zoom(), images=2, workers=0,
+                      progress=False, fine="composed", exclude=[tmp_path / "held"])
+    assert len(two) == 2 and not {r.image_id for r in two.records()} & held_ids  # a sample of the rest
+    with pytest.raises(ValueError, match="nothing left"):
+        build_cache(str(synth_small), tmp_path / "none", str(tiny_checkpoint), small_zoom(), workers=0, progress=False,
+                    exclude=[tmp_path / "rest", tmp_path / "held"])
+    base = ["cache", "build", "--data", str(synth_small), "--checkpoint", str(tiny_checkpoint), "--workers", "0",
+            "--no-progress", "--fine", "composed"]
+    assert main(base + ["--out", str(tmp_path / "bad"), "--exclude-cache", str(tmp_path / "nowhere")]) == 2
+    assert "no rollout cache at" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "manifest.json").exists()

@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--shard-size", type=_positive_int, default=4, help="images per shard (default 4)")
     cb.add_argument("--workers", type=int, help="parallel Ray tasks on a local Ray instance (default: CPU count; 0 = no Ray)")
     cb.add_argument("--ray-address", help="run on an existing Ray cluster, e.g. auto or ray://head:10001")
+    cb.add_argument("--exclude-cache", action="append", default=[], metavar="CACHE",
+                    help="leave out the images of another cache (e.g. the eval cache of the same split, to train on the "
+                         "split's other images); --images then samples from the rest; repeatable")
     cb.add_argument("--fine", choices=["exact", "composed", "composed-full"], default="exact",
                     help="exact: the detector on every reachable window (default); composed: one full-resolution pass "
                          "per image over tiles of the smallest window, each window's detections composed from it "
@@ -351,7 +354,8 @@ def _cmd_cache(args) -> int:
     cache = build_cache(args.data, args.out, cfg.checkpoint or str(default_checkpoint()), cfg.zoom, images=cfg.images,
                         shard_size=args.shard_size, workers=args.workers, ray_address=args.ray_address,
                         device=cfg.device, batch_size=cfg.batch_size, progress=not args.no_progress, seed=cfg.seed,
-                        image_root=cfg.image_root, fine=args.fine, settings=cfg.detector_settings or None)
+                        image_root=cfg.image_root, fine=args.fine, settings=cfg.detector_settings or None,
+                        exclude=args.exclude_cache)
     print(f"cache {args.out}: {len(cache)} images, detector {cache.detector_id}")
     return 0
 

@@ -58,10 +58,17 @@ def add_agent_args(parser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
 
 
+def split_variant(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """A variant's ``KEY:VALUE`` items -> (``--env-kwargs`` items, ``--hyperparams`` items: those written
+    ``dqn.KEY:VALUE``, without the prefix)."""
+    return ([i for i in items if not i.startswith("dqn.")], [i.removeprefix("dqn.") for i in items if i.startswith("dqn.")])
+
+
 def train_agents(variants: dict[str, list[str]], seeds: Sequence[int], cache: str, eval_cache: str, rnet: str,
                  steps: int, out: Path, hyperparams: Sequence[str] = (), eval_freq: Optional[int] = None
                  ) -> dict[Path, tuple[str, int]]:
-    """Train (or reuse) one DQN agent per variant (``--env-kwargs`` items) and seed with ``zoomdet train``, into
+    """Train (or reuse) one DQN agent per variant (``--env-kwargs`` items; items ``dqn.KEY:VALUE`` are
+    ``--hyperparams`` of that variant, after ``hyperparams``) and seed with ``zoomdet train``, into
     ``out/<variant>-s<seed>`` (the agent's name in reports comes from that folder); its best model is chosen on
     ``eval_cache`` every ``eval_freq`` steps (default: a tenth of ``steps``, at least 500).
     Returns ``{best_model.zip: (variant, seed)}``."""
@@ -75,11 +82,12 @@ def train_agents(variants: dict[str, list[str]], seeds: Sequence[int], cache: st
             if not model.is_file():
                 logs = out / "logs" / f"{name}-s{seed}"
                 shutil.rmtree(logs, ignore_errors=True)  # an interrupted run's folder would be picked up below
+                env_items, own = split_variant(env_kwargs)
                 argv = ["train", "--cache", cache, "--eval-cache", eval_cache, "-n", str(steps), "--seed", str(seed),
-                        "--env-kwargs", f"rnet:{rnet}", *env_kwargs,
+                        "--env-kwargs", f"rnet:{rnet}", *env_items,
                         "--eval-freq", str(eval_freq or max(steps // 10, 500)), "-f", str(logs), "--no-progress"]
-                if hyperparams:
-                    argv += ["--hyperparams", *hyperparams]
+                if hyperparams or own:
+                    argv += ["--hyperparams", *hyperparams, *own]
                 run_zoomdet(argv)
                 trained = next((logs / "dqn").glob("ZoomDet-v0_*"))
                 shutil.rmtree(run_dir, ignore_errors=True)

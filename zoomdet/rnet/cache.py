@@ -50,6 +50,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,7 +275,8 @@ def _build_shard(root: str, k: int, image_ids: Sequence[int], data: str, checkpo
 def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomConfig, *, images: int = 0,
                 shard_size: int = 4, workers: Optional[int] = None, ray_address: Optional[str] = None,
                 device: str = "cpu", batch_size: int = 4, progress: bool = True, seed: int = 0,
-                image_root: Optional[str] = None, fine: str = "exact", settings: Optional[dict] = None) -> "RolloutCache":
+                image_root: Optional[str] = None, fine: str = "exact", settings: Optional[dict] = None,
+                exclude: Sequence[str | os.PathLike] = ()) -> "RolloutCache":
     """Build (or finish building) a rollout cache; returns it opened.
 
     Args:
@@ -284,6 +286,8 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
         settings: inference settings of its model (``EvalConfig.detector_settings``); part of the detector id.
         zoom: zoom config (scales, candidate windows, refinement).
         images: N images sampled with ``seed`` (0 = all); see :meth:`CocoDataset.subset`.
+        exclude: other cache folders whose images are left out (drawn from the rest), e.g. the evaluation
+            cache of the same split when this one is to train on its other images.
         image_root: folder ``file_name`` is relative to (default: guessed beside ``data``).
         fine: ``exact`` (the detector on every reachable window) or ``composed`` (one full-resolution
             pass per image, windows composed from it; see the module docstring).
@@ -302,7 +306,19 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     ds = CocoDataset(data, image_root=image_root)
-    ids = ds.subset(images, seed)
+    left_out: set[int] = set()
+    for other in exclude:
+        other_manifest = Path(other) / "manifest.json"
+        if not other_manifest.is_file():
+            raise FileNotFoundError(f"no rollout cache at {other} (to exclude its images): missing {other_manifest}")
+        left_out.update(json.loads(other_manifest.read_text())["image_ids"])
+    if left_out:
+        kept = [i for i in ds.image_ids if i not in left_out]
+        if not kept:
+            raise ValueError(f"every image of {data} is in the excluded cache(s): nothing left to cache")
+        ids = sorted(kept if images <= 0 or images >= len(kept) else random.Random(seed).sample(kept, images))
+    else:
+        ids = ds.subset(images, seed)
     image_root = str(ds.image_root.resolve())
     shards = [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)]
     manifest = {
@@ -312,6 +328,8 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
         "data_digest": file_digest(data),
         "image_ids": ids, "shards": shards, "fine": fine, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if exclude:
+        manifest["excluded"] = [str(Path(e).resolve()) for e in exclude]
     mpath = root / "manifest.json"
     if mpath.is_file():
         old = json.loads(mpath.read_text())
