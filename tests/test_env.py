@@ -422,6 +422,29 @@ def test_agents_benchmark_parses_variants_and_refuses_unknown_ones():
         mod.parse_variant("qnet-magic")
 
 
+def test_train_agents_passes_a_variants_dqn_items_as_hyperparameters(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from zoomdet.eval import results
+
+    calls = []
+
+    def fake_zoomdet(argv):  # stands in for `zoomdet train`: records the command, leaves a finished run behind
+        calls.append(argv)
+        run = Path(argv[argv.index("-f") + 1]) / "dqn" / "ZoomDet-v0_1"
+        run.mkdir(parents=True)
+        (run / "best_model.zip").write_text("model")
+
+    monkeypatch.setattr(results, "run_zoomdet", fake_zoomdet)
+    agents = results.train_agents({"v": ["reward:ap", "dqn.demo_rule:greedy-entropy"], "w": ["reward:gain"]}, [0], "c",
+                                  "e", "r.pt", 100, tmp_path / "out", hyperparams=["gamma:0.5"])
+    assert len(calls) == 2 and len(agents) == 2
+    v, w = calls
+    assert v[v.index("--env-kwargs") + 1:v.index("--eval-freq")] == ["rnet:r.pt", "reward:ap"]
+    assert v[v.index("--hyperparams") + 1:] == ["gamma:0.5", "demo_rule:greedy-entropy"]
+    assert w[w.index("--hyperparams") + 1:] == ["gamma:0.5"]
+
+
 def test_window_signal_benchmark_scores_states_against_the_oracles_first_pick(monkeypatch, tmp_path, capsys):
     import dataclasses
     import importlib.util

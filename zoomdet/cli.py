@@ -186,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("-n", "--n-timesteps", type=int, default=-1, help="environment steps (default: the config file's)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--conf-file", help="hyperparameter YAML (default configs/agents/ALGO.yml)")
-    tr.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="override hyperparameters, e.g. learning_rate:1e-3")
+    tr.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="override hyperparameters, e.g. learning_rate:1e-3; demo_rule:greedy-entropy (DQN) "
+                         "first learns from the rule's demonstrations and keeps their losses (DQfD; also demo_episodes, "
+                         "demo_pretrain_steps, demo_margin, demo_weight, demo_td_weight, demo_stop_gain)")
     tr.add_argument("--env-kwargs", nargs="+", default=[], metavar="KEY:VALUE",
                     help="environment options (ZoomEnvConfig), e.g. rnet:runs/rnet/rnet.pt lam:5 max_pixels_ratio:0.6; "
                          "reward:ap (the image's COCO AP change), reward:dataset-ap (the change of the cache's COCO AP, the "
