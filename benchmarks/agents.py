@@ -61,6 +61,11 @@ VARIANTS = {
     # (zoomdet.agents.demos); its best model may be the pretrained net (evaluated before the first step)
     "qnet-dqfd": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,window_extras:[density],"
                  "dqn.demo_rule:greedy-entropy",
+    # qnet-dqfd with the episode terminated, not truncated, when no window fits the budget (ZoomEnvConfig.exhausted)
+    "qnet-dqfd-term": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,window_extras:[density],"
+                      "exhausted:terminate,dqn.demo_rule:greedy-entropy",
+    "qnet-win-density-term": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
+                             "window_extras:[density],exhausted:terminate",  # the same without demonstrations
 }
 ABLATIONS = ["qnet-gain", "qnet-dataset-ap", "er-qnet", "qnet-ap-nocontext", "qnet-ap-fixed", "qnet-ap-lam1", "qnet-ap-lam5"]
 RULES = ("greedy", "greedy-entropy")

@@ -125,7 +125,14 @@ class ZoomEnvConfig:
     max_steps: int = 13
     """Step cap (truncation)."""
     max_pixels_ratio: float = 1.0
-    """Pixel budget, coarse pass included (windows that do not fit are masked; truncation when none fits)."""
+    """Pixel budget, coarse pass included (windows that do not fit are masked; the episode ends when none fits,
+    see ``exhausted``)."""
+    exhausted: str = "truncate"
+    """How an episode ends when no window fits the budget: ``truncate`` (the default, as every agent before
+    it was trained) or ``terminate``. Only the stop action is left then, worth 0, so ``terminate`` is the MDP's
+    own end. With ``truncate``, DQN bootstraps the last zoom's target from the next state's one allowed
+    action, the stop action, whose Q-value nothing trains in such states (the episode never goes on from
+    them): an arbitrary value leaks into every budget-ending zoom."""
     budget_range: Optional[Sequence[float]] = None
     """``[low, high]``: each episode draws its pixel budget uniformly in this range (``np_random``) instead of
     ``max_pixels_ratio``, so one agent answers any per-request budget; ``None``: the fixed budget."""
@@ -156,6 +163,8 @@ class ZoomEnvConfig:
             raise ValueError("state 'rnet' needs an R-net checkpoint: pass rnet=PATH (or state='entropy')")
         if self.reward not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}, got {self.reward!r}")
+        if self.exhausted not in ("truncate", "terminate"):
+            raise ValueError(f"exhausted must be 'truncate' or 'terminate', got {self.exhausted!r}")
         if self.order not in ("random", "sequential"):
             raise ValueError(f"order must be 'random' or 'sequential', got {self.order!r}")
         if self.max_pixels_ratio <= 0 or self.max_steps < 1 or self.lam < 0:
@@ -569,7 +578,10 @@ class ZoomEnv(gym.Env):
             terminated = self.gain.positive_total() < self.config.stop_gain or len(self.zoomed_ids) == self.num_candidates
         else:
             info["invalid_action"] = True
-        truncated = not terminated and (self.steps >= self.config.max_steps or not self._available.any())
+        exhausted = not self._available.any()  # no window fits the budget (or every one is taken or covered)
+        if exhausted and self.config.exhausted == "terminate":
+            terminated = True
+        truncated = not terminated and (self.steps >= self.config.max_steps or exhausted)
         info["pixels_ratio"] = self.pixels_ratio
         if (terminated or truncated) and self.config.info_detections:
             info["detections"] = self.merged().to_coco(self._img.record.image_id)

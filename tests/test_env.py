@@ -167,6 +167,18 @@ def test_stop_and_step_cap_and_budget(toy_cache):
     assert not m[:4].any() and m[4:].all()  # large windows never fit
     _, _, term, trunc, _ = env.step(5)
     assert trunc and not term and env.action_masks().tolist() == [False] * 13 + [True]
+    # exhausted: terminate: the same budget-ending zoom is the MDP's end (nothing but a 0-reward stop is left)
+    env = make(toy_cache, max_pixels_ratio=0.45, state="entropy", exhausted="terminate").unwrapped
+    env.reset(options={"index": 3})
+    _, _, term, trunc, _ = env.step(5)
+    assert term and not trunc
+    env = make(toy_cache, max_steps=2, state="entropy", exhausted="terminate").unwrapped
+    env.reset(options={"index": 3})
+    env.step(5)
+    _, _, term, trunc, _ = env.step(6)
+    assert trunc and not term  # the step cap stays a truncation
+    with pytest.raises(ValueError, match="exhausted must be"):
+        make(toy_cache, exhausted="stop")
 
 
 def test_oracle_state_terminates_when_the_gain_is_collected(toy_cache):
