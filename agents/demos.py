@@ -24,6 +24,7 @@ the evaluation cache than the rule's copy it started from.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Optional
 
@@ -80,8 +81,8 @@ class DemoConfig:
                              f"known: {', '.join('demo_' + k for k in sorted(known))}")
         if "rule" not in opts:
             raise ValueError("demo_* options need demo_rule (e.g. demo_rule:greedy-entropy)")
-        types = {f.name: f.type for f in fields(cls)}
-        return cls(**{k: (float(v) if types[k] == "float" else int(v) if types[k] == "int" else v) for k, v in opts.items()})
+        types = typing.get_type_hints(cls)  # the fields' classes (the annotations themselves are strings here)
+        return cls(**{k: types[k](v) if types[k] in (int, float) else v for k, v in opts.items()})
 
 
 def rule_map(env, name: str):

@@ -138,6 +138,11 @@ def test_subset_is_a_seeded_sample_not_the_first_ids(tmp_path):
     assert a == b and a != c and a == sorted(a) and len(set(a)) == 10
     assert a != ds.image_ids[:10]
     assert ds.subset(0) == ds.image_ids and ds.subset(99) == ds.image_ids
+    rest = ds.subset(10, seed=0, exclude=a)  # drawn among the other 30
+    assert len(rest) == 10 and not set(rest) & set(a) and rest == sorted(rest)
+    assert ds.subset(0, exclude=a) == [i for i in ds.image_ids if i not in a]
+    with pytest.raises(ValueError, match="nothing left"):
+        ds.subset(0, exclude=ds.image_ids)
 
 
 def test_stats_suggest_a_coarse_scale_from_object_sizes():

@@ -14,7 +14,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
@@ -211,15 +211,20 @@ class CocoDataset:
         boxes, labels, crowd = self.targets(iid)
         return Sample(iid, str(self.image_path(iid)), self.load_image(iid), boxes, labels, crowd)
 
-    def subset(self, n: int, seed: int = 0) -> list[int]:
-        """``n`` image ids drawn at random with ``seed`` (all when ``n <= 0`` or ``n >= len``), sorted.
+    def subset(self, n: int, seed: int = 0, exclude: Iterable[int] = ()) -> list[int]:
+        """``n`` image ids drawn at random with ``seed`` (all when ``n <= 0`` or ``n >= len``), sorted;
+        ids in ``exclude`` are left out first, and the draw is among the rest.
 
         A sample, not the first ``n``: datasets are often sorted by source (camera, site, date), and
         the first ``n`` ids would then see one source only. The same ``n`` and ``seed`` give the same ids.
         """
-        if n <= 0 or n >= len(self.image_ids):
-            return list(self.image_ids)
-        return sorted(random.Random(seed).sample(self.image_ids, n))
+        left_out = set(exclude)
+        pool = [i for i in self.image_ids if i not in left_out]
+        if not pool and self.image_ids:
+            raise ValueError(f"every image of {self.ann_file} is excluded: nothing left to draw from")
+        if n <= 0 or n >= len(pool):
+            return pool
+        return sorted(random.Random(seed).sample(pool, n))
 
 
 SIZE_BUCKETS = [("<16", 0.0, 16.0), ("16-32", 16.0, 32.0), ("32-96", 32.0, 96.0), (">=96", 96.0, float("inf"))]

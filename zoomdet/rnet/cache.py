@@ -50,7 +50,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,22 +302,16 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     from zoomdet.detector.detector import Detector, file_digest
 
     _check_fine(fine)  # before any Ray worker starts
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    ds = CocoDataset(data, image_root=image_root)
     left_out: set[int] = set()
     for other in exclude:
         other_manifest = Path(other) / "manifest.json"
         if not other_manifest.is_file():
             raise FileNotFoundError(f"no rollout cache at {other} (to exclude its images): missing {other_manifest}")
         left_out.update(json.loads(other_manifest.read_text())["image_ids"])
-    if left_out:
-        kept = [i for i in ds.image_ids if i not in left_out]
-        if not kept:
-            raise ValueError(f"every image of {data} is in the excluded cache(s): nothing left to cache")
-        ids = sorted(kept if images <= 0 or images >= len(kept) else random.Random(seed).sample(kept, images))
-    else:
-        ids = ds.subset(images, seed)
+    ds = CocoDataset(data, image_root=image_root)
+    ids = ds.subset(images, seed, exclude=left_out)
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
     image_root = str(ds.image_root.resolve())
     shards = [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)]
     manifest = {
