@@ -7,7 +7,8 @@ Reads a ``zoomdet evaluate`` folder (``report.json`` and the COCO results files 
 ``detections/``) and compares every policy run at a budget with ``--baseline`` at the same budget, on the
 same images: the AP difference x 100 on all of them, its 95% interval over ``--resamples`` resamples of the
 images drawn with repeats (the same draws for both policies: a paired bootstrap), the share of resamples
-where the policy is ahead, and the difference per category. An agent's seeds (``...-s0``, ``-s1``, ... in
+where the policy is ahead, and the difference per category. ``--area small`` compares AP_small instead (the
+objects under 32² px, as COCOeval's ``small`` range), per category too. An agent's seeds (``...-s0``, ``-s1``, ... in
 its name) also get one row for their mean, the figure the issue's targets compare, with the seeds averaged
 inside each resample.
 
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     from pycocotools.coco import COCO
     from tqdm import tqdm
 
-    from zoomdet.eval.coco_eval import BootstrapAP, paired_bootstrap
+    from zoomdet.eval.coco_eval import AREA_RANGES, BootstrapAP, paired_bootstrap
     from zoomdet.eval.results import command_line, write_results
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,6 +56,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", help="COCO ground truth (default: the report's data)")
     ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    ap.add_argument("--area", default="all", choices=list(AREA_RANGES),
+                    help="objects scored: all (AP, the default) or one size range (small: AP_small, < 32² px)")
     ap.add_argument("--results", default="ap_compare", help="results file name under benchmarks/results")
     args = ap.parse_args(argv)
 
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
     ids = report["image_ids"]
 
     def scorer(entry) -> BootstrapAP:
-        return BootstrapAP(gt, json.loads((folder / entry["detections_file"]).read_text()), ids)
+        return BootstrapAP(gt, json.loads((folder / entry["detections_file"]).read_text()), ids, area=args.area)
 
     rows, date = [], __import__("datetime").date.today().isoformat()
     for budget in budgets:
@@ -94,18 +97,19 @@ def main(argv=None) -> int:
         groups += [(names, f"{v} (mean of {len(names)} seeds)") for v, names in seeds.items() if len(names) > 1]
         for names, label in groups:
             r = paired_bootstrap([scored[n] for n in names], base, args.resamples, args.seed)
-            rows.append({"dataset": args.dataset, "images": len(ids), "policy": label, "baseline": args.baseline,
-                         "budget": budget, "seeds": len(names), "ap": sum(scored[n].ap for n in names) / len(names),
+            rows.append({"dataset": args.dataset, "images": len(ids), "area": args.area, "policy": label,
+                         "baseline": args.baseline, "budget": budget, "seeds": len(names), "ap": sum(scored[n].ap for n in names) / len(names),
                          "ap_baseline": base.ap, **r, "eval": str(folder), "command": command_line(), "date": date})
 
-    print(f"{args.dataset}: {len(ids)} images; AP x 100 minus {args.baseline}'s at the same budget, "
+    metric = "AP" if args.area == "all" else f"AP_{args.area}"
+    print(f"{args.dataset}: {len(ids)} images; {metric} x 100 minus {args.baseline}'s at the same budget, "
           f"95% interval over {args.resamples} paired resamples of the images")
     print(f"{'policy':48s} {'budget':>6s} {'diff':>7s} {'95% interval':>18s} {'P(ahead)':>8s}  per class")
     for r in rows:
         per = " ".join(f"{c} {v:+.1f}" for c, v in r["per_class"].items() if v is not None)
         print(f"{r['policy']:48s} {r['budget']:6.2f} {r['diff']:+7.2f} [{r['ci_low']:+7.2f}, {r['ci_high']:+6.2f}] "
               f"{r['p_better']:8.2f}  {per}")
-    out = write_results(args.results, rows, replace={"dataset": args.dataset},
+    out = write_results(args.results, rows, replace={"dataset": args.dataset, "area": args.area},
                         required=("dataset", "images", "policy", "baseline", "budget", "ap", "diff", "ci_low", "ci_high",
                                   "command", "date"))
     print(f"wrote {out}")

@@ -325,3 +325,22 @@ def test_bootstrap_ap_resamples_images_and_pairs_the_draws():
     assert two["diff"] == pytest.approx(50 * (g.ap - p.ap))
     with pytest.raises(ValueError, match="same images"):
         paired_bootstrap([BootstrapAP(gt, good, ids[:6])], p)
+
+
+def test_bootstrap_ap_scores_one_size_range():
+    from zoomdet.eval.coco_eval import BootstrapAP, coco_metrics, ground_truth_coco, paired_bootstrap
+
+    # image 1: a small object (20 px) found exactly; image 2: a medium one (60 px) found half a box off
+    gt = ground_truth_coco([(1, 200, 200, [[10.0, 10.0, 30.0, 30.0]], [1], [0]),
+                            (2, 200, 200, [[50.0, 50.0, 110.0, 110.0]], [1], [0])])
+    res = [{"image_id": 1, "category_id": 1, "bbox": [10.0, 10.0, 20.0, 20.0], "score": 0.9},
+           {"image_id": 2, "category_id": 1, "bbox": [80.0, 50.0, 60.0, 60.0], "score": 0.9}]
+    whole, small = BootstrapAP(gt, res, [1, 2]), BootstrapAP(gt, res, [1, 2], area="small")
+    metrics = coco_metrics(gt, res, [1, 2])
+    assert small.area == "small" and small.ap == pytest.approx(metrics["ap_small"]) == pytest.approx(1.0)
+    assert whole.ap == pytest.approx(metrics["ap"]) and whole.ap < 0.6
+    assert np.isnan(small(np.array([1, 1]))[0])  # image 2 alone has no small object
+    with pytest.raises(ValueError, match="area range"):
+        paired_bootstrap([small], whole)
+    with pytest.raises(ValueError, match="not one of"):
+        BootstrapAP(gt, res, [1, 2], area="huge")

@@ -155,7 +155,7 @@ class ImageAP:
         with contextlib.redirect_stdout(io.StringIO()):
             ev = COCOeval(self.gt, self.gt.loadRes(results), "bbox")
             ev.params.imgIds, ev.params.maxDets = [1], [1000]
-            ev.params.areaRng, ev.params.areaRngLbl = [AREA_RANGES["all"]], ["all"]
+            ev.params.areaRng, ev.params.areaRngLbl = [AREA_RANGES[area]], [area]
             ev.evaluate()
             ev.accumulate()
         return _mean_valid(ev.eval["precision"][:, :, :, 0, 0])
@@ -224,9 +224,10 @@ class PoolAP:
                 ev._dts[image_id, c], ev.ious[image_id, c], ev.evalImgs[k * n + slot] = saved[c]
 
 
-def _evaluate_images(gt: COCO, results: list[dict], image_ids: Sequence[int]) -> COCOeval:
-    """COCOeval's per-image evaluation (``evaluate``, not yet ``accumulate``) of ``results`` on ``image_ids``: area
-    ``all``, up to 1000 detections per image, as :func:`coco_metrics` reads ``ap``."""
+def _evaluate_images(gt: COCO, results: list[dict], image_ids: Sequence[int], area: str = "all") -> COCOeval:
+    """COCOeval's per-image evaluation (``evaluate``, not yet ``accumulate``) of ``results`` on ``image_ids``: one
+    area range (:data:`AREA_RANGES`; ``all`` by default), up to 1000 detections per image, as :func:`coco_metrics`
+    reads ``ap`` (``small``: ``ap_small``)."""
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(copy.deepcopy(results)) if results else COCO()
         if not results:  # COCOeval needs a detection index even when empty
@@ -234,7 +235,7 @@ def _evaluate_images(gt: COCO, results: list[dict], image_ids: Sequence[int]) ->
             dt.createIndex()
         ev = COCOeval(gt, dt, "bbox")
         ev.params.imgIds, ev.params.maxDets = list(image_ids), [1000]
-        ev.params.areaRng, ev.params.areaRngLbl = [AREA_RANGES["all"]], ["all"]
+        ev.params.areaRng, ev.params.areaRngLbl = [AREA_RANGES[area]], [area]
         ev.evaluate()
     return ev
 
@@ -252,10 +253,15 @@ class BootstrapAP:
         results: COCO result dicts (xywh pixels) of the images.
         image_ids: the images; resamples index them in sorted order (:attr:`image_ids`), so two instances on
             the same images draw the same images for the same indices.
+        area: the objects scored, a key of :data:`AREA_RANGES` (``small``: AP_small, objects under 32² px; the
+            detections outside the range are ignored as COCOeval ignores them).
     """
 
-    def __init__(self, coco_gt: COCO, results: list[dict], image_ids: Sequence[int]) -> None:
-        self._ev = _evaluate_images(coco_gt, results, image_ids)
+    def __init__(self, coco_gt: COCO, results: list[dict], image_ids: Sequence[int], area: str = "all") -> None:
+        if area not in AREA_RANGES:
+            raise ValueError(f"area {area!r} is not one of {', '.join(AREA_RANGES)}")
+        self.area = area
+        self._ev = _evaluate_images(coco_gt, results, image_ids, area)
         self.image_ids = list(self._ev.params.imgIds)  # sorted and unique, as evaluate() left them
         self._per_image = list(self._ev.evalImgs)
         self.categories = [c["name"] for c in coco_gt.loadCats(self._ev.params.catIds)]
@@ -298,6 +304,8 @@ def paired_bootstrap(a: Sequence[BootstrapAP], b: BootstrapAP, resamples: int = 
     pass per policy."""
     if not a or any(x.image_ids != b.image_ids for x in a):
         raise ValueError("paired_bootstrap needs detection sets on the same images")
+    if any(x.area != b.area for x in a):
+        raise ValueError("paired_bootstrap needs detection sets scored on the same area range")
     draws = bootstrap_draws(len(b.image_ids), resamples, seed)
     diffs = 100 * (np.mean([x.resampled(draws) for x in a], axis=0) - b.resampled(draws))
     diffs = diffs[~np.isnan(diffs)]
