@@ -155,7 +155,7 @@ class ImageAP:
         with contextlib.redirect_stdout(io.StringIO()):
             ev = COCOeval(self.gt, self.gt.loadRes(results), "bbox")
             ev.params.imgIds, ev.params.maxDets = [1], [1000]
-            ev.params.areaRng, ev.params.areaRngLbl = [AREA_RANGES[area]], [area]
+            ev.params.areaRng, ev.params.areaRngLbl = [AREA_RANGES["all"]], ["all"]
             ev.evaluate()
             ev.accumulate()
         return _mean_valid(ev.eval["precision"][:, :, :, 0, 0])
