@@ -55,7 +55,9 @@ class DemoConfig:
     td_weight: float = 1.0
     """Weight of the TD loss on the demonstrations (DQfD: 1; 0 clones the rule without values)."""
     stop_gain: float = 0.1
-    """The rule stops when its map's positive sum falls under this (the live ``greedy_stop``)."""
+    """The rule stops when its map's positive sum falls under this. Set it to the eval config's
+    ``policies.greedy_stop`` so the demonstrator is the rule as it runs live: 0.1 on HIT-UAV, 0 on Airbus
+    (``benchmarks/agents.py`` prints a note where a variant's differs)."""
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:

@@ -90,6 +90,30 @@ def parse_variant(spec: str) -> tuple[str, list[str]]:
     return name, [i.strip() for i in items if i.strip()]
 
 
+def demonstrator_notes(specs: dict[str, list[str]], greedy_stop: float) -> list[str]:
+    """One note per variant whose demonstrator stops otherwise than the eval config's live rule.
+
+    ``zoomdet train`` knows no eval config, so its rule demonstrations stop at ``DemoConfig.stop_gain`` (0.1,
+    HIT-UAV's ``greedy_stop``) unless ``dqn.demo_stop_gain`` says otherwise; a config whose rules spend the whole
+    budget (``policies.greedy_stop: 0``, the Airbus configs) then teaches the agent to stop where the rule it is
+    compared with goes on. ``specs``: variant name -> its items (:func:`parse_variant`)."""
+    from zoomdet.agents.demos import DemoConfig
+    from zoomdet.agents.train import parse_key_values
+    from zoomdet.eval.results import split_variant
+
+    notes = []
+    for name, items in specs.items():
+        demo = parse_key_values(split_variant(items)[1])
+        if "demo_rule" not in demo:
+            continue
+        stop = float(demo.get("demo_stop_gain", DemoConfig.stop_gain))
+        if stop != greedy_stop:
+            notes.append(f"variant {name}: its demonstrator stops under a gain of {stop:g} where the config's rules "
+                         f"stop under {greedy_stop:g} (policies.greedy_stop); add dqn.demo_stop_gain:{greedy_stop:g} "
+                         f"to demonstrate the rule as it runs live")
+    return notes
+
+
 def main(argv=None) -> int:
     from zoomdet.eval.results import (add_agent_args, add_dataset_args, command_line, rows_from_report, run_zoomdet,
                                       train_agents, write_results)
@@ -123,6 +147,11 @@ def main(argv=None) -> int:
         lo, hi = args.budget_range
         specs = {n: kw + [f"budget_range:[{lo:g},{hi:g}]"] if any(k.startswith("budget_range:") for k in kw) else kw
                  for n, kw in specs.items()}
+    from zoomdet.config import load_config
+    from zoomdet.eval.evaluator import EvalConfig
+
+    for note in demonstrator_notes(specs, load_config(EvalConfig, args.config).policies.greedy_stop):
+        print(f"note: {note}", file=sys.stderr)
     out = Path(args.out)
     agents = train_agents(specs, args.seeds, args.cache, args.eval_cache, args.rnet, args.steps, out, args.hyperparams)
     if args.train_only:

@@ -432,6 +432,12 @@ def test_agents_benchmark_parses_variants_and_refuses_unknown_ones():
     assert split_variant(mod.parse_variant("qnet-dqfd")[1])[1] == ["demo_rule:greedy-entropy"]
     with pytest.raises(SystemExit, match="unknown variant"):
         mod.parse_variant("qnet-magic")
+    # a demonstrator that stops otherwise than the config's live rule is pointed out, one that matches is not
+    specs = dict(mod.parse_variant(v) for v in ("qnet-dqfd", "qnet-win", "mine=reward:ap,dqn.demo_rule:greedy,"
+                                                 "dqn.demo_stop_gain:0"))
+    at_hituav, at_airbus = mod.demonstrator_notes(specs, 0.1), mod.demonstrator_notes(specs, 0.0)
+    assert len(at_hituav) == 1 and at_hituav[0].startswith("variant mine:") and "demo_stop_gain:0.1 " in at_hituav[0]
+    assert len(at_airbus) == 1 and at_airbus[0].startswith("variant qnet-dqfd:") and "demo_stop_gain:0 " in at_airbus[0]
 
 
 def test_train_agents_passes_a_variants_dqn_items_as_hyperparameters(monkeypatch, tmp_path):
