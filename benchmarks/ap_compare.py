@@ -7,10 +7,10 @@ Reads a ``zoomdet evaluate`` folder (``report.json`` and the COCO results files 
 ``detections/``) and compares every policy run at a budget with ``--baseline`` at the same budget, on the
 same images: the AP difference x 100 on all of them, its 95% interval over ``--resamples`` resamples of the
 images drawn with repeats (the same draws for both policies: a paired bootstrap), the share of resamples
-where the policy is ahead, and the difference per category. ``--area small`` compares AP_small instead (the
-objects under 32² px, as COCOeval's ``small`` range), per category too. An agent's seeds (``...-s0``, ``-s1``, ... in
-its name) also get one row for their mean, the figure the issue's targets compare, with the seeds averaged
-inside each resample.
+where the policy is ahead, and the difference per category. ``--area small`` compares AP_small instead
+(the objects under 32² px, as COCOeval's ``small`` range), per category too. An agent's seeds (``...-s0``,
+``-s1``, ... in its name) also get one row for their mean, the figure the issue's targets compare, with the
+seeds averaged inside each resample.
 
 Writes the rows to ``benchmarks/results/<--results>.json`` (replacing ``--dataset``'s), with the command and
 the date, and prints them. The interval says how much the choice of test images alone moves a difference;
@@ -98,8 +98,9 @@ def main(argv=None) -> int:
         for names, label in groups:
             r = paired_bootstrap([scored[n] for n in names], base, args.resamples, args.seed)
             rows.append({"dataset": args.dataset, "images": len(ids), "area": args.area, "policy": label,
-                         "baseline": args.baseline, "budget": budget, "seeds": len(names), "ap": sum(scored[n].ap for n in names) / len(names),
-                         "ap_baseline": base.ap, **r, "eval": str(folder), "command": command_line(), "date": date})
+                         "baseline": args.baseline, "budget": budget, "seeds": len(names),
+                         "ap": sum(scored[n].ap for n in names) / len(names), "ap_baseline": base.ap, **r,
+                         "eval": str(folder), "command": command_line(), "date": date})
 
     metric = "AP" if args.area == "all" else f"AP_{args.area}"
     print(f"{args.dataset}: {len(ids)} images; {metric} x 100 minus {args.baseline}'s at the same budget, "
