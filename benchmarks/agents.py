@@ -106,10 +106,10 @@ def demonstrator_notes(specs: dict[str, list[str]], greedy_stop: float) -> list[
 
     notes = []
     for name, items in specs.items():
-        demo = parse_key_values(split_variant(items)[1])
-        if "demo_rule" not in demo:
+        demo = DemoConfig.pop_from(parse_key_values(split_variant(items)[1]))
+        if demo is None:
             continue
-        stop = float(demo.get("demo_stop_gain", DemoConfig.stop_gain))
+        stop = demo.stop_gain
         if stop != greedy_stop:
             notes.append(f"variant {name}: its demonstrator stops under a gain of {stop:g} where the config's rules "
                          f"stop under {greedy_stop:g} (policies.greedy_stop); add dqn.demo_stop_gain:{greedy_stop:g} "
