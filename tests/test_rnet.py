@@ -362,3 +362,41 @@ def test_cache_build_can_leave_out_another_caches_images(tmp_path, synth_small, 
     assert main(base + ["--out", str(tmp_path / "bad"), "--exclude-cache", str(tmp_path / "nowhere")]) == 2
     assert "no rollout cache at" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "manifest.json").exists()
+
+
+def test_cache_build_can_leave_out_the_images_a_detector_trained_on(tmp_path, synth_small, tiny_checkpoint, capsys):
+    """``--exclude-trained-on``: cache only the images a detector's training config never drew."""
+    import json
+
+    from zoomdet.cli import main
+    from zoomdet.config import load_config
+    from zoomdet.data.coco import CocoDataset
+    from zoomdet.detector.train import DetectorTrainConfig, training_image_ids
+
+    def detector_yaml(name, data, images):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"train:\n  data: {data}\n  images: {images}\n  seed: 3\n")
+        return str(path)
+
+    two = detector_yaml("two", synth_small, 2)
+    seen = training_image_ids(load_config(DetectorTrainConfig, two).train)
+    all_ids = CocoDataset(str(synth_small)).image_ids
+    assert len(seen) == 2 and set(seen) < set(all_ids)
+    base = ["cache", "build", "--data", str(synth_small), "--checkpoint", str(tiny_checkpoint), "--workers", "0",
+            "--no-progress", "--fine", "composed"]
+    assert main(base + ["--out", str(tmp_path / "unseen"), "--exclude-trained-on", two]) == 0
+    manifest = json.loads((tmp_path / "unseen" / "manifest.json").read_text())
+    assert manifest["image_ids"] == sorted(set(all_ids) - set(seen))
+    assert manifest["excluded_ids"] == seen
+    capsys.readouterr()
+
+    other = tmp_path / "other.json"  # another dataset: nothing of --data would be left out
+    other.write_text(json.dumps({**json.loads(synth_small.read_text()), "info": {"description": "another"}}))
+    assert main(base + ["--out", str(tmp_path / "bad"), "--exclude-trained-on", detector_yaml("o", other, 2)]) == 2
+    assert "not on --data" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "bad"), "--exclude-trained-on", detector_yaml("all", synth_small, 0)]) == 2
+    assert "nothing left" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "bad"), "--exclude-trained-on",
+                        detector_yaml("gone", tmp_path / "gone.json", 2)]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "manifest.json").exists()

@@ -156,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--exclude-cache", action="append", default=[], metavar="CACHE",
                     help="leave out the images of another cache (e.g. the eval cache of the same split, to train on the "
                          "split's other images); --images then samples from the rest; repeatable")
+    cb.add_argument("--exclude-trained-on", action="append", default=[], metavar="DETECTOR_YAML",
+                    help="leave out the images a detector was trained on, as its training config draws them "
+                         "(configs/detector/*.yaml: train.data sampled by train.images and train.seed); its "
+                         "train.data must be this --data file. Caches then hold only images the detector never "
+                         "saw, where zooming pays as it does on new images; repeatable")
     cb.add_argument("--fine", choices=["exact", "composed", "composed-full"], default="exact",
                     help="exact: the detector on every reachable window (default); composed: one full-resolution pass "
                          "per image over tiles of the smallest window, each window's detections composed from it "
@@ -353,13 +358,29 @@ def _cmd_cache(args) -> int:
     from zoomdet.rnet.cache import build_cache
 
     cfg = load_config(EvalConfig, args.config, _detector_overrides(args))
+    seen = [i for path in args.exclude_trained_on for i in _trained_on(path, args.data)]
     cache = build_cache(args.data, args.out, cfg.checkpoint or str(default_checkpoint()), cfg.zoom, images=cfg.images,
                         shard_size=args.shard_size, workers=args.workers, ray_address=args.ray_address,
                         device=cfg.device, batch_size=cfg.batch_size, progress=not args.no_progress, seed=cfg.seed,
                         image_root=cfg.image_root, fine=args.fine, settings=cfg.detector_settings or None,
-                        exclude=args.exclude_cache)
+                        exclude=args.exclude_cache, exclude_ids=seen)
     print(f"cache {args.out}: {len(cache)} images, detector {cache.detector_id}")
     return 0
+
+
+def _trained_on(detector_yaml: str, data: str) -> list[int]:
+    """Ids of the images of ``data`` that the detector config ``detector_yaml`` trains on."""
+    from zoomdet.config import load_config
+    from zoomdet.detector.detector import file_digest
+    from zoomdet.detector.train import DetectorTrainConfig, training_image_ids
+
+    tc = load_config(DetectorTrainConfig, detector_yaml).train
+    if not Path(tc.data).is_file():
+        raise FileNotFoundError(f"--exclude-trained-on {detector_yaml}: its train.data {tc.data} not found")
+    if file_digest(tc.data) != file_digest(data):
+        raise ValueError(f"--exclude-trained-on {detector_yaml} trains on {tc.data}, not on --data {data}: "
+                         f"no image of --data would be left out")
+    return training_image_ids(tc)
 
 
 def _cmd_rnet(args) -> int:

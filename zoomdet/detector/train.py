@@ -31,7 +31,7 @@ from zoomdet.detector.detector import Detector, crop_window, load_checkpoint, sa
 from zoomdet.detector.models import ModelConfig, build_model
 from zoomdet.types import Window
 
-__all__ = ["TrainConfig", "DetectorTrainConfig", "train_detector", "evaluate_scales", "learning_rate"]
+__all__ = ["TrainConfig", "DetectorTrainConfig", "training_image_ids", "train_detector", "evaluate_scales", "learning_rate"]
 
 
 @dataclass
@@ -130,6 +130,18 @@ def learning_rate(tc: TrainConfig, iteration: int, elapsed_s: float) -> float:
     return tc.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def training_image_ids(tc: TrainConfig, ds: Optional[CocoDataset] = None) -> list[int]:
+    """Ids of the images of ``tc.data`` that training with ``tc`` sees: the seeded sample
+    ``CocoDataset.subset(tc.images, tc.seed)`` (all of them when ``tc.images`` is 0). Sorted.
+
+    The one place the sample is drawn: training uses it, and ``zoomdet cache build --exclude-trained-on``
+    uses it to cache only the images a detector never saw."""
+    if tc.images < 0:
+        raise ValueError(f"train.images must be >= 0 (0 = all images of {tc.data}), got {tc.images}")
+    ds = ds or CocoDataset(tc.data, image_root=tc.image_root)
+    return ds.subset(tc.images, tc.seed)
+
+
 def train_detector(cfg: DetectorTrainConfig, resume: bool = True, progress: bool = True) -> Path:
     """Train, checkpoint, evaluate; returns the path of ``model.pt``."""
     tc = cfg.train
@@ -137,9 +149,7 @@ def train_detector(cfg: DetectorTrainConfig, resume: bool = True, progress: bool
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(tc.seed)
     ds = CocoDataset(tc.data, image_root=tc.image_root)
-    if tc.images < 0:
-        raise ValueError(f"train.images must be >= 0 (0 = all images of {tc.data}), got {tc.images}")
-    train_ids = ds.subset(tc.images, tc.seed)
+    train_ids = training_image_ids(tc, ds)
     categories = {cid: name for cid, name in sorted(ds.categories.items())}
     if cfg.model.num_classes == 0:  # derived from the data
         cfg.model.num_classes = len(categories) + 1

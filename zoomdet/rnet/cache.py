@@ -275,7 +275,7 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
                 shard_size: int = 4, workers: Optional[int] = None, ray_address: Optional[str] = None,
                 device: str = "cpu", batch_size: int = 4, progress: bool = True, seed: int = 0,
                 image_root: Optional[str] = None, fine: str = "exact", settings: Optional[dict] = None,
-                exclude: Sequence[str | os.PathLike] = ()) -> "RolloutCache":
+                exclude: Sequence[str | os.PathLike] = (), exclude_ids: Sequence[int] = ()) -> "RolloutCache":
     """Build (or finish building) a rollout cache; returns it opened.
 
     Args:
@@ -287,6 +287,8 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
         images: N images sampled with ``seed`` (0 = all); see :meth:`CocoDataset.subset`.
         exclude: other cache folders whose images are left out (drawn from the rest), e.g. the evaluation
             cache of the same split when this one is to train on its other images.
+        exclude_ids: image ids of ``data`` left out too (drawn from the rest), e.g. the detector's own
+            training images (``zoomdet.detector.train.training_image_ids``).
         image_root: folder ``file_name`` is relative to (default: guessed beside ``data``).
         fine: ``exact`` (the detector on every reachable window) or ``composed`` (one full-resolution
             pass per image, windows composed from it; see the module docstring).
@@ -302,7 +304,7 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     from zoomdet.detector.detector import Detector, file_digest
 
     _check_fine(fine)  # before any Ray worker starts
-    left_out: set[int] = set()
+    left_out: set[int] = {int(i) for i in exclude_ids}
     for other in exclude:
         other_manifest = Path(other) / "manifest.json"
         if not other_manifest.is_file():
@@ -323,6 +325,8 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     }
     if exclude:
         manifest["excluded"] = [str(Path(e).resolve()) for e in exclude]
+    if exclude_ids:
+        manifest["excluded_ids"] = sorted({int(i) for i in exclude_ids})
     mpath = root / "manifest.json"
     if mpath.is_file():
         old = json.loads(mpath.read_text())
