@@ -400,3 +400,40 @@ def test_cache_build_can_leave_out_the_images_a_detector_trained_on(tmp_path, sy
                         detector_yaml("gone", tmp_path / "gone.json", 2)]) == 2
     assert "not found" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "manifest.json").exists()
+
+
+def test_cache_merge_joins_caches_of_one_detector_and_refuses_collisions(tmp_path, synth_small, tiny_checkpoint, capsys):
+    """``zoomdet cache merge``: one training cache from two (e.g. two splits' unseen images)."""
+    import json
+
+    from zoomdet.cli import main
+    from zoomdet.rnet.cache import merge_caches
+
+    a = build_cache(str(synth_small), tmp_path / "a", str(tiny_checkpoint), small_zoom(), images=1, workers=0,
+                    progress=False, fine="composed")
+    b = build_cache(str(synth_small), tmp_path / "b", str(tiny_checkpoint), small_zoom(), workers=0, progress=False,
+                    fine="composed", exclude=[tmp_path / "a"], shard_size=2)
+    assert main(["cache", "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ab")]) == 0
+    merged = RolloutCache(tmp_path / "ab")
+    assert len(merged) == len(a) + len(b) == 4 and merged.detector_id == a.detector_id
+    by_id = {r.image_id: r for r in merged.records()}
+    for r in a.records() + b.records():  # every record comes back unchanged
+        assert torch.equal(by_id[r.image_id].coarse.boxes, r.coarse.boxes)
+        assert len(by_id[r.image_id].fine) == len(r.fine)
+    manifest = json.loads((tmp_path / "ab" / "manifest.json").read_text())
+    assert manifest["merged_from"] == [str((tmp_path / n).resolve()) for n in ("a", "b")]
+    capsys.readouterr()
+
+    with pytest.raises(ValueError, match="image id"):  # the same images twice
+        merge_caches([tmp_path / "a", tmp_path / "ab"], tmp_path / "bad")
+    with pytest.raises(ValueError, match="already holds"):
+        merge_caches([tmp_path / "a", tmp_path / "b"], tmp_path / "ab")
+    build_cache(str(synth_small), tmp_path / "exact", str(tiny_checkpoint), small_zoom(), workers=0, progress=False,
+                exclude=[tmp_path / "a"])
+    with pytest.raises(CacheMismatch, match="fine"):
+        merge_caches([tmp_path / "a", tmp_path / "exact"], tmp_path / "bad")
+    assert main(["cache", "merge", str(tmp_path / "a"), "--out", str(tmp_path / "bad")]) == 2
+    assert "at least two" in capsys.readouterr().err
+    assert main(["cache", "merge", str(tmp_path / "a"), str(tmp_path / "nowhere"), "--out", str(tmp_path / "bad")]) == 2
+    assert "no rollout cache" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

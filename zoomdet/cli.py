@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(about 10x cheaper; approximate for objects cut by a window edge); composed-full: composed "
                          "from one pass of the whole image (cheaper still; the window sees its whole context). Check "
                          "an approximate cache with benchmarks/cache_policies.py before training on it")
+    cm = cache.add_parser("merge", help="one cache from several finished ones (same detector, zoom config and --fine "
+                                        "mode; no image in two), e.g. two splits' images the detector never saw")
+    cm.add_argument("caches", nargs="+", metavar="CACHE", help="cache folders to merge (at least two)")
+    cm.add_argument("--out", required=True, help="new cache folder")
 
     rnet = sub.add_parser("rnet", help="train the R-net that predicts where zooming gains accuracy") \
         .add_subparsers(dest="rnet_command", required=True, metavar="ACTION")
@@ -355,8 +359,12 @@ def _cmd_cache(args) -> int:
     from zoomdet.config import load_config
     from zoomdet.detector.detector import default_checkpoint
     from zoomdet.eval.evaluator import EvalConfig
-    from zoomdet.rnet.cache import build_cache
+    from zoomdet.rnet.cache import build_cache, merge_caches
 
+    if args.cache_command == "merge":
+        merged = merge_caches(args.caches, args.out)
+        print(f"cache {args.out}: {len(merged)} images from {len(args.caches)} caches, detector {merged.detector_id}")
+        return 0
     cfg = load_config(EvalConfig, args.config, _detector_overrides(args))
     seen = [i for path in args.exclude_trained_on for i in _trained_on(path, args.data)]
     cache = build_cache(args.data, args.out, cfg.checkpoint or str(default_checkpoint()), cfg.zoom, images=cfg.images,

@@ -63,7 +63,7 @@ from zoomdet.types import Detections, Window
 from zoomdet.zoom.engine import ZoomConfig
 from zoomdet.zoom.windows import candidate_windows, refinement_windows
 
-__all__ = ["CacheMismatch", "CacheRecord", "RolloutCache", "build_cache", "zoom_digest", "cached_windows", "compose_window", "tiled_fine_pass",
+__all__ = ["CacheMismatch", "CacheRecord", "RolloutCache", "build_cache", "merge_caches", "zoom_digest", "cached_windows", "compose_window", "tiled_fine_pass",
            "FINE_MODES"]
 
 FINE_MODES = ("exact", "composed", "composed-full")
@@ -372,6 +372,55 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
             if started:
                 ray.shutdown()
     bar.close()
+    return RolloutCache(root)
+
+
+def merge_caches(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> "RolloutCache":
+    """One cache holding the images of several finished caches, e.g. two splits' images a detector never saw
+    (``zoomdet cache merge``); returns it opened.
+
+    The sources must be complete caches of the same detector id, zoom config and ``--fine`` mode, and no image
+    id may be in two of them (ids of different COCO files can collide, and rewards are keyed by image id).
+    Their shards are copied under ``out``, which must not hold a cache yet; the manifest lists the sources
+    (``merged_from``) and their datasets (``data``)."""
+    import shutil
+
+    if len(sources) < 2:
+        raise ValueError(f"give at least two caches to merge, got {len(sources)}")
+    root = Path(out)
+    if (root / "manifest.json").exists():
+        raise ValueError(f"{root} already holds a cache; merge into a new folder")
+    caches = [RolloutCache(src) for src in sources]
+    first = caches[0].manifest
+    for c in caches[1:]:
+        for key in ("detector_id", "zoom_digest", "fine"):
+            if c.manifest.get(key, "exact") != first.get(key, "exact"):
+                raise CacheMismatch(f"{c.root} and {caches[0].root} differ in {key} ({c.manifest.get(key)} against "
+                                    f"{first.get(key)}); only caches of one detector, zoom config and mode merge")
+    seen: dict[int, Path] = {}
+    for c in caches:
+        for i in c.image_ids:
+            if i in seen:
+                raise ValueError(f"image id {i} is in both {seen[i]} and {c.root}: their COCO files' ids collide, "
+                                 f"so their records cannot share one cache")
+            seen[i] = c.root
+    root.mkdir(parents=True, exist_ok=True)
+    shards: list[list[int]] = []
+    for c in caches:
+        for k, shard in enumerate(c.manifest["shards"]):
+            shutil.copyfile(_shard_path(c.root, k), _shard_path(root, len(shards)))
+            shards.append(shard)
+    manifest = {key: first[key] for key in ("version", "detector_id", "checkpoint_id", "checkpoint", "zoom_digest",
+                                            "zoom")}
+    manifest.update({
+        "data": [c.manifest["data"] for c in caches],
+        "data_digest": hashlib.sha256("".join(c.manifest["data_digest"] for c in caches).encode()).hexdigest()[:12],
+        "image_ids": [i for c in caches for i in c.image_ids], "shards": shards, "fine": first.get("fine", "exact"),
+        "merged_from": [str(c.root.resolve()) for c in caches], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    tmp = root / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, root / "manifest.json")
     return RolloutCache(root)
 
 
