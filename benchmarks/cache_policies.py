@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         ap.error(f"{args.cache}: the cache holds no images")
     coco = ground_truth_coco(r.coco_image for r in records)
     ids = [r.image_id for r in records]
-    common = {"dataset": args.dataset, "images": len(records), "fine": cache.manifest.get("fine", "exact"),
+    common = {"dataset": args.dataset, "images": len(records), "fine": cache.fine,
               "cache": args.cache, "detector_id": cache.detector_id, "command": command_line(),
               "date": __import__("datetime").date.today().isoformat()}
 

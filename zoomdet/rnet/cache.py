@@ -302,9 +302,11 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
 
     from zoomdet.data.coco import CocoDataset
     from zoomdet.detector.detector import Detector, file_digest
+    from zoomdet.eval.evaluator import write_atomic
 
     _check_fine(fine)  # before any Ray worker starts
-    left_out: set[int] = {int(i) for i in exclude_ids}
+    exclude_ids = sorted({int(i) for i in exclude_ids})
+    left_out: set[int] = set(exclude_ids)
     for other in exclude:
         other_manifest = Path(other) / "manifest.json"
         if not other_manifest.is_file():
@@ -326,7 +328,7 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     if exclude:
         manifest["excluded"] = [str(Path(e).resolve()) for e in exclude]
     if exclude_ids:
-        manifest["excluded_ids"] = sorted({int(i) for i in exclude_ids})
+        manifest["excluded_ids"] = exclude_ids
     mpath = root / "manifest.json"
     if mpath.is_file():
         old = json.loads(mpath.read_text())
@@ -336,9 +338,7 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
             raise CacheMismatch(f"{root} holds a cache built from another detector, zoom config, dataset, image "
                                 f"selection or --fine mode; use a new --out folder or delete {root}")
         manifest["created"] = old["created"]
-    tmp = mpath.with_name("manifest.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, mpath)
+    write_atomic(mpath, json.dumps(manifest, indent=1))
 
     todo = [k for k in range(len(shards)) if not _shard_path(root, k).is_file()]
     if len(todo) < len(shards):
@@ -385,6 +385,8 @@ def merge_caches(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -
     (``merged_from``) and their datasets (``data``)."""
     import shutil
 
+    from zoomdet.eval.evaluator import write_atomic
+
     if len(sources) < 2:
         raise ValueError(f"give at least two caches to merge, got {len(sources)}")
     root = Path(out)
@@ -393,10 +395,12 @@ def merge_caches(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -
     caches = [RolloutCache(src) for src in sources]
     first = caches[0].manifest
     for c in caches[1:]:
-        for key in ("detector_id", "zoom_digest", "fine"):
-            if c.manifest.get(key, "exact") != first.get(key, "exact"):
-                raise CacheMismatch(f"{c.root} and {caches[0].root} differ in {key} ({c.manifest.get(key)} against "
-                                    f"{first.get(key)}); only caches of one detector, zoom config and mode merge")
+        for key, mine, theirs in (("detector_id", c.detector_id, caches[0].detector_id),
+                                  ("zoom_digest", c.manifest["zoom_digest"], first["zoom_digest"]),
+                                  ("fine", c.fine, caches[0].fine)):
+            if mine != theirs:
+                raise CacheMismatch(f"{c.root} and {caches[0].root} differ in {key} ({mine} against {theirs}); "
+                                    f"only caches of one detector, zoom config and mode merge")
     seen: dict[int, Path] = {}
     for c in caches:
         for i in c.image_ids:
@@ -415,12 +419,10 @@ def merge_caches(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -
     manifest.update({
         "data": [c.manifest["data"] for c in caches],
         "data_digest": hashlib.sha256("".join(c.manifest["data_digest"] for c in caches).encode()).hexdigest()[:12],
-        "image_ids": [i for c in caches for i in c.image_ids], "shards": shards, "fine": first.get("fine", "exact"),
+        "image_ids": [i for c in caches for i in c.image_ids], "shards": shards, "fine": caches[0].fine,
         "merged_from": [str(c.root.resolve()) for c in caches], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
-    tmp = root / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, root / "manifest.json")
+    write_atomic(root / "manifest.json", json.dumps(manifest, indent=1))
     return RolloutCache(root)
 
 
@@ -461,6 +463,11 @@ class RolloutCache:
     def detector_id(self) -> str:
         """The :attr:`~zoomdet.detector.Detector.detector_id` of the detector that built the cache."""
         return self.manifest["detector_id"]
+
+    @property
+    def fine(self) -> str:
+        """How the fine detections were made (:data:`FINE_MODES`); caches from before the composed mode are exact."""
+        return self.manifest.get("fine", "exact")
 
     @property
     def image_ids(self) -> list[int]:
