@@ -156,3 +156,42 @@ def test_stats_suggest_a_coarse_scale_from_object_sizes():
     anchors = big["anchor_sizes"]
     assert len(anchors) == 5 and anchors == sorted(anchors) and anchors[0][0] <= 88 * 0.25 <= anchors[-1][0]
     assert suggest_settings(np.zeros(0), [], 1) == {}
+
+
+@pytest.mark.parametrize("view", ["identity", "hflip", "vflip", "rot180", "transpose", "rot90", "rot270", "transverse"])
+def test_every_view_maps_a_boxs_pixels_to_the_viewed_boxs_pixels(view):
+    """A lit rectangle stays exactly inside its viewed box, for each of the 8 flips and rotations."""
+    from zoomdet.data.augment import apply_view
+
+    H, W = 12, 20
+    image = torch.zeros(3, H, W, dtype=torch.uint8)
+    boxes = torch.tensor([[3.0, 2.0, 9.0, 5.0], [15.0, 7.0, 20.0, 12.0]])
+    for x0, y0, x1, y1 in boxes.int().tolist():
+        image[:, y0:y1, x0:x1] = 255
+    image[:, 2:5, 3:9] = 100  # tell the two boxes apart
+    viewed, vboxes = apply_view(image, boxes, view)
+    swapped = view in ("transpose", "rot90", "rot270", "transverse")
+    assert viewed.shape == ((3, W, H) if swapped else (3, H, W))
+    for (x0, y0, x1, y1), value in zip(vboxes.int().tolist(), (100, 255)):
+        lit = (viewed[0] == value).nonzero()
+        assert (lit[:, 1].min().item(), lit[:, 0].min().item(), lit[:, 1].max().item() + 1, lit[:, 0].max().item() + 1) \
+            == (x0, y0, x1, y1)
+        assert len(lit) == (x1 - x0) * (y1 - y0)
+
+
+def test_view_ids_round_trip_and_bad_views_are_refused():
+    from zoomdet.data.augment import VIEW_ID_STRIDE, VIEWS, check_views, source_view, view_id
+
+    ids = {view_id(7, v) for v in VIEWS}
+    assert len(ids) == 8 and view_id(7, "identity") == 7
+    assert all(source_view(view_id(7, v)) == (7, v) for v in VIEWS)
+    with pytest.raises(ValueError, match="outside"):
+        view_id(VIEW_ID_STRIDE, "hflip")
+    with pytest.raises(ValueError, match="no view"):
+        source_view(8 * VIEW_ID_STRIDE)
+    with pytest.raises(ValueError, match="unknown view"):
+        check_views(["identity", "flip"])
+    with pytest.raises(ValueError, match="repeat"):
+        check_views(["hflip", "hflip"])
+    with pytest.raises(ValueError, match="at least one"):
+        check_views([])

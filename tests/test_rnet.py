@@ -437,3 +437,43 @@ def test_cache_merge_joins_caches_of_one_detector_and_refuses_collisions(tmp_pat
     assert main(["cache", "merge", str(tmp_path / "a"), str(tmp_path / "nowhere"), "--out", str(tmp_path / "bad")]) == 2
     assert "no rollout cache" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_cache_build_holds_the_views_asked_for(tmp_path, synth_small, tiny_checkpoint, capsys):
+    """``--augment``: each view of an image is a record of its own, with the image's ground truth in its frame;
+    a cache of the other views merges with one of the images themselves, and excluding it excludes its sources."""
+    import json
+
+    from zoomdet.cli import main
+    from zoomdet.data.augment import apply_view, view_id
+    from zoomdet.data.coco import CocoDataset
+    from zoomdet.rnet.cache import merge_caches
+
+    ds = CocoDataset(str(synth_small))
+    both = build_cache(str(synth_small), tmp_path / "both", str(tiny_checkpoint), small_zoom(), images=1, workers=0,
+                       progress=False, fine="composed", augment=["identity", "rot90"])
+    (image_id,) = ds.subset(1, 0)
+    assert both.image_ids == [image_id, view_id(image_id, "rot90")]
+    plain, turned = both.records()
+    boxes, labels, _ = ds.targets(image_id)
+    assert (turned.width, turned.height) == (plain.height, plain.width) != (plain.width, plain.height)
+    assert torch.equal(turned.gt_boxes, apply_view(torch.zeros(1, plain.height, plain.width), boxes, "rot90")[1])
+    assert torch.equal(turned.gt_labels, labels) and torch.equal(plain.gt_boxes, boxes)
+    assert json.loads((tmp_path / "both" / "manifest.json").read_text())["augment"] == ["identity", "rot90"]
+
+    base = ["cache", "build", "--data", str(synth_small), "--checkpoint", str(tiny_checkpoint), "--workers", "0",
+            "--no-progress", "--fine", "composed", "--images", "1"]
+    assert main(base + ["--out", str(tmp_path / "cli"), "--augment", "hflip"]) == 0
+    assert RolloutCache(tmp_path / "cli").image_ids == [view_id(image_id, "hflip")]
+    flips = build_cache(str(synth_small), tmp_path / "flips", str(tiny_checkpoint), small_zoom(), images=1, workers=0,
+                        progress=False, fine="composed", augment=["hflip"])
+    assert flips.records()[0].gt_boxes[:, 0].tolist() == (plain.width - boxes[:, 2]).tolist()
+    merged = merge_caches([tmp_path / "both", tmp_path / "flips"], tmp_path / "three")
+    assert len(merged) == 3
+    rest = build_cache(str(synth_small), tmp_path / "rest", str(tiny_checkpoint), small_zoom(), workers=0,
+                       progress=False, fine="composed", exclude=[tmp_path / "flips"])
+    assert image_id not in rest.image_ids and len(rest) == len(ds.image_ids) - 1
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "bad"), "--augment", "identity", "mirror"]) == 2
+    assert "unknown view" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "manifest.json").exists()

@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "(about 10x cheaper; approximate for objects cut by a window edge); composed-full: composed "
                          "from one pass of the whole image (cheaper still; the window sees its whole context). Check "
                          "an approximate cache with benchmarks/cache_policies.py before training on it")
+    cb.add_argument("--augment", nargs="+", default=["identity"], metavar="VIEW",
+                    help="views of each image to cache, each a record of its own: identity (the image as it is; "
+                         "default), hflip, vflip, rot180, transpose, rot90, rot270, transverse (the 8 flips and "
+                         "rotations). E.g. --augment identity hflip doubles the training episodes; all 8 suit "
+                         "overhead imagery. Without identity the cache holds only the other views, for zoomdet "
+                         "cache merge with a cache of the images themselves")
     cm = cache.add_parser("merge", help="one cache from several finished ones (same detector, zoom config and --fine "
                                         "mode; no image in two), e.g. two splits' images the detector never saw")
     cm.add_argument("caches", nargs="+", metavar="CACHE", help="cache folders to merge (at least two)")
@@ -371,7 +377,7 @@ def _cmd_cache(args) -> int:
                         shard_size=args.shard_size, workers=args.workers, ray_address=args.ray_address,
                         device=cfg.device, batch_size=cfg.batch_size, progress=not args.no_progress, seed=cfg.seed,
                         image_root=cfg.image_root, fine=args.fine, settings=cfg.detector_settings or None,
-                        exclude=args.exclude_cache, exclude_ids=seen)
+                        exclude=args.exclude_cache, exclude_ids=seen, augment=args.augment)
     print(f"cache {args.out}: {len(cache)} images, detector {cache.detector_id}")
     return 0
 

@@ -35,6 +35,9 @@ and the composed cache said that zooming lowers the dataset's AP where it
 raises it live; the whole-frame pass gets the sign and the rules' ranking
 right there (``benchmarks/cache_policies.py``, README).
 
+``augment`` caches several views of each image (its flips and rotations, :mod:`zoomdet.data.augment`),
+each a record of its own with its own id; an agent then trains on more episodes than there are images.
+
 Shards are written to a temporary name and renamed, so a killed build leaves
 no corrupt shard; rerunning the same command builds only the missing shards.
 A cache is refused (:class:`CacheMismatch`) when opened for another detector
@@ -253,8 +256,10 @@ def _shard_path(root: Path, k: int) -> Path:
 def _build_shard(root: str, k: int, image_ids: Sequence[int], data: str, checkpoint: str, zoom_dict: dict,
                  device: str, batch_size: int, threads: int, image_root: Optional[str] = None,
                  fine: str = "exact", settings: Optional[dict] = None) -> int:
-    """Build and atomically write shard ``k`` (runs in-process or as a Ray task)."""
+    """Build and atomically write shard ``k`` (runs in-process or as a Ray task); ``image_ids`` are record ids,
+    views of the COCO images (:func:`~zoomdet.data.augment.view_id`)."""
     from zoomdet.config import from_dict
+    from zoomdet.data.augment import apply_view, source_view
     from zoomdet.data.coco import CocoDataset
     from zoomdet.detector.detector import Detector
 
@@ -263,7 +268,12 @@ def _build_shard(root: str, k: int, image_ids: Sequence[int], data: str, checkpo
     zoom = from_dict(ZoomConfig, zoom_dict)
     ds = CocoDataset(data, image_root=image_root, check_files=False)
     det = Detector.from_checkpoint(checkpoint, device=device, batch_size=batch_size, settings=settings)
-    records = [build_record(det, zoom, ds.load_image(i, keep_uint8=True), i, ds.targets(i), fine).to_payload() for i in image_ids]
+    records = []
+    for record_id in image_ids:
+        image_id, view = source_view(record_id)
+        boxes, labels, crowd = ds.targets(image_id)
+        image, boxes = apply_view(ds.load_image(image_id, keep_uint8=True), boxes, view)
+        records.append(build_record(det, zoom, image, record_id, (boxes, labels, crowd), fine).to_payload())
     path = _shard_path(Path(root), k)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(records, tmp)
@@ -275,7 +285,8 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
                 shard_size: int = 4, workers: Optional[int] = None, ray_address: Optional[str] = None,
                 device: str = "cpu", batch_size: int = 4, progress: bool = True, seed: int = 0,
                 image_root: Optional[str] = None, fine: str = "exact", settings: Optional[dict] = None,
-                exclude: Sequence[str | os.PathLike] = (), exclude_ids: Sequence[int] = ()) -> "RolloutCache":
+                exclude: Sequence[str | os.PathLike] = (), exclude_ids: Sequence[int] = (),
+                augment: Sequence[str] = ("identity",)) -> "RolloutCache":
     """Build (or finish building) a rollout cache; returns it opened.
 
     Args:
@@ -290,6 +301,10 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
         exclude_ids: image ids of ``data`` left out too (drawn from the rest), e.g. the detector's own
             training images (``zoomdet.detector.train.training_image_ids``).
         image_root: folder ``file_name`` is relative to (default: guessed beside ``data``).
+        augment: the views of each sampled image to cache, among :data:`~zoomdet.data.augment.VIEWS`
+            (``identity`` is the image as it is); each view is a record with its own id
+            (:func:`~zoomdet.data.augment.view_id`). Without ``identity`` the cache holds only the other
+            views, to be merged with a cache of the images themselves (:func:`merge_caches`).
         fine: ``exact`` (the detector on every reachable window) or ``composed`` (one full-resolution
             pass per image, windows composed from it; see the module docstring).
         shard_size: images per shard.
@@ -300,20 +315,23 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     """
     from tqdm import tqdm
 
+    from zoomdet.data.augment import check_views, source_view, view_id
     from zoomdet.data.coco import CocoDataset
     from zoomdet.detector.detector import Detector, file_digest
     from zoomdet.eval.evaluator import write_atomic
 
     _check_fine(fine)  # before any Ray worker starts
+    augment = check_views(augment)
     exclude_ids = sorted({int(i) for i in exclude_ids})
     left_out: set[int] = set(exclude_ids)
     for other in exclude:
         other_manifest = Path(other) / "manifest.json"
         if not other_manifest.is_file():
             raise FileNotFoundError(f"no rollout cache at {other} (to exclude its images): missing {other_manifest}")
-        left_out.update(json.loads(other_manifest.read_text())["image_ids"])
+        left_out.update(source_view(i)[0] for i in json.loads(other_manifest.read_text())["image_ids"])
     ds = CocoDataset(data, image_root=image_root)
-    ids = ds.subset(images, seed, exclude=left_out)
+    drawn = ds.subset(images, seed, exclude=left_out)
+    ids = [view_id(i, view) for view in augment for i in drawn]  # record ids: each view of each drawn image
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     image_root = str(ds.image_root.resolve())
@@ -329,6 +347,8 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
         manifest["excluded"] = [str(Path(e).resolve()) for e in exclude]
     if exclude_ids:
         manifest["excluded_ids"] = exclude_ids
+    if augment != ("identity",):
+        manifest["augment"] = list(augment)
     mpath = root / "manifest.json"
     if mpath.is_file():
         old = json.loads(mpath.read_text())
