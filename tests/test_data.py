@@ -187,6 +187,9 @@ def test_view_ids_round_trip_and_bad_views_are_refused():
     assert all(source_view(view_id(7, v)) == (7, v) for v in VIEWS)
     with pytest.raises(ValueError, match="outside"):
         view_id(VIEW_ID_STRIDE, "hflip")
+    big = 3 * VIEW_ID_STRIDE + 5  # a COCO file's own large id is the image itself, not a view
+    assert view_id(big, "identity") == big and source_view(big, {big}) == (big, "identity")
+    assert source_view(big) == (5, "rot180")
     with pytest.raises(ValueError, match="no view"):
         source_view(8 * VIEW_ID_STRIDE)
     with pytest.raises(ValueError, match="unknown view"):

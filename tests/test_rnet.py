@@ -477,3 +477,30 @@ def test_cache_build_holds_the_views_asked_for(tmp_path, synth_small, tiny_check
     assert main(base + ["--out", str(tmp_path / "bad"), "--augment", "identity", "mirror"]) == 2
     assert "unknown view" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "manifest.json").exists()
+
+
+def test_views_are_refused_where_their_ids_would_be_another_images(tmp_path, tiny_checkpoint):
+    """A COCO file whose own ids reach the view stride keeps its ids as they are, and gets no other views."""
+    import json
+
+    from PIL import Image
+
+    from zoomdet.data.augment import VIEW_ID_STRIDE
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (64, 48)).save(tmp_path / name)
+    big = VIEW_ID_STRIDE + 5  # the id hflip would give image 5
+    (tmp_path / "c.json").write_text(json.dumps({
+        "images": [{"id": 5, "file_name": "a.png", "width": 64, "height": 48},
+                   {"id": big, "file_name": "b.png", "width": 64, "height": 48}],
+        "annotations": [], "categories": [{"id": 1, "name": "x"}]}))
+    plain = build_cache(str(tmp_path / "c.json"), tmp_path / "plain", str(tiny_checkpoint), small_zoom(), workers=0,
+                        progress=False, fine="composed")
+    assert sorted(r.image_id for r in plain.records()) == [5, big]
+    with pytest.raises(ValueError, match="reach"):
+        build_cache(str(tmp_path / "c.json"), tmp_path / "bad", str(tiny_checkpoint), small_zoom(), workers=0,
+                    progress=False, fine="composed", exclude_ids=[big], augment=["identity", "hflip"])
+    with pytest.raises(ValueError, match="outside"):
+        build_cache(str(tmp_path / "c.json"), tmp_path / "bad", str(tiny_checkpoint), small_zoom(), workers=0,
+                    progress=False, fine="composed", augment=["identity", "hflip"])
+    assert not (tmp_path / "bad" / "manifest.json").exists()

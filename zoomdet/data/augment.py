@@ -7,8 +7,9 @@ more episodes than there are labelled images. Aerial and satellite images seen f
 and only ``hflip`` leaves that unchanged.
 
 A view of image ``i`` gets the id ``i + k * VIEW_ID_STRIDE``, ``k`` its index in :data:`VIEWS`
-(``identity`` keeps ``i``), so the views of one COCO file never collide with each other or with its
-own ids, and :func:`source_view` recovers the image and the view from the id.
+(``identity`` keeps ``i``, whatever its size), so the views of one COCO file never collide with each
+other or with its own ids (a file whose ids reach the stride is refused other views), and
+:func:`source_view` recovers the image and the view from the id.
 """
 
 from __future__ import annotations
@@ -42,13 +43,18 @@ def check_views(views) -> tuple[str, ...]:
 def view_id(image_id: int, view: str) -> int:
     """The id of ``view`` of COCO image ``image_id`` (``identity`` keeps the id)."""
     image_id = int(image_id)
+    if view == "identity":
+        return image_id
     if not 0 <= image_id < VIEW_ID_STRIDE:
         raise ValueError(f"image id {image_id} is outside [0, {VIEW_ID_STRIDE}): its views' ids would collide")
     return image_id + VIEWS.index(view) * VIEW_ID_STRIDE
 
 
-def source_view(record_id: int) -> tuple[int, str]:
-    """``(image_id, view)`` of an id made by :func:`view_id`."""
+def source_view(record_id: int, coco_ids=()) -> tuple[int, str]:
+    """``(image_id, view)`` of an id made by :func:`view_id`; an id among ``coco_ids`` (the COCO file's own)
+    is that image as it is."""
+    if record_id in coco_ids:
+        return int(record_id), "identity"
     k, image_id = divmod(int(record_id), VIEW_ID_STRIDE)
     if not 0 <= k < len(VIEWS):
         raise ValueError(f"id {record_id} is no view of a COCO image")

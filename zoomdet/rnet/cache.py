@@ -270,7 +270,7 @@ def _build_shard(root: str, k: int, image_ids: Sequence[int], data: str, checkpo
     det = Detector.from_checkpoint(checkpoint, device=device, batch_size=batch_size, settings=settings)
     records = []
     for record_id in image_ids:
-        image_id, view = source_view(record_id)
+        image_id, view = source_view(record_id, ds.coco.imgs)
         boxes, labels, crowd = ds.targets(image_id)
         image, boxes = apply_view(ds.load_image(image_id, keep_uint8=True), boxes, view)
         records.append(build_record(det, zoom, image, record_id, (boxes, labels, crowd), fine).to_payload())
@@ -315,7 +315,7 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     """
     from tqdm import tqdm
 
-    from zoomdet.data.augment import check_views, source_view, view_id
+    from zoomdet.data.augment import VIEW_ID_STRIDE, check_views, source_view, view_id
     from zoomdet.data.coco import CocoDataset
     from zoomdet.detector.detector import Detector, file_digest
     from zoomdet.eval.evaluator import write_atomic
@@ -324,14 +324,24 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
     augment = check_views(augment)
     exclude_ids = sorted({int(i) for i in exclude_ids})
     left_out: set[int] = set(exclude_ids)
+    other_ids: list[int] = []
     for other in exclude:
         other_manifest = Path(other) / "manifest.json"
         if not other_manifest.is_file():
             raise FileNotFoundError(f"no rollout cache at {other} (to exclude its images): missing {other_manifest}")
-        left_out.update(source_view(i)[0] for i in json.loads(other_manifest.read_text())["image_ids"])
+        other_ids += json.loads(other_manifest.read_text())["image_ids"]
     ds = CocoDataset(data, image_root=image_root)
+    for i in other_ids:  # a view of an image leaves the image out; ids of no image of this file leave nothing out
+        try:
+            left_out.add(source_view(i, ds.coco.imgs)[0])
+        except ValueError:
+            pass
     drawn = ds.subset(images, seed, exclude=left_out)
     ids = [view_id(i, view) for view in augment for i in drawn]  # record ids: each view of each drawn image
+    clash = sorted({view_id(i, view) for view in augment if view != "identity" for i in drawn} & set(ds.image_ids))
+    if clash:
+        raise ValueError(f"{data}: its image ids reach {clash[0]}, the id of a view of another image; "
+                         f"views other than identity need ids below {VIEW_ID_STRIDE}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     image_root = str(ds.image_root.resolve())
