@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from zoomdet.config import save_config
+from zoomdet.data.augment import apply_view
 from zoomdet.data.coco import CocoDataset
 from zoomdet.detector.detector import Detector, crop_window, load_checkpoint, save_checkpoint
 from zoomdet.detector.models import ModelConfig, build_model
@@ -113,8 +114,7 @@ def _sample_crop(rng: random.Random, image: torch.Tensor, boxes: torch.Tensor, c
     scaled = clipped * torch.tensor([sx, sy, sx, sy])
     keep = (carea >= 0.5 * area) & ((scaled[:, 2] - scaled[:, 0]) >= 2) & ((scaled[:, 3] - scaled[:, 1]) >= 2)
     if rng.random() < 0.5:  # horizontal flip
-        crop = crop.flip(-1)
-        scaled = scaled[:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1]) + torch.tensor([in_w, 0.0, in_w, 0])
+        crop, scaled = apply_view(crop, scaled, "hflip")
     return crop.contiguous(), scaled[keep], keep
 
 
