@@ -338,7 +338,8 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
             pass
     drawn = ds.subset(images, seed, exclude=left_out)
     ids = [view_id(i, view) for view in augment for i in drawn]  # record ids: each view of each drawn image
-    clash = sorted({view_id(i, view) for view in augment if view != "identity" for i in drawn} & set(ds.image_ids))
+    # the other views' ids are those beyond the drawn images' own (view_id refused every id that could be both)
+    clash = sorted(set(ids).difference(drawn) & set(ds.image_ids))
     if clash:
         raise ValueError(f"{data}: its image ids reach {clash[0]}, the id of a view of another image; "
                          f"views other than identity need ids below {VIEW_ID_STRIDE}")
