@@ -38,6 +38,7 @@ import asyncio
 import base64
 import binascii
 import io
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -53,6 +54,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from swagger_ui_bundle import swagger_ui_path
 
 from zoomdet.serving.schemas import DetectJSON, DetectOptions, DetectorConfig, DetectResponse, Problem, ServiceConfig
@@ -85,11 +87,14 @@ def problem_for(exc: BaseException) -> JSONResponse:
 
     :class:`ServiceError` keeps its status; the framework's own HTTP errors (404, 405, starlette's
     "Invalid multipart data", ...) keep theirs; a dead or unavailable detector replica (Ray's actor
-    errors, also when wrapped in a task error) is 503 with ``Retry-After``, never a bare 500;
+    errors, also when wrapped in a task error) is 503 with ``Retry-After``, never a bare 500; a client
+    that left halfway through its body is 499 (nginx's "client closed request");
     anything else is a 500 problem that names the exception type only.
     """
     if isinstance(exc, ServiceError):
         return problem(exc.status, exc.title, exc.detail)
+    if isinstance(exc, ClientDisconnect):  # nobody reads the answer; the log says 499, not a server error
+        return problem(499, "Client closed request", "the client left before its body had arrived")
     if isinstance(exc, StarletteHTTPException):
         titles = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}
         return problem(exc.status_code, titles.get(exc.status_code, "Request refused"), str(exc.detail),
@@ -152,6 +157,35 @@ def replica_grpc_on_loopback() -> bool:
 
 
 replica_grpc_on_loopback()
+
+
+class CancelledRayTaskLog(logging.Filter):
+    """Logs a cancelled Ray task that nobody awaited in one line, not as a traceback.
+
+    When a client leaves while the ingress is choosing a detector replica, Ray Serve 2.60's request
+    router drops its queue-length probes of the replicas (``RunningReplica.get_queue_len``) without
+    reading their result; they end with ``TaskCancelledError`` and asyncio reports each as "Task
+    exception was never retrieved" with a traceback (ray-project/ray#52477, #53639). Nothing failed:
+    the request was cancelled on purpose. This filter, on the ``asyncio`` logger, keeps such a record
+    but as one line naming the exception; every other record passes unchanged, tracebacks included.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ray.exceptions import TaskCancelledError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, TaskCancelledError):  # also Ray's RayTaskError(TaskCancelledError)
+            first = record.getMessage().splitlines()[0]
+            record.msg, record.args = f"{first}: {type(exc).__name__} (a request cancelled because its client left)", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def log_cancelled_ray_tasks_in_one_line() -> None:
+    """Adds :class:`CancelledRayTaskLog` to the ``asyncio`` logger of this process, once."""
+    log = logging.getLogger("asyncio")
+    if not any(isinstance(f, CancelledRayTaskLog) for f in log.filters):
+        log.addFilter(CancelledRayTaskLog())
 
 
 def decode_base64_image(text: str) -> bytes:
@@ -397,6 +431,7 @@ class ZoomDetIngress:
     """
 
     def __init__(self, detector, config: Optional[dict] = None) -> None:
+        log_cancelled_ray_tasks_in_one_line()  # clients that leave early: see CancelledRayTaskLog
         self.detector_handle = detector
         self.cfg = ServiceConfig(**(config or {}))
         self.engine = None

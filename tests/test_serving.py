@@ -399,6 +399,42 @@ def test_clients_that_leave_early_are_logged_in_one_line_without_a_traceback(htt
     assert log.read_text().count("Traceback") == before
 
 
+def test_cancelled_ray_tasks_nobody_awaited_are_logged_in_one_line(caplog):
+    """What Ray Serve leaves behind when a client leaves early (its request router's cancelled
+    queue-length probes) is one log line; any other unretrieved exception keeps its traceback."""
+    import asyncio
+    import logging
+
+    from ray.exceptions import RayTaskError, TaskCancelledError
+    from starlette.requests import ClientDisconnect
+
+    from zoomdet.serving.app import CancelledRayTaskLog, log_cancelled_ray_tasks_in_one_line, problem_for
+
+    log = logging.getLogger("asyncio")
+    log_cancelled_ray_tasks_in_one_line()
+    log_cancelled_ray_tasks_in_one_line()
+    added = [f for f in log.filters if isinstance(f, CancelledRayTaskLog)]
+    loop = asyncio.new_event_loop()
+    try:
+        assert len(added) == 1
+        caplog.set_level(logging.ERROR, logger="asyncio")
+        for exc in (TaskCancelledError(), RayTaskError("get_num_ongoing_requests", "tb", TaskCancelledError()).as_instanceof_cause(),
+                    ValueError("a real bug")):
+            loop.call_exception_handler({"message": "Task exception was never retrieved", "exception": exc})
+    finally:
+        loop.close()
+        for f in added:
+            log.removeFilter(f)
+    cancelled, other = caplog.records[:2], caplog.records[2]
+    assert len(caplog.records) == 3
+    for r in cancelled:
+        assert r.exc_info is None and "\n" not in r.getMessage()
+        assert r.getMessage().startswith("Task exception was never retrieved: ") and "TaskCancelledError" in r.getMessage()
+    assert other.exc_info[0] is ValueError
+    assert "ValueError: a real bug" in caplog.text  # the formatted exception of a real failure stays
+    assert problem_for(ClientDisconnect()).status_code == 499
+
+
 def test_slow_and_oversized_chunked_bodies_are_cut_off(http_url):
     import time
     from urllib.parse import urlparse
