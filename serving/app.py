@@ -52,7 +52,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from swagger_ui_bundle import swagger_ui_path
@@ -171,10 +171,8 @@ class CancelledRayTaskLog(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from ray.exceptions import TaskCancelledError
-
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, TaskCancelledError):  # also Ray's RayTaskError(TaskCancelledError)
+        if isinstance(exc, TaskCancelledError):  # also RayTaskError(TaskCancelledError) and Serve's RequestCancelledError
             first = record.getMessage().splitlines()[0]
             record.msg, record.args = f"{first}: {type(exc).__name__} (a request cancelled because its client left)", ()
             record.exc_info, record.exc_text = None, None
