@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DemoConfig", "RULES", "rule_map", "rule_picker", "collect_demonstrations", "large_margin_loss"]
+__all__ = ["DemoConfig", "RULES", "rule_map", "rule_picker", "collect_demonstrations", "sequential_mean_return",
+           "large_margin_loss"]
 
 RULES = ("greedy-entropy", "greedy", "random")
 
@@ -163,6 +164,22 @@ def collect_demonstrations(env, pick: Callable[[Any, Any], int], episodes: int, 
         zoomed += steps > 0
     return {"episodes": episodes, "transitions": transitions, "mean_return": float(np.mean(returns)),
             "zoomed_share": zoomed / episodes}
+
+
+def sequential_mean_return(env, pick: Callable[[Any, Any], int]) -> float:
+    """Mean episode return of ``pick(env, obs) -> action`` over one pass of ``env``'s cached images (a
+    ``ZoomEnv``), image ``k`` reset with ``options={"index": k}``: with ``order: sequential`` each image keeps its
+    own budget draw, so these are the episodes on which ``zoomdet train`` chooses its best model. With
+    ``reward: ap`` the result is the AP points (× 100) per image that ``pick``'s zooms add."""
+    returns = []
+    for k in range(len(env.records)):
+        obs, _ = env.reset(options={"index": k})
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(pick(env, obs))
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
 
 
 def large_margin_loss(q_values: Tensor, actions: Tensor, margin: float) -> Tensor:

@@ -21,8 +21,11 @@ keys are :class:`~zoomdet.agents.demos.DemoConfig`'s fields) first plays the
 rule in the training environment, pretrains the Q-net on its transitions and
 keeps their losses during training (DQfD, :mod:`zoomdet.agents.demos`); the
 run folder gains ``demonstrations.json`` (the rule's return, the pretrained
-net's agreement with it), and the evaluation also runs before the first
-step, so ``best_model.zip`` can be the pretrained net itself.
+net's agreement with it, and the rule's return on the eval cache's episodes,
+the bar a checkpoint must clear), and the evaluation also runs before the
+first step, so ``best_model.zip`` can be the pretrained net itself. The
+last line of training gives the best model's step and return on the eval
+cache, beside the rule's (:func:`best_model_line`).
 """
 
 from __future__ import annotations
@@ -206,7 +209,29 @@ def train_agent(args: TrainArgs) -> Path:
         model.learn(remaining, callback=CallbackList(callbacks), progress_bar=args.progress,
                     reset_num_timesteps=not args.trained_agent, tb_log_name=run.name)
     model.save(str(run / args.env))
+    print(best_model_line(run))
     return run
+
+
+def best_model_line(run: Path) -> str:
+    """One line on the run's best model: its step and mean return on the eval cache (``evaluations.npz``),
+    beside the demonstrating rule's return on the same episodes (``demonstrations.json``) when there is one."""
+    import numpy as np
+
+    path = run / "evaluations.npz"
+    if not path.is_file():
+        return "no evaluation on an eval cache: the final model is the only one"
+    ev = np.load(path)
+    means = ev["results"].mean(axis=1)
+    best = int(np.argmax(means))
+    line = (f"best model: mean return {means[best]:.3f} on the eval cache at step {int(ev['timesteps'][best])} "
+            f"(of {len(means)} evaluations)")
+    demos = run / "demonstrations.json"
+    if demos.is_file():
+        stats = json.loads(demos.read_text())
+        if "eval_cache_return" in stats:
+            line += f"; {stats['rule']} on the same episodes: {stats['eval_cache_return']:.3f}"
+    return line
 
 
 def _learn_from_demonstrations(model, demo: DemoConfig, args: TrainArgs, env_kwargs: dict, run: Path, pretrain: bool) -> None:
@@ -215,7 +240,7 @@ def _learn_from_demonstrations(model, demo: DemoConfig, args: TrainArgs, env_kwa
     import numpy as np
     from stable_baselines3.common.buffers import DictReplayBuffer
 
-    from zoomdet.agents.demos import collect_demonstrations, rule_picker
+    from zoomdet.agents.demos import collect_demonstrations, rule_picker, sequential_mean_return
 
     env = _make_env(args.cache, env_kwargs, args.seed + 2).unwrapped
     pick = rule_picker(demo.rule, np.random.default_rng(args.seed), stop_gain=demo.stop_gain)
@@ -225,9 +250,16 @@ def _learn_from_demonstrations(model, demo: DemoConfig, args: TrainArgs, env_kwa
     model.set_demonstrations(buffer, demo)
     if pretrain and demo.pretrain_steps:
         stats["pretrain"] = model.pretrain(demo.pretrain_steps, progress=args.progress)
+    if args.eval_cache:  # the bar a checkpoint must clear: the rule on the episodes the best model is chosen on
+        eval_env = _make_env(args.eval_cache, env_kwargs, args.seed + 1, sequential=True).unwrapped
+        rule = rule_picker(demo.rule, np.random.default_rng(args.seed), stop_gain=demo.stop_gain)
+        stats["eval_cache_return"] = sequential_mean_return(eval_env, rule)
+        stats["eval_cache_images"] = len(eval_env.records)
     (run / "demonstrations.json").write_text(json.dumps(stats, indent=1))
     print(f"demonstrations: {stats['transitions']} transitions of {demo.rule} (mean return {stats['mean_return']:.3f})"
           + (f"; pretrained net agrees with it on {stats['pretrain']['agreement']:.1%} of them" if "pretrain" in stats else ""))
+    if "eval_cache_return" in stats:
+        print(f"{demo.rule} on the {stats['eval_cache_images']} eval-cache images: mean return {stats['eval_cache_return']:.3f}")
 
 
 def _evaluating_at_start(eval_callback_class):

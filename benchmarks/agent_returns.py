@@ -26,25 +26,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-
-
-def mean_return(env, pick) -> float:
-    """Mean episode return over one pass of a sequential env's images (each with its index's budget draw, as
-    train's evaluation); ``pick(env, obs) -> action``."""
-    returns = []
-    for k in range(len(env.records)):
-        obs, _ = env.reset(options={"index": k})
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(pick(env, obs))
-            total, done = total + float(reward), terminated or truncated
-        returns.append(total)
-    return float(np.mean(returns))
 
 
 def main(argv=None) -> int:
@@ -64,7 +48,7 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    from zoomdet.agents.demos import rule_picker
+    from zoomdet.agents.demos import rule_picker, sequential_mean_return
     from zoomdet.agents.policy import AgentPolicy
     from zoomdet.agents.qnet import MaskableDQN, ZoomDQNPolicy
     from zoomdet.agents.train import TrainArgs, load_hyperparams, parse_key_values
@@ -106,7 +90,7 @@ def main(argv=None) -> int:
               "command": command_line(), "date": __import__("datetime").date.today().isoformat()}
     rows = []
     for label, kind, seed, pick in tqdm(players, desc="policies"):
-        rows.append({**common, "policy": label, "kind": kind, "seed": seed, "mean_return": mean_return(env, pick)})
+        rows.append({**common, "policy": label, "kind": kind, "seed": seed, "mean_return": sequential_mean_return(env, pick)})
     print(f"{args.dataset}: {len(env.records)} cached images, variant {name} ({', '.join(items)}); mean return per image")
     for r in rows:
         print(f"  {r['policy']:40s} {'' if r['seed'] is None else r['seed']:>4} {r['mean_return']:8.3f}")

@@ -846,12 +846,13 @@ def test_large_margin_loss_is_zero_only_when_the_rules_action_leads_by_the_margi
 def test_demonstrations_are_the_rules_transitions_and_dqfd_starts_from_the_rule(toy_cache, tmp_path):
     """The demonstration buffer holds the rule's own actions and rewards; pretraining makes the Q-net's argmax the
     rule's action; ``zoomdet train`` evaluates the pretrained net before the first step (its return is the
-    rule's) and the saved model carries no demonstrations."""
+    rule's), records the rule's own return on those episodes and prints the best model beside it; the saved
+    model carries no demonstrations."""
     from stable_baselines3.common.buffers import DictReplayBuffer
 
-    from zoomdet.agents.demos import collect_demonstrations, rule_picker
+    from zoomdet.agents.demos import collect_demonstrations, rule_picker, sequential_mean_return
     from zoomdet.agents.policy import algorithm_class
-    from zoomdet.agents.train import TrainArgs, train_agent
+    from zoomdet.agents.train import TrainArgs, best_model_line, train_agent
 
     kw = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density"]}
     env = make(toy_cache, **kw).unwrapped
@@ -886,8 +887,16 @@ def test_demonstrations_are_the_rules_transitions_and_dqfd_starts_from_the_rule(
     ev = np.load(run / "evaluations.npz")
     assert ev["timesteps"][0] == 0 and len(ev["timesteps"]) == 2
     rule_env = make(toy_cache, **kw, order="sequential").unwrapped
-    rule = _mean_return(rule_env, lambda o: pick(rule_env, o))
+    rule = _mean_return(rule_env, lambda o: pick(rule_env, o), episodes=len(rule_env.records))
     assert ev["results"][0].mean() == pytest.approx(rule, abs=0.05)  # the pretrained net plays the rule
+    # the rule's own return on those episodes is recorded, and the last line of training sets the best model beside it
+    assert demos["eval_cache_images"] == len(rule_env.records)
+    assert demos["eval_cache_return"] == pytest.approx(rule) == pytest.approx(sequential_mean_return(rule_env, pick))
+    best = int(np.argmax(ev["results"].mean(axis=1)))
+    line = best_model_line(run)
+    assert f"mean return {ev['results'][best].mean():.3f}" in line and f"at step {ev['timesteps'][best]} " in line
+    assert line.endswith(f"greedy-entropy on the same episodes: {rule:.3f}")
+    assert best_model_line(tmp_path).startswith("no evaluation on an eval cache")
     model = algorithm_class("dqn").load(str(run / "best_model.zip"))
     assert model.demo_buffer is None
 
