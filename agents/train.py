@@ -187,14 +187,18 @@ def train_agent(args: TrainArgs) -> Path:
                                                                 "policy_kwargs": {k: v for k, v in policy_kwargs.items() if not k.startswith("window_")}}}))
     (run / "args.yml").write_text(yaml.safe_dump(asdict(args)))
 
+    # the episodes the best model is chosen on (the rule is played on them too, by explicit index, which leaves
+    # the evaluation's own sequence where it is)
+    wants_eval_env = bool(args.eval_cache) and (args.eval_freq > 0 or demo is not None)
+    eval_env = _make_env(args.eval_cache, env_kwargs, args.seed + 1, sequential=True) if wants_eval_env else None
     if demo is not None:
-        _learn_from_demonstrations(model, demo, args, env_kwargs, run, pretrain=not args.trained_agent)
+        _learn_from_demonstrations(model, demo, args, env_kwargs, run, pretrain=not args.trained_agent,
+                                   eval_env=eval_env)
 
     callbacks = []
     if args.save_freq > 0:
         callbacks.append(CheckpointCallback(args.save_freq, str(run / "checkpoints"), save_replay_buffer=args.algo == "dqn"))
-    if args.eval_cache and args.eval_freq > 0:
-        eval_env = _make_env(args.eval_cache, env_kwargs, args.seed + 1, sequential=True)
+    if eval_env is not None and args.eval_freq > 0:
         n_eval = args.eval_episodes or len(eval_env.unwrapped.records)
         if args.algo == "ppo_mask":
             from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback as Eval
@@ -234,9 +238,11 @@ def best_model_line(run: Path) -> str:
     return line
 
 
-def _learn_from_demonstrations(model, demo: DemoConfig, args: TrainArgs, env_kwargs: dict, run: Path, pretrain: bool) -> None:
+def _learn_from_demonstrations(model, demo: DemoConfig, args: TrainArgs, env_kwargs: dict, run: Path, pretrain: bool,
+                               eval_env=None) -> None:
     """Play ``demo.rule`` in a training environment of its own, hand its transitions to ``model`` and (unless
-    resuming) pretrain on them; writes ``demonstrations.json`` into the run folder."""
+    resuming) pretrain on them; with ``eval_env`` (the sequential evaluation env) also play the rule once over its
+    images; writes ``demonstrations.json`` into the run folder."""
     import numpy as np
     from stable_baselines3.common.buffers import DictReplayBuffer
 
@@ -250,11 +256,10 @@ def _learn_from_demonstrations(model, demo: DemoConfig, args: TrainArgs, env_kwa
     model.set_demonstrations(buffer, demo)
     if pretrain and demo.pretrain_steps:
         stats["pretrain"] = model.pretrain(demo.pretrain_steps, progress=args.progress)
-    if args.eval_cache:  # the bar a checkpoint must clear: the rule on the episodes the best model is chosen on
-        eval_env = _make_env(args.eval_cache, env_kwargs, args.seed + 1, sequential=True).unwrapped
+    if eval_env is not None:  # the bar a checkpoint must clear: the rule on the episodes the best model is chosen on
         rule = rule_picker(demo.rule, np.random.default_rng(args.seed), stop_gain=demo.stop_gain)
-        stats["eval_cache_return"] = sequential_mean_return(eval_env, rule)
-        stats["eval_cache_images"] = len(eval_env.records)
+        stats["eval_cache_return"] = sequential_mean_return(eval_env.unwrapped, rule)
+        stats["eval_cache_images"] = len(eval_env.unwrapped.records)
     (run / "demonstrations.json").write_text(json.dumps(stats, indent=1))
     print(f"demonstrations: {stats['transitions']} transitions of {demo.rule} (mean return {stats['mean_return']:.3f})"
           + (f"; pretrained net agrees with it on {stats['pretrain']['agreement']:.1%} of them" if "pretrain" in stats else ""))

@@ -332,7 +332,8 @@ def http_server(tmp_path_factory):
                             env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300  # 20-40 s when idle; minutes on a machine whose cores are busy
+        ready_s = 300  # 20-40 s when idle; minutes on a machine whose cores are busy
+        deadline = time.time() + ready_s
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"zoomdet serve exited: {path.with_name('serve.log').read_text()[-3000:]}")
@@ -342,7 +343,7 @@ def http_server(tmp_path_factory):
             except (requests.ConnectionError, requests.Timeout):
                 pass
             if time.time() > deadline:
-                raise TimeoutError(f"service not ready after 300 s: {path.with_name('serve.log').read_text()[-3000:]}")
+                raise TimeoutError(f"service not ready after {ready_s} s: {path.with_name('serve.log').read_text()[-3000:]}")
             time.sleep(1)
         yield url, proc, path.with_name("serve.log")
     finally:
