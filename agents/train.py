@@ -177,7 +177,7 @@ def train_agent(args: TrainArgs) -> Path:
         model = algo_cls(policy, vec, seed=args.seed, verbose=args.verbose, tensorboard_log=args.tensorboard_log,
                          policy_kwargs=policy_kwargs, device="cpu", **hp)
 
-    info = {"algo": args.algo, "env_id": args.env, "env_config": asdict(ZoomEnvConfig(**env_kwargs)),
+    info = {"algo": args.algo, "env_id": args.env, "env_config": asdict(base_env.config),
             "cache": str(Path(args.cache).resolve()), "detector_id": base_env.cache.detector_id,
             "n_timesteps": n_timesteps}
     info["env_config"]["grid"] = list(info["env_config"]["grid"])

@@ -64,6 +64,9 @@ VARIANTS = {
     # qnet-dqfd with the episode terminated, not truncated, when no window fits the budget (ZoomEnvConfig.exhausted)
     "qnet-dqfd-term": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,window_extras:[density],"
                       "exhausted:terminate,dqn.demo_rule:greedy-entropy",
+    # qnet-dqfd-term with each class's entropy and score mass per unit of cost as inputs (AP is a mean over classes)
+    "qnet-dqfd-term-cls": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
+                          "window_extras:[density,classes],exhausted:terminate,dqn.demo_rule:greedy-entropy",
     "qnet-win-density-term": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                              "window_extras:[density],exhausted:terminate",  # the same without demonstrations
     # qnet-dqfd-term rewarded (and its checkpoint chosen) by the change of the cache's COCO AP, the test's metric
@@ -137,6 +140,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ensemble", action="store_true",
                     help="also evaluate, per variant, one policy on the mean Q-values of all its seeds (rows with "
                          "variant NAME-ensemble)")
+    ap.add_argument("--model", choices=("best", "final"), default="best",
+                    help="which checkpoint of each agent to evaluate: best (best_model.zip, the best on the "
+                         "--eval-cache images; default) or final (the model at the last step, no selection)")
     ap.add_argument("--train-only", action="store_true",
                     help="train the agents and stop (run one process per seed in parallel, then once without)")
     ap.add_argument("--out", default="runs/bench/agents", help="work folder (agents, evaluation)")
@@ -159,6 +165,8 @@ def main(argv=None) -> int:
     agents = train_agents(specs, args.seeds, args.cache, args.eval_cache, args.rnet, args.steps, out, args.hyperparams)
     if args.train_only:
         return 0
+    if args.model == "final":  # the last step's model, saved beside best_model.zip by `zoomdet train`
+        agents = {m.with_name("ZoomDet-v0.zip"): vs for m, vs in agents.items()}
 
     ev = out / f"eval-{args.dataset}"
     policies = ["coarse", "fine", *RULES] + (["oracle-ap"] if args.oracle else []) + [str(m) for m in agents]
@@ -174,7 +182,7 @@ def main(argv=None) -> int:
                  *[x for p in policies for x in ("--policy", p)]])
     report = json.loads((ev / "report.json").read_text())
     rows = rows_from_report(report, args.dataset, command=command_line())
-    names = {f"dqn:{m.parent.name}/best_model": vs for m, vs in agents.items()}
+    names = {f"dqn:{m.parent.name}/{m.stem}": vs for m, vs in agents.items()}
     names.update({name: (variant, None) for name, variant in ensembles.items()})
     for r in rows:
         variant, seed = names.get(r["policy"], (None, 0))

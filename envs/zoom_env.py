@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional, Sequence
 
 import gymnasium as gym
@@ -97,10 +97,14 @@ EXTRA_CHANNELS = ("entropy", "scores", "small", "budget")
 WINDOW_FEATURES = ("gain", "entropy", "scores", "small", "unzoomed", "cost", "cost_over_left", "budget_left",
                    "steps", "gain_left", "entropy_left", "stop")
 """Columns of the ``windows`` observation (:func:`window_features`)."""
-WINDOW_EXTRAS = {"density": ("gain_per_cost", "entropy_per_cost", "scores_per_cost", "small_per_cost")}
+WINDOW_EXTRAS = {"density": ("gain_per_cost", "entropy_per_cost", "scores_per_cost", "small_per_cost"),
+                 "classes": ()}
 """Optional column groups appended after :data:`WINDOW_FEATURES` (``window_extras``): ``density`` is each window's
 sums divided by its cost, so a rule that ranks windows by gain per pixel (``greedy``, ``greedy-entropy``) is one
-weight of the first layer instead of a ratio the MLP must approximate."""
+weight of the first layer instead of a ratio the MLP must approximate. ``classes`` is the entropy and the score
+mass per unit of cost of each class's coarse boxes (two columns per category of ``ZoomEnvConfig.classes``,
+named ``entropy_per_cost_c<id>`` and ``scores_per_cost_c<id>``): AP is a mean over classes, so a rare class's
+uncertain box is worth more than a common one's, and the class-blind columns cannot say which is which."""
 SMALL_PX = 32.0
 """``small`` context plane: coarse boxes whose side (sqrt of area, full-resolution pixels) is under this."""
 
@@ -144,6 +148,9 @@ class ZoomEnvConfig:
     window_extras: Sequence[str] = ()
     """Column groups of :data:`WINDOW_EXTRAS` appended to the ``windows`` observation, e.g. ``[density]``
     (needs ``window_features``)."""
+    classes: Sequence[int] = ()
+    """Category ids of the ``classes`` window extra's columns (the detector's categories, as in its detections);
+    empty: :class:`ZoomEnv` reads them from the checkpoint of the cache's detector."""
     grid: Sequence[int] = (12, 16)
     """Observation grid ``[rows, cols]``."""
     obs_scale: float = 4.0
@@ -182,6 +189,9 @@ class ZoomEnvConfig:
         if self.window_extras and not self.window_features:
             raise ValueError("window_extras add columns to the windows observation: set window_features: true")
         self.window_extras = tuple(self.window_extras)
+        self.classes = tuple(int(c) for c in self.classes)
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be distinct category ids, got {list(self.classes)}")
         if self.budget_range is not None:
             lo, hi = (float(v) for v in self.budget_range)
             if not 0 < lo <= hi:
@@ -191,7 +201,16 @@ class ZoomEnvConfig:
     @property
     def window_columns(self) -> tuple[str, ...]:
         """Names of the ``windows`` observation's columns: :data:`WINDOW_FEATURES`, then ``window_extras``' groups."""
-        return WINDOW_FEATURES + tuple(c for name in self.window_extras for c in WINDOW_EXTRAS[name])
+        if "classes" in self.window_extras and not self.classes:
+            raise ValueError("window_extras [classes] needs the detector's category ids: set classes, or build the "
+                             "environment on a rollout cache (ZoomEnv reads them from its detector's checkpoint)")
+        return WINDOW_FEATURES + tuple(c for name in self.window_extras for c in self.extra_columns(name))
+
+    def extra_columns(self, name: str) -> tuple[str, ...]:
+        """The column names of the ``window_extras`` group ``name``."""
+        if name == "classes":
+            return tuple(f"{kind}_per_cost_c{c}" for c in self.classes for kind in ("entropy", "scores"))
+        return WINDOW_EXTRAS[name]
 
     def episode_budget(self, rng: np.random.Generator) -> float:
         """The pixel budget of a new episode: drawn from ``budget_range`` when set, else ``max_pixels_ratio``."""
@@ -222,6 +241,18 @@ def gain_model_for(cfg: ZoomEnvConfig, detector_id: Optional[str] = None):
 
 
 @functools.lru_cache(maxsize=64)
+def detector_categories(cache: RolloutCache) -> list[int]:
+    """The category ids of the detector that built ``cache`` (its checkpoint's), for the ``classes`` extra."""
+    from zoomdet.detector.detector import checkpoint_categories
+
+    path = cache.manifest["checkpoint"]
+    try:
+        return sorted(checkpoint_categories(path))
+    except FileNotFoundError:
+        raise ValueError(f"window_extras [classes]: the checkpoint of {cache.root}'s detector ({path}) is not here; "
+                         f"set classes: [ids] to its category ids") from None
+
+
 def _grid_edges(width: int, height: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     X, Y = np.linspace(0, width, cols + 1), np.linspace(0, height, rows + 1)
     return X[:-1], X[1:], Y[:-1], Y[1:]
@@ -270,19 +301,24 @@ def context_planes(coarse: Detections, width: int, height: int, cfg: ZoomEnvConf
     return out
 
 
-def feature_maps(coarse: Detections, width: int, height: int) -> list[GainMap]:
+def feature_maps(coarse: Detections, width: int, height: int, classes: Sequence[int] = ()) -> list[GainMap]:
     """The static maps :func:`window_features` reads, from the coarse detections (xyxy, full-resolution
     pixels): entropy of the scores (bits), score mass, boxes under :data:`SMALL_PX` (count), and the image's
-    area (1 per pixel, so a window's sum over its area is its share not yet zoomed). Zero each with
-    :meth:`GainMap.zero_` where the episode zooms, as the AG map is."""
+    area (1 per pixel, so a window's sum over its area is its share not yet zoomed); then, for each category id
+    in ``classes``, the entropy and the score mass of that class's boxes alone (the ``classes`` extra). Zero
+    each with :meth:`GainMap.zero_` where the episode zooms, as the AG map is."""
     from zoomdet.rnet.model import EntropyGain
 
     boxes = coarse.boxes
+    entropy, scores = EntropyGain().predict(coarse), coarse.scores.float()
     whole = torch.tensor([[0.0, 0.0, float(width), float(height)]])
-    return [GainMap(width, height, boxes, EntropyGain().predict(coarse)),
-            GainMap(width, height, boxes, coarse.scores.float()),
+    maps = [GainMap(width, height, boxes, entropy), GainMap(width, height, boxes, scores),
             GainMap(width, height, boxes, small_boxes(boxes)),
             GainMap(width, height, whole, torch.tensor([float(width * height)]))]
+    for c in classes:
+        mine = (coarse.labels == int(c)).to(entropy.dtype)
+        maps += [GainMap(width, height, boxes, entropy * mine), GainMap(width, height, boxes, scores * mine)]
+    return maps
 
 
 def window_features(gain: GainMap, maps: Sequence[GainMap], boxes: np.ndarray, cost: np.ndarray, budget_abs: float,
@@ -292,7 +328,8 @@ def window_features(gain: GainMap, maps: Sequence[GainMap], boxes: np.ndarray, c
 
     Args:
         gain: the current AG map (zeroed where zoomed).
-        maps: :func:`feature_maps` of the image, zeroed where zoomed.
+        maps: :func:`feature_maps` of the image, zeroed where zoomed (with the per-class maps when ``extras``
+            holds ``classes``).
         boxes: ``float64[K, 4]`` candidate windows, xyxy pixels (unrefined).
         cost: ``float64[K]`` each window's model-input pixels / the image's pixels.
         budget_abs: pixel budget left, as a fraction of the image's pixels.
@@ -302,9 +339,12 @@ def window_features(gain: GainMap, maps: Sequence[GainMap], boxes: np.ndarray, c
     def squash(x):
         return np.sign(x) * np.log1p(np.abs(x))
 
-    entropy, scores, small, area = maps
+    entropy, scores, small, area = maps[:4]
+    per_class = maps[4:]
+    if per_class and "classes" not in extras or "classes" in extras and not per_class:
+        raise ValueError("the per-class maps of feature_maps(classes=...) go with window_extras [classes], both or neither")
     k = len(boxes)
-    n_extra = sum(len(WINDOW_EXTRAS[name]) for name in extras)
+    n_extra = sum(len(per_class) if name == "classes" else len(WINDOW_EXTRAS[name]) for name in extras)
     out = np.zeros((k + 1, len(WINDOW_FEATURES) + n_extra), dtype=np.float64)
     sums = np.stack([gain.window_sums(boxes), entropy.window_sums(boxes), scores.window_sums(boxes),
                      small.window_sums(boxes)], axis=1)  # [K, 4]
@@ -321,7 +361,11 @@ def window_features(gain: GainMap, maps: Sequence[GainMap], boxes: np.ndarray, c
     for name in extras:
         if name == "density":  # the sums per unit of cost (share of the image's pixels)
             out[:k, col:col + 4] = squash(sums / np.maximum(cost, 1e-6)[:, None])
-        col += len(WINDOW_EXTRAS[name])
+            col += len(WINDOW_EXTRAS[name])
+        elif name == "classes":  # each class's entropy and score mass per unit of cost
+            class_sums = np.stack([m.window_sums(boxes) for m in per_class], axis=1)  # [K, 2C]
+            out[:k, col:col + len(per_class)] = squash(class_sums / np.maximum(cost, 1e-6)[:, None])
+            col += len(per_class)
     return np.clip(out, -100, 100).astype(np.float32)
 
 
@@ -425,8 +469,10 @@ class ZoomEnv(gym.Env):
     def __init__(self, cache: str | os.PathLike | RolloutCache, config: Optional[ZoomEnvConfig] = None, **overrides: Any) -> None:
         super().__init__()
         config = ZoomEnvConfig.from_options(config, **overrides)
-        self.config = config
         self.cache = cache if isinstance(cache, RolloutCache) else RolloutCache(cache)
+        if "classes" in config.window_extras and not config.classes:
+            config = replace(config, classes=tuple(detector_categories(self.cache)))
+        self.config = config
         self.records = self.cache.records()
         if not self.records:
             raise ValueError(f"rollout cache {self.cache.root} holds no images")
@@ -473,7 +519,9 @@ class ZoomEnv(gym.Env):
             context = context_planes(rec.coarse, rec.width, rec.height, self.config) if self.config.extra_channels else None
             maps, boxes = None, None
             if self.config.window_features:
-                maps, boxes = feature_maps(rec.coarse, rec.width, rec.height), window_boxes(self.candidates_of(rec))
+                maps = feature_maps(rec.coarse, rec.width, rec.height,
+                                    self.config.classes if "classes" in self.config.window_extras else ())
+                boxes = window_boxes(self.candidates_of(rec))
             self._images[k] = _Image(rec, gm, items, {w: i for i, w in enumerate(rec.windows)}, pixels, positions, context,
                                      maps, boxes)
         return self._images[k]

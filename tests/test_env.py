@@ -610,6 +610,50 @@ def test_window_density_columns_make_greedy_entropy_one_column(toy_cache):
     assert picks >= len(env.records)
 
 
+def test_class_columns_split_the_density_by_category_and_need_the_category_ids(toy_cache):
+    """``window_extras: [classes]`` appends, per category id, the entropy and score mass of that class's coarse
+    boxes per unit of cost: on the toy images every box is class 1, so class 1's columns are the class-blind
+    density columns and class 2's are zero. Without ids, the environment reads them from the cache's detector
+    checkpoint, and says what to set when it cannot."""
+    from zoomdet.envs.zoom_env import WINDOW_FEATURES, ZoomEnvConfig
+
+    env = make(toy_cache, state="entropy", window_features=True, window_extras=["density", "classes"],
+               classes=[1, 2]).unwrapped
+    cols = env.config.window_columns
+    assert cols[-4:] == ("entropy_per_cost_c1", "scores_per_cost_c1", "entropy_per_cost_c2", "scores_per_cost_c2")
+    c = {n: i for i, n in enumerate(cols)}
+    obs, _ = env.reset(options={"index": 0})
+    for _ in range(2):
+        f, k = obs["windows"], len(env.candidates)
+        assert f.shape == (k + 1, len(WINDOW_FEATURES) + 8) and f[:k, c["entropy_per_cost"]].any()
+        np.testing.assert_allclose(f[:, c["entropy_per_cost_c1"]], f[:, c["entropy_per_cost"]], atol=1e-6)
+        np.testing.assert_allclose(f[:, c["scores_per_cost_c1"]], f[:, c["scores_per_cost"]], atol=1e-6)
+        assert not f[:, [c["entropy_per_cost_c2"], c["scores_per_cost_c2"]]].any()
+        obs, *_ = env.step(4)  # zoomed: the window's class columns fall with the rest
+    assert obs["windows"][4, c["entropy_per_cost_c1"]] == pytest.approx(0.0, abs=1e-6)
+
+    with pytest.raises(ValueError, match="set classes"):  # the toy cache's checkpoint is not a file
+        make(toy_cache, state="entropy", window_features=True, window_extras=["classes"])
+    with pytest.raises(ValueError, match="distinct category ids"):
+        ZoomEnvConfig(state="entropy", window_features=True, window_extras=["classes"], classes=[1, 1])
+    with pytest.raises(ValueError, match="needs the detector's category ids"):
+        ZoomEnvConfig(state="entropy", window_features=True, window_extras=["classes"]).window_columns
+
+
+def test_class_columns_read_the_category_ids_from_the_caches_detector(tiny_checkpoint, tmp_path):
+    from tests.conftest import write_fake_cache
+    from zoomdet.detector.detector import checkpoint_categories
+
+    cats = checkpoint_categories(tiny_checkpoint)
+    rng = np.random.default_rng(0)
+    root = write_fake_cache(tmp_path / "cache", [toy_record(i + 1, i, rng) for i in range(3)], zoom=ZOOM)
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps({**manifest, "checkpoint": str(tiny_checkpoint)}))
+    env = make(root, state="entropy", window_features=True, window_extras=["classes"]).unwrapped
+    assert env.config.classes == tuple(sorted(cats)) == (1, 2, 3)
+    assert env.reset(options={"index": 0})[0]["windows"].shape[-1] == len(env.config.window_columns)
+
+
 def test_feature_qnet_learns_and_the_live_agent_builds_the_envs_windows(toy_cache, tmp_path):
     """DQN with the per-window feature head beats random on the toy cache, and the live policy's ``windows``
     observation equals the environment's, before and after a zoom."""
@@ -618,7 +662,8 @@ def test_feature_qnet_learns_and_the_live_agent_builds_the_envs_windows(toy_cach
     from zoomdet.agents.train import TrainArgs, train_agent
     from zoomdet.zoom.engine import EpisodeState
 
-    kw = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density"]}
+    kw = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density", "classes"],
+          "classes": [1, 2]}
     hp = {"learning_starts": 200, "exploration_fraction": 0.5, "target_update_interval": 100, "learning_rate": 2e-3,
           "buffer_size": 5000}
     run = train_agent(TrainArgs(cache=str(toy_cache), n_timesteps=2500, eval_freq=-1, progress=False, env_kwargs=kw,

@@ -309,10 +309,7 @@ def load_checkpoint(path: str | os.PathLike, settings: Optional[dict] = None
 
     ``settings``: inference-only :class:`ModelConfig` fields (``models.INFERENCE_FIELDS``, e.g.
     ``{"rpn_pre_nms_top_n": 2000}``) to build the model with instead of the checkpoint's values."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"detector checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = _read_checkpoint(path)
     try:
         cfg = ModelConfig(**payload["model_config"])
         cats = {int(k): str(v) for k, v in payload["categories"]}
@@ -327,6 +324,22 @@ def load_checkpoint(path: str | os.PathLike, settings: Optional[dict] = None
     if cfg.box_head_rank:
         factorize_box_head(model, cfg.box_head_rank)
     return model.eval(), cfg, cats, payload.get("extra", {})
+
+
+def checkpoint_categories(path: str | os.PathLike) -> dict[int, str]:
+    """``{category id: name}`` of a checkpoint written by :func:`save_checkpoint`, without building its model."""
+    payload = _read_checkpoint(path)
+    try:
+        return {int(k): str(v) for k, v in payload["categories"]}
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a ZoomDet detector checkpoint (missing {e})") from e
+
+
+def _read_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"detector checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def default_checkpoint() -> Path:
