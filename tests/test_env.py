@@ -440,6 +440,54 @@ def test_agents_benchmark_parses_variants_and_refuses_unknown_ones():
     assert len(at_airbus) == 1 and at_airbus[0].startswith("variant qnet-dqfd:") and "demo_stop_gain:0 " in at_airbus[0]
 
 
+def test_agents_benchmark_evaluates_the_final_models_when_asked(monkeypatch, tmp_path, capsys):
+    """``--model final`` evaluates each agent's last-step model (``ZoomDet-v0.zip``) instead of ``best_model.zip``,
+    and its rows still carry their variant and seed."""
+    import importlib.util
+    from pathlib import Path
+
+    from zoomdet.eval import results
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("bench_agents_final", bench / "agents.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    evaluated = []
+
+    def fake_zoomdet(argv):  # `zoomdet train` leaves both models; `zoomdet evaluate` a report of what it was given
+        if argv[0] == "train":
+            run = Path(argv[argv.index("-f") + 1]) / "dqn" / "ZoomDet-v0_1"
+            run.mkdir(parents=True)
+            for name in ("best_model.zip", "ZoomDet-v0.zip"):
+                (run / name).write_text("model")
+            return
+        given = [argv[i + 1] for i, a in enumerate(argv) if a == "--policy"]
+        evaluated.extend(given)
+        name = lambda p: (f"dqn:{Path(p).parent.name}/{Path(p).stem}" if "+" not in p  # noqa: E731
+                          else "dqn-ensemble:" + "+".join(Path(q).parent.name for q in p.split("+")))
+        row = {k: 0.5 for k in ("ap", "ap50", "ap_small", "ap_medium", "ap_large", "pixels_ratio", "rel_ap",
+                                "rel_pixels", "rel_time", "detector_calls_per_image", "time_per_image_s")}
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "report.json").write_text(json.dumps({"images": 3, "policies": [
+            {"name": name(p), "budget": 0.45, **row} for p in given]}))
+
+    monkeypatch.setattr(results, "run_zoomdet", fake_zoomdet)
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path / "results")
+    common = ["--config", str(bench.parent / "configs" / "eval" / "hituav_gpu_agent.yaml"), "--data", "d.json", "--dataset", "toy", "--cache", "c", "--eval-cache", "e", "--rnet", "r.pt",
+              "--variant", "qnet-win", "--seeds", "0", "1", "--budget", "0.45", "--out", str(tmp_path / "out")]
+    assert mod.main([*common, "--model", "final", "--ensemble"]) == 0
+    agents = [p for p in evaluated if p.endswith(".zip")]
+    assert len(agents) == 3 and all(p.endswith("ZoomDet-v0.zip") for p in "+".join(agents).split("+"))
+    rows = {r["policy"]: r for r in json.loads((tmp_path / "results" / "agents.json").read_text())}
+    assert (rows["dqn:qnet-win-s1/ZoomDet-v0"]["variant"], rows["dqn:qnet-win-s1/ZoomDet-v0"]["seed"]) == ("qnet-win", 1)
+    assert rows["dqn-ensemble:qnet-win-s0+qnet-win-s1"]["variant"] == "qnet-win-ensemble"
+    with pytest.raises(SystemExit):
+        mod.main([*common, "--model", "last"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_train_agents_passes_a_variants_dqn_items_as_hyperparameters(monkeypatch, tmp_path):
     from pathlib import Path
 
