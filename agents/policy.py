@@ -177,8 +177,8 @@ class AgentPolicy:
         episode has zoomed so far."""
         memory = state.memory
         if "maps" not in memory:
-            classes = self.config.classes if "classes" in self.config.window_extras else ()
-            memory["maps"], memory["maps_zeroed"] = feature_maps(state.coarse, state.width, state.height, classes), 0
+            memory["maps"] = feature_maps(state.coarse, state.width, state.height, self.config.feature_classes)
+            memory["maps_zeroed"] = 0
             memory["feature_boxes"] = window_boxes(state.candidates)
             memory["feature_cost"] = (np.array([w.input_pixels for w in state.candidates], dtype=np.float64)
                                       / (state.width * state.height))

@@ -206,6 +206,12 @@ class ZoomEnvConfig:
                              "environment on a rollout cache (ZoomEnv reads them from its detector's checkpoint)")
         return WINDOW_FEATURES + tuple(c for name in self.window_extras for c in self.extra_columns(name))
 
+    @property
+    def feature_classes(self) -> tuple[int, ...]:
+        """The category ids :func:`feature_maps` makes per-class maps of: ``classes`` with the ``classes`` extra,
+        else none."""
+        return self.classes if "classes" in self.window_extras else ()
+
     def extra_columns(self, name: str) -> tuple[str, ...]:
         """The column names of the ``window_extras`` group ``name``."""
         if name == "classes":
@@ -240,7 +246,6 @@ def gain_model_for(cfg: ZoomEnvConfig, detector_id: Optional[str] = None):
     return None
 
 
-@functools.lru_cache(maxsize=64)
 def detector_categories(cache: RolloutCache) -> list[int]:
     """The category ids of the detector that built ``cache`` (its checkpoint's), for the ``classes`` extra."""
     from zoomdet.detector.detector import checkpoint_categories
@@ -253,6 +258,7 @@ def detector_categories(cache: RolloutCache) -> list[int]:
                          f"set classes: [ids] to its category ids") from None
 
 
+@functools.lru_cache(maxsize=64)
 def _grid_edges(width: int, height: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     X, Y = np.linspace(0, width, cols + 1), np.linspace(0, height, rows + 1)
     return X[:-1], X[1:], Y[:-1], Y[1:]
@@ -519,8 +525,7 @@ class ZoomEnv(gym.Env):
             context = context_planes(rec.coarse, rec.width, rec.height, self.config) if self.config.extra_channels else None
             maps, boxes = None, None
             if self.config.window_features:
-                maps = feature_maps(rec.coarse, rec.width, rec.height,
-                                    self.config.classes if "classes" in self.config.window_extras else ())
+                maps = feature_maps(rec.coarse, rec.width, rec.height, self.config.feature_classes)
                 boxes = window_boxes(self.candidates_of(rec))
             self._images[k] = _Image(rec, gm, items, {w: i for i, w in enumerate(rec.windows)}, pixels, positions, context,
                                      maps, boxes)
