@@ -165,8 +165,10 @@ def main(argv=None) -> int:
     agents = train_agents(specs, args.seeds, args.cache, args.eval_cache, args.rnet, args.steps, out, args.hyperparams)
     if args.train_only:
         return 0
-    if args.model == "final":  # the last step's model, saved beside best_model.zip by `zoomdet train`
-        agents = {m.with_name("ZoomDet-v0.zip"): vs for m, vs in agents.items()}
+    if args.model == "final":  # the last step's model, saved beside best_model.zip by `zoomdet train` as <env id>.zip
+        from zoomdet.envs import ENV_ID
+
+        agents = {m.with_name(f"{ENV_ID}.zip"): vs for m, vs in agents.items()}
 
     ev = out / f"eval-{args.dataset}"
     policies = ["coarse", "fine", *RULES] + (["oracle-ap"] if args.oracle else []) + [str(m) for m in agents]

@@ -347,7 +347,7 @@ def window_features(gain: GainMap, maps: Sequence[GainMap], boxes: np.ndarray, c
 
     entropy, scores, small, area = maps[:4]
     per_class = maps[4:]
-    if per_class and "classes" not in extras or "classes" in extras and not per_class:
+    if bool(per_class) != ("classes" in extras):
         raise ValueError("the per-class maps of feature_maps(classes=...) go with window_extras [classes], both or neither")
     k = len(boxes)
     n_extra = sum(len(per_class) if name == "classes" else len(WINDOW_EXTRAS[name]) for name in extras)
