@@ -11,11 +11,12 @@ PYTEST_ARGS ?=
 # their builds match (a CPU-only torch wheel offered through this machine's
 # find-links does not load torchvision's compiled nms/roi_align); `zoomdet
 # doctor` then proves the ops load.
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the versions the README's numbers were measured with.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch torchvision
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt torch torchvision
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	$(BIN)/zoomdet doctor
 	touch $(STAMP)
 

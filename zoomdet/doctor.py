@@ -9,10 +9,17 @@ fails deep inside a forward pass; ``doctor`` fails first, with the fix.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import platform
+import re
 import sys
+from pathlib import Path
+from typing import Optional
 
-__all__ = ["run_doctor"]
+__all__ = ["run_doctor", "CONSTRAINTS", "pinned_versions", "version_mismatches"]
+
+CONSTRAINTS = Path(__file__).resolve().parents[1] / "constraints.txt"
+"""The pins ``make venv`` installs with (a source checkout's root; absent from a wheel install)."""
 
 FIX = (
     "torch and torchvision must come from matching builds. In the project's virtual "
@@ -21,8 +28,44 @@ FIX = (
 )
 
 
-def run_doctor(verbose: bool = True) -> int:
-    """Print versions and check the compiled ops; returns a process exit code."""
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned_versions(path: Path) -> dict[str, str]:
+    """``{canonical name: version}`` of each ``name==version`` line of a pip constraints file (comments,
+    blank lines and ``-e`` lines skipped). Raises ``ValueError`` on a line that pins nothing."""
+    pins: dict[str, str] = {}
+    for n, raw in enumerate(Path(path).read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line or line.startswith("-e"):
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;]+)", line)
+        if m is None:
+            raise ValueError(f"{path}:{n}: expected name==version, got {raw!r}")
+        pins[_canonical(m.group(1))] = m.group(3)
+    return pins
+
+
+def version_mismatches(path: Path) -> list[tuple[str, str, Optional[str]]]:
+    """``(name, pinned, installed)`` for each pin of ``path`` the environment does not match, ``installed`` None
+    for a pinned package that is not installed."""
+    out = []
+    for name, pinned in pinned_versions(path).items():
+        try:
+            installed: Optional[str] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed != pinned:
+            out.append((name, pinned, installed))
+    return out
+
+
+def run_doctor(verbose: bool = True, constraints: Optional[Path] = None) -> int:
+    """Print versions and check the compiled ops; returns a process exit code.
+
+    Installed versions that differ from ``constraints`` (default :data:`CONSTRAINTS`, when it exists) are a
+    warning, not an error: the install runs, but the README's numbers were measured with the pins."""
     out = print if verbose else (lambda *a, **k: None)
     problems: list[str] = []
     out(f"python        {sys.version.split()[0]} ({platform.platform()})")
@@ -63,6 +106,16 @@ def run_doctor(verbose: bool = True) -> int:
     out(f"checkpoint    {ckpt} ({'present' if ckpt.is_file() else 'MISSING'})")
     if not ckpt.is_file():
         problems.append(f"embedded detector checkpoint missing: {ckpt}")
+    pins = CONSTRAINTS if constraints is None else Path(constraints)
+    if pins.is_file():
+        mismatches = version_mismatches(pins)
+        if mismatches:
+            shown = ", ".join(f"{n} {i or 'missing'} (pinned {p})" for n, p, i in mismatches[:8])
+            more = f" and {len(mismatches) - 8} more" if len(mismatches) > 8 else ""
+            print(f"WARNING: {len(mismatches)} installed versions differ from {pins}: {shown}{more}. "
+                  "The README's numbers were measured with the pins; `make clean venv` installs them.", file=sys.stderr)
+        else:
+            out(f"versions      all {len(pinned_versions(pins))} pins of {pins.name} installed")
     if problems:
         for p in problems:
             print(f"ERROR: {p}", file=sys.stderr)
