@@ -18,7 +18,10 @@ with ``--oracle``, ``oracle-ap`` on the same images and budgets. Each agent
 is trained once for all budgets: variants with ``budget_range`` draw a
 budget per episode, so one agent answers any per-request budget. With
 ``--ensemble`` the evaluation also runs, per variant, one policy on the mean
-Q-values of all its seeds (``a.zip+b.zip+c.zip``; rows ``NAME-ensemble``).
+Q-values of all its seeds (``a.zip+b.zip+c.zip``; rows ``NAME-ensemble``);
+``--ensemble-size K`` makes it one policy per K consecutive seeds instead, so
+an ensemble of K nets has seeds of its own (the rows' ``seed`` is the group's
+place, ``seeds`` its members) and gets a mean and a spread like any variant.
 
 Prints the table ``benchmarks/tables.py --agents`` prints: per budget, each
 variant's AP (mean ± population std over seeds), its margin over the best
@@ -140,6 +143,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ensemble", action="store_true",
                     help="also evaluate, per variant, one policy on the mean Q-values of all its seeds (rows with "
                          "variant NAME-ensemble)")
+    ap.add_argument("--ensemble-size", type=int, default=0, metavar="K",
+                    help="with --ensemble: one policy per K consecutive --seeds of a variant instead of one of all "
+                         "(the number of seeds must be a multiple of K; default 0, all seeds)")
     ap.add_argument("--model", choices=("best", "final"), default="best",
                     help="which checkpoint of each agent to evaluate: best (best_model.zip, the best on the "
                          "--eval-cache images; default) or final (the model at the last step, no selection)")
@@ -149,6 +155,12 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default="agents", help="results file name under benchmarks/results (default agents)")
     args = ap.parse_args(argv)
 
+    size = args.ensemble_size or len(args.seeds)
+    if args.ensemble_size and not args.ensemble:
+        ap.error("--ensemble-size needs --ensemble")
+    if args.ensemble_size and (size < 2 or len(args.seeds) % size):
+        ap.error(f"--ensemble-size {args.ensemble_size}: groups of at least 2 seeds that divide the "
+                 f"{len(args.seeds)} --seeds")
     specs = dict(parse_variant(s) for s in (args.variant or ["qnet-ap"]))
     if args.ablations:
         specs.update(parse_variant(v) for v in ABLATIONS if v not in specs)
@@ -172,23 +184,27 @@ def main(argv=None) -> int:
 
     ev = out / f"eval-{args.dataset}"
     policies = ["coarse", "fine", *RULES] + (["oracle-ap"] if args.oracle else []) + [str(m) for m in agents]
-    ensembles = {}  # policy name in the report -> variant
+    ensembles = {}  # policy name in the report -> (variant, group's place or None for all seeds, members)
     if args.ensemble:
         for variant in specs:
             models = [m for m, (v, _) in agents.items() if v == variant]
-            if len(models) > 1:
-                policies.append("+".join(map(str, models)))
-                ensembles["dqn-ensemble:" + "+".join(m.parent.name for m in models)] = f"{variant}-ensemble"
+            for g in range(0, len(models) if len(models) > 1 else 0, size):
+                group = models[g:g + size]
+                policies.append("+".join(map(str, group)))
+                ensembles["dqn-ensemble:" + "+".join(m.parent.name for m in group)] = (
+                    f"{variant}-ensemble", g // size if args.ensemble_size else None, [agents[m][1] for m in group])
     run_zoomdet(["evaluate", "--config", args.config, "--data", args.data, "--rnet", args.rnet, "--out", str(ev),
                  "--images", str(args.images), "--budget", *map(str, args.budget), "--no-progress",
                  *[x for p in policies for x in ("--policy", p)]])
     report = json.loads((ev / "report.json").read_text())
     rows = rows_from_report(report, args.dataset, command=command_line())
     names = {f"dqn:{m.parent.name}/{m.stem}": vs for m, vs in agents.items()}
-    names.update({name: (variant, None) for name, variant in ensembles.items()})
+    names.update({name: (variant, place) for name, (variant, place, _) in ensembles.items()})
     for r in rows:
         variant, seed = names.get(r["policy"], (None, 0))
         r["variant"], r["seed"] = variant, seed
+        if r["policy"] in ensembles:
+            r["seeds"] = ensembles[r["policy"]][2]
         r["env_kwargs"] = specs.get(variant.removesuffix("-ensemble")) if variant else None
     from tables import agent_table  # benchmarks/tables.py: the README's table of these rows
 

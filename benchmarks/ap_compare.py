@@ -10,7 +10,8 @@ images drawn with repeats (the same draws for both policies: a paired bootstrap)
 where the policy is ahead, and the difference per category. ``--area small`` compares AP_small instead
 (the objects under 32² px, as COCOeval's ``small`` range), per category too. An agent's seeds (``...-s0``,
 ``-s1``, ... in its name) also get one row for their mean, the figure the issue's targets compare, with the
-seeds averaged inside each resample.
+seeds averaged inside each resample. Ensembles of one variant's seeds (``dqn-ensemble:v-s0+v-s1+v-s2``) are
+seeds of the variant ``v-ensemble``: several of them (other seeds each) get a mean row too.
 
 Writes the rows to ``benchmarks/results/<--results>.json`` (replacing ``--dataset``'s), with the command and
 the date, and prints them. The interval says how much the choice of test images alone moves a difference;
@@ -34,12 +35,17 @@ SEED = re.compile(r"^(?P<variant>.*?)-s(?P<seed>\d+)(?P<rest>/.*)?$")
 
 
 def variant_of(name: str) -> str | None:
-    """``dqn:qnet-win-s1/best_model`` -> ``qnet-win``; ``None`` for a name without a seed and for an ensemble
-    (``dqn-ensemble:qnet-win-s0+qnet-win-s1``, one policy of its own)."""
-    if "+" in name:
+    """``dqn:qnet-win-s1/best_model`` -> ``qnet-win``; an ensemble of one variant's seeds
+    (``dqn-ensemble:qnet-win-s0+qnet-win-s1``) -> ``qnet-win-ensemble``; ``None`` for a name without a seed
+    and for an ensemble of several variants."""
+    members = name.split(":", 1)[-1].split("+")
+    matches = [SEED.match(m) for m in members]
+    if not all(matches):
         return None
-    m = SEED.match(name.split(":", 1)[-1])
-    return m.group("variant") if m else None
+    variants = {m.group("variant") for m in matches}
+    if len(variants) > 1:
+        return None
+    return variants.pop() + ("-ensemble" if len(members) > 1 else "")
 
 
 def main(argv=None) -> int:

@@ -487,6 +487,23 @@ def test_agents_benchmark_evaluates_the_final_models_when_asked(monkeypatch, tmp
         mod.main([*common, "--model", "last"])
     assert "invalid choice" in capsys.readouterr().err
 
+    # --ensemble-size K: one ensemble per K consecutive seeds, each a seed of the ensemble variant
+    evaluated.clear()
+    four = [*common[:common.index("--seeds") + 1], "0", "1", "2", "3", "--budget", "0.45", "--out", str(tmp_path / "out4")]
+    assert mod.main([*four, "--ensemble", "--ensemble-size", "2"]) == 0
+    assert [p.count("+") for p in evaluated if "+" in p] == [1, 1]
+    rows = {r["policy"]: r for r in json.loads((tmp_path / "results" / "agents.json").read_text())}
+    first, second = rows["dqn-ensemble:qnet-win-s0+qnet-win-s1"], rows["dqn-ensemble:qnet-win-s2+qnet-win-s3"]
+    assert (first["variant"], first["seed"], first["seeds"]) == ("qnet-win-ensemble", 0, [0, 1])
+    assert (second["variant"], second["seed"], second["seeds"]) == ("qnet-win-ensemble", 1, [2, 3])
+    assert "| qnet-win-ensemble | 0.45 | 2 |" in capsys.readouterr().out  # two ensembles, one mean
+    for bad, message in ((["--ensemble", "--ensemble-size", "3"], "divide the 4 --seeds"),
+                         (["--ensemble", "--ensemble-size", "1"], "at least 2 seeds"),
+                         (["--ensemble-size", "2"], "needs --ensemble")):
+        with pytest.raises(SystemExit):
+            mod.main([*four, *bad])
+        assert message in capsys.readouterr().err
+
 
 def test_train_agents_passes_a_variants_dqn_items_as_hyperparameters(monkeypatch, tmp_path):
     from pathlib import Path
@@ -752,13 +769,16 @@ def test_ap_compare_benchmark_bootstraps_each_policy_against_the_rule(monkeypatc
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.variant_of("dqn:qnet-win-s1/best_model") == "qnet-win" and mod.variant_of("greedy") is None
+    assert mod.variant_of("dqn-ensemble:qnet-win-s0+qnet-win-s1") == "qnet-win-ensemble"
+    assert mod.variant_of("dqn-ensemble:qnet-win-s0+qnet-ap-s1") is None  # an ensemble of two variants is its own
 
     gt, good, poor = _bootstrap_world()
     gt_file = tmp_path / "gt.json"
     gt_file.write_text(json.dumps(gt.dataset))
     ev = tmp_path / "eval"
     (ev / "detections").mkdir(parents=True)
-    runs = {"greedy-entropy": poor, "dqn:a-s0/best_model": good, "dqn:a-s1/best_model": poor}
+    runs = {"greedy-entropy": poor, "dqn:a-s0/best_model": good, "dqn:a-s1/best_model": poor,
+            "dqn-ensemble:a-s2+a-s3": good, "dqn-ensemble:a-s4+a-s5": good}
     policies = []
     for name, dets in runs.items():
         f = f"detections/{name.replace(':', '_').replace('/', '_')}@0.45.json"
@@ -770,9 +790,11 @@ def test_ap_compare_benchmark_bootstraps_each_policy_against_the_rule(monkeypatc
     assert mod.main(["--eval", str(ev), "--dataset", "toy", "--resamples", "50"]) == 0
     rows = json.loads((tmp_path / "results" / "ap_compare.json").read_text())
     by = {r["policy"]: r for r in rows}
-    assert set(by) == {"dqn:a-s0/best_model", "dqn:a-s1/best_model", "a (mean of 2 seeds)"}
+    assert set(by) == {"dqn:a-s0/best_model", "dqn:a-s1/best_model", "a (mean of 2 seeds)", "dqn-ensemble:a-s2+a-s3",
+                       "dqn-ensemble:a-s4+a-s5", "a-ensemble (mean of 2 seeds)"}
     assert by["dqn:a-s0/best_model"]["ci_low"] > 0 and by["dqn:a-s1/best_model"]["diff"] == 0
     assert by["a (mean of 2 seeds)"]["diff"] == pytest.approx(by["dqn:a-s0/best_model"]["diff"] / 2)
+    assert by["a-ensemble (mean of 2 seeds)"]["diff"] == pytest.approx(by["dqn:a-s0/best_model"]["diff"])
     assert "a (mean of 2 seeds)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no 'greedy' run"):
         mod.main(["--eval", str(ev), "--dataset", "toy", "--baseline", "greedy"])
