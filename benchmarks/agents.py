@@ -70,6 +70,9 @@ VARIANTS = {
     # qnet-dqfd-term with each class's entropy and score mass per unit of cost as inputs (AP is a mean over classes)
     "qnet-dqfd-term-cls": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                           "window_extras:[density,classes],exhausted:terminate,dqn.demo_rule:greedy-entropy",
+    # qnet-dqfd-term with each window's centre as an input (oblique frames: far objects sit at the top, small)
+    "qnet-dqfd-term-pos": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
+                          "window_extras:[density,position],exhausted:terminate,dqn.demo_rule:greedy-entropy",
     "qnet-win-density-term": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                              "window_extras:[density],exhausted:terminate",  # the same without demonstrations
     # qnet-dqfd-term rewarded (and its checkpoint chosen) by the change of the cache's COCO AP, the test's metric

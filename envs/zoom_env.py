@@ -98,13 +98,16 @@ WINDOW_FEATURES = ("gain", "entropy", "scores", "small", "unzoomed", "cost", "co
                    "steps", "gain_left", "entropy_left", "stop")
 """Columns of the ``windows`` observation (:func:`window_features`)."""
 WINDOW_EXTRAS = {"density": ("gain_per_cost", "entropy_per_cost", "scores_per_cost", "small_per_cost"),
-                 "classes": ()}
+                 "classes": (), "position": ("center_x", "center_y")}
 """Optional column groups appended after :data:`WINDOW_FEATURES` (``window_extras``): ``density`` is each window's
 sums divided by its cost, so a rule that ranks windows by gain per pixel (``greedy``, ``greedy-entropy``) is one
 weight of the first layer instead of a ratio the MLP must approximate. ``classes`` is the entropy and the score
 mass per unit of cost of each class's coarse boxes (two columns per category of ``ZoomEnvConfig.classes``,
 named ``entropy_per_cost_c<id>`` and ``scores_per_cost_c<id>``): AP is a mean over classes, so a rare class's
-uncertain box is worth more than a common one's, and the class-blind columns cannot say which is which."""
+uncertain box is worth more than a common one's, and the class-blind columns cannot say which is which.
+``position`` is the window's centre as a fraction of the image's width and height (0 at the left and top edges):
+in oblique drone frames the top of the frame is far away, where objects are smallest and the coarse pass misses
+them without a trace, so where a window lies says what its coarse boxes cannot."""
 SMALL_PX = 32.0
 """``small`` context plane: coarse boxes whose side (sqrt of area, full-resolution pixels) is under this."""
 
@@ -372,6 +375,10 @@ def window_features(gain: GainMap, maps: Sequence[GainMap], boxes: np.ndarray, c
             class_sums = np.stack([m.window_sums(boxes) for m in per_class], axis=1)  # [K, 2C]
             out[:k, col:col + len(per_class)] = squash(class_sums / np.maximum(cost, 1e-6)[:, None])
             col += len(per_class)
+        elif name == "position":  # the window's centre, fractions of the image's width and height
+            out[:k, col] = (boxes[:, 0] + boxes[:, 2]) / (2.0 * gain.width)
+            out[:k, col + 1] = (boxes[:, 1] + boxes[:, 3]) / (2.0 * gain.height)
+            col += len(WINDOW_EXTRAS[name])
     return np.clip(out, -100, 100).astype(np.float32)
 
 

@@ -705,6 +705,22 @@ def test_class_columns_split_the_density_by_category_and_need_the_category_ids(t
         ZoomEnvConfig(state="entropy", window_features=True, window_extras=["classes"]).window_columns
 
 
+def test_position_columns_are_each_windows_centre_in_fractions_of_the_image(toy_cache):
+    """``window_extras: [position]`` appends the candidate window's centre over the image's width and height:
+    static (a zoom leaves it), 0 on the stop row."""
+    env = make(toy_cache, state="entropy", window_features=True, window_extras=["position", "density"]).unwrapped
+    c = {n: i for i, n in enumerate(env.config.window_columns)}
+    assert env.config.window_columns[-6:-4] == ("center_x", "center_y")
+    obs, _ = env.reset(options={"index": 1})
+    rec, k = env.records[1], len(env.candidates)
+    want = np.array([[(w.x0 + w.x1) / (2 * rec.width), (w.y0 + w.y1) / (2 * rec.height)] for w in env.candidates])
+    assert want.min() > 0 and want.max() < 1 and len(np.unique(want[:, 1])) > 1
+    for _ in range(2):
+        np.testing.assert_allclose(obs["windows"][:k, [c["center_x"], c["center_y"]]], want, atol=1e-6)
+        assert not obs["windows"][k, [c["center_x"], c["center_y"]]].any()
+        obs, *_ = env.step(4)
+
+
 def test_class_columns_read_the_category_ids_from_the_caches_detector(tiny_checkpoint, tmp_path):
     from tests.conftest import write_fake_cache
     from zoomdet.detector.detector import checkpoint_categories
@@ -727,7 +743,7 @@ def test_feature_qnet_learns_and_the_live_agent_builds_the_envs_windows(toy_cach
     from zoomdet.agents.train import TrainArgs, train_agent
     from zoomdet.zoom.engine import EpisodeState
 
-    kw = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density", "classes"],
+    kw = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density", "classes", "position"],
           "classes": [1, 2]}
     hp = {"learning_starts": 200, "exploration_fraction": 0.5, "target_update_interval": 100, "learning_rate": 2e-3,
           "buffer_size": 5000}

@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "planes from the coarse detections), stop_gain:0 (the agent alone decides when to stop), "
                          "window_features:true (the Q-net scores each window from what it holds, one MLP for all), "
                          "window_extras:[density] (each window's sums per unit of cost too), window_extras:[density,classes] "
-                         "(and each class's, the category ids read from the cache's detector; or classes:[1,2,...])")
+                         "(and each class's, the category ids read from the cache's detector; or classes:[1,2,...]), "
+                         "window_extras:[density,position] (and each window's centre, fractions of the image's size)")
     tr.add_argument("--eval-freq", type=int, default=5000, help="evaluate on --eval-cache every N steps (default 5000; <=0 off)")
     tr.add_argument("--eval-episodes", type=int, default=0, help="episodes per evaluation (default: one per cached image)")
     tr.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N steps (default off)")
