@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("doctor", help="print versions and device; fail clearly if torchvision's ops do not load")
+    sub.add_parser("doctor", help="print versions and device; fail clearly if torchvision's ops do not load; "
+                                  "warn where installed versions differ from a source checkout's constraints.txt")
 
     qs = sub.add_parser("quickstart", help="the whole pipeline on synthetic data: data, cache, R-net, agent, evaluation, replay",
                         description="Synthetic data -> embedded detector -> rollout cache -> R-net -> DQN agent -> "
