@@ -191,7 +191,9 @@ def main(argv=None) -> int:
     if args.ensemble:
         for variant in specs:
             models = [m for m, (v, _) in agents.items() if v == variant]
-            for g in range(0, len(models) if len(models) > 1 else 0, size):
+            if len(models) < 2:  # one seed: nothing to ensemble
+                continue
+            for g in range(0, len(models), size):
                 group = models[g:g + size]
                 policies.append("+".join(map(str, group)))
                 ensembles["dqn-ensemble:" + "+".join(m.parent.name for m in group)] = (

@@ -47,11 +47,11 @@ def pinned_versions(path: Path) -> dict[str, str]:
     return pins
 
 
-def version_mismatches(path: Path) -> list[tuple[str, str, Optional[str]]]:
-    """``(name, pinned, installed)`` for each pin of ``path`` the environment does not match, ``installed`` None
-    for a pinned package that is not installed."""
+def version_mismatches(pins: dict[str, str]) -> list[tuple[str, str, Optional[str]]]:
+    """``(name, pinned, installed)`` for each of ``pins`` (:func:`pinned_versions`) the environment does not match,
+    ``installed`` None for a pinned package that is not installed."""
     out = []
-    for name, pinned in pinned_versions(path).items():
+    for name, pinned in pins.items():
         try:
             installed: Optional[str] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -108,14 +108,15 @@ def run_doctor(verbose: bool = True, constraints: Optional[Path] = None) -> int:
         problems.append(f"embedded detector checkpoint missing: {ckpt}")
     pins = CONSTRAINTS if constraints is None else Path(constraints)
     if pins.is_file():
-        mismatches = version_mismatches(pins)
+        pinned = pinned_versions(pins)
+        mismatches = version_mismatches(pinned)
         if mismatches:
             shown = ", ".join(f"{n} {i or 'missing'} (pinned {p})" for n, p, i in mismatches[:8])
             more = f" and {len(mismatches) - 8} more" if len(mismatches) > 8 else ""
             print(f"WARNING: {len(mismatches)} installed versions differ from {pins}: {shown}{more}. "
                   "The README's numbers were measured with the pins; `make clean venv` installs them.", file=sys.stderr)
         else:
-            out(f"versions      all {len(pinned_versions(pins))} pins of {pins.name} installed")
+            out(f"versions      all {len(pinned)} pins of {pins.name} installed")
     if problems:
         for p in problems:
             print(f"ERROR: {p}", file=sys.stderr)
