@@ -573,6 +573,80 @@ def test_window_signal_benchmark_scores_states_against_the_oracles_first_pick(mo
     assert "R-net checkpoint not found" in capsys.readouterr().err
 
 
+def load_window_signal():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "window_signal.py"
+    spec = importlib.util.spec_from_file_location("bench_window_signal", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_window_signal_ridge_chooses_its_penalty_on_held_out_images():
+    mod = load_window_signal()
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(6, 3)) for _ in range(20)]
+    ys = [x @ np.array([2.0, -1.0, 0.0]) for x in xs]  # the label is a linear function of the features
+    pixels = [np.ones(6) for _ in xs]
+    predict, alpha = mod.fit_ridge(xs, ys, pixels)
+    assert alpha == 1.0  # the least penalty wins where the relation is exact
+    x = rng.normal(size=(6, 3))
+    assert np.corrcoef(predict(x), x @ np.array([2.0, -1.0, 0.0]))[0, 1] > 0.99
+    noise = [rng.normal(size=6) for _ in xs]  # labels unrelated to the features: the penalty goes up
+    assert mod.fit_ridge(xs, noise, pixels, alphas=(1e-3, 1e6))[1] == 1e6
+    with pytest.raises(ValueError, match="need at least 5"):
+        mod.fit_ridge(xs[:3], ys[:3], pixels[:3])
+
+
+def test_window_signal_fits_window_scorers_on_a_training_cache(synth_small, tiny_checkpoint, monkeypatch, tmp_path,
+                                                               capsys):
+    """fit:summaries and fit:dense (the coarse pass's FPN features pooled over each window) on a real cache."""
+    import zoomdet.eval.results as results
+    from zoomdet.detector.detector import Detector
+    from zoomdet.rnet.cache import RolloutCache, build_cache
+
+    mod = load_window_signal()
+    cache = build_cache(str(synth_small), tmp_path / "c", str(tiny_checkpoint), ZOOM, shard_size=2, workers=0,
+                        progress=False)
+    det = Detector.from_checkpoint(tiny_checkpoint)
+    rec = next(iter(RolloutCache(cache.root)))
+    images = mod.CacheImages(RolloutCache(cache.root))
+    f = mod.dense_window_features(det, images(rec.image_id), rec.windows[:rec.num_candidates], 0.5)
+    assert f.shape == (13, 2 * 4 * det.config.fpn_channels) and np.isfinite(f).all()
+    # mean and max of each level: the max is never below the mean
+    c = det.config.fpn_channels
+    assert all((f[:, (2 * lv + 1) * c:(2 * lv + 2) * c] >= f[:, 2 * lv * c:(2 * lv + 1) * c] - 1e-6).all()
+               for lv in range(4))
+
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    folds = []
+    real_fit = mod.fit_ridge
+    monkeypatch.setattr(mod, "fit_ridge", lambda xs, ys, px: folds.append(len(xs)) or real_fit(xs, ys, px, folds=2))
+    assert mod.main(["--cache", str(cache.root), "--fit-cache", str(cache.root), "--dense", "--dataset", "tiny"]) == 0
+    rows = {r["state"]: r for r in json.loads((tmp_path / "window_signal.json").read_text())}
+    n = rows["entropy"]["images"]  # the synthetic images with objects, fitted on and scored
+    assert set(rows) == {"entropy", "fit:summaries", "fit:dense", "fine-objects"} and folds == [n, n] and n >= 2
+    for s in ("fit:summaries", "fit:dense"):
+        assert rows[s]["fit_cache"] == str(cache.root) and rows[s]["ridge_alpha"] > 0 and rows[s]["images"] == n
+    out = capsys.readouterr().out  # the window's area, entropy and count, then 2 x 4 levels x 16 channels
+    assert f"fit:summaries: 3 features, {n} images" in out and f"fit:dense: 131 features, {n} images" in out
+
+    with pytest.raises(SystemExit):
+        mod.main(["--cache", str(cache.root), "--dense", "--dataset", "tiny"])
+    assert "--dense needs --fit-cache" in capsys.readouterr().err
+    other = write_fake_cache(tmp_path / "other", [toy_record(1, 0, np.random.default_rng(0))], zoom=ZOOM)
+    with pytest.raises(SystemExit):
+        mod.main(["--cache", str(cache.root), "--fit-cache", str(other), "--dataset", "tiny"])
+    assert "another detector or zoom settings" in capsys.readouterr().err
+    manifest = json.loads((cache.root / "manifest.json").read_text())
+    __import__("shutil").copytree(cache.root, tmp_path / "aug")
+    (tmp_path / "aug" / "manifest.json").write_text(json.dumps({**manifest, "augment": ["identity", "hflip"]}))
+    with pytest.raises(ValueError, match="augmented views"):
+        mod.CacheImages(RolloutCache(tmp_path / "aug"))
+
+
 def test_cache_policies_benchmark_rolls_the_rules_out_on_a_cache(monkeypatch, tmp_path, capsys):
     import importlib.util
     from pathlib import Path
