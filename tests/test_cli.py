@@ -235,3 +235,47 @@ def test_eval_config_detector_settings_reach_the_detector_and_unknown_fields_are
     code = main(["evaluate", "--data", "x.json", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path),
                  "--policy", "coarse", "--set", "detector_settings.widths=[1,2]"])
     assert code == 2
+
+
+def test_every_example_in_the_help_parses():
+    """The examples under ``zoomdet --help`` are commands the parser accepts, one per line or continued by a
+    backslash (a stray line continuation in the source would run two examples together)."""
+    import shlex
+
+    from zoomdet.cli import EPILOG, build_parser
+
+    lines = EPILOG.splitlines()[1:]
+    commands, current = [], ""
+    for line in lines:
+        current += " " + line.split("#", 1)[0].strip()
+        if current.rstrip().endswith("\\"):
+            current = current.rstrip()[:-1]
+            continue
+        commands.append(current.strip())
+        current = ""
+    assert len(commands) >= 15 and all(c.startswith("zoomdet ") for c in commands)
+    assert all(c.count("zoomdet ") == 1 for c in commands)
+    parser = build_parser()
+    for c in commands:
+        args = parser.parse_args(shlex.split(c)[1:])
+        assert args.command == shlex.split(c)[1]
+
+
+def test_help_pages_keep_to_a_terminal_width(monkeypatch):
+    """Every help page, subcommands' too, fits 130 columns: the raw-formatted description and examples are not
+    wrapped by argparse, so a lost line break shows as one long line."""
+    import argparse
+
+    from zoomdet.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "100")
+    pages, todo = {}, [("zoomdet", build_parser())]
+    while todo:
+        name, parser = todo.pop()
+        pages[name] = parser.format_help()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{name} {n}", p) for n, p in action.choices.items()]
+    assert {"zoomdet", "zoomdet train", "zoomdet cache build", "zoomdet serve"} <= set(pages)
+    too_long = [(name, line) for name, page in pages.items() for line in page.splitlines() if len(line) > 130]
+    assert not too_long

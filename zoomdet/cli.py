@@ -23,14 +23,14 @@ EPILOG = """examples:
   zoomdet evaluate --config configs/eval/synth.yaml --data data/synth-val/annotations.json \\
       --policy coarse --policy fine --policy sahi --policy random --policy oracle --out runs/eval/synth
   zoomdet cache build --config configs/eval/synth.yaml --data data/synth-train/annotations.json --out runs/cache/train
-  zoomdet cache build --config configs/eval/airbus.yaml --data ../shared/data/airbus-aircraft/train.json \
+  zoomdet cache build --config configs/eval/airbus.yaml --data ../shared/data/airbus-aircraft/train.json \\
       --fine composed --out runs/cache/airbus-train      # one tiled full-resolution pass per image, ~7x cheaper
-  zoomdet detector eval --checkpoint zoomdet/assets/tiny_airbus.pt --data ../shared/data/airbus-aircraft/test.json \
+  zoomdet detector eval --checkpoint zoomdet/assets/tiny_airbus.pt --data ../shared/data/airbus-aircraft/test.json \\
       --scales 1.0 0.5 0.25                              # the coarse-vs-fine gap by object size
   zoomdet rnet train --cache runs/cache/train --val-cache runs/cache/val --out runs/rnet/rnet.pt
-  zoomdet train --algo dqn --env ZoomDet-v0 --cache runs/cache/train --eval-cache runs/cache/val \
+  zoomdet train --algo dqn --env ZoomDet-v0 --cache runs/cache/train --eval-cache runs/cache/val \\
       --env-kwargs rnet:runs/rnet/rnet.pt lam:5 -n 20000 --seed 0
-  zoomdet evaluate --config configs/eval/synth.yaml --data data/synth-val/annotations.json \
+  zoomdet evaluate --config configs/eval/synth.yaml --data data/synth-val/annotations.json \\
       --policy fine --policy greedy --policy logs/dqn/ZoomDet-v0_1/best_model.zip --rnet runs/rnet/rnet.pt --out runs/eval/agent
   zoomdet replay --policy logs/dqn/ZoomDet-v0_1/best_model.zip --data data/synth-val/annotations.json --out runs/replay
   zoomdet serve --config serving/config.yaml --port 8000
@@ -83,7 +83,7 @@ def _detector_overrides(args) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zoomdet",
-        description="ZoomDet: coarse-to-fine object detection for high-resolution imagery "
+        description="ZoomDet: coarse-to-fine object detection for high-resolution imagery\n"
                     "(detect on a downsampled image, zoom into the regions where it pays).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
