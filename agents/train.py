@@ -125,6 +125,8 @@ def train_agent(args: TrainArgs) -> Path:
         raise ValueError(f"unknown algo {args.algo!r}; choose from {', '.join(ALGOS)}")
     if args.env != ENV_ID:
         raise ValueError(f"unknown env {args.env!r}; ZoomDet provides {ENV_ID}")
+    if args.n_timesteps == 0 or args.n_timesteps < -1:
+        raise ValueError(f"-n/--n-timesteps must be >= 1 (or -1: the config file's), got {args.n_timesteps}")
     hp = load_hyperparams(args)
     n_timesteps = int(args.n_timesteps if args.n_timesteps > 0 else hp.pop("n_timesteps", 20000))
     hp.pop("n_timesteps", None)
@@ -147,7 +149,6 @@ def train_agent(args: TrainArgs) -> Path:
         except ValueError as e:
             raise ValueError(f"demo_rule {demo.rule}: {e}") from None
     vec = DummyVecEnv([lambda: train_env])
-    run = next_run_dir(args.log_folder, args.algo, args.env)
     algo_cls = algorithm_class(args.algo)
 
     if args.algo == "dqn":
@@ -174,8 +175,12 @@ def train_agent(args: TrainArgs) -> Path:
             model.load_replay_buffer(str(buf))
         print(f"resuming {path} at {model.num_timesteps} steps" + (f" with replay buffer {buf.name}" if buf else ""))
     else:
-        model = algo_cls(policy, vec, seed=args.seed, verbose=args.verbose, tensorboard_log=args.tensorboard_log,
-                         policy_kwargs=policy_kwargs, device="cpu", **hp)
+        try:
+            model = algo_cls(policy, vec, seed=args.seed, verbose=args.verbose, tensorboard_log=args.tensorboard_log,
+                             policy_kwargs=policy_kwargs, device="cpu", **hp)
+        except (AssertionError, TypeError, ValueError) as e:  # SB3 checks its arguments with asserts
+            raise ValueError(f"{args.algo} refused its options (the config file's and --hyperparams): {e}") from None
+    run = next_run_dir(args.log_folder, args.algo, args.env)  # made once the model is built: no empty run folders
 
     info = {"algo": args.algo, "env_id": args.env, "env_config": asdict(base_env.config),
             "cache": str(Path(args.cache).resolve()), "detector_id": base_env.cache.detector_id,

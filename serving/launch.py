@@ -43,7 +43,13 @@ def resolve_config(path: str | Path, host: Optional[str] = None, port: Optional[
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"serve config not found: {path} (the CPU one is serving/config.yaml)")
-    cfg = yaml.safe_load(path.read_text()) or {}
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: a Serve config is a mapping (http_options, applications), not a "
+                         f"{type(cfg).__name__}")
     http = cfg.setdefault("http_options", {})
     if host:
         http["host"] = host

@@ -54,6 +54,10 @@ def test_bad_cli_input_gives_clear_errors(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("train:\n  lr_typo: 1\n")
     assert main(["detector", "train", "--config", str(tmp_path / "c.yaml")]) == 2
     assert "unknown option(s) train.lr_typo" in capsys.readouterr().err
+    # a value a section refuses is named by its section
+    assert main(["evaluate", "--config", "configs/eval/synth.yaml", "--data", str(tmp_path / "none.json"), "--policy",
+                 "coarse", "--out", str(tmp_path / "o"), "--set", "zoom.coarse_scale=7"]) == 2
+    assert "zoomdet evaluate: error: zoom: scales must be in (0, 1]" in capsys.readouterr().err
 
 
 def test_evaluate_writes_report_and_resumes(tmp_path, synth_small, tiny_checkpoint, capsys):
@@ -169,6 +173,12 @@ def test_serve_and_query_bad_input_give_clear_errors(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("applications:\n  - name: x\n    import_path_typo: a.b\n")
     assert main(["serve", "--config", str(tmp_path / "bad.yaml")]) == 2
     assert "not a valid Ray Serve config" in capsys.readouterr().err
+    (tmp_path / "text.yaml").write_text("just a line of text\n")  # YAML, but not a mapping; then not YAML
+    assert main(["serve", "--config", str(tmp_path / "text.yaml")]) == 2
+    assert "a Serve config is a mapping" in capsys.readouterr().err
+    (tmp_path / "broken.yaml").write_text("applications: [1\n")
+    assert main(["serve", "--config", str(tmp_path / "broken.yaml")]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
     assert main(["serve", "--config", "serving/config.yaml", "--port", "70000"]) == 2
     assert "port must be" in capsys.readouterr().err
     assert main(["query", str(tmp_path / "missing.jpg")]) == 2

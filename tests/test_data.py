@@ -83,6 +83,12 @@ def test_bad_inputs_name_file_and_id(tmp_path):
         CocoDataset(_write(tmp_path, missing, []))
     with pytest.raises(DatasetError, match="annotation file not found"):
         CocoDataset(tmp_path / "nope.json")
+    (tmp_path / "nocats.json").write_text(json.dumps({"images": [], "annotations": []}))  # valid JSON, no classes
+    with pytest.raises(DatasetError, match=r"nocats.json: not a COCO detection file \(missing: categories\)"):
+        CocoDataset(tmp_path / "nocats.json")
+    (tmp_path / "empty.json").write_text("{}")
+    with pytest.raises(DatasetError, match=r"missing: images, annotations, categories"):
+        CocoDataset(tmp_path / "empty.json")
 
 
 def test_image_modes_are_read_as_rgb_in_unit_range(tmp_path):

@@ -87,6 +87,12 @@ def test_bad_checkpoint_and_model_name(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not a ZoomDet detector checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")  # not a torch file at all, and one cut short
+    with pytest.raises(ValueError, match=r"text.pt is not a ZoomDet detector checkpoint \(torch.load failed"):
+        load_checkpoint(tmp_path / "text.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "bad.pt").read_bytes()[:100])
+    with pytest.raises(ValueError, match="cut.pt is not a ZoomDet detector checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
     with pytest.raises(ValueError, match="unknown model name"):
         build_model(ModelConfig(name="yolo"))
 

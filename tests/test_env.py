@@ -309,6 +309,12 @@ def test_train_cli_refuses_bad_input(toy_cache, tmp_path, capsys):
     assert "extra_channels must be" in capsys.readouterr().err
     assert main(base + ["--hyperparams", "learning_rate"]) == 2
     assert "expected key:value" in capsys.readouterr().err
+    # values SB3 itself refuses (with an assert) are reported, and no run folder is left behind
+    assert main(base + ["--env-kwargs", "state:entropy", "--hyperparams", "learning_rate:abc"]) == 2
+    assert "dqn refused its options" in capsys.readouterr().err and not (tmp_path / "dqn").exists()
+    for n in ("0", "-5"):
+        assert main(base[:-1] + [n, "--env-kwargs", "state:entropy"]) == 2
+        assert "--n-timesteps must be >= 1" in capsys.readouterr().err
     assert main(base + ["--trained-agent", str(tmp_path / "none.zip"), "--env-kwargs", "state:entropy"]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["train", "--cache", str(tmp_path / "nocache"), "-f", str(tmp_path), "--env-kwargs", "state:entropy"]) == 2

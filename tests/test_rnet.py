@@ -102,6 +102,10 @@ def test_window_cover_is_the_share_of_each_box_the_gain_map_puts_in_a_window():
     assert window_cover(torch.zeros(0, 4), windows).shape == (3, 0)
     with pytest.raises(ValueError, match="target must be one of gain, ap"):
         RNetConfig(target="map")
+    for bad in ({"epochs": -1}, {"hidden": 0}, {"lr": 0.0}, {"weight_decay": -1e-4}, {"val_fraction": 1.0},
+                {"drop_ios": 0.0}, {"fine_only_iou": 1.5}):
+        with pytest.raises(ValueError, match="must be"):
+            RNetConfig(**bad)
 
 
 def ap_toy_records(n, seed=0):

@@ -52,7 +52,7 @@ def from_dict(cls: type[T], data: Optional[dict], where: str = "") -> T:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where or cls.__name__}: {e}") from e
+        raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {e}") from e
 
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")

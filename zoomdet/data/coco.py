@@ -120,6 +120,9 @@ class CocoDataset:
                 self.coco = COCO(str(self.ann_file))
             except Exception as e:  # malformed json or missing keys
                 raise DatasetError(f"{self.ann_file}: not a COCO detection file ({e})") from e
+        missing = [k for k in ("images", "annotations", "categories") if k not in self.coco.dataset]
+        if missing:
+            raise DatasetError(f"{self.ann_file}: not a COCO detection file (missing: {', '.join(missing)})")
         self.image_ids: list[int] = sorted(self.coco.getImgIds())
         if image_root is None:
             image_root = self._guess_image_root()

@@ -339,7 +339,10 @@ def _read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"detector checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file (UnpicklingError, RuntimeError), truncated (EOFError, OSError), ...
+        raise ValueError(f"{path} is not a ZoomDet detector checkpoint (torch.load failed: {type(e).__name__})") from e
 
 
 def default_checkpoint() -> Path:

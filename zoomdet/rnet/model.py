@@ -80,6 +80,15 @@ class RNetConfig:
     def __post_init__(self) -> None:
         if self.target not in RNET_TARGETS:
             raise ValueError(f"R-net target must be one of {', '.join(RNET_TARGETS)}, got {self.target!r}")
+        if self.hidden < 1 or self.epochs < 1:
+            raise ValueError(f"hidden and epochs must be >= 1, got {self.hidden} and {self.epochs}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr} and {self.weight_decay}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 < self.drop_ios <= 1 or not 0 <= self.fine_only_iou <= 1:
+            raise ValueError(f"drop_ios must be in (0, 1] and fine_only_iou in [0, 1], got {self.drop_ios} and "
+                             f"{self.fine_only_iou}")
 
 
 def rnet_inputs(det: Detections, extra: bool = True) -> Tensor:
