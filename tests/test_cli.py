@@ -58,6 +58,15 @@ def test_bad_cli_input_gives_clear_errors(tmp_path, capsys):
     assert main(["evaluate", "--config", "configs/eval/synth.yaml", "--data", str(tmp_path / "none.json"), "--policy",
                  "coarse", "--out", str(tmp_path / "o"), "--set", "zoom.coarse_scale=7"]) == 2
     assert "zoomdet evaluate: error: zoom: scales must be in (0, 1]" in capsys.readouterr().err
+    # the detector's training options are checked before any data is read
+    for item, message in [("train.batch_size=0", "batch_size must be >= 1, got 0"),
+                          ("train.images=-4", "images must be >= 0, got -4"),
+                          ("train.scales=[]", "scales must be a non-empty list"),
+                          ("train.val_scales=[0.5, 9]", "val_scales must be a non-empty list"),
+                          ("train.object_centred=2", "object_centred is a fraction"),
+                          ("train.lr=-1", "lr must be > 0")]:
+        assert main(["detector", "train", "--set", item, "--set", f"train.data={tmp_path / 'none.json'}"]) == 2
+        assert f"zoomdet detector: error: train: {message}" in capsys.readouterr().err
 
 
 def test_evaluate_writes_report_and_resumes(tmp_path, synth_small, tiny_checkpoint, capsys):

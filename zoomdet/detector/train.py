@@ -78,6 +78,24 @@ class TrainConfig:
     """Whole-image scales evaluated at the end."""
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        counts = {"images": self.images, "warmup_iters": self.warmup_iters, "val_images": self.val_images}
+        positive = {"crop_size": self.crop_size, "batch_size": self.batch_size, "max_iters": self.max_iters,
+                    "checkpoint_every": self.checkpoint_every}
+        bad = ([f"{k} must be >= 0, got {v}" for k, v in counts.items() if v < 0]
+               + [f"{k} must be >= 1, got {v}" for k, v in positive.items() if v < 1])
+        if bad:
+            raise ValueError("; ".join(bad))
+        for name in ("scales", "val_scales"):
+            values = getattr(self, name)
+            if not values or not all(isinstance(s, (int, float)) and 0 < s <= 4 for s in values):
+                raise ValueError(f"{name} must be a non-empty list of scales in (0, 4], got {values!r}")
+        if not 0 <= self.object_centred <= 1:
+            raise ValueError(f"object_centred is a fraction of the crops, in [0, 1]; got {self.object_centred}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.max_minutes < 0:
+            raise ValueError(f"lr must be > 0, weight_decay and max_minutes >= 0; got {self.lr}, {self.weight_decay} "
+                             f"and {self.max_minutes}")
+
 
 @dataclass
 class DetectorTrainConfig:
