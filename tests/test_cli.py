@@ -58,6 +58,13 @@ def test_bad_cli_input_gives_clear_errors(tmp_path, capsys):
     assert main(["evaluate", "--config", "configs/eval/synth.yaml", "--data", str(tmp_path / "none.json"), "--policy",
                  "coarse", "--out", str(tmp_path / "o"), "--set", "zoom.coarse_scale=7"]) == 2
     assert "zoomdet evaluate: error: zoom: scales must be in (0, 1]" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")  # a file where the output folder should be
+    assert main(["data", "synth", "--out", str(tmp_path / "afile"), "--images", "1", "--size", "64x64"]) == 2
+    assert "zoomdet data: error: [Errno 20] Not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a negative sample size is refused by the parser
+        main(["evaluate", "--config", "configs/eval/synth.yaml", "--data", "x.json", "--policy", "coarse", "--out",
+              str(tmp_path / "o"), "--images", "-3"])
+    assert "argument --images: must be >= 0, got -3" in capsys.readouterr().err
     # the detector's training options are checked before any data is read
     for item, message in [("train.batch_size=0", "batch_size must be >= 1, got 0"),
                           ("train.images=-4", "images must be >= 0, got -4"),

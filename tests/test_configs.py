@@ -48,3 +48,30 @@ def test_exponent_floats_without_a_dot_are_numbers_everywhere_a_user_types_them(
     (tmp_path / "dqn.yml").write_text("ZoomDet-v0:\n  learning_rate: 1e-4\n  policy: ZoomDQNPolicy\n")
     hp = load_hyperparams(TrainArgs(conf_file=str(tmp_path / "dqn.yml")))
     assert hp["learning_rate"] == pytest.approx(1e-4) and hp["policy"] == "ZoomDQNPolicy"
+
+
+def test_config_values_of_the_wrong_type_are_refused_with_their_field_named():
+    """``--set seed=abc`` used to reach the evaluator and fail there with a TypeError."""
+    from zoomdet.config import ConfigError, from_dict, type_problem
+
+    assert type_problem(int, 3) is None and type_problem(int, True) == "an integer" and type_problem(int, 2.5)
+    assert type_problem(float, 3) is None and type_problem(float, "x") == "a number"
+    assert type_problem(bool, 1) == "true or false" and type_problem(str, 1) == "a string"
+    from typing import Optional
+
+    assert type_problem(Optional[str], None) is None and type_problem(Optional[float], "x") == "a number or null"
+    assert type_problem(list[float], [1, 2.5]) is None and type_problem(list[bool], [1]) == "a list of booleans"
+    assert type_problem(list[int], 3) == "a list" and type_problem(dict, []) == "a mapping"
+    for data, message in [({"seed": "abc"}, "seed must be an integer, got 'abc'"),
+                          ({"zoom": {"coarse_scale": "half"}}, "zoom.coarse_scale must be a number"),
+                          ({"zoom": {"windows": {"grids": ["a"]}}}, "zoom.windows.grids must be a list of integers"),
+                          ({"detector_settings": 3}, "detector_settings must be a mapping"),
+                          ({"checkpoint": 5}, "checkpoint must be a string or null")]:
+        with pytest.raises(ConfigError, match=message):
+            from_dict(EvalConfig, data)
+    for data, message in [({"batch_size": 0}, "batch_size and proposal_min must be >= 1"),
+                          ({"images": -1}, "images >= 0"), ({"budgets": [0.5, -1]}, "budgets are pixel ratios > 0")]:
+        with pytest.raises(ConfigError, match=message):
+            from_dict(EvalConfig, data)
+    cfg = from_dict(EvalConfig, {"seed": 3, "proposal_density": 3500, "checkpoint": None})  # an int is a number
+    assert cfg.seed == 3 and cfg.proposal_density == 3500

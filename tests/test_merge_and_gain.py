@@ -152,7 +152,12 @@ def test_fuse_merge_fuses_the_scales_inside_a_window_and_keeps_the_coarse_pass_o
     replaced = merge_zoom(coarse, [fine], [win], 200, 200)
     assert [12.0, 10.0, 32.0, 30.0] in replaced.detections.boxes.tolist()  # the paper's rule keeps the fine box
     with pytest.raises(ValueError, match="replace or fuse"):
-        merge_zoom(coarse, [fine], [win], 200, 200, MergeConfig(method="vote"))
+        MergeConfig(method="vote")  # refused when the config is built, before any image is read
+    for bad in ({"nms_iou": 3.0}, {"drop_ios": 0.0}, {"fuse_iou": -0.1}):
+        with pytest.raises(ValueError, match="overlaps are fractions in"):
+            MergeConfig(**bad)
+    with pytest.raises(ValueError, match="border_px must be >= 0 and coarse_min_px > 0"):
+        MergeConfig(coarse_min_px=0.0)
 
 
 def test_scale_fusion_benchmark_refuses_a_bad_pair():

@@ -48,6 +48,13 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _count(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
 def _positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -63,7 +70,7 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None, example: s
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
     """Flags that override the detector part of an EvalConfig (evaluate, cache build)."""
-    p.add_argument("--images", type=int, help="N images, a sample drawn with the config's seed (default: config, 0 = all)")
+    p.add_argument("--images", type=_count, help="N images, a sample drawn with the config's seed (default: config, 0 = all)")
     p.add_argument("--image-root", help="folder the COCO file_name entries are relative to "
                                         "(default: <json dir>/images or the json's dir, whichever holds the files)")
     p.add_argument("--checkpoint", help="detector checkpoint (default: config, then the embedded one)")
@@ -122,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev_det.add_argument("--checkpoint", help="detector checkpoint (default: the embedded one)")
     ev_det.add_argument("--data", required=True, help="COCO annotation json")
     ev_det.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5], help="resize factors (default 1.0 0.5)")
-    ev_det.add_argument("--images", type=int, default=0, help="N images, a seeded sample (0 = all)")
+    ev_det.add_argument("--images", type=_count, default=0, help="N images, a seeded sample (0 = all)")
     ev_det.add_argument("--image-root", help="image folder (default: guessed beside the json)")
     ev_det.add_argument("--out", help="also write the report to this JSON file")
     ev_det.add_argument("--device", default="cpu")
@@ -520,8 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown command {args.command}")
     try:
         return commands[args.command](args)
-    except (ConfigError, DatasetError, FileNotFoundError, ValueError) as e:
-        print(f"zoomdet {args.command}: error: {e}", file=sys.stderr)
+    except (ConfigError, DatasetError, OSError, ValueError) as e:  # OSError: a missing file, a file where a folder
+        print(f"zoomdet {args.command}: error: {e}", file=sys.stderr)  # should be, no permission, a full disk
         return 2
 
 

@@ -31,6 +31,38 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+_SCALARS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_PLURALS = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
+
+
+def type_problem(tp: Any, value: Any) -> Optional[str]:
+    """What ``value`` is not, for a field annotated ``tp`` (``None`` when it fits). Checked: ``int``, ``float``
+    (an integer is a number), ``bool``, ``str``, ``Optional`` of these, ``list`` of them and ``dict``; other
+    annotations are left to the dataclass."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        if value is None or len(rest) != 1:
+            return None
+        problem = type_problem(rest[0], value)
+        return None if problem is None else f"{problem} or null"
+    if tp in _SCALARS:
+        ok = (isinstance(value, bool) if tp is bool
+              else isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float
+              else isinstance(value, int) and not isinstance(value, bool) if tp is int
+              else isinstance(value, str))
+        return None if ok else _SCALARS[tp]
+    if origin is list:
+        if not isinstance(value, list):
+            return "a list"
+        if args and args[0] in _SCALARS and any(type_problem(args[0], v) for v in value):
+            return f"a list of {_PLURALS[args[0]]}"
+        return None
+    if tp is dict or origin is dict:
+        return None if isinstance(value, dict) else "a mapping"
+    return None
+
+
 def from_dict(cls: type[T], data: Optional[dict], where: str = "") -> T:
     """Build dataclass ``cls`` from a (nested) dict; unknown keys are an error."""
     data = dict(data or {})
@@ -48,6 +80,10 @@ def from_dict(cls: type[T], data: Optional[dict], where: str = "") -> T:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}{name} must be a mapping, got {value!r}")
             value = from_dict(tp, value, where=f"{where}{name}.")
+        else:
+            problem = type_problem(tp, value)
+            if problem:
+                raise ConfigError(f"{where}{name} must be {problem}, got {value!r}")
         kwargs[name] = value
     try:
         return cls(**kwargs)

@@ -82,6 +82,11 @@ class EvalConfig:
     policies: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.proposal_min < 1 or self.images < 0:
+            raise ValueError(f"batch_size and proposal_min must be >= 1 and images >= 0, got {self.batch_size}, "
+                             f"{self.proposal_min} and {self.images}")
+        if not all(isinstance(b, (int, float)) and b > 0 for b in self.budgets):
+            raise ValueError(f"budgets are pixel ratios > 0, got {self.budgets!r}")
         if self.image_dtype not in ("uint8", "float32"):
             raise ValueError(f"image_dtype must be uint8 or float32, got {self.image_dtype!r}")
         from zoomdet.detector.models import check_inference_settings

@@ -65,6 +65,17 @@ class MergeConfig:
     replace every coarse box inside them. For detectors that are better on large objects at the coarse
     scale than at full resolution (``zoomdet detector eval --scales`` shows it, by size)."""
 
+    def __post_init__(self) -> None:
+        if self.method not in ("replace", "fuse"):
+            raise ValueError(f"merge method must be replace or fuse, got {self.method!r}")
+        fractions = {"drop_ios": self.drop_ios, "nms_iou": self.nms_iou, "fuse_iou": self.fuse_iou}
+        bad = [f"{k} = {v}" for k, v in fractions.items() if not 0 < v <= 1]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: overlaps are fractions in (0, 1]")
+        if self.border_px < 0 or (self.coarse_min_px is not None and not self.coarse_min_px > 0):
+            raise ValueError(f"border_px must be >= 0 and coarse_min_px > 0 (or null), got {self.border_px} and "
+                             f"{self.coarse_min_px}")
+
 
 def fuse_boxes(det: Detections, iou: float = 0.55) -> tuple[Detections, Tensor]:
     """Fuse overlapping same-class boxes: the coordinates of each cluster averaged, weighted by score.
@@ -158,8 +169,6 @@ def merge_zoom(coarse: Detections, fine: Sequence[Detections], windows: Sequence
         with per-box stage and region. Inputs are not modified.
     """
     cfg = cfg or MergeConfig()
-    if cfg.method not in ("replace", "fuse"):
-        raise ValueError(f"merge method must be replace or fuse, got {cfg.method!r}")
     if len(fine) != len(windows):
         raise ValueError(f"{len(fine)} fine results for {len(windows)} windows")
     keep_coarse = torch.ones(len(coarse), dtype=torch.bool)
