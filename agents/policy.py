@@ -115,7 +115,11 @@ class AgentPolicy:
             raise ValueError(f"agent {path} was trained on a cache of detector "
                              f"{trained_on or info.get('detector_checkpoint_id')}, not {detector_id} (other weights or "
                              f"model settings); train it on a cache of this detector")
-        model = algorithm_class(algo).load(str(path), device="cpu")
+        try:
+            model = algorithm_class(algo).load(str(path), device="cpu")
+        except (AssertionError, ValueError, KeyError, OSError) as e:  # SB3 asserts on a zip without its data
+            why = str(e).removeprefix("Error: ") or type(e).__name__
+            raise ValueError(f"agent {path} is not a {algo} model that loads ({why})") from e
         run = path.parent.name if path.parent.name != "checkpoints" else path.parent.parent.name
         return cls(model, algo, cfg, gain_model_for(cfg, detector_id), name or f"{algo}:{run}/{path.stem}")
 

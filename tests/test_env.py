@@ -278,6 +278,13 @@ def test_maskable_ppo_trains_and_runs_live_through_the_engine(toy_cache, tmp_pat
     with pytest.raises(ValueError, match="trained on a cache of detector fake"):
         make_policy(str(model_path), detector_id="stub")
     assert AgentPolicy.from_path(model_path, detector_id="fake").name.startswith("ppo_mask:")
+    import zipfile  # beside the run's zoomdet.json, files that are no model: text, a zip without SB3's data
+    (run / "text.zip").write_text("not a model")
+    with zipfile.ZipFile(run / "other.zip", "w") as z:
+        z.writestr("x.txt", "hi")
+    for bad in ("text.zip", "other.zip"):
+        with pytest.raises(ValueError, match=f"agent .*{bad} is not a ppo_mask model that loads"):
+            AgentPolicy.from_path(run / bad)
     with pytest.raises(ValueError, match="only dqn models can be joined"):  # no Q-values to average
         AgentPolicy.from_paths([model_path, model_path])
     # an agent from before detector ids (the weights' digest only) is refused by every live detector
