@@ -30,7 +30,6 @@ import argparse
 import datetime as _dt
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,7 @@ def _setting(text: str) -> tuple[int, float, float]:
         size, overlap, conf = text.split(":")
         return int(size), float(overlap), float(conf)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"setting must look like 512:0.2:0.05 (slice px : overlap : confidence), got {text!r}")
+        raise argparse.ArgumentTypeError(f"setting must look like 512:0.2:0.05 (slice px : overlap : confidence), got {text!r}") from None
 
 
 def main(argv=None) -> int:

@@ -50,7 +50,6 @@ def main(argv=None) -> int:
     ap.add_argument("--fuse-iou", type=float, default=0.55, help="IoU at which boxes join a cluster (default 0.55)")
     args = ap.parse_args(argv)
 
-    import torch
     from torchvision.ops import batched_nms
     from tqdm import tqdm
 

@@ -617,7 +617,6 @@ def _server_rss_mb(proc) -> float:
 def test_a_big_image_under_the_cap_finishes_with_bounded_memory_beside_a_small_request(http_server):
     """A 4000x4000 PNG of ~50 kB (16 Mpx, under the cap): the fine pass runs in bounded tiles."""
     import threading
-    import time
 
     import requests
     from PIL import Image as PILImage

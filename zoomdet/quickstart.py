@@ -138,7 +138,7 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     print(f"[quickstart] done in {summary['total_seconds'] / 60:.1f} min; everything is under {out}/")
     print(f"  report:    {out / 'eval' / 'report.md'}   plot: {out / 'eval' / 'pareto.png'}")
     print(f"  episodes:  {replay_dir}/episode_*.json and .gif")
-    print(f"  notebooks: jupyter lab notebooks/replay_episode.ipynb notebooks/compare_policies.ipynb")
+    print("  notebooks: jupyter lab notebooks/replay_episode.ipynb notebooks/compare_policies.ipynb")
     print(f"  service:   set rnet: {rnet.resolve()} and agent: {Path(agent).resolve()} in serving/config.yaml, then")
     print("             zoomdet serve --config serving/config.yaml   and   zoomdet query IMAGE --out annotated.png")
     return summary

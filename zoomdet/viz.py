@@ -70,7 +70,7 @@ def draw_windows(ax, windows: Sequence[Sequence[float]], proposed: Optional[Sequ
     """Draw zoom windows (xyxy pixels), numbered from ``start``; ``proposed`` (before refinement) dashed grey."""
     from matplotlib.patches import Rectangle
 
-    for i, (x0, y0, x1, y1) in enumerate(proposed or []):
+    for x0, y0, x1, y1 in proposed or []:
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="0.6", linestyle="--", linewidth=1.0))
     for i, (x0, y0, x1, y1) in enumerate(windows):
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=2.0))
