@@ -238,7 +238,8 @@ def test_detector_eval_runs_a_checkpoint_with_other_inference_settings_and_refus
     assert main(base + ["--set", "rpn_pre_nms_top_n=2000", "--set", "rpn_score_thresh=0", "--out", str(out)]) == 0
     rep = json.loads(out.read_text())
     assert rep["settings"] == {"rpn_pre_nms_top_n": 2000, "rpn_score_thresh": 0} and rep["images"] == 2
-    capsys.readouterr()
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == rep and "scale 0.5: AP" in printed.err  # stdout is the report alone
     for bad, said in [("fpn_channels=8", "not an inference setting"), ("rpn_score_thresh=1.5", "rpn_score_thresh"),
                       ("rpn_pre_nms_top_n", "FIELD=NUMBER"), ("rpn_pre_nms_top_n=many", "FIELD=NUMBER"),
                       ("score_thresh=true", "FIELD=NUMBER")]:

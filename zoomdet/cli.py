@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev_det.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5], help="resize factors (default 1.0 0.5)")
     ev_det.add_argument("--images", type=_count, default=0, help="N images, a seeded sample (0 = all)")
     ev_det.add_argument("--image-root", help="image folder (default: guessed beside the json)")
-    ev_det.add_argument("--out", help="also write the report to this JSON file")
+    ev_det.add_argument("--out", help="also write the report to this JSON file (it is printed to stdout as JSON, "
+                                      "with one summary line per scale on stderr)")
     ev_det.add_argument("--device", default="cpu")
     ev_det.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
                         help="run the checkpoint with another inference setting of its model config, e.g. "
@@ -343,10 +344,10 @@ def _cmd_detector(args) -> int:
         return 2
     rep = evaluate_scales(det, CocoDataset(args.data, image_root=args.image_root), args.scales, args.images)
     rep["settings"] = settings
-    print(json.dumps(rep, indent=2))
+    print(json.dumps(rep, indent=2))  # stdout holds the report alone, so `> eval.json` is valid JSON
     for s, m in rep["scales"].items():
         print(f"scale {s}: AP {m['ap']:.3f}  AP_small {m['ap_small']:.3f}  AP_medium {m['ap_medium']:.3f}  "
-              f"AP_large {m['ap_large']:.3f}  AP50 {m['ap50']:.3f}  {m['seconds_per_image']:.2f} s/img")
+              f"AP_large {m['ap_large']:.3f}  AP50 {m['ap50']:.3f}  {m['seconds_per_image']:.2f} s/img", file=sys.stderr)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rep, indent=2))
