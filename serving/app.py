@@ -65,6 +65,31 @@ SUPPORTED_TYPES = {"image/jpeg", "image/png", "image/tiff", "image/bmp", "image/
 PIL_FORMATS = {"JPEG", "PNG", "TIFF", "BMP", "WEBP", "MPO"}
 
 
+class ClientSlots:
+    """Requests in flight per client address, capped (:attr:`ServiceConfig.max_requests_per_client`).
+
+    One per ingress replica; the replica's event loop is its only user, so no lock is needed. Addresses with
+    nothing in flight are forgotten, so the table holds at most one entry per request in flight."""
+
+    def __init__(self) -> None:
+        self.in_flight: dict[str, int] = {}
+
+    def acquire(self, client: str, cap: Optional[int]) -> bool:
+        """Take a slot for ``client``; ``False`` (nothing taken) when it already holds ``cap``."""
+        n = self.in_flight.get(client, 0)
+        if cap is not None and n >= cap:
+            return False
+        self.in_flight[client] = n + 1
+        return True
+
+    def release(self, client: str) -> None:
+        n = self.in_flight.get(client, 0) - 1
+        if n > 0:
+            self.in_flight[client] = n
+        else:
+            self.in_flight.pop(client, None)
+
+
 class ServiceError(Exception):
     """An error answered as ``application/problem+json`` with ``status``."""
 
@@ -437,6 +462,7 @@ class ZoomDetIngress:
         self._lock = asyncio.Lock()
         self.policies: dict[str, Any] = {}
         self.ids: dict[str, Optional[str]] = {}
+        self.slots = ClientSlots()
         self._metrics()
 
     def _metrics(self) -> None:
@@ -586,7 +612,7 @@ class ZoomDetIngress:
     # ------------------------------------------------------------------ HTTP
     @fastapi_app.post("/v1/detect", response_model=DetectResponse, responses={
         400: {"model": Problem}, 408: {"model": Problem}, 413: {"model": Problem}, 415: {"model": Problem},
-        422: {"model": Problem}, 503: {"model": Problem}},
+        422: {"model": Problem}, 429: {"model": Problem}, 503: {"model": Problem}},
         summary="Detect objects; the answer includes pixels processed and latency",
         openapi_extra={"requestBody": {"content": {
             "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
@@ -597,6 +623,17 @@ class ZoomDetIngress:
             "application/json": {"schema": DetectJSON.model_json_schema(), "example": {
                 "image_base64": "<base64 of a JPEG>", "policy": "greedy", "max_pixels_ratio": 0.6}}}}})
     async def detect(self, request: Request):
+        client = request.client.host if request.client else "unknown"
+        cap = self.cfg.max_requests_per_client
+        if not self.slots.acquire(client, cap):
+            return problem(429, "Too many requests", f"{client} already has {cap} requests in flight; retry when "
+                                                     f"one has finished", headers={"Retry-After": "1"})
+        try:
+            return await self._detect(request)
+        finally:
+            self.slots.release(client)
+
+    async def _detect(self, request: Request):
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             declared = int(request.headers.get("content-length") or 0)

@@ -134,6 +134,11 @@ class ServiceConfig(BaseModel):
                                                                 "reading the body (chunked uploads stop at the cap)")
     body_timeout_s: float = Field(15.0, gt=0, description="408 when the whole body has not arrived within this "
                                                           "many seconds (a slow client cannot hold a slot longer)")
+    max_requests_per_client: Optional[int] = Field(None, ge=1, description="429 (Retry-After: 1) when one client "
+                                                   "address already has this many requests in flight on this "
+                                                   "replica, so one client cannot take every slot; null: no cap. "
+                                                   "Behind a reverse proxy every request has the proxy's address: "
+                                                   "cap there instead")
     max_pass_pixels: Optional[int] = Field(1_500_000, ge=1024, description="largest detector input of one forward "
                                            "call: a larger pass (the fine or coarse pass of a big upload) runs as "
                                            "overlapping tiles, and the crops of a request go to the detector in "

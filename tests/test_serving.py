@@ -323,6 +323,7 @@ def http_server(tmp_path_factory):
     ingress["user_config"]["max_body_bytes"] = 2_000_000
     ingress["user_config"]["body_timeout_s"] = 2.0
     ingress["user_config"]["max_pass_pixels"] = 60_000  # the 320x240 test image's fine pass runs as tiles
+    ingress["user_config"]["max_requests_per_client"] = 8  # the other tests send at most 5 at once
     path = tmp_path_factory.mktemp("serve") / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     port = _free_port()
@@ -434,6 +435,56 @@ def test_cancelled_ray_tasks_nobody_awaited_are_logged_in_one_line(caplog):
     assert other.exc_info[0] is ValueError
     assert "ValueError: a real bug" in caplog.text  # the formatted exception of a real failure stays
     assert problem_for(ClientDisconnect()).status_code == 499
+
+
+def test_client_slots_cap_each_address_and_forget_idle_ones():
+    from zoomdet.serving.app import ClientSlots
+
+    slots = ClientSlots()
+    assert slots.acquire("a", 2) and slots.acquire("a", 2) and not slots.acquire("a", 2)  # the third is refused
+    assert slots.acquire("b", 2) and slots.in_flight == {"a": 2, "b": 1}  # another address has its own slots
+    slots.release("a")
+    assert slots.acquire("a", 2)  # a finished request frees its slot
+    for client in ("a", "a", "b"):
+        slots.release(client)
+    assert slots.in_flight == {}  # nothing in flight: nothing kept
+    assert all(slots.acquire("c", None) for _ in range(100))  # no cap
+
+
+def test_one_client_cannot_hold_more_than_its_slots(http_url):
+    """Eight slow uploads from one address hold the test server's eight slots: a ninth request is a 429 problem
+    with Retry-After; once they are answered (408), requests are served again."""
+    import time
+    from urllib.parse import urlparse
+
+    import requests
+
+    port = urlparse(http_url).port
+    slow = []
+    for _ in range(8):  # each declares 100 kB and sends 10 bytes: held until the 2 s body timeout
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+                  b"0123456789")
+        slow.append(s)
+    try:
+        refused = None
+        deadline = time.time() + 10
+        while refused is None and time.time() < deadline:
+            r = requests.post(f"{http_url}/v1/detect", data=b"not an image", headers={"content-type": "image/png"},
+                              timeout=30)
+            if r.status_code == 429:
+                refused = r
+            time.sleep(0.1)
+        assert refused is not None, "no 429 while eight requests of this address were in flight"
+        assert refused.headers["retry-after"] == "1" and refused.headers["content-type"] == "application/problem+json"
+        assert "already has 8 requests in flight" in refused.json()["detail"]
+        heads = [s.recv(4096).split(b"\r\n")[0] for s in slow]
+        assert all(b" 408" in h for h in heads), heads
+    finally:
+        for s in slow:
+            s.close()
+    r = requests.post(f"{http_url}/v1/detect", data=b"not an image", headers={"content-type": "image/png"}, timeout=30)
+    assert r.status_code == 415  # served again (refused for what it is, not for its address): the slots were given back
 
 
 def test_slow_and_oversized_chunked_bodies_are_cut_off(http_url):
