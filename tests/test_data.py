@@ -78,6 +78,16 @@ def test_bad_inputs_name_file_and_id(tmp_path):
         CocoDataset(_write(tmp_path, img, [{"id": 3, "image_id": 7, "category_id": 9, "bbox": [1, 1, 5, 5], "iscrowd": 0, "area": 25}]))
     with pytest.raises(DatasetError, match=r"annotation id 4 in image ok.jpg \(id 7\).*outside the 50x40 image"):
         CocoDataset(_write(tmp_path, img, [{"id": 4, "image_id": 7, "category_id": 1, "bbox": [40, 1, 20, 5], "iscrowd": 0, "area": 100}]))
+    ann = {"id": 3, "image_id": 7, "category_id": 1, "bbox": [1, 1, 5, 4]}
+    for images, anns, said in [([{**img[0], "id": "7"}], [], "image id '7' is not an integer"),
+                               (img + img, [], "image id 7 appears more than once"),
+                               (img, [ann, ann], "annotation id 3 appears more than once"),
+                               ([{"id": 7, "file_name": "ok.jpg"}], [], "image id 7 has no width, height"),
+                               (img, [{**ann, "bbox": [1, 1]}], r"annotation id 3 has no \[x, y, w, h\] bbox")]:
+        with pytest.raises(DatasetError, match=said):  # pycocotools would index these silently, or fail later
+            CocoDataset(_write(tmp_path, images, anns))
+    ds = CocoDataset(_write(tmp_path, img, [ann]))  # no area, no iscrowd: the box's area and 0, as COCOeval needs
+    assert ds.coco.anns[3]["area"] == 20.0 and ds.coco.anns[3]["iscrowd"] == 0
     missing = [{"id": 8, "file_name": "gone.jpg", "width": 50, "height": 40}]
     with pytest.raises(DatasetError, match=r"gone.jpg \(image id 8\) not found"):
         CocoDataset(_write(tmp_path, missing, []))

@@ -103,9 +103,13 @@ class CocoDataset:
             ``images/x.jpg`` work beside an ``images/`` folder).
         check_files: check at construction that every image file exists.
 
+    Annotations without ``area`` get the box's ``w * h`` (what COCOeval's size buckets read; a
+    box-only file has no segmentation area), and without ``iscrowd`` get 0, as exporters that omit them mean.
+
     Raises:
         DatasetError: unknown category, box outside its image, duplicate or
-            missing image, naming the file and the ids concerned.
+            missing image, ids that are not integers, an image entry without its
+            size or file name, naming the file and the ids concerned.
     """
 
     def __init__(self, ann_file: str | os.PathLike, image_root: Optional[str | os.PathLike] = None,
@@ -123,6 +127,7 @@ class CocoDataset:
         missing = [k for k in ("images", "annotations", "categories") if k not in self.coco.dataset]
         if missing:
             raise DatasetError(f"{self.ann_file}: not a COCO detection file (missing: {', '.join(missing)})")
+        self._check_ids_and_fill_defaults()
         self.image_ids: list[int] = sorted(self.coco.getImgIds())
         if image_root is None:
             image_root = self._guess_image_root()
@@ -141,6 +146,31 @@ class CocoDataset:
                 if (root / first).is_file():
                     return root
         return candidates[0] if candidates[0].is_dir() else here
+
+    def _check_ids_and_fill_defaults(self) -> None:
+        """Integer, unique ids and complete image entries (pycocotools indexes by id: a repeated id would
+        silently drop an image or an annotation); ``area`` and ``iscrowd`` filled where missing."""
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for kind, one in (("images", "image"), ("annotations", "annotation"), ("categories", "category")):
+            seen: set[int] = set()
+            for e in self.coco.dataset[kind]:
+                if not is_int(e.get("id")):
+                    raise DatasetError(f"{self.ann_file}: {one} id {e.get('id')!r} is not an integer (COCO ids are integers)")
+                if e["id"] in seen:
+                    raise DatasetError(f"{self.ann_file}: {one} id {e['id']} appears more than once")
+                seen.add(e["id"])
+        for img in self.coco.dataset["images"]:
+            lacking = [k for k in ("file_name", "width", "height") if k not in img]
+            if lacking:
+                raise DatasetError(f"{self.ann_file}: image id {img['id']} has no {', '.join(lacking)}")
+        for ann in self.coco.dataset["annotations"]:
+            if "bbox" not in ann or len(ann["bbox"]) != 4:
+                raise DatasetError(f"{self.ann_file}: annotation id {ann['id']} has no [x, y, w, h] bbox")
+            ann.setdefault("iscrowd", 0)
+            if "area" not in ann:
+                ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
 
     def _validate(self, check_files: bool) -> None:
         for ann in self.coco.dataset.get("annotations", []):
