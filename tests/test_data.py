@@ -88,6 +88,7 @@ def test_bad_inputs_name_file_and_id(tmp_path):
             CocoDataset(_write(tmp_path, images, anns))
     ds = CocoDataset(_write(tmp_path, img, [ann]))  # no area, no iscrowd: the box's area and 0, as COCOeval needs
     assert ds.coco.anns[3]["area"] == 20.0 and ds.coco.anns[3]["iscrowd"] == 0
+    assert CocoDataset(_write(tmp_path, img, [ann], cats=[{"id": 1}])).categories == {1: "1"}  # named by its id
     missing = [{"id": 8, "file_name": "gone.jpg", "width": 50, "height": 40}]
     with pytest.raises(DatasetError, match=r"gone.jpg \(image id 8\) not found"):
         CocoDataset(_write(tmp_path, missing, []))

@@ -104,7 +104,8 @@ class CocoDataset:
         check_files: check at construction that every image file exists.
 
     Annotations without ``area`` get the box's ``w * h`` (what COCOeval's size buckets read; a
-    box-only file has no segmentation area), and without ``iscrowd`` get 0, as exporters that omit them mean.
+    box-only file has no segmentation area), and without ``iscrowd`` get 0, as exporters that omit them mean;
+    a category without ``name`` is named by its id.
 
     Raises:
         DatasetError: unknown category, box outside its image, duplicate or
@@ -165,6 +166,8 @@ class CocoDataset:
             lacking = [k for k in ("file_name", "width", "height") if k not in img]
             if lacking:
                 raise DatasetError(f"{self.ann_file}: image id {img['id']} has no {', '.join(lacking)}")
+        for cat in self.coco.dataset["categories"]:
+            cat.setdefault("name", str(cat["id"]))  # a nameless category is called by its id
         for ann in self.coco.dataset["annotations"]:
             if "bbox" not in ann or len(ann["bbox"]) != 4:
                 raise DatasetError(f"{self.ann_file}: annotation id {ann['id']} has no [x, y, w, h] bbox")
