@@ -140,6 +140,18 @@ def test_training_on_a_seeded_sample_of_images(tmp_path, synth_small, monkeypatc
     train.images = -1
     with pytest.raises(ValueError, match="train.images must be >= 0"):
         train_detector(DetectorTrainConfig(model, train), resume=False, progress=False)
+    import json
+
+    from zoomdet.data.coco import DatasetError
+
+    empty = json.loads(synth_small.read_text())  # the same images with no object boxed: nothing to learn
+    empty["annotations"] = []
+    (tmp_path / "empty.json").write_text(json.dumps(empty))
+    train.data, train.images, train.out = str(tmp_path / "empty.json"), 0, str(tmp_path / "nothing")
+    train.image_root = str(CocoDataset(str(synth_small)).image_root)
+    with pytest.raises(DatasetError, match="hold no object"):
+        train_detector(DetectorTrainConfig(model, train), resume=False, progress=False)
+    assert not (tmp_path / "nothing").exists()  # refused before any output folder is made
 
 
 def test_a_time_budget_decays_the_learning_rate_fully():

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from zoomdet.config import save_config
 from zoomdet.data.augment import apply_view
-from zoomdet.data.coco import CocoDataset
+from zoomdet.data.coco import CocoDataset, DatasetError
 from zoomdet.detector.detector import Detector, crop_window, load_checkpoint, save_checkpoint
 from zoomdet.detector.models import ModelConfig, build_model
 from zoomdet.types import Window
@@ -164,10 +164,12 @@ def train_detector(cfg: DetectorTrainConfig, resume: bool = True, progress: bool
     """Train, checkpoint, evaluate; returns the path of ``model.pt``."""
     tc = cfg.train
     out = Path(tc.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(tc.seed)
     ds = CocoDataset(tc.data, image_root=tc.image_root)
     train_ids = training_image_ids(tc, ds)
+    if not any(not a.get("iscrowd", 0) for i in train_ids for a in ds.coco.imgToAnns.get(i, [])):
+        raise DatasetError(f"{tc.data}: the {len(train_ids)} training images hold no object (no annotation that is "
+                           f"not a crowd): a detector cannot learn from them")
     categories = {cid: name for cid, name in sorted(ds.categories.items())}
     if cfg.model.num_classes == 0:  # derived from the data
         cfg.model.num_classes = len(categories) + 1
@@ -178,6 +180,7 @@ def train_detector(cfg: DetectorTrainConfig, resume: bool = True, progress: bool
             f"set model.num_classes={len(categories) + 1}"
         )
     cat_to_index = {cid: i + 1 for i, cid in enumerate(categories)}
+    out.mkdir(parents=True, exist_ok=True)  # once the data and the model's classes are known to fit
     save_config(cfg, out / "config.yaml")
 
     model = build_model(cfg.model).to(tc.device)
