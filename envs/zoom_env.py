@@ -167,6 +167,9 @@ class ZoomEnvConfig:
     this off: the merge costs more than the rest of an episode)."""
 
     def __post_init__(self) -> None:
+        from zoomdet.config import check_field_types
+
+        check_field_types(self)  # lam:abc, info_detections:maybe, ... from --env-kwargs
         if self.state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {self.state!r}")
         if self.state == "rnet" and not self.rnet:
@@ -177,8 +180,9 @@ class ZoomEnvConfig:
             raise ValueError(f"exhausted must be 'truncate' or 'terminate', got {self.exhausted!r}")
         if self.order not in ("random", "sequential"):
             raise ValueError(f"order must be 'random' or 'sequential', got {self.order!r}")
-        if self.max_pixels_ratio <= 0 or self.max_steps < 1 or self.lam < 0:
-            raise ValueError("max_pixels_ratio must be > 0, max_steps >= 1 and lam >= 0")
+        if self.max_pixels_ratio <= 0 or self.max_steps < 1 or self.lam < 0 or self.obs_scale <= 0:
+            raise ValueError(f"max_pixels_ratio must be > 0, obs_scale must be > 0, max_steps >= 1 and lam >= 0, got "
+                             f"{self.max_pixels_ratio}, {self.obs_scale}, {self.max_steps} and {self.lam}")
         if len(self.grid) != 2 or min(self.grid) < 3:
             raise ValueError(f"grid must be [rows, cols] with both >= 3, got {self.grid}")
         self.grid = tuple(int(g) for g in self.grid)

@@ -62,6 +62,9 @@ def test_config_values_of_the_wrong_type_are_refused_with_their_field_named():
     assert type_problem(Optional[str], None) is None and type_problem(Optional[float], "x") == "a number or null"
     assert type_problem(list[float], [1, 2.5]) is None and type_problem(list[bool], [1]) == "a list of booleans"
     assert type_problem(list[int], 3) == "a list" and type_problem(dict, []) == "a mapping"
+    from collections.abc import Sequence
+
+    assert type_problem(Sequence[int], (3, 4)) is None and type_problem(Sequence[int], ["a"]) == "a list of integers"
     for data, message in [({"seed": "abc"}, "seed must be an integer, got 'abc'"),
                           ({"zoom": {"coarse_scale": "half"}}, "zoom.coarse_scale must be a number"),
                           ({"zoom": {"windows": {"grids": ["a"]}}}, "zoom.windows.grids must be a list of integers"),

@@ -316,6 +316,11 @@ def test_train_cli_refuses_bad_input(toy_cache, tmp_path, capsys):
     assert "extra_channels must be" in capsys.readouterr().err
     assert main(base + ["--hyperparams", "learning_rate"]) == 2
     assert "expected key:value" in capsys.readouterr().err
+    # values of the wrong type are named by their field (they used to fail mid-training, or not at all)
+    for item, said in [("lam:abc", "lam must be a number"), ("info_detections:maybe", "info_detections must be true"),
+                       ("classes:abc", "classes must be a list"), ("obs_scale:-1", "obs_scale must be > 0")]:
+        assert main(base + ["--env-kwargs", "state:entropy", item]) == 2
+        assert said in capsys.readouterr().err
     # values SB3 itself refuses (with an assert) are reported, and no run folder is left behind
     assert main(base + ["--env-kwargs", "state:entropy", "--hyperparams", "learning_rate:abc"]) == 2
     assert "dqn refused its options" in capsys.readouterr().err and not (tmp_path / "dqn").exists()

@@ -8,6 +8,7 @@ saved resolved next to every run so a result always says how it was made.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
 import re
@@ -18,7 +19,7 @@ from typing import Any, Iterable, Optional, TypeVar
 import yaml
 
 __all__ = ["ConfigError", "from_dict", "load_config", "apply_overrides", "to_dict", "save_config", "parse_value",
-           "exponent_float"]
+           "exponent_float", "type_problem", "check_field_types"]
 
 T = TypeVar("T")
 
@@ -52,15 +53,25 @@ def type_problem(tp: Any, value: Any) -> Optional[str]:
               else isinstance(value, int) and not isinstance(value, bool) if tp is int
               else isinstance(value, str))
         return None if ok else _SCALARS[tp]
-    if origin is list:
-        if not isinstance(value, list):
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
             return "a list"
-        if args and args[0] in _SCALARS and any(type_problem(args[0], v) for v in value):
+        if origin is not tuple and args and args[0] in _SCALARS and any(type_problem(args[0], v) for v in value):
             return f"a list of {_PLURALS[args[0]]}"
         return None
     if tp is dict or origin is dict:
         return None if isinstance(value, dict) else "a mapping"
     return None
+
+
+def check_field_types(obj: Any) -> None:
+    """Raise ``ValueError`` naming the first field of dataclass ``obj`` whose value is not of its annotated type
+    (:func:`type_problem`); for dataclasses built from keyword options rather than through :func:`from_dict`."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        problem = type_problem(hints[f.name], getattr(obj, f.name))
+        if problem:
+            raise ValueError(f"{f.name} must be {problem}, got {getattr(obj, f.name)!r}")
 
 
 def from_dict(cls: type[T], data: Optional[dict], where: str = "") -> T:
