@@ -65,6 +65,12 @@ def test_bad_cli_input_gives_clear_errors(tmp_path, capsys):
         main(["evaluate", "--config", "configs/eval/synth.yaml", "--data", "x.json", "--policy", "coarse", "--out",
               str(tmp_path / "o"), "--images", "-3"])
     assert "argument --images: must be >= 0, got -3" in capsys.readouterr().err
+    for argv, said in [(["cache", "build", "--data", "x.json", "--out", "c", "--workers", "-1"], "--workers: must be >= 0"),
+                       (["serve", "--num-cpus", "0"], "--num-cpus: must be >= 1"),
+                       (["train", "--cache", "c", "--eval-episodes", "-2"], "--eval-episodes: must be >= 0")]:
+        with pytest.raises(SystemExit):  # refused by the parser, before Ray or a model starts
+            main(argv)
+        assert said in capsys.readouterr().err
     # the detector's training options are checked before any data is read
     for item, message in [("train.batch_size=0", "batch_size must be >= 1, got 0"),
                           ("train.images=-4", "images must be >= 0, got -4"),

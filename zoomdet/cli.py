@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--out", required=True, help="cache folder (rerun the same command to resume)")
     _add_detector_args(cb)
     cb.add_argument("--shard-size", type=_positive_int, default=4, help="images per shard (default 4)")
-    cb.add_argument("--workers", type=int, help="parallel Ray tasks on a local Ray instance (default: CPU count; 0 = no Ray)")
+    cb.add_argument("--workers", type=_count, help="parallel Ray tasks on a local Ray instance (default: CPU count; 0 = no Ray)")
     cb.add_argument("--ray-address", help="run on an existing Ray cluster, e.g. auto or ray://head:10001")
     cb.add_argument("--exclude-cache", action="append", default=[], metavar="CACHE",
                     help="leave out the images of another cache (e.g. the eval cache of the same split, to train on the "
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(and each class's, the category ids read from the cache's detector; or classes:[1,2,...]), "
                          "window_extras:[density,position] (and each window's centre, fractions of the image's size)")
     tr.add_argument("--eval-freq", type=int, default=5000, help="evaluate on --eval-cache every N steps (default 5000; <=0 off)")
-    tr.add_argument("--eval-episodes", type=int, default=0, help="episodes per evaluation (default: one per cached image)")
+    tr.add_argument("--eval-episodes", type=_count, default=0, help="episodes per evaluation (default: one per cached image)")
     tr.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N steps (default off)")
     tr.add_argument("--tensorboard-log", help="TensorBoard folder (needs pip install 'zoomdet[tensorboard]')")
     tr.add_argument("-f", "--log-folder", default="logs", help="root of the run folders (default logs)")
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ports stay on 127.0.0.1 whatever this is")
     sv.add_argument("--port", type=int, help="port (default: the config's, 8000)")
     sv.add_argument("--address", help="an existing Ray cluster (default: start a local, loopback-only Ray instance)")
-    sv.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    sv.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray instance (default: all)")
     sv.add_argument("--non-blocking", action="store_true", help="deploy and return (the service stops with the process)")
 
     q = sub.add_parser("query", help="send an image to a running service; print detections and cost",
