@@ -31,3 +31,8 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, tiny_checkpoint, caps
         assert f"[quickstart] {stage}: reused" in text
     assert main(["quickstart", "--out", str(out), "--set", "train_imgs=3"]) == 2
     assert "unknown option" in capsys.readouterr().err
+    for item, said in [("train_images=0", "train_images must be >= 2"), ("width=5", "width and height must be"),
+                       ("agent_steps=-5", "agent_steps must be >= 1"), ("workers=-1", "workers must be >= 0")]:
+        fresh = tmp_path / f"bad-{item.split('=')[0]}"
+        assert main(["quickstart", "--out", str(fresh), "--set", item]) == 2
+        assert said in capsys.readouterr().err and not fresh.exists()  # refused before any stage ran

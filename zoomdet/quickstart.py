@@ -52,6 +52,18 @@ class QuickstartConfig:
     """Ray workers of the cache builds (default: CPU count; 0 = no Ray)."""
     seed: int = 0
 
+    def __post_init__(self) -> None:  # checked before any stage runs: a bad value costs no data, cache or Ray start
+        if not (128 <= self.width <= 20000 and 128 <= self.height <= 20000):
+            raise ValueError(f"width and height must be 128..20000 px, got {self.width}x{self.height}")
+        counts = {"train_images": (self.train_images, 2), "tune_images": (self.tune_images, 1),
+                  "val_images": (self.val_images, 1), "agent_steps": (self.agent_steps, 1),
+                  "replay_images": (self.replay_images, 0), "workers": (self.workers or 0, 0)}
+        bad = [f"{k} must be >= {least}, got {v}" for k, (v, least) in counts.items() if v < least]
+        if bad:
+            raise ValueError("; ".join(bad))
+        if self.lam < 0 or not all(b > 0 for b in self.budgets):
+            raise ValueError(f"lam must be >= 0 and budgets > 0, got {self.lam} and {self.budgets}")
+
 
 def _stage(name: str, done: bool) -> bool:
     """Announce a stage; ``True`` when it must run (its output is missing)."""
