@@ -67,7 +67,9 @@ def test_bad_cli_input_gives_clear_errors(tmp_path, capsys):
     assert "argument --images: must be >= 0, got -3" in capsys.readouterr().err
     for argv, said in [(["cache", "build", "--data", "x.json", "--out", "c", "--workers", "-1"], "--workers: must be >= 0"),
                        (["serve", "--num-cpus", "0"], "--num-cpus: must be >= 1"),
-                       (["train", "--cache", "c", "--eval-episodes", "-2"], "--eval-episodes: must be >= 0")]:
+                       (["train", "--cache", "c", "--eval-episodes", "-2"], "--eval-episodes: must be >= 0"),
+                       (["replay", "--policy", "greedy", "--data", "x.json", "--out", "r", "--lam", "-3"],
+                        "--lam: must be >= 0")]:
         with pytest.raises(SystemExit):  # refused by the parser, before Ray or a model starts
             main(argv)
         assert said in capsys.readouterr().err

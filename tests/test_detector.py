@@ -81,6 +81,19 @@ def test_checkpoint_round_trip(tmp_path, tiny_detector):
     assert det2.categories == {1: "person", 2: "car"} and len(det2.checkpoint_id) == 12
 
 
+def test_devices_are_checked_before_a_model_moves():
+    import torch
+
+    from zoomdet.detector.detector import checked_device
+
+    assert checked_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="'tpu' is not a torch device"):
+        checked_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available on this machine"):
+            checked_device("cuda:0")
+
+
 def test_bad_checkpoint_and_model_name(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")

@@ -48,6 +48,13 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _non_negative_float(text: str) -> float:
+    v = float(text)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
 def _count(text: str) -> int:
     v = int(text)
     if v < 0:
@@ -239,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True, help="output folder (episode_<image id>.json, index.json)")
     rp.add_argument("--rnet", help="R-net checkpoint for the greedy policy")
     rp.add_argument("--budget", type=float, help="max_pixels_ratio (default: the config's zoom.max_pixels_ratio)")
-    rp.add_argument("--lam", type=float, help="λ of the recorded rewards (default: the agent's training λ)")
+    rp.add_argument("--lam", type=_non_negative_float, help="λ of the recorded rewards (default: the agent's training λ)")
     rp.add_argument("--render", action="store_true", help="also draw a PNG per step and an animated GIF per episode")
     _add_detector_args(rp)
 

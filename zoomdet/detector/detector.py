@@ -32,6 +32,19 @@ from zoomdet.types import Detections, Window
 __all__ = ["Detector", "detector_id", "postprocess_with_index", "batch_plan", "size_batches", "crop_window", "save_checkpoint", "load_checkpoint", "default_checkpoint"]
 
 
+def checked_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; ``ValueError`` for a name torch does not know or a GPU this machine lacks."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine (use cpu)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine (use cpu)")
+    return dev
+
+
 def as_float_image(t: Tensor) -> Tensor:
     """``uint8`` pixels in [0, 255] as float32 in [0, 1], exactly as :func:`~zoomdet.data.coco.image_to_tensor`
     converts an 8-bit image; float tensors are returned as they are."""
@@ -138,6 +151,7 @@ class Detector:
                  proposal_density: float = 0.0, proposal_min: int = MIN_PROPOSALS) -> None:
         if len(categories) != config.num_classes - 1:
             raise ValueError(f"{len(categories)} categories for a model with {config.num_classes - 1} classes")
+        device = checked_device(device)
         self.model = model.to(device).eval()
         self.config = config
         self.categories = dict(categories)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from zoomdet.config import save_config
 from zoomdet.data.augment import apply_view
 from zoomdet.data.coco import CocoDataset, DatasetError
-from zoomdet.detector.detector import Detector, crop_window, load_checkpoint, save_checkpoint
+from zoomdet.detector.detector import Detector, checked_device, crop_window, load_checkpoint, save_checkpoint
 from zoomdet.detector.models import ModelConfig, build_model
 from zoomdet.types import Window
 
@@ -164,6 +164,7 @@ def train_detector(cfg: DetectorTrainConfig, resume: bool = True, progress: bool
     """Train, checkpoint, evaluate; returns the path of ``model.pt``."""
     tc = cfg.train
     out = Path(tc.out)
+    checked_device(tc.device)  # a GPU config on a machine without one fails here, before any data is read
     torch.manual_seed(tc.seed)
     ds = CocoDataset(tc.data, image_root=tc.image_root)
     train_ids = training_image_ids(tc, ds)
