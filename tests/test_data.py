@@ -98,8 +98,11 @@ def test_bad_inputs_name_file_and_id(tmp_path):
     with pytest.raises(DatasetError, match=r"nocats.json: not a COCO detection file \(missing: categories\)"):
         CocoDataset(tmp_path / "nocats.json")
     (tmp_path / "empty.json").write_text("{}")
-    with pytest.raises(DatasetError, match=r"missing: images, annotations, categories"):
+    with pytest.raises(DatasetError, match=r"missing: images, categories"):
         CocoDataset(tmp_path / "empty.json")
+    unlabelled = {"images": img, "categories": [{"id": 1, "name": "a"}]}  # COCO's image_info files: no annotations
+    (tmp_path / "unlabelled.json").write_text(json.dumps(unlabelled))
+    assert CocoDataset(tmp_path / "unlabelled.json").targets(7)[0].shape == (0, 4)
 
 
 def test_image_modes_are_read_as_rgb_in_unit_range(tmp_path):

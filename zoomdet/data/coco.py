@@ -125,9 +125,10 @@ class CocoDataset:
                 self.coco = COCO(str(self.ann_file))
             except Exception as e:  # malformed json or missing keys
                 raise DatasetError(f"{self.ann_file}: not a COCO detection file ({e})") from e
-        missing = [k for k in ("images", "annotations", "categories") if k not in self.coco.dataset]
+        missing = [k for k in ("images", "categories") if k not in self.coco.dataset]
         if missing:
             raise DatasetError(f"{self.ann_file}: not a COCO detection file (missing: {', '.join(missing)})")
+        self.coco.dataset.setdefault("annotations", [])  # an unlabelled set (COCO's image_info files): no objects
         self._check_ids_and_fill_defaults()
         self.image_ids: list[int] = sorted(self.coco.getImgIds())
         if image_root is None:
