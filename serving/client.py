@@ -21,11 +21,12 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class ServiceError(RuntimeError):
-    """The service answered with an error (``application/problem+json``); ``status``, ``title``, ``detail``."""
+    """The service answered with an error (``application/problem+json``); ``status``, ``title``, ``detail``, and
+    ``retry_after`` (seconds, from the ``Retry-After`` header of a 429 or 503; ``None`` without one)."""
 
-    def __init__(self, status: int, title: str, detail: str) -> None:
+    def __init__(self, status: int, title: str, detail: str, retry_after: Optional[float] = None) -> None:
         super().__init__(f"{status} {title}: {detail}")
-        self.status, self.title, self.detail = status, title, detail
+        self.status, self.title, self.detail, self.retry_after = status, title, detail, retry_after
 
 
 class ZoomDetClient:
@@ -72,8 +73,12 @@ class ZoomDetClient:
     def _json(r: requests.Response) -> dict:
         if r.status_code >= 400:
             try:
+                retry = float(r.headers["Retry-After"])
+            except (KeyError, ValueError):
+                retry = None
+            try:
                 p = r.json()
-                raise ServiceError(r.status_code, p.get("title", r.reason), p.get("detail", r.text))
+                raise ServiceError(r.status_code, p.get("title", r.reason), p.get("detail", r.text), retry)
             except ValueError:
-                raise ServiceError(r.status_code, r.reason or "error", r.text[:500]) from None
+                raise ServiceError(r.status_code, r.reason or "error", r.text[:500], retry) from None
         return r.json()

@@ -478,6 +478,11 @@ def test_one_client_cannot_hold_more_than_its_slots(http_url):
         assert refused is not None, "no 429 while eight requests of this address were in flight"
         assert refused.headers["retry-after"] == "1" and refused.headers["content-type"] == "application/problem+json"
         assert "already has 8 requests in flight" in refused.json()["detail"]
+        from zoomdet.serving.client import ServiceError as ClientError, ZoomDetClient
+
+        with pytest.raises(ClientError) as e:  # the client reads Retry-After, and `zoomdet query` says "retry in 1 s"
+            ZoomDetClient._json(refused)
+        assert e.value.status == 429 and e.value.retry_after == 1.0
         heads = [s.recv(4096).split(b"\r\n")[0] for s in slow]
         assert all(b" 408" in h for h in heads), heads
     finally:

@@ -491,7 +491,10 @@ def _cmd_query(args) -> int:
         ans = client.detect(args.image, policy=args.policy, max_pixels_ratio=args.max_pixels_ratio,
                             max_steps=args.max_steps, score_threshold=args.score_threshold, return_trace=bool(args.trace))
     except ServiceError as e:
-        print(f"zoomdet query: the service refused the image: {e}", file=sys.stderr)
+        if e.retry_after is not None:  # 429 (this client has too many requests in flight) or 503 (replica restarting)
+            print(f"zoomdet query: the service is busy ({e}); retry in {e.retry_after:g} s", file=sys.stderr)
+        else:
+            print(f"zoomdet query: the service refused the image: {e}", file=sys.stderr)
         return 1
     except requests.RequestException as e:  # connection refused, timeouts
         print(f"zoomdet query: cannot reach {args.url}: {e}; is `zoomdet serve` running?", file=sys.stderr)
