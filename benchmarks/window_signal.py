@@ -128,18 +128,15 @@ def dense_window_features(detector, image, windows, coarse_scale: float) -> np.n
     return torch.cat(parts, 1).float().cpu().numpy()
 
 
-def window_summaries(rec, boxes: np.ndarray, pixels: np.ndarray, states: dict) -> np.ndarray:
-    """``float[K, 2 + len(states)]``: each window's share of the image, each state's window sum per
-    10,000 pixels, and the number of coarse detections it holds (a box's count spread over its area)."""
+def window_summaries(rec, boxes: np.ndarray, pixels: np.ndarray, state_sums: dict) -> np.ndarray:
+    """``float[K, 2 + len(state_sums)]``: each window's share of the image, each state's window sum
+    (``state_sums``, as :func:`cache_windows` computes them) per 10,000 pixels, and the number of coarse
+    detections it holds (a box's count spread over its area)."""
     from zoomdet.zoom.windows import GainMap
 
-    cols = [pixels / (rec.width * rec.height)]
-    for s in states.values():
-        cols.append(GainMap(rec.width, rec.height, rec.coarse.boxes, s.predict(rec.coarse)).window_sums(boxes)
-                    / pixels * 1e4)
     ones = torch.ones(len(rec.coarse.boxes))
-    cols.append(GainMap(rec.width, rec.height, rec.coarse.boxes, ones).window_sums(boxes))
-    return np.stack(cols, 1)
+    count = GainMap(rec.width, rec.height, rec.coarse.boxes, ones).window_sums(boxes)
+    return np.stack([pixels / (rec.width * rec.height), *(s / pixels * 1e4 for s in state_sums.values()), count], 1)
 
 
 class CacheImages:
@@ -161,14 +158,17 @@ class CacheImages:
         raise ValueError(f"image id {image_id} is in none of the cache's data files")
 
 
-def cache_windows(cache, states: dict, total: int, dense=None, desc: str = "images"):
+def cache_windows(cache, states: dict, total: int, detector=None, images: "CacheImages | None" = None,
+                  desc: str = "images"):
     """Per image of ``cache`` with objects (the first ``total`` records): ``(rec, labels, boxes, pixels,
-    features)``, ``features`` a dict of ``summaries`` (:func:`window_summaries`) and, with ``dense = (detector,
-    images)``, ``dense`` (:func:`dense_window_features`) of the K candidate windows."""
+    state_sums, features)`` of its K candidate windows. ``state_sums``: each state's gain map summed over each
+    window (what greedy ranks by); ``features``: ``summaries`` (:func:`window_summaries`) and, with a
+    ``detector`` and the cache's ``images``, ``dense`` (those plus :func:`dense_window_features`)."""
     from tqdm import tqdm
 
     from zoomdet.rnet.model import window_ap_targets
-    from zoomdet.zoom.windows import window_boxes
+    from zoomdet.zoom.windows import GainMap, window_boxes
+
 
     for rec in tqdm(itertools.islice(cache, total), desc=desc, total=total):  # records load shard by shard
         k = rec.num_candidates
@@ -177,12 +177,13 @@ def cache_windows(cache, states: dict, total: int, dense=None, desc: str = "imag
             continue
         boxes = window_boxes(rec.windows[:k])
         pixels = np.array([w.source_pixels for w in rec.windows[:k]], dtype=np.float64)
-        features = {"summaries": window_summaries(rec, boxes, pixels, states)}
-        if dense is not None:
-            detector, images = dense
+        sums = {n: GainMap(rec.width, rec.height, rec.coarse.boxes, s.predict(rec.coarse)).window_sums(boxes)
+                for n, s in states.items()}
+        features = {"summaries": window_summaries(rec, boxes, pixels, sums)}
+        if detector is not None:
             features["dense"] = np.concatenate([features["summaries"], dense_window_features(
                 detector, images(rec.image_id), rec.windows[:k], cache.zoom.coarse_scale)], 1)
-        yield rec, labels, boxes, pixels, features
+        yield rec, labels, boxes, pixels, sums, features
 
 
 def main(argv=None) -> int:
@@ -214,7 +215,7 @@ def main(argv=None) -> int:
         states = {"entropy": EntropyGain()}
         for path in args.rnet:  # an R-net of another detector is refused: its features mean something else
             states[f"rnet:{Path(path).stem}"] = RNetGain.from_checkpoint(path, expect_detector=cache.detector_id)
-        fit_cache = dense = None
+        fit_cache = detector = images = None
         if args.fit_cache:
             fit_cache = RolloutCache(args.fit_cache)
             if (fit_cache.detector_id, fit_cache.zoom) != (cache.detector_id, cache.zoom):
@@ -226,24 +227,21 @@ def main(argv=None) -> int:
             detector = Detector.from_checkpoint(args.checkpoint or cache.manifest["checkpoint"])
             if detector.detector_id != cache.detector_id:
                 raise ValueError(f"detector {detector.detector_id} is not the cache's {cache.detector_id}")
-            dense = (detector, None)
     except (FileNotFoundError, ValueError) as e:
         ap.error(str(e))
     kinds = ["summaries", "dense"] if args.dense else ["summaries"] if fit_cache else []
     scorers = {}
     if fit_cache is not None:
         try:
-            fit_dense = dense and (dense[0], CacheImages(fit_cache))
-            fit = list(cache_windows(fit_cache, states, len(fit_cache), fit_dense, desc="fit images"))
+            fit_images, images = (CacheImages(fit_cache), CacheImages(cache)) if detector else (None, None)
+            fit = list(cache_windows(fit_cache, states, len(fit_cache), detector, fit_images, desc="fit images"))
             if not fit:
                 raise ValueError(f"{args.fit_cache}: no image with objects to fit on")
             for kind in kinds:
-                scorers[f"fit:{kind}"] = fit_ridge([f[4][kind] for f in fit], [f[1] for f in fit],
+                scorers[f"fit:{kind}"] = fit_ridge([f[5][kind] for f in fit], [f[1] for f in fit],
                                                    [f[3] for f in fit])
-                print(f"fit:{kind}: {fit[0][4][kind].shape[1]} features, {len(fit)} images, ridge penalty "
+                print(f"fit:{kind}: {fit[0][5][kind].shape[1]} features, {len(fit)} images, ridge penalty "
                       f"{scorers[f'fit:{kind}'][1]:g} (5-fold cross-validation)")
-            if dense:
-                dense = (dense[0], CacheImages(cache))
         except ValueError as e:
             ap.error(str(e))
     names = [*states, *scorers, "fine-objects"]
@@ -252,11 +250,10 @@ def main(argv=None) -> int:
     random_pick, oracle_pick = [], []
     n_images, k = 0, 0
     total = min(args.images, len(cache)) if args.images else len(cache)
-    for rec, labels, boxes, pixels, features in cache_windows(cache, states, total, dense):
+    for rec, labels, boxes, pixels, state_sums, features in cache_windows(cache, states, total, detector, images):
         k = rec.num_candidates
         n_images += 1
-        scores = {n: GainMap(rec.width, rec.height, rec.coarse.boxes, s.predict(rec.coarse)).window_sums(boxes)
-                  for n, s in states.items()}
+        scores = dict(state_sums)
         for n, (predict, _) in scorers.items():
             scores[n] = predict(features[n.split(":", 1)[1]])
         scores["fine-objects"] = GainMap(rec.width, rec.height, rec.gt_boxes, object_fine_gains(
