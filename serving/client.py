@@ -43,7 +43,8 @@ class ZoomDetClient:
 
     def detect(self, image: str | Path | bytes, *, policy: Optional[str] = None, max_pixels_ratio: Optional[float] = None,
                max_steps: Optional[int] = None, lam: Optional[float] = None, score_threshold: Optional[float] = None,
-               return_trace: bool = False, content_type: Optional[str] = None) -> dict[str, Any]:
+               max_latency_ms: Optional[float] = None, return_trace: bool = False,
+               content_type: Optional[str] = None) -> dict[str, Any]:
         """Upload an image (path or encoded bytes) as multipart; returns the response JSON (see ``/docs``).
 
         Raises:
@@ -58,7 +59,8 @@ class ZoomDetClient:
         else:
             data, name, content_type = bytes(image), "image", content_type or "application/octet-stream"
         form = {"policy": policy, "max_pixels_ratio": max_pixels_ratio, "max_steps": max_steps, "lambda": lam,
-                "score_threshold": score_threshold, "return_trace": "true" if return_trace else None}
+                "score_threshold": score_threshold, "max_latency_ms": max_latency_ms,
+                "return_trace": "true" if return_trace else None}
         r = self.session.post(f"{self.url}/v1/detect", files={"image": (name, data, content_type)},
                               data={k: str(v) for k, v in form.items() if v is not None}, timeout=self.timeout)
         return self._json(r)

@@ -22,6 +22,11 @@ class DetectOptions(BaseModel):
     lam: Optional[float] = Field(None, alias="lambda", ge=0,
                                  description="λ: reported with the trace (the agent's own λ is fixed at training)")
     score_threshold: Optional[float] = Field(None, ge=0, le=1, description="drop returned detections below this score")
+    max_latency_ms: Optional[float] = Field(None, gt=0, le=600_000, description="answer within about this many ms "
+                                            "of the request's arrival: the coarse pass always runs, then the zoom "
+                                            "windows that would end past it are left out (regions_dropped), most "
+                                            "wanted first kept; default: the service's max_latency_ms. Plan "
+                                            "policies (fine, sahi) ignore it")
     return_trace: bool = Field(False, description="include the per-step episode (zoomdet.episode/1)")
 
 
@@ -80,6 +85,13 @@ class DetectResponse(BaseModel):
     max_pixels_ratio: float = Field(..., description="the budget that applied (the request's, else the service's)")
     budget_exceeded: bool = Field(..., description="true when the policy spent more than the budget: plan policies "
                                                    "(fine = 1.0, sahi > 1) ignore budgets, and say so here")
+    max_latency_ms: Optional[float] = Field(None, description="the deadline that applied (the request's, else the "
+                                                              "service's); null: none")
+    regions_dropped: int = Field(0, description="zoom windows the policy chose that the deadline left out (not run, "
+                                                "not charged, not merged)")
+    deadline_exceeded: bool = Field(False, description="true when the answer left later than max_latency_ms after "
+                                                       "the request arrived (the coarse pass always runs; plan "
+                                                       "policies ignore deadlines)")
     timing_ms: TimingOut
     model: dict[str, Optional[str]] = Field(..., description="checkpoint ids of the detector, R-net and agent")
     trace: Optional[dict] = Field(None, description="zoomdet.episode/1 document when return_trace is set")
@@ -139,6 +151,10 @@ class ServiceConfig(BaseModel):
                                                    "replica, so one client cannot take every slot; null: no cap. "
                                                    "Behind a reverse proxy every request has the proxy's address: "
                                                    "cap there instead")
+    max_latency_ms: Optional[float] = Field(None, gt=0, le=600_000, description="default deadline of a request, ms "
+                                            "from its arrival at the ingress (a request's max_latency_ms overrides "
+                                            "it): zoom windows that would end past it are left out, so under load "
+                                            "answers shrink toward the coarse pass instead of queueing; null: none")
     max_pass_pixels: Optional[int] = Field(1_500_000, ge=1024, description="largest detector input of one forward "
                                            "call: a larger pass (the fine or coarse pass of a big upload) runs as "
                                            "overlapping tiles, and the crops of a request go to the detector in "

@@ -212,6 +212,11 @@ def test_serve_and_query_bad_input_give_clear_errors(tmp_path, capsys):
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     assert main(["query", str(tmp_path / "a.png"), "--url", "http://127.0.0.1:9"]) == 1
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+    for bad in ("0", "-5", "soon"):
+        with pytest.raises(SystemExit) as e:
+            main(["query", str(tmp_path / "a.png"), "--max-latency-ms", bad])
+        assert e.value.code == 2
+    assert "--max-latency-ms" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_two_policies_with_one_name(tmp_path, synth_small, tiny_checkpoint, monkeypatch):

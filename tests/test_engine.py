@@ -288,6 +288,49 @@ def test_pass_memo_runs_each_pass_once_and_charges_every_run_in_full():
     assert shared[1].timing["total"] >= shared[1].timing["coarse"]
 
 
+class ClockedStub(StubDetector):
+    """A stub whose every call advances a fake clock by 1 microsecond per input pixel: time follows pixels exactly."""
+
+    def __init__(self, clock: list, **kw):
+        super().__init__(BOXES, LABELS, min_px=6, **kw)
+        self.clock = clock
+
+    def detect(self, image, windows, features: bool = True):
+        self.clock[0] += 1e-6 * sum(w.input_pixels for w in windows)
+        return super().detect(image, windows, features)
+
+
+def test_a_deadline_leaves_out_the_last_chosen_windows_and_charges_only_what_ran(monkeypatch):
+    import zoomdet.zoom.engine as engine_module
+
+    clock = [100.0]
+    monkeypatch.setattr(engine_module.time, "perf_counter", lambda: clock[0])
+    eng = ZoomEngine(ClockedStub(clock, batch_size=1), ZoomConfig(max_pixels_ratio=10))
+    img = image()
+    full = eng.run(img, RandomPolicy(k=13), seed=0)
+    assert len(full.regions) == 13 and full.dropped == 0
+    # time for the coarse pass and the first three windows, one call each (batch_size 1): exactly those run
+    px = [r.window.input_pixels for r in full.regions]
+    start = clock[0]
+    cut = eng.run(img, RandomPolicy(k=13), seed=0, deadline=start + 1e-6 * (200 * 150 + sum(px[:3])) + 1e-9)
+    assert [r.window for r in cut.regions] == [r.window for r in full.regions[:3]] and cut.dropped == 10
+    assert cut.cost.model_input_pixels == 200 * 150 + sum(px[:3]) and cut.cost.detector_calls == 4
+    assert cut.timing["fine"] == pytest.approx(1e-6 * sum(px[:3]))
+    assert set(cut.region.tolist()) <= {-1, 0, 1, 2}  # only the windows that ran are merged
+    # a deadline already past: the coarse pass alone, as the coarse policy answers
+    late = eng.run(img, RandomPolicy(k=13), seed=0, deadline=clock[0] - 1)
+    coarse = eng.run(img, make_policy("coarse"))
+    assert late.regions == [] and late.dropped == 13 and late.cost.as_dict() == coarse.cost.as_dict()
+    assert torch.equal(late.detections.boxes, coarse.detections.boxes)
+    # a deadline far away changes nothing; plan policies ignore deadlines
+    far = eng.run(img, RandomPolicy(k=13), seed=0, deadline=clock[0] + 1e9)
+    assert [r.window for r in far.regions] == [r.window for r in full.regions] and far.dropped == 0
+    assert far.cost.model_input_pixels == full.cost.model_input_pixels and torch.equal(far.detections.boxes, full.detections.boxes)
+    assert eng.run(img, make_policy("fine"), deadline=clock[0] - 1).cost.pixels_ratio == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="deadline and pass_memo"):
+        eng.run(img, RandomPolicy(k=2), deadline=clock[0] + 1, pass_memo={})
+
+
 def _bootstrap_world(n: int = 12):
     """``n`` 200x200 images, one 20-px object each (class 1 on even images, 2 on odd), found exactly by
     ``good`` at 0.9 and by ``poor`` on every other image only (the rest shifted by half a box, at 0.8)."""

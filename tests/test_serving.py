@@ -196,6 +196,8 @@ def test_colocated_config_resolves_the_nested_detector_checkpoint(tmp_path):
     ({"max_steps": "many"}, 422),
     ({"unknown_option": 1}, 422),
     ({"score_threshold": 2}, 422),
+    ({"max_latency_ms": 0}, 422),
+    ({"max_latency_ms": "soon"}, 422),
 ])
 def test_bad_options_are_422_and_the_service_stays_healthy(local_handle, options, status):
     with pytest.raises(ServiceError) as e:
@@ -203,6 +205,27 @@ def test_bad_options_are_422_and_the_service_stays_healthy(local_handle, options
     assert e.value.status == status
     ok = local_handle.infer.remote(encode(scene()), {"policy": "coarse"}).result()
     assert ok["cost"]["pixels_ratio"] == pytest.approx(0.25)
+
+
+def test_a_deadline_shrinks_the_answer_toward_the_coarse_pass_and_says_so(local_handle):
+    data = encode(scene())
+    free = local_handle.infer.remote(data, {"policy": "greedy-entropy", "max_pixels_ratio": 0.6}).result()
+    assert free["max_latency_ms"] is None and free["regions_dropped"] == 0 and not free["deadline_exceeded"]
+    assert free["regions"]  # the test needs windows to drop
+    roomy = local_handle.infer.remote(data, {"policy": "greedy-entropy", "max_pixels_ratio": 0.6,
+                                             "max_latency_ms": 600_000}).result()
+    assert roomy["regions"] == free["regions"] and roomy["cost"] == free["cost"] and roomy["regions_dropped"] == 0
+    assert roomy["max_latency_ms"] == 600_000 and not roomy["deadline_exceeded"]
+    # a deadline no pass can meet: the coarse pass still answers, every chosen window is left out and said to be
+    late = local_handle.infer.remote(data, {"policy": "greedy-entropy", "max_pixels_ratio": 0.6,
+                                            "max_latency_ms": 0.001}).result()
+    assert late["regions"] == [] and late["regions_dropped"] == len(free["regions"]) and late["deadline_exceeded"]
+    assert late["cost"]["pixels_ratio"] == pytest.approx(0.25) and {d["stage"] for d in late["detections"]} <= {"coarse"}
+    coarse = local_handle.infer.remote(data, {"policy": "coarse"}).result()
+    assert sorted(d["score"] for d in late["detections"]) == sorted(d["score"] for d in coarse["detections"])
+    from zoomdet.serving.schemas import DetectResponse
+
+    DetectResponse.model_validate(late)
 
 
 def test_plan_policies_say_they_exceeded_the_budget_and_point_at_no_region(local_handle):
@@ -554,6 +577,10 @@ def test_http_detect_matches_in_process_and_refuses_bad_input(http_url):
     assert e.value.status == 422 and "choose from" in e.value.detail
     # still healthy and answering
     assert client.detect(data, policy="coarse")["cost"]["pixels_ratio"] == pytest.approx(0.25)
+    # a deadline counts from the request's arrival over HTTP too: one no pass meets leaves every window out
+    late = client.detect(data, policy="greedy-entropy", max_pixels_ratio=0.6, max_latency_ms=0.001, content_type="image/png")
+    assert late["regions"] == [] and late["regions_dropped"] == len(ans["regions"]) > 0 and late["deadline_exceeded"]
+    assert status(files={"image": ("i.png", data, "image/png")}, data={"max_latency_ms": "-1"})[0] == 422
     # framework errors, multipart query options and strict booleans: all problem+json
     assert status(files={"image": ("f.png", data, "image/png")}, params={"policy": "bogus"}) == (422, "application/problem+json")
     assert status(files={"image": ("g.png", data, "image/png")}, data={"return_trace": "maybe"})[0] == 422
@@ -567,6 +594,20 @@ def test_http_detect_matches_in_process_and_refuses_bad_input(http_url):
         "application/problem+json"
     assert requests.get(f"{http_url}/docs").status_code == 200
     assert "/v1/detect" in requests.get(f"{http_url}/openapi.json").json()["paths"]
+
+
+def test_query_says_when_a_deadline_left_windows_out(http_url, tmp_path, capsys):
+    from zoomdet.cli import main
+
+    (tmp_path / "s.png").write_bytes(encode(scene()))
+    args = ["query", str(tmp_path / "s.png"), "--url", http_url, "--policy", "greedy-entropy", "--max-pixels-ratio", "0.6"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "zoom windows left out" not in out and " 0 zoom regions" not in out
+    assert main(args + ["--max-latency-ms", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert " 0 zoom regions" in out and "deadline 0.001 ms:" in out and "zoom windows left out, and the answer " \
+        "still came late" in out
 
 
 def test_page_uploads_an_image_and_shows_boxes_regions_and_cost(http_url, tmp_path):

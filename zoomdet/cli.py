@@ -55,6 +55,13 @@ def _non_negative_float(text: str) -> float:
     return v
 
 
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
 def _count(text: str) -> int:
     v = int(text)
     if v < 0:
@@ -274,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-pixels-ratio", type=float, help="pixel budget, coarse pass included")
     q.add_argument("--max-steps", type=int, help="most zoom windows")
     q.add_argument("--score-threshold", type=float, help="drop detections below this score")
+    q.add_argument("--max-latency-ms", type=_positive_float, metavar="MS",
+                   help="deadline from the request's arrival: zoom windows that would end past it are left out "
+                        "(the coarse pass always runs; default: the service's)")
     q.add_argument("--trace", help="also request the per-step episode and write it to this JSON file")
     q.add_argument("--out", help="save the image with detections and zoom regions drawn (PNG)")
     q.add_argument("--json", action="store_true", help="print the raw JSON response")
@@ -489,7 +499,8 @@ def _cmd_query(args) -> int:
     client = ZoomDetClient(args.url)
     try:
         ans = client.detect(args.image, policy=args.policy, max_pixels_ratio=args.max_pixels_ratio,
-                            max_steps=args.max_steps, score_threshold=args.score_threshold, return_trace=bool(args.trace))
+                            max_steps=args.max_steps, score_threshold=args.score_threshold,
+                            max_latency_ms=args.max_latency_ms, return_trace=bool(args.trace))
     except ServiceError as e:
         if e.retry_after is not None:  # 429 (this client has too many requests in flight) or 503 (replica restarting)
             print(f"zoomdet query: the service is busy ({e}); retry in {e.retry_after:g} s", file=sys.stderr)
@@ -510,6 +521,9 @@ def _cmd_query(args) -> int:
               f"{len(ans['detections'])} detections, {len(ans['regions'])} zoom regions")
         print(f"cost: pixels_ratio {c['pixels_ratio']:.3f}, {c['detector_calls']} detector calls, "
               f"{t['total']:.0f} ms (coarse {t['coarse']:.0f}, fine {t['fine']:.0f}, decode {t['decode']:.0f})")
+        if ans.get("regions_dropped") or ans.get("deadline_exceeded"):
+            print(f"deadline {ans['max_latency_ms']:g} ms: {ans['regions_dropped']} zoom windows left out"
+                  + (", and the answer still came late" if ans["deadline_exceeded"] else ""))
         if ans.get("budget_exceeded"):
             print(f"note: policy {ans['policy']} ignores budgets: it spent {c['pixels_ratio']:.3f} of a "
                   f"max_pixels_ratio of {ans['max_pixels_ratio']:g}")

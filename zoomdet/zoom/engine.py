@@ -32,6 +32,15 @@ overlapping tiles of at most that many input pixels (:func:`split_window`),
 merged by :func:`~zoomdet.zoom.merge.merge_tiles`; the tiles, with
 their overlap, are what the cost counts. This bounds the memory and the
 duration of every forward call whatever the image size (the service sets it).
+
+Deadlines (``run(..., deadline=)``): a sequential policy's answer is anytime. The
+coarse pass always runs; the fine pass then runs the chosen windows in the
+order they were chosen, at most the detector's ``batch_size`` of them per
+call, and a call is not started when the time so far plus its estimate
+(its input pixels times the seconds per input pixel measured on this
+image's passes so far) would pass the deadline. The windows left out are
+not run, not charged and not merged (:attr:`ZoomResult.dropped`); the answer
+is the coarse pass plus the windows that fitted, most wanted first.
 """
 
 from __future__ import annotations
@@ -159,6 +168,9 @@ class ZoomResult:
     gain_grid: Optional[np.ndarray] = None
     """The policy's AG map before any zoom, summed over a grid of ~``GAIN_GRID_CELL``-px cells over the image
     (``float32[rows, cols]``, gain units per cell); ``None`` for policies without a map. For pictures."""
+    dropped: int = 0
+    """Windows the policy chose that a ``deadline`` left out: not run, not charged, not merged (they are not in
+    ``regions``)."""
 
 
 @dataclass
@@ -288,6 +300,26 @@ class ZoomEngine:
         cost.detector_calls += pass_cost.detector_calls
         return dets, seconds
 
+    def _fine_until(self, image: Tensor, windows: Sequence[Window], cost: Cost, deadline: float,
+                    seconds_so_far: float) -> tuple[list[Detections], float]:
+        """The fine pass over ``windows`` in their order, at most ``batch_size`` windows per detector call, ending
+        before the first call that would end past ``deadline`` (a ``time.perf_counter()`` value) by its estimate:
+        its input pixels times the seconds per input pixel of this image's passes so far (``seconds_so_far``
+        spent on the input pixels ``cost`` already holds). Returns the detections of the windows that ran, a
+        prefix of ``windows``, and the seconds spent; only the calls that ran are charged to ``cost``."""
+        out: list[Detections] = []
+        seconds = 0.0
+        size = max(1, self.detector.batch_size)
+        for start in range(0, len(windows), size):
+            chunk = windows[start:start + size]
+            rate = (seconds_so_far + seconds) / max(cost.model_input_pixels, 1)
+            if time.perf_counter() + rate * sum(self.pass_pixels(w) for w in chunk) > deadline:
+                break
+            t = time.perf_counter()
+            out += self._detect(image, chunk, cost)
+            seconds += time.perf_counter() - t
+        return out, seconds
+
     def candidates(self, width: int, height: int) -> list[Window]:
         c = self.config
         return [w.with_scale(c.zoom_scale) for w in candidate_windows(width, height, c.windows)]
@@ -295,7 +327,7 @@ class ZoomEngine:
     def run(self, image: Tensor, policy: PlanPolicy | ZoomPolicy, *, ground_truth: Optional[GroundTruth] = None,
             seed: int = 0, max_pixels_ratio: Optional[float] = None, max_steps: Optional[int] = None,
             decode_seconds: float = 0.0, lookahead_memo: Optional[dict] = None,
-            pass_memo: Optional[dict] = None) -> ZoomResult:
+            pass_memo: Optional[dict] = None, deadline: Optional[float] = None) -> ZoomResult:
         """Detect objects in ``image`` with ``policy``.
 
         Args:
@@ -313,12 +345,18 @@ class ZoomEngine:
                 once per image. Each run is still charged every pass in full: its pixels, its calls and its
                 measured seconds (stages ``coarse`` and ``fine``), so the reported figures are those of a
                 run on its own, without running the same pass again.
+            deadline: a ``time.perf_counter()`` value by which a sequential policy's answer is wanted (see the
+                module docstring: the coarse pass always runs, the windows that would end past it are left out
+                and counted in :attr:`ZoomResult.dropped`). Plan policies ignore it. Not with ``pass_memo``
+                (a memo replays measured seconds).
         """
         c = self.config
         budget = c.max_pixels_ratio if max_pixels_ratio is None else float(max_pixels_ratio)
         steps = c.max_steps if max_steps is None else int(max_steps)
         if budget <= 0 or steps < 0:
             raise ValueError(f"max_pixels_ratio must be > 0 and max_steps >= 0, got {budget}, {steps}")
+        if deadline is not None and pass_memo is not None:
+            raise ValueError("deadline and pass_memo cannot be combined: a memo replays the seconds of earlier runs")
         _, H, W = image.shape
         timing = {s: 0.0 for s in STAGES}
         timing["decode"] = decode_seconds
@@ -398,8 +436,13 @@ class ZoomEngine:
         timing["policy"] = time.perf_counter() - t - lookahead_s[0]
 
         t = time.perf_counter()
-        fine, timing["fine"] = self._pass(image, [r.window for r in regions], cost, pass_memo) if regions else ([], 0.0)
-        reused_s += timing["fine"] - (time.perf_counter() - t)
+        chosen = len(regions)
+        if deadline is None:
+            fine, timing["fine"] = self._pass(image, [r.window for r in regions], cost, pass_memo) if regions else ([], 0.0)
+            reused_s += timing["fine"] - (time.perf_counter() - t)
+        else:
+            fine, timing["fine"] = self._fine_until(image, [r.window for r in regions], cost, deadline, timing["coarse"])
+            regions = regions[:len(fine)]
         t = time.perf_counter()
         merged = merge_zoom(coarse, fine, [r.window for r in regions], W, H, c.merge)
         timing["merge"] = time.perf_counter() - t
@@ -408,4 +451,4 @@ class ZoomEngine:
         if lookahead_calls[0]:
             timing["oracle_lookahead"] = lookahead_s[0]
         return ZoomResult(merged.detections, merged.stage, merged.region, coarse, regions, cost, timing, W, H,
-                          [f.without_features() for f in fine], gain_grid)
+                          [f.without_features() for f in fine], gain_grid, dropped=chosen - len(regions))
