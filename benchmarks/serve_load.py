@@ -23,6 +23,14 @@ free loopback port (or uses ``--url``), then:
    memory of the ingress and detector replicas above idle (sampled every
    0.1 s) and how much longer the small requests took than alone.
 
+6. *deadlines* (``--deadlines 0 2000 1500 1000 --rounds 2``): the load again
+   at each request deadline (``max_latency_ms``; 0: none), ``--rounds``
+   times, the deadlines interleaved within each round so that all see the
+   same machine; per deadline: throughput, latency percentiles and what
+   the answers held (mean pixels_ratio, zoom regions, windows left out,
+   answers still past their deadline), per round and their spread. One row
+   per deadline (scenario ``deadline``).
+
 Everything is bounded by ``--time-limit`` seconds. Prints a JSON document;
 ``--out`` also writes it. Each scenario that ran (``overhead``, ``load``,
 ``replica_kill``, ``big_image``) is also a row of
@@ -93,15 +101,22 @@ def wait_ready(url: str, proc, timeout: float = 300) -> float:
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
-def one(session: requests.Session, url: str, data: bytes, policy: str, budget: float, out: list | None = None
-        ) -> tuple[float, object]:
-    """One request; returns (seconds, status or exception name); appends the response's timing_ms to ``out``."""
+def one(session: requests.Session, url: str, data: bytes, policy: str, budget: float, out: list | None = None,
+        max_latency_ms: float | None = None, answers: list | None = None) -> tuple[float, object]:
+    """One request; returns (seconds, status or exception name); appends the response's timing_ms to ``out``
+    and (pixels_ratio, zoom regions, regions_dropped, deadline_exceeded) to ``answers``."""
     t = time.perf_counter()
+    form = {"policy": policy, "max_pixels_ratio": str(budget)}
+    if max_latency_ms is not None:
+        form["max_latency_ms"] = str(max_latency_ms)
     try:
-        r = session.post(f"{url}/v1/detect", files={"image": ("img.jpg", data, "image/jpeg")},
-                         data={"policy": policy, "max_pixels_ratio": str(budget)}, timeout=120)
+        r = session.post(f"{url}/v1/detect", files={"image": ("img.jpg", data, "image/jpeg")}, data=form, timeout=120)
         if out is not None and r.status_code == 200:
             out.append(r.json()["timing_ms"])
+        if answers is not None and r.status_code == 200:
+            body = r.json()
+            answers.append((body["cost"]["pixels_ratio"], len(body["regions"]), body.get("regions_dropped", 0),
+                            bool(body.get("deadline_exceeded"))))
         return time.perf_counter() - t, r.status_code
     except requests.RequestException as e:
         return time.perf_counter() - t, type(e).__name__
@@ -195,7 +210,7 @@ def measure_overhead(url: str, data: bytes, a, report: dict, s: requests.Session
                                        if seq_ok and served_stages else None)
 
 
-def run_load(url, data, policy, budget, n, concurrency, deadline, on_progress=None):
+def run_load(url, data, policy, budget, n, concurrency, deadline, on_progress=None, max_latency_ms=None, answers=None):
     sessions = [requests.Session() for _ in range(concurrency)]
     results: list[tuple[float, float, object]] = []  # (start offset, latency, status)
     t0 = time.perf_counter()
@@ -204,7 +219,7 @@ def run_load(url, data, policy, budget, n, concurrency, deadline, on_progress=No
         if time.time() > deadline:
             return (time.perf_counter() - t0, 0.0, "skipped")
         start = time.perf_counter() - t0
-        lat, st = one(sessions[i % concurrency], url, data, policy, budget)
+        lat, st = one(sessions[i % concurrency], url, data, policy, budget, max_latency_ms=max_latency_ms, answers=answers)
         if on_progress:
             on_progress(i)
         return (start, lat, st)
@@ -212,6 +227,48 @@ def run_load(url, data, policy, budget, n, concurrency, deadline, on_progress=No
     with ThreadPoolExecutor(concurrency) as ex:
         results = list(ex.map(task, range(n)))
     return results, time.perf_counter() - t0
+
+
+def summarize_answers(answers: list) -> dict:
+    """What the 200 answers held: mean pixels_ratio, zoom regions and windows a deadline left out, and the
+    share that still came past their deadline."""
+    if not answers:
+        return {}
+    a = np.asarray(answers, dtype=float)
+    return {"mean_pixels_ratio": float(a[:, 0].mean()), "mean_regions": float(a[:, 1].mean()),
+            "mean_regions_dropped": float(a[:, 2].mean()), "answers_with_regions_dropped": float((a[:, 2] > 0).mean()),
+            "deadline_exceeded_share": float(a[:, 3].mean())}
+
+
+def run_deadlines(url: str, data: bytes, a, stop_at: float) -> list[dict]:
+    """The *deadlines* scenario: ``a.requests`` requests at ``a.concurrency`` per deadline per round, the
+    deadlines in the given order within each round. One dict per deadline: each round's figures, and the
+    mean, least and most of throughput, p95, p99 and mean pixels_ratio over the rounds."""
+    per: dict[float, list[dict]] = {ms: [] for ms in a.deadlines}
+    for r in range(a.rounds):
+        for ms in a.deadlines:
+            answers: list = []
+            results, wall = run_load(url, data, a.policy, a.budget, a.requests, a.concurrency, stop_at,
+                                     max_latency_ms=ms or None, answers=answers)
+            s = summarize(results, wall)
+            per[ms].append({"round": r, **s, "answers": summarize_answers(answers)})
+            print(f"round {r}, deadline {ms or 'none'}: {s['throughput_rps']:.2f} requests/s, "
+                  f"p99 {s['latency_ok'].get('p99_ms', float('nan')):.0f} ms", file=sys.stderr)
+    rows = []
+    for ms, rounds in per.items():
+        def spread(get):
+            v = [get(x) for x in rounds if get(x) is not None]
+            return {"mean": float(np.mean(v)), "min": float(min(v)), "max": float(max(v))} if v else None
+        rows.append({"max_latency_ms": ms or None, "requests": a.requests, "concurrency": a.concurrency,
+                     "rounds": rounds,
+                     "throughput_rps": spread(lambda x: x["throughput_rps"]),
+                     "p50_ms": spread(lambda x: x["latency_ok"].get("p50_ms")),
+                     "p95_ms": spread(lambda x: x["latency_ok"].get("p95_ms")),
+                     "p99_ms": spread(lambda x: x["latency_ok"].get("p99_ms")),
+                     "mean_pixels_ratio": spread(lambda x: x["answers"].get("mean_pixels_ratio")),
+                     "answers_with_regions_dropped": spread(lambda x: x["answers"].get("answers_with_regions_dropped")),
+                     "deadline_exceeded_share": spread(lambda x: x["answers"].get("deadline_exceeded_share"))})
+    return rows
 
 
 def summarize(results, wall) -> dict:
@@ -378,6 +435,9 @@ def write_scenarios(report: dict) -> None:
         write_results("serve_load", [{"scenario": name, **common, **body}],
                       replace={"scenario": name, "layout": common["layout"]},
                       required=("scenario", "command", "date"))
+    if "deadlines" in report:
+        write_results("serve_load", [{"scenario": "deadline", **common, **row} for row in report["deadlines"]],
+                      replace={"scenario": "deadline", "layout": common["layout"]}, required=("scenario", "command", "date"))
 
 
 def main() -> None:
@@ -398,8 +458,13 @@ def main() -> None:
                                                  "requests: memory and extra wait")
     ap.add_argument("--big-policy", default="fine", help="policy of the big request (default fine: the costliest)")
     ap.add_argument("--time-limit", type=float, default=900, help="stop sending after this many seconds")
+    ap.add_argument("--deadlines", type=float, nargs="+", metavar="MS", help="also run the load at each of these "
+                    "request deadlines (max_latency_ms; 0: none), interleaved, --rounds times")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the --deadlines sweep (default 2)")
     ap.add_argument("--out")
     a = ap.parse_args()
+    if a.deadlines and (any(ms < 0 for ms in a.deadlines) or a.rounds < 1):
+        ap.error("--deadlines must be >= 0 (0: none) and --rounds >= 1")
     if (a.kill or a.big) and a.url:
         ap.error("--kill and --big watch the processes of the server this benchmark starts; drop --url")
     deadline = time.time() + a.time_limit
@@ -428,11 +493,16 @@ def main() -> None:
             measure_overhead(url, data, a, report, s)
 
         if a.requests:
-            results, wall = run_load(url, data, a.policy, a.budget, a.requests, a.concurrency, deadline)
+            answers: list = []
+            results, wall = run_load(url, data, a.policy, a.budget, a.requests, a.concurrency, deadline, answers=answers)
             report["load"] = {"requests": a.requests, "concurrency": a.concurrency, **summarize(results, wall),
+                              "answers": summarize_answers(answers),
                               **({"in_process_sequential_rps": 1000 / report["in_process"]["p50_ms"],
                                   "in_process_all_cores_sequential_rps": 1000 / report["in_process_all_cores"]["p50_ms"]}
                                  if a.baseline else {})}
+
+        if a.deadlines:
+            report["deadlines"] = run_deadlines(url, data, a, deadline)
 
         if a.kill:
             # the replicas that run the detector: the DetectorServer's, or in the colocated layout the ingress's

@@ -666,6 +666,12 @@ def test_page_uploads_an_image_and_shows_boxes_regions_and_cost(http_url, tmp_pa
               if (d[i] == 231 && d[i+1] == 29 && d[i+2] == 54) region++;
             }
             return [box, region];""")
+        # a deadline no pass meets: the answer is the coarse pass, and the page says what was left out
+        browser.find_element(By.ID, "deadline").send_keys("0.001")
+        browser.find_element(By.ID, "run").click()
+        wait.until(lambda b: "left out" in b.find_element(By.ID, "cost").text)
+        late_cost = browser.find_element(By.ID, "cost").text
+        late_regions = browser.find_element(By.ID, "result").get_attribute("data-regions")
     finally:
         browser.quit()
     api = requests.post(f"{http_url}/v1/detect", files={"image": ("s.png", image.read_bytes(), "image/png")},
@@ -674,6 +680,7 @@ def test_page_uploads_an_image_and_shows_boxes_regions_and_cost(http_url, tmp_pa
     assert "pixels_ratio" in cost and f"{api['cost']['pixels_ratio']:.3f}" in cost
     assert all(s in timing for s in ("decode", "coarse", "gain", "policy", "fine", "merge", "total"))
     assert drawn[0] > 20 and (drawn[1] > 20) == (regions > 0)
+    assert late_regions == "0" and f"0.001 ms: {regions} zoom windows left out, answered late" in late_cost
 
 
 def test_a_pass_over_max_pass_pixels_runs_as_tiles_through_the_service(http_url):

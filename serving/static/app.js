@@ -87,6 +87,9 @@ function show(answer, img) {
     ["pixels_ratio", `${c.pixels_ratio.toFixed(3)} of full resolution`],
     ["budget", answer.budget_exceeded ? `${answer.max_pixels_ratio} (exceeded: this policy ignores budgets)`
                                       : `${answer.max_pixels_ratio}`],
+    ["deadline", answer.max_latency_ms == null ? "none"
+      : `${answer.max_latency_ms} ms: ${answer.regions_dropped} zoom windows left out` +
+        (answer.deadline_exceeded ? ", answered late" : "")],
     ["detector calls", String(c.detector_calls)],
     ["image", `${answer.image.width} × ${answer.image.height}`],
   ]);
@@ -114,6 +117,7 @@ async function run() {
   form.append("policy", $("policy").value);
   form.append("max_pixels_ratio", $("budget").value);
   form.append("score_threshold", $("score").value);
+  if ($("deadline").value) form.append("max_latency_ms", $("deadline").value);
   try {
     const r = await fetch("/v1/detect", { method: "POST", body: form });
     const body = await r.json();
