@@ -29,7 +29,7 @@ free loopback port (or uses ``--url``), then:
    same machine; per deadline: throughput, latency percentiles and what
    the answers held (mean pixels_ratio, zoom regions, windows left out,
    answers still past their deadline), per round and their spread. One row
-   per deadline (scenario ``deadline``).
+   per deadline (scenario ``deadline``); the plain *load* is then not run.
 
 Everything is bounded by ``--time-limit`` seconds. Prints a JSON document;
 ``--out`` also writes it. Each scenario that ran (``overhead``, ``load``,
@@ -492,7 +492,7 @@ def main() -> None:
         if a.baseline:
             measure_overhead(url, data, a, report, s)
 
-        if a.requests:
+        if a.requests and not a.deadlines:  # with --deadlines, the load without one is the sweep's deadline 0
             answers: list = []
             results, wall = run_load(url, data, a.policy, a.budget, a.requests, a.concurrency, deadline, answers=answers)
             report["load"] = {"requests": a.requests, "concurrency": a.concurrency, **summarize(results, wall),
