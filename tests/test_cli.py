@@ -237,6 +237,26 @@ def test_evaluate_refuses_two_policies_with_one_name(tmp_path, synth_small, tiny
                     tmp_path / "out", progress=False)
 
 
+def test_evaluate_under_a_deadline_reports_the_windows_it_left_out(tmp_path, synth_small, tiny_checkpoint, capsys):
+    base = ["evaluate", "--data", str(synth_small), "--checkpoint", str(tiny_checkpoint), "--policy", "coarse",
+            "--policy", "random", "--policy", "greedy-entropy", "--budget", "0.8", "--images", "2", "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "free")]) == 0
+    free = {r["policy"]: r for r in json.loads((tmp_path / "free" / "report.json").read_text())["policies"]}
+    assert free["random@0.8"]["windows_per_image"] > 0 and free["random@0.8"]["windows_dropped_per_image"] == 0
+    # a deadline no pass meets: every zoom run is its coarse pass, and the report says how many windows it left out
+    assert main(base + ["--out", str(tmp_path / "late"), "--set", "max_latency_ms=0.001"]) == 0
+    late = json.loads((tmp_path / "late" / "report.json").read_text())
+    rows = {r["policy"]: r for r in late["policies"]}
+    for key in ("random@0.8", "greedy-entropy@0.8"):
+        assert rows[key]["windows_per_image"] == 0 and rows[key]["pixels_ratio"] == pytest.approx(0.25)
+        assert rows[key]["windows_dropped_per_image"] == free[key]["windows_per_image"]
+    assert rows["coarse"]["pixels_ratio"] == pytest.approx(0.25) and late["config"]["max_latency_ms"] == 0.001
+    assert "Deadline: 0.001 ms per image" in (tmp_path / "late" / "report.md").read_text()
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "bad"), "--set", "max_latency_ms=0"]) == 2
+    assert "max_latency_ms must be > 0" in capsys.readouterr().err
+
+
 def test_evaluate_refuses_an_unknown_image_dtype(tmp_path, synth_small, tiny_checkpoint, capsys):
     code = main(["evaluate", "--data", str(synth_small), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path),
                  "--policy", "coarse", "--set", "image_dtype=float16", "--no-progress"])

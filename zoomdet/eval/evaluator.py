@@ -78,6 +78,11 @@ class EvalConfig:
     """Seed of the image sample and of the per-image random generators (image i uses seed + image id)."""
     budgets: list[float] = field(default_factory=list)
     """``max_pixels_ratio`` sweep for sequential policies (empty = ``zoom.max_pixels_ratio`` only)."""
+    max_latency_ms: Optional[float] = None
+    """A deadline per image and run, ms from the start of its decode, as the service's ``max_latency_ms``: zoom
+    policies leave out the windows that would end past it (``ZoomEngine.run(deadline=)``), so the report is the
+    AP an answer within that time has on this machine. Each run then runs its own passes (none shared between
+    policies and budgets), and its AP depends on the machine's speed and load. ``None``: no deadline."""
     zoom: ZoomConfig = field(default_factory=ZoomConfig)
     policies: PolicyConfig = field(default_factory=PolicyConfig)
 
@@ -87,6 +92,8 @@ class EvalConfig:
                              f"{self.proposal_min} and {self.images}")
         if not all(isinstance(b, (int, float)) and b > 0 for b in self.budgets):
             raise ValueError(f"budgets are pixel ratios > 0, got {self.budgets!r}")
+        if self.max_latency_ms is not None and not self.max_latency_ms > 0:
+            raise ValueError(f"max_latency_ms must be > 0 (or null: none), got {self.max_latency_ms}")
         if self.image_dtype not in ("uint8", "float32"):
             raise ValueError(f"image_dtype must be uint8 or float32, got {self.image_dtype!r}")
         from zoomdet.detector.models import check_inference_settings
@@ -178,6 +185,7 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
               + (f" (new runs: {', '.join(fresh)})" if fresh and len(fresh) < len(keys) else ""))
 
     todo = [i for i in ids if i not in complete]
+    timed = cfg.max_latency_ms is not None  # a deadline needs each run's own passes and clock
     for k, iid in enumerate(tqdm(todo, desc="evaluate", unit="img", disable=not progress)):
         t = time.perf_counter()
         image = ds.load_image(iid, keep_uint8=cfg.keep_uint8)
@@ -191,13 +199,15 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
                 continue
             res = engine.run(image, policies[name], ground_truth=gt, seed=cfg.seed + iid,
                              max_pixels_ratio=budget, decode_seconds=decode, lookahead_memo=memo,
-                             pass_memo=passes)
+                             pass_memo=None if timed else passes,
+                             deadline=time.perf_counter() + cfg.max_latency_ms / 1000 - decode if timed else None)
             run = state["runs"][key]
             run["results"] += res.detections.to_coco(iid)
             run["done"].append(iid)
             for f, v in res.cost.as_dict().items():
                 run["cost"][f] = run["cost"].get(f, 0) + v
             run["cost"]["windows"] = run["cost"].get("windows", 0) + len(res.regions)
+            run["cost"]["windows_dropped"] = run["cost"].get("windows_dropped", 0) + res.dropped
             run["cost"]["zoomed_images"] = run["cost"].get("zoomed_images", 0) + any(r.candidate >= 0 for r in res.regions)
             for s, v in res.timing.items():
                 run["timing"][s] = run["timing"].get(s, 0.0) + v
@@ -232,6 +242,7 @@ def _report(cfg, data, ds, ids, keys, state, detector) -> dict:
                "model_input_pixels_per_image": run["cost"].get("model_input_pixels", 0) / n,
                "detector_calls_per_image": run["cost"].get("detector_calls", 0) / n,
                "windows_per_image": run["cost"].get("windows", 0) / n,
+               "windows_dropped_per_image": run["cost"].get("windows_dropped", 0) / n,
                "zoomed_share": run["cost"].get("zoomed_images", 0) / n,
                "time_per_image_s": run["timing"].get("total", 0.0) / n,
                "timing_ms": {s: 1000 * run["timing"].get(s, 0.0) / n for s in (*STAGES, "total")}}
@@ -273,6 +284,11 @@ def report_markdown(report: dict) -> str:
         for r in report["policies"]:
             vals = [r["per_class"].get(c) for c in classes]
             lines.append(f"| {r['policy']} | " + " | ".join("–" if v is None or v != v else f"{v:.3f}" for v in vals) + " |")
+    limit = report.get("config", {}).get("max_latency_ms")
+    if limit is not None:
+        lines += ["", f"Deadline: {limit:g} ms per image (`max_latency_ms`); zoom windows left out per image: "
+                  + ", ".join(f"{r['policy']} {r.get('windows_dropped_per_image', 0):.2f}" for r in report["policies"]
+                              if r["budget"] is not None) + "."]
     lines += ["", "Detections per run: " + ", ".join(f"`{r['detections_file']}`" for r in report["policies"]) + "."]
     return "\n".join(lines) + "\n"
 
