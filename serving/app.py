@@ -475,6 +475,10 @@ class ZoomDetIngress:
         self.m_stage = metrics.Histogram("zoomdet_stage_latency_ms", description="latency per stage",
                                          boundaries=[1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000],
                                          tag_keys=("stage",))
+        self.m_dropped = metrics.Counter("zoomdet_deadline_dropped_windows",
+                                         description="zoom windows a request deadline left out")
+        self.m_late = metrics.Counter("zoomdet_deadline_late_answers",
+                                      description="answers that left after their deadline")
 
     def reconfigure(self, user_config: dict) -> None:
         """Take a new :class:`ServiceConfig`; models reload on the next request."""
@@ -567,12 +571,14 @@ class ZoomDetIngress:
         deadline = None if limit_ms is None else arrived + limit_ms / 1000
         result = await asyncio.to_thread(self.engine.run, image, policy, max_pixels_ratio=opts.max_pixels_ratio,
                                          max_steps=opts.max_steps, decode_seconds=decode, deadline=deadline)
-        out = self._response(result, name, policy, opts)
-        out["max_latency_ms"] = limit_ms
-        out["deadline_exceeded"] = deadline is not None and time.perf_counter() > deadline
-        return out
+        late = deadline is not None and time.perf_counter() > deadline
+        if result.dropped:
+            self.m_dropped.inc(result.dropped)
+        if late:
+            self.m_late.inc()
+        return self._response(result, name, policy, opts, limit_ms, late)
 
-    def _response(self, result, name: str, policy, opts: DetectOptions) -> dict:
+    def _response(self, result, name: str, policy, opts: DetectOptions, limit_ms: Optional[float], late: bool) -> dict:
         from zoomdet.zoom.episode import detections_json, episode_record
 
         thr = self.cfg.score_threshold if opts.score_threshold is None else opts.score_threshold
@@ -587,7 +593,7 @@ class ZoomDetIngress:
         out = {"request_id": uuid.uuid4().hex, "image": {"width": result.width, "height": result.height},
                "policy": policy.name, "detections": dets, "regions": regions, "cost": result.cost.as_dict(),
                "max_pixels_ratio": budget, "budget_exceeded": result.cost.pixels_ratio > budget + 1e-9,
-               "max_latency_ms": None, "regions_dropped": result.dropped, "deadline_exceeded": False,
+               "max_latency_ms": limit_ms, "regions_dropped": result.dropped, "deadline_exceeded": late,
                "timing_ms": timing, "model": self.ids, "trace": None}
         if opts.return_trace:
             out["trace"] = episode_record(result, self.engine.config, policy=policy.name, categories=self.categories,

@@ -250,6 +250,8 @@ def test_evaluate_under_a_deadline_reports_the_windows_it_left_out(tmp_path, syn
     for key in ("random@0.8", "greedy-entropy@0.8"):
         assert rows[key]["windows_per_image"] == 0 and rows[key]["pixels_ratio"] == pytest.approx(0.25)
         assert rows[key]["windows_dropped_per_image"] == free[key]["windows_per_image"]
+        assert rows[key]["late_share"] == 1.0 and free[key]["late_share"] is None  # 0.001 ms: every answer late
+        assert rows[key]["late_ms_mean"] == pytest.approx(1000 * rows[key]["time_per_image_s"] - 0.001, rel=1e-6)
     assert rows["coarse"]["pixels_ratio"] == pytest.approx(0.25) and late["config"]["max_latency_ms"] == 0.001
     assert "Deadline: 0.001 ms per image" in (tmp_path / "late" / "report.md").read_text()
     capsys.readouterr()

@@ -208,6 +208,10 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
                 run["cost"][f] = run["cost"].get(f, 0) + v
             run["cost"]["windows"] = run["cost"].get("windows", 0) + len(res.regions)
             run["cost"]["windows_dropped"] = run["cost"].get("windows_dropped", 0) + res.dropped
+            if timed:  # answers that still came past the deadline (the coarse pass alone took longer, or an estimate was short)
+                over = res.timing["total"] - cfg.max_latency_ms / 1000
+                run["cost"]["late"] = run["cost"].get("late", 0) + (over > 0)
+                run["cost"]["late_s"] = run["cost"].get("late_s", 0.0) + max(over, 0.0)
             run["cost"]["zoomed_images"] = run["cost"].get("zoomed_images", 0) + any(r.candidate >= 0 for r in res.regions)
             for s, v in res.timing.items():
                 run["timing"][s] = run["timing"].get(s, 0.0) + v
@@ -243,6 +247,8 @@ def _report(cfg, data, ds, ids, keys, state, detector) -> dict:
                "detector_calls_per_image": run["cost"].get("detector_calls", 0) / n,
                "windows_per_image": run["cost"].get("windows", 0) / n,
                "windows_dropped_per_image": run["cost"].get("windows_dropped", 0) / n,
+               "late_share": run["cost"]["late"] / n if "late" in run["cost"] else None,
+               "late_ms_mean": 1000 * run["cost"]["late_s"] / run["cost"]["late"] if run["cost"].get("late") else None,
                "zoomed_share": run["cost"].get("zoomed_images", 0) / n,
                "time_per_image_s": run["timing"].get("total", 0.0) / n,
                "timing_ms": {s: 1000 * run["timing"].get(s, 0.0) / n for s in (*STAGES, "total")}}
@@ -286,9 +292,13 @@ def report_markdown(report: dict) -> str:
             lines.append(f"| {r['policy']} | " + " | ".join("–" if v is None or v != v else f"{v:.3f}" for v in vals) + " |")
     limit = report.get("config", {}).get("max_latency_ms")
     if limit is not None:
+        zoom = [r for r in report["policies"] if r["budget"] is not None]
         lines += ["", f"Deadline: {limit:g} ms per image (`max_latency_ms`); zoom windows left out per image: "
-                  + ", ".join(f"{r['policy']} {r.get('windows_dropped_per_image', 0):.2f}" for r in report["policies"]
-                              if r["budget"] is not None) + "."]
+                  + ", ".join(f"{r['policy']} {r.get('windows_dropped_per_image', 0):.2f}" for r in zoom)
+                  + "; answers past the deadline (by how much, on average): "
+                  + ", ".join(f"{r['policy']} {100 * (r.get('late_share') or 0):.0f}%"
+                              + (f" ({r['late_ms_mean']:.0f} ms)" if r.get("late_ms_mean") else "")
+                              for r in report["policies"]) + "."]
     lines += ["", "Detections per run: " + ", ".join(f"`{r['detections_file']}`" for r in report["policies"]) + "."]
     return "\n".join(lines) + "\n"
 

@@ -134,7 +134,8 @@ def rows_from_report(report: dict, dataset: str, seed: int = 0, command: Optiona
             "ap_large": r["ap_large"], "pixels_ratio": r["pixels_ratio"],
             "detector_calls_per_image": r["detector_calls_per_image"], "time_per_image_s": r["time_per_image_s"],
             "windows_per_image": r.get("windows_per_image"), "zoomed_share": r.get("zoomed_share"),
-            "windows_dropped_per_image": r.get("windows_dropped_per_image"),
+            "windows_dropped_per_image": r.get("windows_dropped_per_image"), "late_share": r.get("late_share"),
+            "late_ms_mean": r.get("late_ms_mean"),
             **({"max_latency_ms": report["config"]["max_latency_ms"]}
                if report.get("config", {}).get("max_latency_ms") is not None else {}),
             "rel_ap": r["rel_ap"], "rel_pixels": r["rel_pixels"], "rel_time": r["rel_time"],

@@ -38,7 +38,8 @@ coarse pass always runs; the fine pass then runs the chosen windows in the
 order they were chosen, at most the detector's ``batch_size`` of them per
 call, and a call is not started when the time so far plus its estimate
 (its input pixels times the seconds per input pixel measured on this
-image's passes so far) would pass the deadline. The windows left out are
+image's fine calls so far, or on its coarse pass before the first) would
+pass the deadline. The windows left out are
 not run, not charged and not merged (:attr:`ZoomResult.dropped`); the answer
 is the coarse pass plus the windows that fitted, most wanted first.
 """
@@ -304,20 +305,25 @@ class ZoomEngine:
                     seconds_so_far: float) -> tuple[list[Detections], float]:
         """The fine pass over ``windows`` in their order, at most ``batch_size`` windows per detector call, ending
         before the first call that would end past ``deadline`` (a ``time.perf_counter()`` value) by its estimate:
-        its input pixels times the seconds per input pixel of this image's passes so far (``seconds_so_far``
-        spent on the input pixels ``cost`` already holds). Returns the detections of the windows that ran, a
+        its input pixels times a rate in seconds per input pixel, that of the fine calls already run, else that
+        of the passes before them (``seconds_so_far`` spent on the input pixels ``cost`` already holds). Small
+        crops cost more per pixel than a whole view (each call has fixed parts), so the fine calls' own rate
+        replaces the coarse pass's as soon as there is one. Returns the detections of the windows that ran, a
         prefix of ``windows``, and the seconds spent; only the calls that ran are charged to ``cost``."""
         out: list[Detections] = []
-        seconds = 0.0
+        seconds, pixels = 0.0, 0
+        rate = seconds_so_far / max(cost.model_input_pixels, 1)
         size = max(1, self.detector.batch_size)
         for start in range(0, len(windows), size):
             chunk = windows[start:start + size]
-            rate = (seconds_so_far + seconds) / max(cost.model_input_pixels, 1)
-            if time.perf_counter() + rate * sum(self.pass_pixels(w) for w in chunk) > deadline:
+            chunk_pixels = sum(self.pass_pixels(w) for w in chunk)
+            if time.perf_counter() + rate * chunk_pixels > deadline:
                 break
             t = time.perf_counter()
             out += self._detect(image, chunk, cost)
             seconds += time.perf_counter() - t
+            pixels += chunk_pixels
+            rate = seconds / max(pixels, 1)
         return out, seconds
 
     def candidates(self, width: int, height: int) -> list[Window]:
