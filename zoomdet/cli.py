@@ -35,6 +35,7 @@ EPILOG = """examples:
   zoomdet replay --policy logs/dqn/ZoomDet-v0_1/best_model.zip --data data/synth-val/annotations.json --out runs/replay
   zoomdet serve --config serving/config.yaml --port 8000
   zoomdet query image.jpg --policy greedy --max-pixels-ratio 0.6 --out annotated.png
+  zoomdet query image.jpg --policy greedy-entropy --max-latency-ms 500   # zoom windows that would end later are left out
 """
 
 
