@@ -33,15 +33,15 @@ merged by :func:`~zoomdet.zoom.merge.merge_tiles`; the tiles, with
 their overlap, are what the cost counts. This bounds the memory and the
 duration of every forward call whatever the image size (the service sets it).
 
-Deadlines (``run(..., deadline=)``): a sequential policy's answer is anytime. The
-coarse pass always runs; the fine pass then runs the chosen windows in the
-order they were chosen, at most the detector's ``batch_size`` of them per
-call, and a call is not started when the time so far plus its estimate
+Deadlines (``run(..., deadline=)``): a sequential policy's answer is anytime.
+The coarse pass always runs; the fine pass then runs the chosen windows in
+the order they were chosen, at most the detector's ``batch_size`` of them
+per call, and a call is not started when the time so far plus its estimate
 (its input pixels times the seconds per input pixel measured on this
 image's fine calls so far, or on its coarse pass before the first) would
-pass the deadline. The windows left out are
-not run, not charged and not merged (:attr:`ZoomResult.dropped`); the answer
-is the coarse pass plus the windows that fitted, most wanted first.
+pass the deadline. The windows left out are not run, not charged and not
+merged (:attr:`ZoomResult.dropped`); the answer is the coarse pass plus the
+windows that fitted, most wanted first.
 """
 
 from __future__ import annotations
