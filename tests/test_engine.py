@@ -301,10 +301,12 @@ class ClockedStub(StubDetector):
 
 
 def test_a_deadline_leaves_out_the_last_chosen_windows_and_charges_only_what_ran(monkeypatch):
+    from types import SimpleNamespace
+
     import zoomdet.zoom.engine as engine_module
 
-    clock = [100.0]
-    monkeypatch.setattr(engine_module.time, "perf_counter", lambda: clock[0])
+    clock = [100.0]  # the engine's clock only (its module's `time`), not the process's
+    monkeypatch.setattr(engine_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     eng = ZoomEngine(ClockedStub(clock, batch_size=1), ZoomConfig(max_pixels_ratio=10))
     img = image()
     full = eng.run(img, RandomPolicy(k=13), seed=0)
