@@ -515,6 +515,28 @@ def test_one_client_cannot_hold_more_than_its_slots(http_url):
     assert r.status_code == 415  # served again (refused for what it is, not for its address): the slots were given back
 
 
+def test_connections_that_never_finish_their_headers_do_not_hold_up_others(http_url):
+    """Slowloris: hundreds of connections that send half a request and wait hold no request slot."""
+    import socket
+    from urllib.parse import urlparse
+
+    import requests
+
+    host = urlparse(http_url)
+    held = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection((host.hostname, host.port), timeout=10)
+            s.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n")  # never finished
+            held.append(s)
+        r = requests.post(f"{http_url}/v1/detect", files={"image": ("s.png", encode(scene()), "image/png")},
+                          data={"policy": "coarse"}, timeout=30)
+        assert r.status_code == 200 and r.json()["cost"]["pixels_ratio"] == pytest.approx(0.25)
+    finally:
+        for s in held:
+            s.close()
+
+
 def test_slow_and_oversized_chunked_bodies_are_cut_off(http_url):
     import time
     from urllib.parse import urlparse
