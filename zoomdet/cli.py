@@ -154,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "--set box_head_rank=64 (repeatable; score_thresh, nms_thresh, detections_per_img, rpn_pre_nms_top_n, "
                              "rpn_post_nms_top_n, rpn_score_thresh, roi_sampling_ratio, box_head_rank)")
 
-    ev = sub.add_parser("evaluate", help="run policies through the zoom engine; write report.json/.md and pareto.png")
+    ev = sub.add_parser("evaluate", help="run policies through the zoom engine; write report.json/.md and pareto.png",
+                        description="Run policies through the zoom engine over a COCO dataset; write report.json, "
+                                    "report.md, pareto.png and each run's detections. --set max_latency_ms=MS scores "
+                                    "answers under a deadline per image (zoom windows that would end later are left "
+                                    "out; the report counts them and the late answers).")
     _add_config_args(ev, None)
     ev.add_argument("--data", required=True, help="COCO annotation json")
     ev.add_argument("--policy", action="append", required=True, metavar="NAME",
