@@ -111,10 +111,10 @@ def one(session: requests.Session, url: str, data: bytes, policy: str, budget: f
         form["max_latency_ms"] = str(max_latency_ms)
     try:
         r = session.post(f"{url}/v1/detect", files={"image": ("img.jpg", data, "image/jpeg")}, data=form, timeout=120)
-        if out is not None and r.status_code == 200:
-            out.append(r.json()["timing_ms"])
-        if answers is not None and r.status_code == 200:
-            body = r.json()
+        body = r.json() if r.status_code == 200 and (out is not None or answers is not None) else None
+        if out is not None and body is not None:
+            out.append(body["timing_ms"])
+        if answers is not None and body is not None:
             answers.append((body["cost"]["pixels_ratio"], len(body["regions"]), body.get("regions_dropped", 0),
                             bool(body.get("deadline_exceeded"))))
         return time.perf_counter() - t, r.status_code

@@ -169,7 +169,6 @@ def cache_windows(cache, states: dict, total: int, detector=None, images: "Cache
     from zoomdet.rnet.model import window_ap_targets
     from zoomdet.zoom.windows import GainMap, window_boxes
 
-
     for rec in tqdm(itertools.islice(cache, total), desc=desc, total=total):  # records load shard by shard
         k = rec.num_candidates
         labels = window_ap_targets(rec, cache.zoom.merge, candidates_only=True).numpy()

@@ -49,32 +49,23 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _non_negative_float(text: str) -> float:
-    v = float(text)
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
+def _bounded(name: str, cast, low: float, strict: bool = False):
+    """An argparse ``type``: ``cast(text)``, refused unless ``>= low`` (``> low`` when ``strict``; NaN never
+    passes). ``name`` is what argparse calls it when ``cast`` fails ("invalid <name> value")."""
+    def parse(text: str):
+        v = cast(text)
+        if not (v > low if strict else v >= low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
+        return v
+
+    parse.__name__ = name
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    v = float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
-def _count(text: str) -> int:
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+_non_negative_float = _bounded("_non_negative_float", float, 0)
+_positive_float = _bounded("_positive_float", float, 0, strict=True)
+_count = _bounded("_count", int, 0)
+_positive_int = _bounded("_positive_int", int, 1)
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None, example: str = "zoom.coarse_scale=0.5") -> None:

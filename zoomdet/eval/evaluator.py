@@ -186,6 +186,7 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
 
     todo = [i for i in ids if i not in complete]
     timed = cfg.max_latency_ms is not None  # a deadline needs each run's own passes and clock
+    limit_s = cfg.max_latency_ms / 1000 if timed else None
     for k, iid in enumerate(tqdm(todo, desc="evaluate", unit="img", disable=not progress)):
         t = time.perf_counter()
         image = ds.load_image(iid, keep_uint8=cfg.keep_uint8)
@@ -200,7 +201,7 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
             res = engine.run(image, policies[name], ground_truth=gt, seed=cfg.seed + iid,
                              max_pixels_ratio=budget, decode_seconds=decode, lookahead_memo=memo,
                              pass_memo=None if timed else passes,
-                             deadline=time.perf_counter() + cfg.max_latency_ms / 1000 - decode if timed else None)
+                             deadline=time.perf_counter() + limit_s - decode if timed else None)
             run = state["runs"][key]
             run["results"] += res.detections.to_coco(iid)
             run["done"].append(iid)
@@ -209,7 +210,7 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
             run["cost"]["windows"] = run["cost"].get("windows", 0) + len(res.regions)
             run["cost"]["windows_dropped"] = run["cost"].get("windows_dropped", 0) + res.dropped
             if timed:  # answers that still came past the deadline (the coarse pass alone took longer, or an estimate was short)
-                over = res.timing["total"] - cfg.max_latency_ms / 1000
+                over = res.timing["total"] - limit_s
                 run["cost"]["late"] = run["cost"].get("late", 0) + (over > 0)
                 run["cost"]["late_s"] = run["cost"].get("late_s", 0.0) + max(over, 0.0)
             run["cost"]["zoomed_images"] = run["cost"].get("zoomed_images", 0) + any(r.candidate >= 0 for r in res.regions)
