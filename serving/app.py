@@ -579,28 +579,19 @@ class ZoomDetIngress:
         return self._response(result, name, policy, opts, limit_ms, late)
 
     def _response(self, result, name: str, policy, opts: DetectOptions, limit_ms: Optional[float], late: bool) -> dict:
-        from zoomdet.zoom.episode import detections_json, episode_record
+        from zoomdet.zoom.episode import answer_record, episode_record
 
         thr = self.cfg.score_threshold if opts.score_threshold is None else opts.score_threshold
-        dets = [d for d in detections_json(result.detections, self.categories, result.stage, result.region) if d["score"] >= thr]
-        sequential = bool(result.regions) and result.regions[0].candidate >= 0
-        regions = [{"id": r.id, "box_xyxy": list(r.window.as_tuple()), "step": r.step} for r in result.regions] if sequential else []
-        if not sequential:  # plan policies (fine, sahi): no zoom regions, so no detection points at one
-            for d in dets:
-                d["region_id"] = -1
         budget = self.cfg.max_pixels_ratio if opts.max_pixels_ratio is None else opts.max_pixels_ratio
-        timing = {k: round(1000 * result.timing.get(k, 0.0), 3) for k in ("decode", "coarse", "gain", "policy", "fine", "merge", "total")}
-        out = {"request_id": uuid.uuid4().hex, "image": {"width": result.width, "height": result.height},
-               "policy": policy.name, "detections": dets, "regions": regions, "cost": result.cost.as_dict(),
-               "max_pixels_ratio": budget, "budget_exceeded": result.cost.pixels_ratio > budget + 1e-9,
-               "max_latency_ms": limit_ms, "regions_dropped": result.dropped, "deadline_exceeded": late,
-               "timing_ms": timing, "model": self.ids, "trace": None}
+        answer = answer_record(result, self.categories, policy=policy.name, max_pixels_ratio=budget,
+                               score_threshold=thr, max_latency_ms=limit_ms, late=late)
+        out = {"request_id": uuid.uuid4().hex, **answer, "model": self.ids, "trace": None}
         if opts.return_trace:
             out["trace"] = episode_record(result, self.engine.config, policy=policy.name, categories=self.categories,
                                           image={}, lam=opts.lam, max_pixels_ratio=opts.max_pixels_ratio or self.cfg.max_pixels_ratio)
         self.m_pixels.observe(result.cost.pixels_ratio)
-        self.m_regions.observe(len(regions))
-        for k, v in timing.items():
+        self.m_regions.observe(len(out["regions"]))
+        for k, v in out["timing_ms"].items():
             self.m_stage.observe(v, tags={"stage": k})
         return out
 

@@ -373,3 +373,82 @@ def test_every_zoomdet_command_in_the_docs_code_blocks_parses():
             parser.parse_args(shlex.split(command)[1:])
         except SystemExit:
             pytest.fail(f"{doc}: `{command}` does not parse")
+
+
+def test_detect_answers_each_image_as_the_engine_does_keeps_going_past_a_bad_file_and_resumes(
+        tmp_path, synth_small, tiny_checkpoint, capsys):
+    import shutil
+
+    from zoomdet.config import load_config
+    from zoomdet.data.coco import read_image
+    from zoomdet.eval.detect import read_answers
+    from zoomdet.eval.evaluator import EvalConfig, load_detector
+    from zoomdet.zoom.engine import ZoomEngine
+    from zoomdet.zoom.episode import answer_record
+    from zoomdet.zoom.policies import make_policy
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for src in sorted((synth_small.parent / "images").iterdir())[:2]:
+        shutil.copy(src, folder / src.name)
+    (folder / "broken.png").write_text("not an image")
+    (folder / "notes.txt").write_text("not taken: not an image suffix")
+    out = tmp_path / "det"
+    argv = ["detect", str(folder), "--checkpoint", str(tiny_checkpoint), "--budget", "0.6", "--out", str(out),
+            "--no-progress", "--render"]
+    assert main(argv) == 1  # a file had no answer; the others did
+    captured = capsys.readouterr()
+    assert "2 of 3 images answered" in captured.out and "no answer for" in captured.err and "broken.png" in captured.err
+    header, lines = read_answers(out / "detections.jsonl")
+    assert header["policy"] == "greedy-entropy" and header["max_pixels_ratio"] == 0.6
+    answers = {a["file"]: a for a in lines if "error" not in a}
+    errors = [a for a in lines if "error" in a]
+    assert len(answers) == 2 and len(errors) == 1 and errors[0]["file"].endswith("broken.png")
+    assert sum(len(a["detections"]) for a in answers.values()) > 0 and any(a["regions"] for a in answers.values())
+
+    # each answer is the engine's own on that image, in the service's format
+    cfg = load_config(EvalConfig, None, [f"checkpoint={tiny_checkpoint}"])
+    detector = load_detector(cfg)
+    engine, policy = ZoomEngine(detector, cfg.zoom), make_policy("greedy-entropy", cfg.policies, cfg.zoom)
+    for f, a in answers.items():
+        res = engine.run(read_image(f, keep_uint8=True), policy, seed=cfg.seed, max_pixels_ratio=0.6)
+        want = answer_record(res, detector.categories, policy="greedy-entropy", max_pixels_ratio=0.6, score_threshold=0.05)
+        assert a["detections"] == want["detections"] and a["regions"] == want["regions"] and a["cost"] == want["cost"]
+        assert a["cost"]["pixels_ratio"] <= 0.6 + 1e-9 and not a["budget_exceeded"]
+        assert all(d["score"] >= 0.05 for d in a["detections"])
+        assert (out / a["rendered"]).is_file()
+
+    # the bad file removed, the same command keeps the answers it has (same timings: not rerun) and succeeds
+    (folder / "broken.png").unlink()
+    assert main(argv) == 0
+    assert "resuming: 2/2 images already answered" in capsys.readouterr().out
+    _, again = read_answers(out / "detections.jsonl")
+    assert {a["file"]: a["timing_ms"] for a in again} == {f: a["timing_ms"] for f, a in answers.items()}
+
+    # other settings start over
+    assert main([*argv[:4], "--budget", "0.3", *argv[6:]]) == 0
+    assert "resuming" not in capsys.readouterr().out
+    header, lines = read_answers(out / "detections.jsonl")
+    assert header["max_pixels_ratio"] == 0.3 and len(lines) == 2
+    assert all(a["cost"]["pixels_ratio"] <= 0.3 + 1e-9 for a in lines)
+
+
+def test_detect_refuses_bad_input_before_loading_a_model(tmp_path, tiny_checkpoint, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["detect", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main(["detect", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "holds no image file" in capsys.readouterr().err
+    img = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 48)).save(img)
+    assert main(["detect", str(img), "--checkpoint", str(tiny_checkpoint), "--policy", "oracle",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "reads the ground truth" in capsys.readouterr().err
+    for flag, value, message in [("--budget", "0", "must be > 0"), ("--max-latency-ms", "-5", "must be > 0"),
+                                 ("--score-threshold", "1.5", "must be <= 1"), ("--budget", "lots", "invalid")]:
+        with pytest.raises(SystemExit) as e:
+            main(["detect", str(img), "--out", str(tmp_path / "o"), flag, value])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "detections.jsonl").exists()

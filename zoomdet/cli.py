@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 __all__ = ["main", "build_parser"]
 
@@ -33,6 +34,7 @@ EPILOG = """examples:
   zoomdet evaluate --config configs/eval/synth.yaml --data data/synth-val/annotations.json \\
       --policy fine --policy greedy --policy logs/dqn/ZoomDet-v0_1/best_model.zip --rnet runs/rnet/rnet.pt --out runs/eval/agent
   zoomdet replay --policy logs/dqn/ZoomDet-v0_1/best_model.zip --data data/synth-val/annotations.json --out runs/replay
+  zoomdet detect photos/ --config configs/eval/airbus_gpu.yaml --budget 0.25 --out runs/detect/photos  # no labels, no server
   zoomdet serve --config serving/config.yaml --port 8000
   zoomdet query image.jpg --policy greedy --max-pixels-ratio 0.6 --out annotated.png
   zoomdet query image.jpg --policy greedy-entropy --max-latency-ms 500   # zoom windows that would end later are left out
@@ -49,13 +51,16 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _bounded(name: str, cast, low: float, strict: bool = False):
-    """An argparse ``type``: ``cast(text)``, refused unless ``>= low`` (``> low`` when ``strict``; NaN never
-    passes). ``name`` is what argparse calls it when ``cast`` fails ("invalid <name> value")."""
+def _bounded(name: str, cast, low: float, strict: bool = False, high: Optional[float] = None):
+    """An argparse ``type``: ``cast(text)``, refused unless ``>= low`` (``> low`` when ``strict``) and, with
+    ``high``, ``<= high`` (NaN never passes). ``name`` is what argparse calls it when ``cast`` fails ("invalid
+    <name> value")."""
     def parse(text: str):
         v = cast(text)
         if not (v > low if strict else v >= low):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
+        if high is not None and not v <= high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text}")
         return v
 
     parse.__name__ = name
@@ -66,6 +71,7 @@ _non_negative_float = _bounded("_non_negative_float", float, 0)
 _positive_float = _bounded("_positive_float", float, 0, strict=True)
 _count = _bounded("_count", int, 0)
 _positive_int = _bounded("_positive_int", int, 1)
+_score = _bounded("_score", float, 0, high=1)
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None, example: str = "zoom.coarse_scale=0.5") -> None:
@@ -161,6 +167,36 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--budget", type=float, nargs="+", metavar="RATIO",
                     help="max_pixels_ratio sweep for sequential policies (e.g. --budget 0.4 0.55 0.7)")
     _add_detector_args(ev)
+
+    dt = sub.add_parser("detect", help="run a policy on image files or folders (no annotations, no server); "
+                                       "write each answer with its cost to detections.jsonl",
+                        description="Run a policy on image files, or on the images in folders, through the zoom "
+                                    "engine, and write each image's answer (the service's: detections in "
+                                    "full-resolution pixels, zoom regions, pixels, detector calls, time per stage) "
+                                    "to OUT/detections.jsonl as it finishes. Rerun the same command to resume: "
+                                    "answers made with the same settings are kept. A file that is not a readable "
+                                    "image gets an error line and the others still run; the exit status is then 1. "
+                                    "Use the eval config of the detector your images need, e.g. "
+                                    "configs/eval/airbus_gpu.yaml.")
+    _add_config_args(dt, None)
+    dt.add_argument("paths", nargs="+", metavar="PATH", help="image files (JPEG, PNG, TIFF, BMP, WebP) or folders of them")
+    dt.add_argument("--out", required=True, help="output folder: detections.jsonl (and images/*.png with --render)")
+    dt.add_argument("--policy", default="greedy-entropy",
+                    help="greedy-entropy (default: needs nothing trained), greedy (with --rnet), coarse, fine, sahi, "
+                         "random, or a trained agent .zip")
+    dt.add_argument("--rnet", help="R-net checkpoint for the greedy policy (default: config policies.rnet)")
+    dt.add_argument("--budget", type=_positive_float, metavar="RATIO",
+                    help="max_pixels_ratio per image, coarse pass included (default: the config's zoom.max_pixels_ratio)")
+    dt.add_argument("--max-latency-ms", type=_positive_float, metavar="MS",
+                    help="deadline per image from the start of its decode: zoom windows that would end past it are "
+                         "left out (the coarse pass always runs)")
+    dt.add_argument("--score-threshold", type=_score, default=0.05, metavar="S",
+                    help="leave detections below this score out of the answers (default 0.05, the service's)")
+    dt.add_argument("--recursive", action="store_true", help="also take the images in the folders' subfolders")
+    dt.add_argument("--render", action="store_true", help="also draw each answer to OUT/images/<name>.png")
+    dt.add_argument("--checkpoint", help="detector checkpoint (default: config, then the embedded one)")
+    dt.add_argument("--device", help="cpu or cuda")
+    dt.add_argument("--no-progress", action="store_true")
 
     cache = sub.add_parser("cache", help="rollout cache: detector outputs for every reachable window, computed once") \
         .add_subparsers(dest="cache_command", required=True, metavar="ACTION")
@@ -470,6 +506,29 @@ def _cmd_replay(args) -> int:
     return 0
 
 
+def _cmd_detect(args) -> int:
+    from zoomdet.config import load_config
+    from zoomdet.eval.detect import detect_files, image_files
+    from zoomdet.eval.evaluator import EvalConfig
+
+    files = image_files(args.paths, recursive=args.recursive)  # bad paths fail before the model loads
+    overrides = list(args.overrides)
+    for key in ("checkpoint", "device", "rnet"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{'policies.rnet' if key == 'rnet' else key}={getattr(args, key)}")
+    cfg = load_config(EvalConfig, args.config, overrides)
+    s = detect_files(cfg, files, args.policy, args.out, max_pixels_ratio=args.budget, max_latency_ms=args.max_latency_ms,
+                     score_threshold=args.score_threshold, render=args.render, progress=not args.no_progress)
+    print(f"{s.images} of {len(files)} images answered ({s.resumed} kept from before), {s.detections} detections; "
+          f"mean pixels_ratio {s.pixels_ratio:.3f}, mean {s.total_ms:.0f} ms per image")
+    if args.max_latency_ms is not None:
+        print(f"deadline {args.max_latency_ms:g} ms: {s.regions_dropped} zoom windows left out, {s.late} answers late")
+    print(f"wrote {s.out / 'detections.jsonl'}" + (f" and {s.out / 'images'}" if args.render else ""))
+    for f, why in s.failed.items():
+        print(f"zoomdet detect: no answer for {f}: {why}", file=sys.stderr)
+    return 1 if s.failed else 0
+
+
 def _cmd_quickstart(args) -> int:
     from zoomdet.config import load_config
     from zoomdet.quickstart import QuickstartConfig, run_quickstart
@@ -542,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     from zoomdet.data.coco import DatasetError
 
     commands = {"doctor": _cmd_doctor, "data": _cmd_data, "detector": _cmd_detector, "evaluate": _cmd_evaluate,
-                "cache": _cmd_cache, "rnet": _cmd_rnet, "train": _cmd_train, "replay": _cmd_replay,
+                "cache": _cmd_cache, "rnet": _cmd_rnet, "train": _cmd_train, "replay": _cmd_replay, "detect": _cmd_detect,
                 "quickstart": _cmd_quickstart, "serve": _cmd_serve, "query": _cmd_query}
     if args.command not in commands:
         parser.error(f"unknown command {args.command}")

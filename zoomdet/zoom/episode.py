@@ -53,7 +53,7 @@ from zoomdet.zoom.engine import STAGES, GroundTruth, ZoomConfig, ZoomResult
 from zoomdet.zoom.gain import fresh_gain, window_gain_items
 from zoomdet.zoom.merge import STAGE_FINE, merge_zoom
 
-__all__ = ["EPISODE_FORMAT", "episode_record", "detections_json", "load_episode", "save_episode", "merged_after"]
+__all__ = ["EPISODE_FORMAT", "episode_record", "answer_record", "detections_json", "load_episode", "save_episode", "merged_after"]
 
 EPISODE_FORMAT = "zoomdet.episode/1"
 
@@ -68,6 +68,31 @@ def detections_json(det: Detections, categories: Optional[dict[int, str]] = None
                     "class_id": int(c), "label": (categories or {}).get(int(c), str(int(c))), "stage": st,
                     "region_id": -1 if region is None else int(region[i])})
     return out
+
+
+def answer_record(result: ZoomResult, categories: Optional[dict[int, str]], *, policy: str, max_pixels_ratio: float,
+                  score_threshold: float = 0.0, max_latency_ms: Optional[float] = None, late: bool = False) -> dict:
+    """One image's answer, as the service returns it (``POST /v1/detect``) and ``zoomdet detect`` writes it.
+
+    Keys: ``image`` ``{width, height}``; ``policy``; ``detections`` (:func:`detections_json`, those with
+    ``score >= score_threshold``); ``regions`` ``[{id, box_xyxy, step}]``, the zoom windows as run (empty for plan
+    policies, whose detections then carry ``region_id`` -1); ``cost`` (:class:`~zoomdet.zoom.engine.Cost`);
+    ``max_pixels_ratio`` and ``budget_exceeded`` (plan policies ignore budgets and say so here);
+    ``max_latency_ms``, ``regions_dropped`` (windows the deadline left out) and ``deadline_exceeded`` (``late``);
+    ``timing_ms`` per stage. Boxes are ``[x0, y0, x1, y1]`` in full-resolution image pixels.
+    """
+    dets = [d for d in detections_json(result.detections, categories, result.stage, result.region)
+            if d["score"] >= score_threshold]
+    sequential = bool(result.regions) and result.regions[0].candidate >= 0
+    regions = [{"id": r.id, "box_xyxy": list(r.window.as_tuple()), "step": r.step} for r in result.regions] if sequential else []
+    if not sequential:  # plan policies (fine, sahi): no zoom regions, so no detection points at one
+        for d in dets:
+            d["region_id"] = -1
+    timing = {k: round(1000 * result.timing.get(k, 0.0), 3) for k in (*STAGES, "total")}
+    return {"image": {"width": result.width, "height": result.height}, "policy": policy, "detections": dets,
+            "regions": regions, "cost": result.cost.as_dict(), "max_pixels_ratio": max_pixels_ratio,
+            "budget_exceeded": result.cost.pixels_ratio > max_pixels_ratio + 1e-9, "max_latency_ms": max_latency_ms,
+            "regions_dropped": result.dropped, "deadline_exceeded": late, "timing_ms": timing}
 
 
 def _keys(items: list[dict]) -> list[tuple]:

@@ -1,0 +1,213 @@
+"""``zoomdet detect``: run a policy on image files, no annotations and no server needed.
+
+Each image goes through the same zoom engine as ``zoomdet evaluate`` and the service, and its answer is the
+service's (:func:`zoomdet.zoom.episode.answer_record`: detections as ``[x0, y0, x1, y1]`` full-resolution pixels,
+the zoom regions, the cost in pixels and detector calls, the time per stage). Answers go to
+``<out>/detections.jsonl`` as each image finishes, so an interrupted run loses nothing: a rerun with the same
+settings keeps the answers already written and runs only the other images (and those that failed). Format::
+
+    {"format": "zoomdet.detect/1", "settings": "<16 hex>", "policy": ..., "detector_id": ..., "config": {...}}
+    {"file": "/abs/a.jpg", "image": {"width": 2560, "height": 2560}, "policy": ..., "detections": [...], ...}
+    {"file": "/abs/b.png", "error": "cannot identify image file ..."}
+
+The first line says what made the answers; then one line per image, an answer or the reason it has none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from PIL import Image
+from tqdm import tqdm
+
+from zoomdet.data.coco import read_image
+from zoomdet.eval.evaluator import EvalConfig, load_detector, write_atomic
+from zoomdet.zoom.engine import ZoomEngine
+from zoomdet.zoom.episode import answer_record
+from zoomdet.zoom.policies import make_policy
+
+__all__ = ["DETECT_FORMAT", "IMAGE_SUFFIXES", "DetectSummary", "detect_files", "image_files", "read_answers"]
+
+DETECT_FORMAT = "zoomdet.detect/1"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+"""File suffixes (any case) taken from a folder; a file named on its own is tried whatever its suffix."""
+
+
+def image_files(paths: Sequence[str | Path], recursive: bool = False) -> list[Path]:
+    """The image files ``paths`` name: files as given, folders as the files with an :data:`IMAGE_SUFFIXES` suffix
+    inside them (their subfolders too with ``recursive``), sorted; each file once, in the order given.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: no path given, or a folder with no image file.
+    """
+    if not paths:
+        raise ValueError("give at least one image file or folder")
+    out: dict[Path, None] = {}
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in (p.rglob("*") if recursive else p.iterdir())
+                           if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"folder {p} holds no image file ({', '.join(IMAGE_SUFFIXES)})"
+                                 + ("" if recursive else "; --recursive also looks in its subfolders"))
+            out.update(dict.fromkeys(f.resolve() for f in found))
+        elif p.is_file():
+            out[p.resolve()] = None
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return list(out)
+
+
+@dataclass
+class DetectSummary:
+    """What a :func:`detect_files` run did (answers written before a resume included)."""
+
+    out: Path
+    images: int = 0
+    """Images with an answer."""
+    resumed: int = 0
+    """Of those, answers kept from an earlier run with the same settings."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """File -> why it has no answer (unreadable, not an image, too large)."""
+    detections: int = 0
+    pixels_ratio: float = 0.0
+    """Mean over the answered images."""
+    total_ms: float = 0.0
+    """Mean time per answered image, decode to merge, ms."""
+    regions_dropped: int = 0
+    late: int = 0
+
+
+def read_answers(path: str | Path) -> tuple[dict, list[dict]]:
+    """``(header, lines)`` of a ``detections.jsonl`` written by :func:`detect_files`."""
+    lines = [json.loads(s) for s in Path(path).read_text().splitlines() if s.strip()]
+    if not lines or lines[0].get("format") != DETECT_FORMAT:
+        raise ValueError(f"{path} is not a zoomdet detect file ({DETECT_FORMAT})")
+    return lines[0], lines[1:]
+
+
+def detect_files(cfg: EvalConfig, files: Sequence[Path], policy_name: str, out: str | Path, *,
+                 max_pixels_ratio: Optional[float] = None, max_latency_ms: Optional[float] = None,
+                 score_threshold: float = 0.05, render: bool = False, progress: bool = True) -> DetectSummary:
+    """Run ``policy_name`` on each of ``files`` and write ``<out>/detections.jsonl`` (see the module docstring).
+
+    Args:
+        cfg: the engine, detector and policy options (``configs/eval/*.yaml``); ``cfg.images`` is not used.
+        files: image files (:func:`image_files`).
+        policy_name: a policy that needs no ground truth (``greedy-entropy``, ``greedy`` with ``cfg.policies.rnet``,
+            ``coarse``, ``fine``, ``sahi``, ``random``) or a trained agent ``.zip``.
+        max_pixels_ratio: pixel budget per image, coarse pass included (default ``cfg.zoom.max_pixels_ratio``).
+        max_latency_ms: deadline per image from the start of its decode, as the service's (default
+            ``cfg.max_latency_ms``, none unless set).
+        score_threshold: detections below it are left out of the answers (not of the merge).
+        render: also draw each answer to ``<out>/images/<file stem>.png``.
+
+    A file that cannot be read as an image gets an ``error`` line and the run goes on; the summary lists it.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    detector = load_detector(cfg)
+    policy = make_policy(policy_name, cfg.policies, cfg.zoom, detector.detector_id)
+    if getattr(policy, "needs_ground_truth", False):
+        raise ValueError(f"policy {policy_name!r} reads the ground truth, which images alone do not have; score it on "
+                         "an annotated set with zoomdet evaluate")
+    engine = ZoomEngine(detector, cfg.zoom)
+    budget = cfg.zoom.max_pixels_ratio if max_pixels_ratio is None else float(max_pixels_ratio)
+    if max_latency_ms is None:
+        max_latency_ms = cfg.max_latency_ms
+    header = {"format": DETECT_FORMAT, "policy": policy.name, "detector_id": detector.detector_id,
+              "max_pixels_ratio": budget, "max_latency_ms": max_latency_ms, "score_threshold": score_threshold,
+              "config": json.loads(json.dumps(_config_dict(cfg), default=str))}
+    header["settings"] = hashlib.sha256(json.dumps([header, _model_digests(policy_name, cfg)], sort_keys=True,
+                                                   default=str).encode()).hexdigest()[:16]
+
+    path = out / "detections.jsonl"
+    wanted = {str(f) for f in files}
+    kept: dict[str, dict] = {}
+    if path.is_file():
+        try:
+            old_header, old = read_answers(path)
+        except (ValueError, json.JSONDecodeError):  # not ours, or cut mid-line: start over rather than guess
+            old_header, old = {}, []
+        if old_header.get("settings") == header["settings"]:
+            kept = {a["file"]: a for a in old if "error" not in a and a.get("file") in wanted}
+    rendered: set[str] = set()
+    for a in kept.values():
+        if render and not (a.get("rendered") and (out / a["rendered"]).is_file()):  # kept from a run without --render
+            a["rendered"] = _render(a, out, rendered)
+        elif a.get("rendered"):
+            rendered.add(Path(a["rendered"]).stem)
+    write_atomic(path, "".join(json.dumps(x) + "\n" for x in [header, *kept.values()]))
+
+    summary = DetectSummary(out=out, resumed=len(kept))
+    answers = list(kept.values())
+    if kept:
+        print(f"resuming: {len(kept)}/{len(files)} images already answered in {path}")
+    with path.open("a") as log:
+        for f in tqdm([f for f in files if str(f) not in kept], desc="detect", unit="img", disable=not progress):
+            t0 = time.perf_counter()
+            try:
+                image = read_image(f, keep_uint8=cfg.keep_uint8)
+            except (OSError, ValueError, Image.DecompressionBombError) as e:  # unreadable, not an image, too large
+                summary.failed[str(f)] = f"{type(e).__name__}: {e}"
+                log.write(json.dumps({"file": str(f), "error": summary.failed[str(f)]}) + "\n")
+                log.flush()
+                continue
+            decode = time.perf_counter() - t0
+            deadline = None if max_latency_ms is None else t0 + max_latency_ms / 1000
+            result = engine.run(image, policy, seed=cfg.seed, max_pixels_ratio=budget, decode_seconds=decode,
+                                deadline=deadline)
+            late = deadline is not None and time.perf_counter() > deadline
+            answer = {"file": str(f), **answer_record(result, detector.categories, policy=policy.name,
+                                                      max_pixels_ratio=budget, score_threshold=score_threshold,
+                                                      max_latency_ms=max_latency_ms, late=late)}
+            if render:
+                answer["rendered"] = _render(answer, out, rendered)
+            log.write(json.dumps(answer) + "\n")
+            log.flush()
+            answers.append(answer)
+
+    summary.images = len(answers)
+    if answers:
+        summary.detections = sum(len(a["detections"]) for a in answers)
+        summary.pixels_ratio = sum(a["cost"]["pixels_ratio"] for a in answers) / len(answers)
+        summary.total_ms = sum(a["timing_ms"]["total"] for a in answers) / len(answers)
+        summary.regions_dropped = sum(a["regions_dropped"] for a in answers)
+        summary.late = sum(bool(a["deadline_exceeded"]) for a in answers)
+    return summary
+
+
+def _config_dict(cfg: EvalConfig) -> dict:
+    from zoomdet.config import to_dict
+
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("images", "budgets")}
+
+
+def _model_digests(policy_name: str, cfg: EvalConfig) -> list[str]:
+    """A trained agent or R-net is its file: retrained in place, the answers made with it are not kept."""
+    from zoomdet.detector.detector import file_digest
+
+    paths = [Path(p) for p in policy_name.split("+")] if policy_name.endswith(".zip") else []
+    paths += [Path(cfg.policies.rnet)] if cfg.policies.rnet else []
+    return [file_digest(p) for p in paths if p.is_file()]
+
+
+def _render(answer: dict, out: Path, taken: set[str]) -> str:
+    """Draw ``answer`` on its image to ``out/images/<stem>.png`` (``<stem>-2`` ... when two folders hold files of
+    one name); returns the path relative to ``out``."""
+    from zoomdet.viz import save_result_image
+
+    f = Path(answer["file"])
+    name, k = f.stem, 1
+    while name in taken:
+        k += 1
+        name = f"{f.stem}-{k}"
+    taken.add(name)
+    save_result_image(f, answer["detections"], answer["regions"], out / "images" / f"{name}.png")
+    return f"images/{name}.png"
