@@ -60,11 +60,12 @@ EPISODE_FORMAT = "zoomdet.episode/1"
 
 def detections_json(det: Detections, categories: Optional[dict[int, str]] = None, stage: Optional[torch.Tensor] = None,
                     region: Optional[torch.Tensor] = None, default_stage: str = "coarse") -> list[dict]:
-    """Detections as JSON-ready dicts (the service's response format); boxes rounded to 0.01 px."""
+    """Detections as JSON-ready dicts (the service's response format); boxes rounded to 0.01 px, scores to 5 decimals
+    (as :meth:`Detections.to_coco`, so an answer scores as the evaluator's results file does)."""
     out = []
     for i, ((x0, y0, x1, y1), s, c) in enumerate(zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist())):
         st = default_stage if stage is None else ("fine" if int(stage[i]) == STAGE_FINE else "coarse")
-        out.append({"box_xyxy": [round(x0, 2), round(y0, 2), round(x1, 2), round(y1, 2)], "score": round(float(s), 4),
+        out.append({"box_xyxy": [round(x0, 2), round(y0, 2), round(x1, 2), round(y1, 2)], "score": round(float(s), 5),
                     "class_id": int(c), "label": (categories or {}).get(int(c), str(int(c))), "stage": st,
                     "region_id": -1 if region is None else int(region[i])})
     return out
