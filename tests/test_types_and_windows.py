@@ -142,3 +142,44 @@ def test_a_config_file_starts_from_its_base_and_refuses_bad_bases(tmp_path):
     (tmp_path / "odd.yaml").write_text("base: [parent.yaml]\n")
     with pytest.raises(ConfigError, match="base must be a file path"):
         load_config(EvalConfig, tmp_path / "odd.yaml")
+
+
+def test_zoomed_windows_leave_exactly_no_gain_so_greedy_stops_instead_of_chasing_rounding_residue(monkeypatch):
+    """Zeroing windows updates the integral incrementally; the sums of windows that hold no gain any more must
+    read 0, not +-1e-16 (a greedy rule that spends its budget took such windows, how many depending on the order
+    of float operations, e.g. torch's thread count). Exact map (cell 1), integer windows."""
+    import numpy as np
+
+    import zoomdet.zoom.windows as windows
+    from zoomdet.rnet.policies import greedy_choice
+    from zoomdet.zoom.windows import WindowConfig, candidate_windows, window_boxes
+
+    W, H = 640, 480
+    cands = candidate_windows(W, H, WindowConfig(grids=[3, 4], fractions=[0.4, 0.3]))
+    cb, px = window_boxes(cands), np.array([w.source_pixels for w in cands], dtype=np.float64)
+
+    def greedy_until_it_stops(boxes, gains, residue: float) -> tuple[int, np.ndarray]:
+        monkeypatch.setattr(windows, "RESIDUE", residue)
+        gm = GainMap(W, H, boxes, gains, cell=1)
+        available = np.ones(len(cands), dtype=bool)  # as in the engine, a window is zoomed once
+        for steps in range(len(cands) + 1):
+            k = greedy_choice(gm, cb, px, available)
+            if k is None:
+                return steps, gm.window_sums(cb)
+            gm.zero_(cands[k])
+            available[k] = False
+            assert abs(gm.window_sum(cands[k])) <= 1e-12  # the zoomed window holds nothing
+        raise AssertionError("greedy never stopped")
+
+    chased = 0
+    for seed in range(12):
+        gen = torch.Generator().manual_seed(seed)
+        xy = torch.rand(25, 2, generator=gen) * torch.tensor([560.0, 400])
+        boxes = torch.cat([xy, xy + 10 + torch.rand(25, 2, generator=gen) * 60], 1)
+        gains = torch.rand(25, generator=gen)
+        raw_steps, raw = greedy_until_it_stops(boxes, gains, 0.0)  # the bare arithmetic
+        steps, snapped = greedy_until_it_stops(boxes, gains, 1e-12)
+        assert np.all(snapped == 0.0) and np.abs(raw).max() < 1e-12  # what is left is residue, read as nothing
+        assert raw_steps >= steps
+        chased += raw_steps > steps  # without the snap, greedy took windows for their residue
+    assert chased >= 6  # (11 of the 12 maps here)
