@@ -10,7 +10,8 @@ command, files in, ``detections.jsonl`` out), then scores those answers with COC
 ``benchmarks/results/detect_files.json`` (replacing ``--dataset``'s rows): AP, pixels, detector calls and seconds
 per image of the ``detect`` answers, relative to ``fine``'s answers, and ``ap_evaluate`` / ``max_box_diff_px``:
 the evaluator's AP and the largest coordinate difference between the two commands' boxes (0 when ``detect``
-answers as the evaluator scores).
+answers as the evaluator scores). ``--workers 0 2`` also runs ``detect`` through Ray tasks and records each
+command's wall time (model loads and the Ray start included) and images per second.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +34,9 @@ def main(argv=None) -> int:
     add_dataset_args(ap)
     add_policy_args(ap)
     ap.add_argument("--out", help="work folder (default runs/bench/detect_files/<dataset>)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0],
+                    help="run zoomdet detect with each of these --workers (0: in-process; N: a local Ray instance of N "
+                         "CPUs); one row per policy and value, with the command's wall time")
     args = ap.parse_args(argv)
     require_fine(ap, args.policy)
     if args.budget and len(args.budget) > 1:
@@ -63,11 +68,13 @@ def main(argv=None) -> int:
     report = json.loads((ev_out / "report.json").read_text())
 
     rows = []
-    for name in args.policy:
-        det_out = out / f"detect-{Path(name).stem if name.endswith('.zip') else name}"
+    for name, workers in [(p, w) for p in args.policy for w in args.workers]:
+        det_out = out / f"detect-{Path(name).stem if name.endswith('.zip') else name}-w{workers}"
         shutil.rmtree(det_out, ignore_errors=True)  # timed afresh, not resumed
+        t0 = time.perf_counter()
         run_zoomdet(["detect", *files, *common, "--policy", name, "--budget", str(budget), "--score-threshold", "0",
-                     "--out", str(det_out), "--no-progress"])
+                     "--out", str(det_out), "--no-progress", "--workers", str(workers)])
+        wall = time.perf_counter() - t0
         header, answers = read_answers(det_out / "detections.jsonl")
         results = []
         for a in answers:
@@ -87,16 +94,19 @@ def main(argv=None) -> int:
                      "time_per_image_s": sum(a["timing_ms"]["total"] for a in answers) / len(answers) / 1000,
                      "ap_evaluate": ev["ap"], "pixels_ratio_evaluate": ev["pixels_ratio"],
                      "max_box_diff_px": _max_box_diff(results, ev_out / ev["detections_file"]),
+                     "workers": workers, "wall_s": wall, "images_per_s": len(answers) / wall,
                      "command": command_line(), "date": _dt.date.today().isoformat()})
-    relative_to_fine(rows, next(r for r in rows if r["policy"] == "fine"))
+    for w in args.workers:  # each against fine run the same way
+        relative_to_fine([r for r in rows if r["workers"] == w], next(r for r in rows if r["policy"] == "fine"
+                                                                      and r["workers"] == w))
     path = write_results("detect_files", rows, replace={"dataset": args.dataset})
-    print(f"{'policy':<24} {'AP':>6} {'AP (evaluate)':>13} {'max box diff px':>15} {'pixels':>7} {'calls':>6} "
-          f"{'s/img':>6} {'rel AP':>7} {'rel time':>8}")
+    print(f"{'policy':<24} {'workers':>7} {'AP':>6} {'AP (evaluate)':>13} {'max box diff px':>15} {'pixels':>7} "
+          f"{'calls':>6} {'s/img':>6} {'rel AP':>7} {'rel time':>8} {'wall s':>7} {'img/s':>6}")
     for r in rows:
         name = r["policy"] + (f"@{r['budget']:g}" if r["budget"] is not None else "")
-        print(f"{name:<24} {r['ap']:>6.4f} {r['ap_evaluate']:>13.4f} {r['max_box_diff_px']:>15.3g} "
+        print(f"{name:<24} {r['workers']:>7} {r['ap']:>6.4f} {r['ap_evaluate']:>13.4f} {r['max_box_diff_px']:>15.3g} "
               f"{r['pixels_ratio']:>7.3f} {r['detector_calls_per_image']:>6.1f} {r['time_per_image_s']:>6.2f} "
-              f"{r['rel_ap']:>7.1%} {r['rel_time']:>8.1%}")
+              f"{r['rel_ap']:>7.1%} {r['rel_time']:>8.1%} {r['wall_s']:>7.1f} {r['images_per_s']:>6.2f}")
     print(f"wrote {path}")
     return 0
 

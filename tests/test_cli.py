@@ -452,3 +452,25 @@ def test_detect_refuses_bad_input_before_loading_a_model(tmp_path, tiny_checkpoi
             main(["detect", str(img), "--out", str(tmp_path / "o"), flag, value])
         assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o" / "detections.jsonl").exists()
+
+
+def test_detect_through_ray_tasks_answers_as_in_process(tmp_path, synth_small, tiny_checkpoint, capsys):
+    from zoomdet.eval.detect import read_answers
+
+    images = synth_small.parent / "images"
+    (tmp_path / "bad.jpg").write_text("not an image")
+    files = [*map(str, sorted(images.iterdir())[:3]), str(tmp_path / "bad.jpg")]
+    runs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}"
+        assert main(["detect", *files, "--checkpoint", str(tiny_checkpoint), "--budget", "0.6", "--out", str(out),
+                     "--no-progress", "--workers", workers]) == 1
+        assert "bad.jpg" in capsys.readouterr().err
+        header, lines = read_answers(out / "detections.jsonl")
+        runs[workers] = (header, {a["file"]: a for a in lines})
+    (h0, a0), (h2, a2) = runs["0"], runs["2"]
+    assert h0 == h2 and sorted(a0) == sorted(a2) and "error" in a2[str((tmp_path / "bad.jpg").resolve())]
+    for f, a in a0.items():
+        if "error" not in a:
+            assert a2[f]["detections"] == a["detections"] and a2[f]["regions"] == a["regions"]
+            assert a2[f]["cost"] == a["cost"]

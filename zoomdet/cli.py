@@ -194,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="leave detections below this score out of the answers (default 0.05, the service's)")
     dt.add_argument("--recursive", action="store_true", help="also take the images in the folders' subfolders")
     dt.add_argument("--render", action="store_true", help="also draw each answer to OUT/images/<name>.png")
+    dt.add_argument("--workers", type=_count, default=0,
+                    help="0 (default): run here; N: shards of 4 images as tasks of a local Ray instance of N CPUs, one "
+                         "torch thread each")
+    dt.add_argument("--ray-address", help="run the tasks on an existing Ray cluster, e.g. auto or ray://head:10001 (every "
+                                          "node must see the files and models at the same paths)")
     dt.add_argument("--checkpoint", help="detector checkpoint (default: config, then the embedded one)")
     dt.add_argument("--device", help="cpu or cuda")
     dt.add_argument("--no-progress", action="store_true")
@@ -518,7 +523,8 @@ def _cmd_detect(args) -> int:
             overrides.append(f"{'policies.rnet' if key == 'rnet' else key}={getattr(args, key)}")
     cfg = load_config(EvalConfig, args.config, overrides)
     s = detect_files(cfg, files, args.policy, args.out, max_pixels_ratio=args.budget, max_latency_ms=args.max_latency_ms,
-                     score_threshold=args.score_threshold, render=args.render, progress=not args.no_progress)
+                     score_threshold=args.score_threshold, render=args.render, progress=not args.no_progress,
+                     workers=args.workers, ray_address=args.ray_address)
     print(f"{s.images} of {len(files)} images answered ({s.resumed} kept from before), {s.detections} detections; "
           f"mean pixels_ratio {s.pixels_ratio:.3f}, mean {s.total_ms:.0f} ms per image")
     if args.max_latency_ms is not None:

@@ -31,7 +31,7 @@ from zoomdet.zoom.engine import ZoomEngine
 from zoomdet.zoom.episode import answer_record
 from zoomdet.zoom.policies import make_policy
 
-__all__ = ["DETECT_FORMAT", "IMAGE_SUFFIXES", "DetectSummary", "detect_files", "image_files", "read_answers"]
+__all__ = ["DETECT_FORMAT", "IMAGE_SUFFIXES", "Answerer", "DetectSummary", "detect_files", "image_files", "read_answers"]
 
 DETECT_FORMAT = "zoomdet.detect/1"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
@@ -92,9 +92,58 @@ def read_answers(path: str | Path) -> tuple[dict, list[dict]]:
     return lines[0], lines[1:]
 
 
+class Answerer:
+    """A detector, an engine and a policy, loaded once, that answer image files (one per process or Ray task).
+
+    Args:
+        cfg: the engine, detector and policy options.
+        policy_name: see :func:`detect_files`.
+        max_pixels_ratio, max_latency_ms, score_threshold: the per-image options (resolved: a number or ``None``).
+    """
+
+    def __init__(self, cfg: EvalConfig, policy_name: str, max_pixels_ratio: float, max_latency_ms: Optional[float],
+                 score_threshold: float) -> None:
+        self.cfg = cfg
+        self.detector = load_detector(cfg)
+        self.policy = make_policy(policy_name, cfg.policies, cfg.zoom, self.detector.detector_id)
+        if getattr(self.policy, "needs_ground_truth", False):
+            raise ValueError(f"policy {policy_name!r} reads the ground truth, which images alone do not have; score it "
+                             "on an annotated set with zoomdet evaluate")
+        self.engine = ZoomEngine(self.detector, cfg.zoom)
+        self.budget, self.max_latency_ms, self.score_threshold = max_pixels_ratio, max_latency_ms, score_threshold
+
+    def __call__(self, f: Path) -> dict:
+        """``{"file", **answer}`` for the image file ``f``, or ``{"file", "error"}`` when it cannot be read as one."""
+        t0 = time.perf_counter()
+        try:
+            image = read_image(f, keep_uint8=self.cfg.keep_uint8)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # unreadable, not an image, too large
+            return {"file": str(f), "error": f"{type(e).__name__}: {e}"}
+        decode = time.perf_counter() - t0
+        deadline = None if self.max_latency_ms is None else t0 + self.max_latency_ms / 1000
+        result = self.engine.run(image, self.policy, seed=self.cfg.seed, max_pixels_ratio=self.budget,
+                                 decode_seconds=decode, deadline=deadline)
+        late = deadline is not None and time.perf_counter() > deadline
+        return {"file": str(f), **answer_record(result, self.detector.categories, policy=self.policy.name,
+                                                max_pixels_ratio=self.budget, score_threshold=self.score_threshold,
+                                                max_latency_ms=self.max_latency_ms, late=late)}
+
+
+def _answer_shard(cfg_dict: dict, policy_name: str, options: tuple, files: list[str]) -> list[dict]:
+    """A Ray task: the answers for ``files``, one torch thread."""
+    import torch
+
+    from zoomdet.config import from_dict
+
+    torch.set_num_threads(1)
+    answer = Answerer(from_dict(EvalConfig, cfg_dict), policy_name, *options)
+    return [answer(Path(f)) for f in files]
+
+
 def detect_files(cfg: EvalConfig, files: Sequence[Path], policy_name: str, out: str | Path, *,
                  max_pixels_ratio: Optional[float] = None, max_latency_ms: Optional[float] = None,
-                 score_threshold: float = 0.05, render: bool = False, progress: bool = True) -> DetectSummary:
+                 score_threshold: float = 0.05, render: bool = False, progress: bool = True, workers: int = 0,
+                 ray_address: Optional[str] = None, shard_size: int = 4) -> DetectSummary:
     """Run ``policy_name`` on each of ``files`` and write ``<out>/detections.jsonl`` (see the module docstring).
 
     Args:
@@ -107,21 +156,22 @@ def detect_files(cfg: EvalConfig, files: Sequence[Path], policy_name: str, out: 
             ``cfg.max_latency_ms``, none unless set).
         score_threshold: detections below it are left out of the answers (not of the merge).
         render: also draw each answer to ``<out>/images/<file stem>.png``.
+        workers: 0 runs in this process; N > 0 runs shards of ``shard_size`` files as tasks of a local Ray
+            instance of N CPUs, one torch thread each (their ``timing_ms`` is then one thread's).
+        ray_address: run the tasks on this Ray cluster instead (``auto``, ``ray://head:10001``); every node must
+            see the files, the checkpoint and the models at the same paths.
 
     A file that cannot be read as an image gets an ``error`` line and the run goes on; the summary lists it.
+    Answers are written as they arrive, in the order the files or shards finish.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    detector = load_detector(cfg)
-    policy = make_policy(policy_name, cfg.policies, cfg.zoom, detector.detector_id)
-    if getattr(policy, "needs_ground_truth", False):
-        raise ValueError(f"policy {policy_name!r} reads the ground truth, which images alone do not have; score it on "
-                         "an annotated set with zoomdet evaluate")
-    engine = ZoomEngine(detector, cfg.zoom)
     budget = cfg.zoom.max_pixels_ratio if max_pixels_ratio is None else float(max_pixels_ratio)
     if max_latency_ms is None:
         max_latency_ms = cfg.max_latency_ms
-    header = {"format": DETECT_FORMAT, "policy": policy.name, "detector_id": detector.detector_id,
+    options = (budget, max_latency_ms, score_threshold)
+    answerer = Answerer(cfg, policy_name, *options)  # also checks the policy and the models before any work
+    header = {"format": DETECT_FORMAT, "policy": answerer.policy.name, "detector_id": answerer.detector.detector_id,
               "max_pixels_ratio": budget, "max_latency_ms": max_latency_ms, "score_threshold": score_threshold,
               "config": json.loads(json.dumps(_config_dict(cfg), default=str))}
     header["settings"] = hashlib.sha256(json.dumps([header, _model_digests(policy_name, cfg)], sort_keys=True,
@@ -149,29 +199,35 @@ def detect_files(cfg: EvalConfig, files: Sequence[Path], policy_name: str, out: 
     answers = list(kept.values())
     if kept:
         print(f"resuming: {len(kept)}/{len(files)} images already answered in {path}")
-    with path.open("a") as log:
-        for f in tqdm([f for f in files if str(f) not in kept], desc="detect", unit="img", disable=not progress):
-            t0 = time.perf_counter()
-            try:
-                image = read_image(f, keep_uint8=cfg.keep_uint8)
-            except (OSError, ValueError, Image.DecompressionBombError) as e:  # unreadable, not an image, too large
-                summary.failed[str(f)] = f"{type(e).__name__}: {e}"
-                log.write(json.dumps({"file": str(f), "error": summary.failed[str(f)]}) + "\n")
-                log.flush()
-                continue
-            decode = time.perf_counter() - t0
-            deadline = None if max_latency_ms is None else t0 + max_latency_ms / 1000
-            result = engine.run(image, policy, seed=cfg.seed, max_pixels_ratio=budget, decode_seconds=decode,
-                                deadline=deadline)
-            late = deadline is not None and time.perf_counter() > deadline
-            answer = {"file": str(f), **answer_record(result, detector.categories, policy=policy.name,
-                                                      max_pixels_ratio=budget, score_threshold=score_threshold,
-                                                      max_latency_ms=max_latency_ms, late=late)}
-            if render:
-                answer["rendered"] = _render(answer, out, rendered)
-            log.write(json.dumps(answer) + "\n")
+    todo = [f for f in files if str(f) not in kept]
+    with path.open("a") as log, tqdm(total=len(todo), desc="detect", unit="img", disable=not progress) as bar:
+        def record(a: dict) -> None:
+            if "error" in a:
+                summary.failed[a["file"]] = a["error"]
+            else:
+                if render:
+                    a["rendered"] = _render(a, out, rendered)
+                answers.append(a)
+            log.write(json.dumps(a) + "\n")
             log.flush()
-            answers.append(answer)
+            bar.update(1)
+
+        if workers == 0 and ray_address is None:
+            for f in todo:
+                record(answerer(f))
+        elif todo:
+            from zoomdet.config import to_dict
+            from zoomdet.parallel import ray_session, run_tasks
+
+            remote_cfg = to_dict(_absolute_paths(cfg))
+            agent = "+".join(str(Path(p).resolve()) for p in policy_name.split("+")) if policy_name.endswith(".zip") \
+                else policy_name
+            shards = [[str(f) for f in todo[i:i + shard_size]] for i in range(0, len(todo), shard_size)]
+            with ray_session(workers, ray_address) as ray:
+                calls = [(remote_cfg, agent, options, shard) for shard in shards]
+                for _, shard_answers in run_tasks(ray, _answer_shard, calls, num_gpus=1 if cfg.device == "cuda" else 0):
+                    for a in shard_answers:
+                        record(a)
 
     summary.images = len(answers)
     if answers:
@@ -181,6 +237,18 @@ def detect_files(cfg: EvalConfig, files: Sequence[Path], policy_name: str, out: 
         summary.regions_dropped = sum(a["regions_dropped"] for a in answers)
         summary.late = sum(bool(a["deadline_exceeded"]) for a in answers)
     return summary
+
+
+def _absolute_paths(cfg: EvalConfig) -> EvalConfig:
+    """``cfg`` with its checkpoint and R-net as absolute paths, for tasks that may not run in this folder."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    if cfg.checkpoint:
+        cfg.checkpoint = str(Path(cfg.checkpoint).resolve())
+    if cfg.policies.rnet:
+        cfg.policies.rnet = str(Path(cfg.policies.rnet).resolve())
+    return cfg
 
 
 def _config_dict(cfg: EvalConfig) -> dict:

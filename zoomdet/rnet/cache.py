@@ -382,26 +382,13 @@ def build_cache(data: str, out: str | os.PathLike, checkpoint: str, zoom: ZoomCo
                          settings)
             bar.update(1)
     elif todo:
-        import ray
+        from zoomdet.parallel import ray_session, run_tasks
 
-        started = False
-        if not ray.is_initialized():
-            if ray_address:
-                ray.init(address=ray_address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-            started = True
-        try:
-            task = ray.remote(num_cpus=1, num_gpus=1 if device == "cuda" else 0)(_build_shard)
-            pending = [task.remote(str(root), k, shards[k], str(Path(data).resolve()), str(Path(checkpoint).resolve()),
-                                   zd, device, batch_size, 1, image_root, fine, settings) for k in todo]
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                ray.get(done)
+        with ray_session(workers, ray_address) as ray:
+            calls = [(str(root), k, shards[k], str(Path(data).resolve()), str(Path(checkpoint).resolve()), zd, device,
+                      batch_size, 1, image_root, fine, settings) for k in todo]
+            for _ in run_tasks(ray, _build_shard, calls, num_gpus=1 if device == "cuda" else 0):
                 bar.update(1)
-        finally:
-            if started:
-                ray.shutdown()
     bar.close()
     return RolloutCache(root)
 
