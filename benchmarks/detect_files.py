@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     common = ["--config", args.config, *(["--rnet", args.rnet] if args.rnet else [])]
 
     ev_out = out / "evaluate"
+    shutil.rmtree(ev_out, ignore_errors=True)  # evaluated by this code, not resumed from a run of other code
     run_zoomdet(["evaluate", *common, "--data", args.data, "--out", str(ev_out), "--images", str(args.images),
                  "--no-progress", *[x for p in args.policy for x in ("--policy", p)], "--budget", str(budget)])
     report = json.loads((ev_out / "report.json").read_text())
