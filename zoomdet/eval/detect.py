@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -121,7 +122,8 @@ class Answerer:
             return {"file": str(f), "error": f"{type(e).__name__}: {e}"}
         decode = time.perf_counter() - t0
         deadline = None if self.max_latency_ms is None else t0 + self.max_latency_ms / 1000
-        result = self.engine.run(image, self.policy, seed=self.cfg.seed, max_pixels_ratio=self.budget,
+        seed = self.cfg.seed + zlib.crc32(f.name.encode())  # the random policy: per file, whatever the order
+        result = self.engine.run(image, self.policy, seed=seed, max_pixels_ratio=self.budget,
                                  decode_seconds=decode, deadline=deadline)
         late = deadline is not None and time.perf_counter() > deadline
         return {"file": str(f), **answer_record(result, self.detector.categories, policy=self.policy.name,
