@@ -91,11 +91,13 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
 
 
 def _detector_overrides(args) -> list[str]:
-    """``--set`` overrides plus the flags of :func:`_add_detector_args`, as ``key=value`` strings."""
+    """``--set`` overrides plus the EvalConfig flags a command has (those of :func:`_add_detector_args`, and
+    ``--rnet`` as ``policies.rnet``), as ``key=value`` strings."""
     overrides = list(args.overrides)
-    for key in ("images", "checkpoint", "device", "image_root"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
+    for flag, key in (("images", "images"), ("checkpoint", "checkpoint"), ("device", "device"),
+                      ("image_root", "image_root"), ("rnet", "policies.rnet")):
+        if getattr(args, flag, None) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
     return overrides
 
 
@@ -413,8 +415,6 @@ def _cmd_evaluate(args) -> int:
     from zoomdet.eval.evaluator import EvalConfig, evaluate
 
     overrides = _detector_overrides(args)
-    if args.rnet is not None:
-        overrides.append(f"policies.rnet={args.rnet}")
     if args.budget:
         overrides.append(f"budgets={json.dumps(args.budget)}")
     cfg = load_config(EvalConfig, args.config, overrides)
@@ -501,10 +501,7 @@ def _cmd_replay(args) -> int:
     from zoomdet.eval.evaluator import EvalConfig
     from zoomdet.eval.replay import replay
 
-    overrides = _detector_overrides(args)
-    if args.rnet is not None:
-        overrides.append(f"policies.rnet={args.rnet}")
-    cfg = load_config(EvalConfig, args.config, overrides)
+    cfg = load_config(EvalConfig, args.config, _detector_overrides(args))
     files = replay(cfg, args.data, args.policy, args.out, lam=args.lam, max_pixels_ratio=args.budget, render=args.render,
                    progress=not args.no_progress)
     print(f"wrote {len(files)} episodes and {Path(args.out) / 'index.json'}")
@@ -517,11 +514,7 @@ def _cmd_detect(args) -> int:
     from zoomdet.eval.evaluator import EvalConfig
 
     files = image_files(args.paths, recursive=args.recursive)  # bad paths fail before the model loads
-    overrides = list(args.overrides)
-    for key in ("checkpoint", "device", "rnet"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{'policies.rnet' if key == 'rnet' else key}={getattr(args, key)}")
-    cfg = load_config(EvalConfig, args.config, overrides)
+    cfg = load_config(EvalConfig, args.config, _detector_overrides(args))
     s = detect_files(cfg, files, args.policy, args.out, max_pixels_ratio=args.budget, max_latency_ms=args.max_latency_ms,
                      score_threshold=args.score_threshold, render=args.render, progress=not args.no_progress,
                      workers=args.workers, ray_address=args.ray_address)

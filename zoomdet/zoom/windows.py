@@ -213,8 +213,8 @@ class GainMap:
         return self._snap(v[0] - v[1] - v[2] + v[3])
 
     def _snap(self, sums):
-        """``sums`` with the integral's rounding residue set to 0: differences of integral values within
-        :data:`RESIDUE` of its largest magnitude. Zeroing a window leaves residues of about 1e-16 of the map's total
+        """``sums`` with the integral's rounding residue set to 0: window sums within :data:`RESIDUE` of the map's
+        total absolute gain, which bounds every integral value. Zeroing a window leaves residues of about 1e-16 of the map's total
         in it, of either sign and depending on the order of float operations (thread counts included), which
         would otherwise read as a window with a little gain left."""
         tol = RESIDUE * self._scale
