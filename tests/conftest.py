@@ -43,6 +43,38 @@ class StubDetector:
         return out
 
 
+class BlobDetector:
+    """Finds each bright blob in the pixels a window shows, if it is at least ``min_px`` wide and tall in the
+    model input; its score is the blob's mean brightness, its class 1.
+
+    Unlike :class:`StubDetector` it reads the image it is given, so it answers for any crop of a scene the way
+    a real detector would: by what the crop holds, in the crop's pixels.
+    """
+
+    def __init__(self, min_px: float = 6.0, batch_size: int = 4):
+        self.min_px, self.batch_size = min_px, batch_size
+        self.categories = {1: "blob"}
+        self.device = torch.device("cpu")
+        self.checkpoint_id = self.detector_id = "blob"
+
+    def detect(self, image: torch.Tensor, windows, features: bool = True):
+        from scipy import ndimage
+
+        out = []
+        for w in windows:
+            crop = image[0, w.y0:w.y1, w.x0:w.x1].float().numpy()
+            labels, _ = ndimage.label(crop > 0.5)
+            boxes, scores = [], []
+            for i, (ys, xs) in enumerate(ndimage.find_objects(labels)):
+                if (xs.stop - xs.start) * w.scale >= self.min_px and (ys.stop - ys.start) * w.scale >= self.min_px:
+                    boxes.append([w.x0 + xs.start, w.y0 + ys.start, w.x0 + xs.stop, w.y0 + ys.stop])
+                    scores.append(float(crop[ys, xs][labels[ys, xs] == i + 1].mean()))
+            n = len(boxes)
+            out.append(Detections(torch.tensor(boxes, dtype=torch.float32).reshape(n, 4), torch.tensor(scores).reshape(n),
+                                  torch.ones(n, dtype=torch.int64), torch.ones(n, 8) if features else None))
+        return out
+
+
 def tiny_model_config(**kw) -> ModelConfig:
     base = dict(name="tiny_frcnn", num_classes=3, widths=[8, 16, 16, 16], fpn_channels=16, representation_size=32,
                 detections_per_img=50)

@@ -389,3 +389,96 @@ def test_bootstrap_ap_scores_one_size_range():
         paired_bootstrap([small], whole)
     with pytest.raises(ValueError, match="not one of"):
         BootstrapAP(gt, res, [1, 2], area="huge")
+
+
+def blob_scene(width: int, height: int, n: int, seed: int, sides=(4, 30)) -> torch.Tensor:
+    """``Tensor[3, height, width]``: ``n`` non-touching bright squares of random sides and brightness on black."""
+    rng = np.random.default_rng(seed)
+    img, taken = torch.zeros(3, height, width), torch.zeros(height, width, dtype=torch.bool)
+    while n:
+        s = int(rng.integers(*sides))
+        x, y = int(rng.integers(0, width - s)), int(rng.integers(0, height - s))
+        if taken[max(0, y - 2):y + s + 2, max(0, x - 2):x + s + 2].any():
+            continue
+        img[:, y:y + s, x:x + s] = float(rng.uniform(0.55, 1.0))
+        taken[y:y + s, x:x + s] = True
+        n -= 1
+    return img
+
+
+@pytest.mark.parametrize("width,height,size,overlap", [(400, 320, 200, 0), (1000, 700, 256, 48), (300, 2000, 512, 64),
+                                                       (256, 256, 256, 32)])
+def test_scene_frames_cover_the_scene_and_their_cores_split_it_without_gaps(width, height, size, overlap):
+    from zoomdet.zoom.windows import frame_cores, scene_frames
+
+    frames = scene_frames(width, height, size, overlap)
+    assert all(f.width <= size and f.height <= size and f.x1 <= width and f.y1 <= height for f in frames)
+    covered = torch.zeros(height, width, dtype=torch.int64)
+    for f in frames:
+        covered[f.y0:f.y1, f.x0:f.x1] += 1
+    assert covered.min() >= 1
+    xs = sorted({(f.x0, f.x1) for f in frames})
+    assert all(a[1] - b[0] >= overlap for a, b in zip(xs, xs[1:]))  # neighbours share at least the overlap
+    assert len(frames) == (1 if max(width, height) <= size else len(frames))
+    cores = frame_cores(frames)
+    pts = np.random.default_rng(0).uniform([0, 0], [width, height], size=(2000, 2))
+    pts = np.vstack([pts, [[0, 0], [width, height], [width, 0]]])  # the scene's corners and far edges too
+    inside = ((pts[:, None, 0] >= cores[None, :, 0]) & (pts[:, None, 0] < cores[None, :, 2])
+              & (pts[:, None, 1] >= cores[None, :, 1]) & (pts[:, None, 1] < cores[None, :, 3]))
+    assert (inside.sum(1) == 1).all()  # every point in exactly one core
+    boxes = np.array([f.as_tuple() for f in frames], dtype=float)
+    owner = inside.argmax(1)[:2000]
+    margin = np.minimum.reduce([pts[:2000, 0] - boxes[owner, 0], boxes[owner, 2] - pts[:2000, 0],
+                                pts[:2000, 1] - boxes[owner, 1], boxes[owner, 3] - pts[:2000, 1]])
+    edge = (pts[:2000, 0] < overlap / 2) | (pts[:2000, 0] > width - overlap / 2) | \
+        (pts[:2000, 1] < overlap / 2) | (pts[:2000, 1] > height - overlap / 2)
+    assert (margin[~edge] >= overlap / 2 - 1).all()  # a core point is at least half the overlap inside its frame
+    with pytest.raises(ValueError, match="frame_size"):
+        scene_frames(width, height, size, size)
+    with pytest.raises(ValueError, match="frame_size"):
+        ZoomConfig(frame_size=100, frame_overlap=80)
+
+
+def test_a_scene_of_tiled_images_runs_as_one_episode_per_image():
+    from tests.conftest import BlobDetector
+
+    one = blob_scene(200, 160, 12, seed=1)
+    scene = one.repeat(1, 2, 2)  # 2x2 copies: with no overlap, the frames are the copies
+    eng = ZoomEngine(BlobDetector(), ZoomConfig(max_pixels_ratio=0.55, frame_size=200, frame_overlap=0))
+    pol = make_policy("greedy-entropy", PolicyConfig(greedy_stop=0.0), zoom=eng.config)
+    alone = eng.run(one, pol)
+    r = eng.run(scene, pol)
+    assert len(alone.regions) >= 1 and len(alone.detections) >= 8
+    assert r.cost.model_input_pixels == 4 * alone.cost.model_input_pixels
+    assert r.cost.detector_calls == 4 * alone.cost.detector_calls
+    assert r.cost.pixels_ratio == pytest.approx(alone.cost.pixels_ratio) and r.cost.pixels_ratio <= 0.55
+    shifts = [(0, 0), (200, 0), (0, 160), (200, 160)]
+    want = sorted(b for dx, dy in shifts for b in alone.detections.shifted(dx, dy).boxes.tolist())
+    assert sorted(r.detections.boxes.tolist()) == want
+    assert [g.window for g in r.regions] == [g.window.shifted(dx, dy) for dx, dy in shifts for g in alone.regions]
+    assert [g.id for g in r.regions] == list(range(len(r.regions)))
+    assert ((r.region >= -1) & (r.region < len(r.regions))).all()
+    stage_fine = r.stage == r.stage.max()  # the zoomed boxes point at a region holding them
+    for box, k in zip(r.detections.boxes[stage_fine].tolist(), r.region[stage_fine].tolist()):
+        win = r.regions[k].window
+        assert win.x0 <= box[0] and box[2] <= win.x1 and win.y0 <= box[1] and box[3] <= win.y1
+    assert r.timing["total"] >= r.timing["coarse"] + r.timing["fine"]
+
+
+def test_a_scene_in_overlapping_frames_finds_each_object_once_and_stays_in_budget():
+    from tests.conftest import BlobDetector
+
+    scene = blob_scene(700, 500, 60, seed=2, sides=(6, 20))  # objects narrower than the overlap
+    eng = ZoomEngine(BlobDetector(), ZoomConfig(max_pixels_ratio=20, max_steps=100, frame_size=256, frame_overlap=32))
+    everything = RandomPolicy(k=100)  # zooms every candidate window of every frame: each frame's fine answer
+    r = eng.run(scene, everything)
+    fine = eng.run(scene, make_policy("fine"))  # plan policies run the scene whole
+    assert len(fine.detections) == 60
+    from torchvision.ops import box_iou
+
+    match = box_iou(fine.detections.boxes, r.detections.boxes) >= 0.7  # a zoom window may cut a blob's edge
+    assert len(r.detections) == 60 and (match.sum(1) == 1).all() and (match.sum(0) == 1).all()  # none twice, none lost
+    budget = ZoomEngine(BlobDetector(), ZoomConfig(max_pixels_ratio=0.8, frame_size=256, frame_overlap=32))
+    cheap = budget.run(scene, RandomPolicy(k=100), seed=3)
+    assert 0.6 < cheap.cost.pixels_ratio <= 0.8  # the frames' coarse passes overlap, yet the scene's budget holds
+    assert len(cheap.regions) > 0

@@ -103,6 +103,10 @@ class Window:
     def with_scale(self, scale: float) -> "Window":
         return Window(self.x0, self.y0, self.x1, self.y1, float(scale))
 
+    def shifted(self, dx: int, dy: int) -> "Window":
+        """The same window ``dx``, ``dy`` pixels further right and down (from a frame's pixels to its scene's)."""
+        return Window(self.x0 + dx, self.y0 + dy, self.x1 + dx, self.y1 + dy, self.scale)
+
 
 @dataclass(frozen=True)
 class Detections:
@@ -147,6 +151,10 @@ class Detections:
 
     def with_boxes(self, boxes: Tensor) -> "Detections":
         return Detections(boxes, self.scores, self.labels, self.features)
+
+    def shifted(self, dx: float, dy: float) -> "Detections":
+        """The boxes moved ``dx``, ``dy`` pixels right and down (from a frame's pixels to its scene's)."""
+        return self.with_boxes(self.boxes + self.boxes.new_tensor([dx, dy, dx, dy]))
 
     @staticmethod
     def cat(items: Sequence["Detections"]) -> "Detections":

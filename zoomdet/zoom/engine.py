@@ -33,6 +33,18 @@ merged by :func:`~zoomdet.zoom.merge.merge_tiles`; the tiles, with
 their overlap, are what the cost counts. This bounds the memory and the
 duration of every forward call whatever the image size (the service sets it).
 
+Scenes (``frame_size``): an image with a side longer than ``frame_size`` is run
+by a sequential policy as the fewest overlapping frames of at most that side
+(:func:`~zoomdet.zoom.windows.scene_frames`), each a whole episode: its coarse
+pass, its candidate windows (fractions of the frame), its gain map and its
+choices, as for an image of the size the R-net and the agent were trained on.
+Each frame gets the budget ``max_pixels_ratio * scene pixels / frame pixels
+summed``, so the scene's ratio stays within the budget though the frames'
+coarse passes overlap. The scene keeps each detection from the frame whose
+core holds its centre (:func:`~zoomdet.zoom.windows.frame_cores`); costs,
+regions and stage times add up. Plan policies (``coarse``, ``fine``, ``sahi``)
+run the scene whole, bounded by ``max_pass_pixels``.
+
 Deadlines (``run(..., deadline=)``): a sequential policy's answer is anytime.
 The coarse pass always runs; the fine pass then runs the chosen windows in
 the order they were chosen, at most the detector's ``batch_size`` of them
@@ -51,12 +63,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from zoomdet.detector.detector import Detector, batch_plan
 from zoomdet.types import Detections, Window
 from zoomdet.zoom.merge import MergeConfig, MergeResult, merge_tiles, merge_zoom
-from zoomdet.zoom.windows import GainMap, WindowConfig, candidate_windows, refine_window, split_window
+from zoomdet.zoom.windows import (GainMap, WindowConfig, candidate_windows, frame_cores, refine_window, scene_frames,
+                                  split_window)
 
 __all__ = ["ZoomConfig", "Cost", "Region", "ZoomResult", "EpisodeState", "PlanPolicy", "ZoomPolicy", "ZoomEngine",
            "GroundTruth", "STAGES"]
@@ -89,6 +103,12 @@ class ZoomConfig:
     most this size (see the module docstring). ``None`` = every window in one pass."""
     tile_overlap: float = 0.1
     """With ``max_pass_pixels``: fraction of a tile's side shared with its neighbour."""
+    frame_size: Optional[int] = None
+    """Scenes: a sequential policy runs an image with a side longer than this as overlapping frames of at
+    most this side, one episode each (see the module docstring), e.g. the size the R-net and the agent were
+    trained on. ``None`` = every image is one episode."""
+    frame_overlap: int = 256
+    """With ``frame_size``: pixels neighbouring frames share; objects narrower than this are never cut."""
 
     @property
     def zoom_scale(self) -> float:
@@ -101,6 +121,9 @@ class ZoomConfig:
         if not 0 < self.coarse_scale <= 1 or not 0 < self.fine_scale <= 4 or not 0 < self.zoom_scale <= 4:
             raise ValueError(f"scales must be in (0, 1], (0, 4] and (0, 4], got coarse {self.coarse_scale}, "
                              f"fine {self.fine_scale}, window {self.window_scale}")
+        if self.frame_size is not None and (self.frame_size < 64 or not 0 <= self.frame_overlap <= self.frame_size // 2):
+            raise ValueError(f"frame_size must be >= 64 or null and frame_overlap in [0, frame_size / 2], got "
+                             f"{self.frame_size}, {self.frame_overlap}")
         if self.max_pixels_ratio <= 0 or self.max_steps < 0:
             raise ValueError(f"max_pixels_ratio must be > 0 and max_steps >= 0, got {self.max_pixels_ratio}, {self.max_steps}")
 
@@ -244,6 +267,26 @@ class ZoomPolicy(Protocol):
         ...
 
 
+def _frame_truth(ground_truth: Optional[GroundTruth], frame: Window) -> Optional[GroundTruth]:
+    """The ground truth an oracle sees in ``frame``: the boxes whose centre lies in it, clipped to it, in its
+    pixels."""
+    if ground_truth is None:
+        return None
+    keep = _centre_in(ground_truth.boxes, frame.box())
+    shift = ground_truth.boxes.new_tensor([frame.x0, frame.y0, frame.x0, frame.y0])
+    boxes = ground_truth.boxes[keep] - shift
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, frame.width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, frame.height)
+    return GroundTruth(boxes, ground_truth.labels[keep], ground_truth.crowd[keep])
+
+
+def _centre_in(boxes: Tensor, area: Tensor) -> Tensor:
+    """``bool[N]``: which of ``boxes`` (``[N, 4]`` xyxy) have their centre in the half-open box ``area`` (xyxy)."""
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    area = area.to(boxes.dtype)
+    return (cx >= area[0]) & (cx < area[2]) & (cy >= area[1]) & (cy < area[3])
+
+
 class ZoomEngine:
     """Coarse pass, sequential window choice, batched fine pass, merge, cost.
 
@@ -326,6 +369,54 @@ class ZoomEngine:
             rate = seconds / max(pixels, 1)
         return out, seconds
 
+    def _run_frames(self, image: Tensor, policy: ZoomPolicy, *, ground_truth: Optional[GroundTruth], seed: int,
+                    budget: float, steps: int, decode_seconds: float, lookahead_memo: Optional[dict],
+                    pass_memo: Optional[dict], deadline: Optional[float]) -> ZoomResult:
+        """A scene as frames of at most ``frame_size``, one :meth:`run` each (see the module docstring). Frame ``k``
+        runs with seed ``seed + k``, its own part of the memos and the scene's deadline."""
+        c = self.config
+        _, H, W = image.shape
+        frames = scene_frames(W, H, c.frame_size, c.frame_overlap)
+        cores = torch.as_tensor(frame_cores(frames))
+        frame_budget = budget * W * H / sum(f.source_pixels for f in frames)
+        cost, timing = Cost(image_pixels=W * H), {s: 0.0 for s in STAGES}
+        regions: list[Region] = []
+        fine: list[Detections] = []
+        kept, coarse, stage, region = [], [], [], []
+        dropped, frames_total, t_stitch = 0, 0.0, time.perf_counter()
+        for k, (f, core) in enumerate(zip(frames, cores)):
+            key = ("frame", f.as_tuple())
+            t_frame = time.perf_counter()
+            res = self.run(image[:, f.y0:f.y1, f.x0:f.x1], policy, ground_truth=_frame_truth(ground_truth, f),
+                           seed=seed + k, max_pixels_ratio=frame_budget, max_steps=steps,
+                           lookahead_memo=None if lookahead_memo is None else lookahead_memo.setdefault(key, {}),
+                           pass_memo=None if pass_memo is None else pass_memo.setdefault(key, {}), deadline=deadline)
+            t_stitch += time.perf_counter() - t_frame  # the frame's own time is in its total
+            frames_total += res.timing["total"]
+            for name in STAGES:
+                timing[name] += res.timing.get(name, 0.0)
+            if "oracle_lookahead" in res.timing:
+                timing["oracle_lookahead"] = timing.get("oracle_lookahead", 0.0) + res.timing["oracle_lookahead"]
+            cost.pixels_source += res.cost.pixels_source
+            cost.model_input_pixels += res.cost.model_input_pixels
+            cost.detector_calls += res.cost.detector_calls
+            dets = res.detections.shifted(f.x0, f.y0)
+            keep = _centre_in(dets.boxes, core)
+            kept.append(dets.select(keep))
+            stage.append(res.stage[keep])
+            region.append(torch.where(res.region[keep] >= 0, res.region[keep] + len(regions), res.region[keep]))
+            frame_coarse = res.coarse.without_features().shifted(f.x0, f.y0)
+            coarse.append(frame_coarse.select(_centre_in(frame_coarse.boxes, core)))
+            regions += [Region(len(regions) + r.id, len(regions) + r.step, r.candidate, r.proposed.shifted(f.x0, f.y0),
+                               r.window.shifted(f.x0, f.y0), r.predicted_gain) for r in res.regions]
+            fine += [d.shifted(f.x0, f.y0) for d in res.fine]
+            dropped += res.dropped
+        timing["decode"] = decode_seconds
+        # the frames' own totals (memo replays and look-ahead accounted as in run) and the stitching around them
+        timing["total"] = decode_seconds + frames_total + time.perf_counter() - t_stitch
+        return ZoomResult(Detections.cat(kept), torch.cat(stage), torch.cat(region), Detections.cat(coarse), regions,
+                          cost, timing, W, H, fine, None, dropped=dropped)
+
     def candidates(self, width: int, height: int) -> list[Window]:
         c = self.config
         return [w.with_scale(c.zoom_scale) for w in candidate_windows(width, height, c.windows)]
@@ -385,6 +476,10 @@ class ZoomEngine:
 
         if getattr(policy, "needs_ground_truth", False) and ground_truth is None:
             raise ValueError(f"policy {policy.name!r} needs ground truth (it is an oracle); pass ground_truth=")
+        if c.frame_size is not None and max(W, H) > c.frame_size:
+            return self._run_frames(image, policy, ground_truth=ground_truth, seed=seed, budget=budget, steps=steps,
+                                    decode_seconds=decode_seconds, lookahead_memo=lookahead_memo,
+                                    pass_memo=pass_memo, deadline=deadline)
         t = time.perf_counter()
         (coarse,), timing["coarse"] = self._pass(image, [Window.full(W, H, c.coarse_scale)], cost, pass_memo, features=True)
         reused_s = timing["coarse"] - (time.perf_counter() - t)  # > 0 when the memo saved running the pass again

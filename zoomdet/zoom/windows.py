@@ -9,6 +9,9 @@ Pure functions over integer pixel windows of the full-resolution image.
   integral image, so the gain inside a window is cheap to sum, zero and pool.
 * :func:`split_window`: a window too large for one detector pass as
   overlapping tiles at the same scale (the engine's ``max_pass_pixels``).
+* :func:`scene_frames`, :func:`frame_cores`: a scene larger than the engine's
+  ``frame_size`` as overlapping frames, one zoom episode each, and the part of
+  each frame whose detections the scene keeps.
 * :func:`refine_window`: paper Eq. 6, shift a window by up to ±μ of its size
   to where it covers the most gain, keeping its size and staying inside the
   image.
@@ -25,7 +28,7 @@ from torch import Tensor
 from zoomdet.types import Window
 
 __all__ = ["WindowConfig", "candidate_windows", "GainMap", "refine_window", "refinement_windows", "split_window",
-           "window_boxes"]
+           "window_boxes", "scene_frames", "frame_cores"]
 
 
 @dataclass
@@ -96,6 +99,56 @@ def split_window(window: Window, max_input_pixels: int, overlap: float = 0.1) ->
     ys = [window.y0 + s for s in _grid_starts(window.height, th, rows)]
     xs = [window.x0 + s for s in _grid_starts(window.width, tw, cols)]
     return [Window(x, y, x + tw, y + th, window.scale) for y in ys for x in xs]
+
+
+def _frame_axis(extent: int, size: int, overlap: int) -> tuple[list[int], int]:
+    """Starts and side of the fewest frames of side ``<= size`` that cover ``extent`` with neighbours sharing
+    ``>= overlap`` pixels."""
+    if extent <= size:
+        return [0], extent
+    n = -(-(extent - overlap) // (size - overlap))
+    side = min(size, -(-(extent + (n - 1) * overlap) // n))
+    return _grid_starts(extent, side, n), side
+
+
+def scene_frames(width: int, height: int, frame_size: int, overlap: int) -> list[Window]:
+    """A ``width`` x ``height`` scene as the fewest overlapping frames of side at most ``frame_size``, row by row.
+
+    Per axis, ``n`` frames of one side spread evenly from edge to edge, neighbours sharing at least ``overlap``
+    pixels; an axis no longer than ``frame_size`` is one frame. Each frame is a zoom episode of its own (the
+    engine's ``frame_size``); :func:`frame_cores` says which of its detections the scene keeps.
+
+    Returns:
+        Windows at scale 1.0, in scene pixels; ``[Window.full(width, height)]`` when the scene fits one frame.
+    """
+    if frame_size < 64 or not 0 <= overlap <= frame_size // 2:
+        raise ValueError(f"frame_size must be >= 64 and overlap in [0, frame_size / 2], got {frame_size}, {overlap}")
+    xs, w = _frame_axis(width, frame_size, overlap)
+    ys, h = _frame_axis(height, frame_size, overlap)
+    return [Window(x, y, x + w, y + h, 1.0) for y in ys for x in xs]
+
+
+def frame_cores(frames: Sequence[Window]) -> np.ndarray:
+    """``float64[F, 4]``: the part of each frame (xyxy, scene pixels) whose detections the scene keeps.
+
+    The scene is cut at the middle of every overlap, so each point lies in exactly one core (a half-open
+    box ``[x0, x1) x [y0, y1)``; the scene's right and bottom edges are in the last cores). A detection is kept
+    from the frame whose core holds its box centre: an object narrower than the overlap is then whole in the
+    frame that keeps it, so the scene answers as the frames do, with no object twice and none cut.
+    """
+    boxes = window_boxes(frames)
+    cores = boxes.copy()
+    for lo, hi in ((0, 2), (1, 3)):  # x, then y
+        for i, f in enumerate(boxes):
+            left = boxes[(boxes[:, lo] < f[lo]) & (boxes[:, hi] > f[lo]) & (boxes[:, hi] < f[hi])]
+            right = boxes[(boxes[:, lo] > f[lo]) & (boxes[:, lo] < f[hi]) & (boxes[:, hi] > f[hi])]
+            if len(left):
+                cores[i, lo] = (f[lo] + left[:, hi].max()) / 2
+            if len(right):
+                cores[i, hi] = (f[hi] + right[:, lo].min()) / 2
+        cores[boxes[:, lo] == boxes[:, lo].min(), lo] = -np.inf  # boxes reaching past the scene's edges stay too
+        cores[boxes[:, hi] == boxes[:, hi].max(), hi] = np.inf
+    return cores
 
 
 def candidate_windows(width: int, height: int, cfg: Optional[WindowConfig] = None) -> list[Window]:
