@@ -446,12 +446,38 @@ def test_detect_refuses_bad_input_before_loading_a_model(tmp_path, tiny_checkpoi
     assert main(["detect", str(img), "--checkpoint", str(tiny_checkpoint), "--policy", "oracle",
                  "--out", str(tmp_path / "o")]) == 2
     assert "reads the ground truth" in capsys.readouterr().err
+    assert main(["detect", str(img), "--frame-size", "200", "--out", str(tmp_path / "o")]) == 2  # overlap 256 > 200 / 2
+    assert "frame_overlap" in capsys.readouterr().err
     for flag, value, message in [("--budget", "0", "must be > 0"), ("--max-latency-ms", "-5", "must be > 0"),
-                                 ("--score-threshold", "1.5", "must be <= 1"), ("--budget", "lots", "invalid")]:
+                                 ("--score-threshold", "1.5", "must be <= 1"), ("--budget", "lots", "invalid"),
+                                 ("--frame-size", "0", "must be >= 1")]:
         with pytest.raises(SystemExit) as e:
             main(["detect", str(img), "--out", str(tmp_path / "o"), flag, value])
         assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o" / "detections.jsonl").exists()
+
+
+def test_detect_frame_size_runs_a_large_image_as_frames(tmp_path, synth_small, tiny_checkpoint):
+    from zoomdet.eval.detect import read_answers
+    from zoomdet.zoom.windows import scene_frames
+
+    img = sorted((synth_small.parent / "images").iterdir())[0]  # 320 x 240
+    runs = {}
+    for frame in (None, "160"):
+        out = tmp_path / f"f{frame}"
+        extra = ["--frame-size", frame, "--set", "zoom.frame_overlap=32"] if frame else []
+        assert main(["detect", str(img), "--checkpoint", str(tiny_checkpoint), "--budget", "0.6", "--out", str(out),
+                     "--no-progress", *extra]) == 0
+        header, answers = read_answers(out / "detections.jsonl")
+        runs[frame] = (header, answers[0])
+    frames = scene_frames(320, 240, 160, 32)
+    assert len(frames) == 6 and runs["160"][0]["config"]["zoom"]["frame_size"] == 160
+    framed, whole = runs["160"][1], runs[None][1]
+    assert framed["cost"]["detector_calls"] >= len(frames) > whole["cost"]["detector_calls"]  # a coarse pass per frame
+    assert framed["cost"]["pixels_ratio"] <= 0.6 and framed["image"] == whole["image"] == {"width": 320, "height": 240}
+    for d in framed["detections"]:
+        x0, y0, x1, y1 = d["box_xyxy"]
+        assert 0 <= x0 <= x1 <= 320 and 0 <= y0 <= y1 <= 240
 
 
 def test_detect_through_ray_tasks_answers_as_in_process(tmp_path, synth_small, tiny_checkpoint, capsys):

@@ -1,3 +1,4 @@
+import time
 import numpy as np
 import pytest
 import torch
@@ -482,3 +483,19 @@ def test_a_scene_in_overlapping_frames_finds_each_object_once_and_stays_in_budge
     cheap = budget.run(scene, RandomPolicy(k=100), seed=3)
     assert 0.6 < cheap.cost.pixels_ratio <= 0.8  # the frames' coarse passes overlap, yet the scene's budget holds
     assert len(cheap.regions) > 0
+
+
+def test_frames_share_the_scene_budget_where_their_gain_maps_point():
+    from tests.conftest import BlobDetector
+
+    left = blob_scene(200, 200, 14, seed=4, sides=(8, 24))
+    scene = torch.cat([left, torch.zeros(3, 200, 200)], dim=2)  # objects in the left frame only
+    eng = ZoomEngine(BlobDetector(), ZoomConfig(max_pixels_ratio=0.45, frame_size=200, frame_overlap=0))
+    pol = make_policy("greedy-entropy", PolicyConfig(greedy_stop=0.0), zoom=eng.config)
+    r = eng.run(scene, pol)
+    alone = eng.run(left, pol)  # the left frame on its own budget: what an equal share would give it
+    assert r.cost.pixels_ratio <= 0.45 and all(g.window.x1 <= 200 for g in r.regions)  # nothing to gain on the right
+    assert r.cost.model_input_pixels - 2 * 100 * 100 > alone.cost.model_input_pixels - 100 * 100  # it got the right's share
+    assert len(r.regions) > len(alone.regions)
+    timed = eng.run(scene, pol, deadline=time.perf_counter() + 60)  # with a deadline: equal shares
+    assert timed.cost.model_input_pixels - 2 * 100 * 100 == alone.cost.model_input_pixels - 100 * 100

@@ -92,10 +92,10 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
 
 def _detector_overrides(args) -> list[str]:
     """``--set`` overrides plus the EvalConfig flags a command has (those of :func:`_add_detector_args`, and
-    ``--rnet`` as ``policies.rnet``), as ``key=value`` strings."""
+    ``--rnet`` as ``policies.rnet``, ``--frame-size`` as ``zoom.frame_size``), as ``key=value`` strings."""
     overrides = list(args.overrides)
     for flag, key in (("images", "images"), ("checkpoint", "checkpoint"), ("device", "device"),
-                      ("image_root", "image_root"), ("rnet", "policies.rnet")):
+                      ("image_root", "image_root"), ("rnet", "policies.rnet"), ("frame_size", "zoom.frame_size")):
         if getattr(args, flag, None) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     return overrides
@@ -194,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "left out (the coarse pass always runs)")
     dt.add_argument("--score-threshold", type=_score, default=0.05, metavar="S",
                     help="leave detections below this score out of the answers (default 0.05, the service's)")
+    dt.add_argument("--frame-size", type=_positive_int, metavar="PX",
+                    help="run an image with a side longer than PX as overlapping frames of at most PX, one zoom "
+                         "episode each (zoom.frame_size; overlap zoom.frame_overlap, 256 px): whole satellite scenes "
+                         "zoomed as the images the config was made for, e.g. 2560 with configs/eval/airbus_gpu.yaml "
+                         "(default: the config's, none)")
     dt.add_argument("--recursive", action="store_true", help="also take the images in the folders' subfolders")
     dt.add_argument("--render", action="store_true", help="also draw each answer to OUT/images/<name>.png")
     dt.add_argument("--workers", type=_count, default=0,

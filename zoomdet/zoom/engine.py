@@ -38,9 +38,12 @@ by a sequential policy as the fewest overlapping frames of at most that side
 (:func:`~zoomdet.zoom.windows.scene_frames`), each a whole episode: its coarse
 pass, its candidate windows (fractions of the frame), its gain map and its
 choices, as for an image of the size the R-net and the agent were trained on.
-Each frame gets the budget ``max_pixels_ratio * scene pixels / frame pixels
-summed``, so the scene's ratio stays within the budget though the frames'
-coarse passes overlap. The scene keeps each detection from the frame whose
+The frames share the scene's budget (``max_pixels_ratio`` times the scene's
+pixels, so the scene's ratio holds though their coarse passes overlap): their
+coarse passes and gain maps run first, and what the coarse passes leave goes
+to the frames in proportion to the gain their maps predict
+(:meth:`ZoomEngine._frame_budgets`; an equal share with a deadline or without
+a gain map). The scene keeps each detection from the frame whose
 core holds its centre (:func:`~zoomdet.zoom.windows.frame_cores`); costs,
 regions and stage times add up. Plan policies (``coarse``, ``fine``, ``sahi``)
 run the scene whole, bounded by ``max_pass_pixels``.
@@ -373,24 +376,30 @@ class ZoomEngine:
                     budget: float, steps: int, decode_seconds: float, lookahead_memo: Optional[dict],
                     pass_memo: Optional[dict], deadline: Optional[float]) -> ZoomResult:
         """A scene as frames of at most ``frame_size``, one :meth:`run` each (see the module docstring). Frame ``k``
-        runs with seed ``seed + k``, its own part of the memos and the scene's deadline."""
+        runs with seed ``seed + k``, its own part of the memos and the scene's deadline, and the budget
+        :meth:`_frame_budgets` gives it."""
         c = self.config
         _, H, W = image.shape
         frames = scene_frames(W, H, c.frame_size, c.frame_overlap)
         cores = torch.as_tensor(frame_cores(frames))
-        frame_budget = budget * W * H / sum(f.source_pixels for f in frames)
+        crops = [image[:, f.y0:f.y1, f.x0:f.x1] for f in frames]
+        truths = [_frame_truth(ground_truth, f) for f in frames]
+        keys = [("frame", f.as_tuple()) for f in frames]
+        lookahead_memo = {} if lookahead_memo is None else lookahead_memo
+        if deadline is None and pass_memo is None:
+            pass_memo = {}  # the probes' coarse passes, run once
         cost, timing = Cost(image_pixels=W * H), {s: 0.0 for s in STAGES}
+        budgets, frames_total = self._frame_budgets(crops, policy, truths, seed, budget * W * H, lookahead_memo,
+                                                    pass_memo, keys, timing, deadline)
         regions: list[Region] = []
         fine: list[Detections] = []
         kept, coarse, stage, region = [], [], [], []
-        dropped, frames_total, t_stitch = 0, 0.0, time.perf_counter()
+        dropped, t_stitch = 0, time.perf_counter()
         for k, (f, core) in enumerate(zip(frames, cores)):
-            key = ("frame", f.as_tuple())
             t_frame = time.perf_counter()
-            res = self.run(image[:, f.y0:f.y1, f.x0:f.x1], policy, ground_truth=_frame_truth(ground_truth, f),
-                           seed=seed + k, max_pixels_ratio=frame_budget, max_steps=steps,
-                           lookahead_memo=None if lookahead_memo is None else lookahead_memo.setdefault(key, {}),
-                           pass_memo=None if pass_memo is None else pass_memo.setdefault(key, {}), deadline=deadline)
+            res = self.run(crops[k], policy, ground_truth=truths[k], seed=seed + k, max_pixels_ratio=budgets[k],
+                           max_steps=steps, lookahead_memo=lookahead_memo.setdefault(keys[k], {}),
+                           pass_memo=None if pass_memo is None else pass_memo.setdefault(keys[k], {}), deadline=deadline)
             t_stitch += time.perf_counter() - t_frame  # the frame's own time is in its total
             frames_total += res.timing["total"]
             for name in STAGES:
@@ -416,6 +425,33 @@ class ZoomEngine:
         timing["total"] = decode_seconds + frames_total + time.perf_counter() - t_stitch
         return ZoomResult(Detections.cat(kept), torch.cat(stage), torch.cat(region), Detections.cat(coarse), regions,
                           cost, timing, W, H, fine, None, dropped=dropped)
+
+    def _frame_budgets(self, crops: Sequence[Tensor], policy: ZoomPolicy, truths: Sequence[Optional[GroundTruth]],
+                       seed: int, pixels: float, lookahead_memo: dict, pass_memo: Optional[dict], keys: Sequence,
+                       timing: dict, deadline: Optional[float]) -> tuple[list[float], float]:
+        """Each frame's ``max_pixels_ratio``, so the frames together spend at most ``pixels`` input pixels.
+
+        Without a deadline, each frame's coarse pass and gain map run first (kept in ``pass_memo`` for the
+        episode that follows, the gain map's time added to ``timing``), and what the coarse passes leave of the
+        budget goes to the frames in proportion to the positive gain their maps predict, as one episode over the
+        scene would spend it where the gain is. With a deadline (no memo to keep the passes in), a policy
+        without a gain map, or no gain anywhere, every frame gets the same share of its pixels. Returns the
+        ratios and the seconds the probes added to the answer (their gain maps)."""
+        frame_pixels = [int(x.shape[1]) * int(x.shape[2]) for x in crops]
+        uniform = [pixels / sum(frame_pixels)] * len(crops)
+        if pass_memo is None:
+            return uniform, 0.0
+        probes = [self.run(x, policy, ground_truth=t, seed=seed + k, max_steps=0, max_pixels_ratio=uniform[0],
+                           lookahead_memo=lookahead_memo.setdefault(key, {}), pass_memo=pass_memo.setdefault(key, {}))
+                  for k, (x, t, key) in enumerate(zip(crops, truths, keys))]
+        extra = sum(p.timing["gain"] for p in probes)
+        timing["gain"] += extra
+        gains = [0.0 if p.gain_grid is None else float(np.clip(p.gain_grid, 0, None).sum()) for p in probes]
+        spare = pixels - sum(p.cost.model_input_pixels for p in probes)
+        if sum(gains) <= 0 or spare <= 0:
+            return uniform, extra
+        return [(p.cost.model_input_pixels + spare * g / sum(gains)) / n
+                for p, g, n in zip(probes, gains, frame_pixels)], extra
 
     def candidates(self, width: int, height: int) -> list[Window]:
         c = self.config

@@ -1,0 +1,125 @@
+"""Whole scenes: images k x k times larger than the ones a config was made for, zoomed whole or as frames.
+
+    python benchmarks/scenes.py --config configs/eval/airbus_gpu.yaml \\
+        --data ../shared/data/airbus-aircraft/test.json --dataset airbus-test-gpudet --k 2 \\
+        --policy coarse --policy fine --policy greedy-entropy --budget 0.15 0.25 --frame-size 2560
+
+A satellite scene is many times the size of the 2560-px extracts the detector, the candidate windows and the
+budgets were tuned on. This script pastes the split's images, k x k at a time in id order, into scenes (PNG,
+lossless, annotations moved with them; the images left over are not used) under ``--work``, and runs
+``zoomdet evaluate`` three times with the same policies and budgets:
+
+* ``<dataset>-k<k>-images``: the images the scenes hold, one by one (the reference);
+* ``<dataset>-k<k>-scenes``: each scene as one image (candidate windows are fractions of the scene's side,
+  so k times wider);
+* ``<dataset>-k<k>-frames``: each scene as overlapping frames of at most ``--frame-size`` (``zoom.frame_size``),
+  one zoom episode each; frames do not follow the images' seams.
+
+Every pass is bounded by ``zoom.max_pass_pixels`` (``--max-pass-pixels``, default 4096²), so the fine pass over a
+scene runs as tiles (its tiles' overlap is counted in its pixels). Rows go to
+``benchmarks/results/scenes.json`` (replacing those three datasets' rows), each with ``scene_side`` and
+``frame_size``; the report tables are printed. Evaluations resume from ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def build_scenes(data: Path, k: int, out: Path, image_root: Path) -> tuple[Path, Path]:
+    """The scenes of ``data`` (``out/scenes.json``, ``out/images/scene*.png``) and the COCO file of the images
+    they hold (``out/images.json``, file names relative to ``image_root``). Rebuilt only when missing."""
+    from PIL import Image
+
+    scenes_json, images_json = out / "scenes.json", out / "images.json"
+    if scenes_json.exists() and images_json.exists():
+        return scenes_json, images_json
+    d = json.loads(data.read_text())
+    imgs = sorted(d["images"], key=lambda i: i["id"])
+    n = len(imgs) // (k * k)
+    if n == 0:
+        raise SystemExit(f"--k {k}: {data} has {len(imgs)} images, fewer than the {k * k} of one scene")
+    by_image: dict[int, list] = {}
+    for a in d["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    scenes, scene_anns, used = [], [], imgs[:n * k * k]
+    for m in range(n):
+        part = used[m * k * k:(m + 1) * k * k]
+        w, h = part[0]["width"], part[0]["height"]
+        if any((p["width"], p["height"]) != (w, h) for p in part):
+            raise SystemExit("scenes need images of one size")
+        canvas = Image.new("RGB", (w * k, h * k))
+        for j, im in enumerate(part):
+            ox, oy = (j % k) * w, (j // k) * h
+            with Image.open(image_root / im["file_name"]) as src:
+                canvas.paste(src.convert("RGB"), (ox, oy))
+            for a in by_image.get(im["id"], []):
+                x, y, bw, bh = a["bbox"]
+                scene_anns.append({**a, "id": len(scene_anns) + 1, "image_id": m + 1, "bbox": [x + ox, y + oy, bw, bh]})
+        name = f"scene{m:03d}.png"
+        canvas.save(out / "images" / name)
+        scenes.append({"id": m + 1, "file_name": name, "width": w * k, "height": h * k})
+    ids = {i["id"] for i in used}
+    images_json.write_text(json.dumps({"images": used, "categories": d["categories"],
+                                       "annotations": [a for a in d["annotations"] if a["image_id"] in ids]}))
+    scenes_json.write_text(json.dumps({"images": scenes, "annotations": scene_anns, "categories": d["categories"]}))
+    return scenes_json, images_json
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from zoomdet.eval.results import add_policy_args, require_fine
+
+    ap.add_argument("--config", required=True, help="eval config (configs/eval/*.yaml)")
+    ap.add_argument("--data", required=True, help="COCO annotation json of images of one size")
+    ap.add_argument("--image-root", help="folder of its images (default: <json dir>/images)")
+    ap.add_argument("--dataset", required=True, help="dataset name prefix in the results file, e.g. airbus-test-gpudet")
+    ap.add_argument("--k", type=int, default=2, help="a scene is k x k images (default 2)")
+    ap.add_argument("--frame-size", type=int, required=True, help="zoom.frame_size of the framed run, pixels")
+    ap.add_argument("--max-pass-pixels", type=int, default=4096 ** 2, help="zoom.max_pass_pixels of every run")
+    add_policy_args(ap)
+    ap.add_argument("--work", help="scenes and evaluations (default runs/bench/scenes/<dataset>-k<k>)")
+    args = ap.parse_args(argv)
+    require_fine(ap, args.policy)
+    if args.k < 2:
+        ap.error("--k must be >= 2")
+
+    from zoomdet.config import load_config
+    from zoomdet.eval.evaluator import EvalConfig
+    from zoomdet.eval.results import command_line, rows_from_report, run_zoomdet, write_results
+
+    data = Path(args.data)
+    name = f"{args.dataset}-k{args.k}"
+    work = Path(args.work or f"runs/bench/scenes/{name}")
+    image_root = Path(args.image_root or data.parent / "images")
+    scenes_json, images_json = build_scenes(data, args.k, work, image_root)
+    cfg = load_config(EvalConfig, args.config)
+    policies = [x for p in args.policy for x in ("--policy", p)] + (["--budget", *map(str, args.budget)] if args.budget else [])
+    policies += ["--rnet", args.rnet] if args.rnet else []
+    common = ["--config", args.config, "--images", "0", "--no-progress", *policies,
+              "--set", f"zoom.max_pass_pixels={args.max_pass_pixels}"]
+    runs = [("images", images_json, ["--image-root", str(image_root)], None),
+            ("scenes", scenes_json, [], None),
+            ("frames", scenes_json, ["--set", f"zoom.frame_size={args.frame_size}"], args.frame_size)]
+    side = json.loads(scenes_json.read_text())["images"][0]["width"]
+    for kind, ann, extra, frame in runs:
+        out = work / f"eval-{kind}"
+        run_zoomdet(["evaluate", "--data", str(ann), "--out", str(out), *common, *extra])
+        report = json.loads((out / "report.json").read_text())
+        rows = rows_from_report(report, f"{name}-{kind}", seed=cfg.seed, command=command_line(),
+                                extra={"scene_side": side if kind != "images" else side // args.k, "frame_size": frame})
+        path = write_results("scenes", rows, replace={"dataset": f"{name}-{kind}"})
+        print((out / "report.md").read_text())
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
