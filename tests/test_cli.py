@@ -480,6 +480,24 @@ def test_detect_frame_size_runs_a_large_image_as_frames(tmp_path, synth_small, t
         assert 0 <= x0 <= x1 <= 320 and 0 <= y0 <= y1 <= 240
 
 
+def test_detect_decodes_images_over_pils_limit_only_when_asked(tmp_path, tiny_checkpoint, monkeypatch):
+    from PIL import Image
+
+    from zoomdet.eval.detect import read_answers
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses above twice this: a 64 x 48 image stands in
+    img = tmp_path / "scene.png"
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(img)
+    base = ["detect", str(img), "--checkpoint", str(tiny_checkpoint), "--no-progress"]
+    for flag, rc, error in [([], 1, "--max-image-pixels"), (["--max-image-pixels", "3000"], 1, "exceeds the limit of 3000"),
+                            (["--max-image-pixels", "0"], 0, None), (["--max-image-pixels", "3072"], 0, None)]:
+        out = tmp_path / f"o{len(flag) and flag[1]}"
+        assert main([*base, "--out", str(out), *flag]) == rc
+        (answer,) = read_answers(out / "detections.jsonl")[1]
+        assert (error in answer["error"]) if error else answer["image"] == {"width": 64, "height": 48}
+        assert Image.MAX_IMAGE_PIXELS == 1000  # PIL's own limit is back for everything else
+
+
 def test_detect_through_ray_tasks_answers_as_in_process(tmp_path, synth_small, tiny_checkpoint, capsys):
     from zoomdet.eval.detect import read_answers
 

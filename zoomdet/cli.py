@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "episode each (zoom.frame_size; overlap zoom.frame_overlap, 256 px): whole satellite scenes "
                          "zoomed as the images the config was made for, e.g. 2560 with configs/eval/airbus_gpu.yaml "
                          "(default: the config's, none)")
+    dt.add_argument("--max-image-pixels", type=_count, metavar="N",
+                    help="the largest image (width x height) to decode, checked on its header; 0 = no limit "
+                         "(default: PIL's decompression-bomb limit, about 179M pixels: a 13,000 x 13,000 scene)")
     dt.add_argument("--recursive", action="store_true", help="also take the images in the folders' subfolders")
     dt.add_argument("--render", action="store_true", help="also draw each answer to OUT/images/<name>.png")
     dt.add_argument("--workers", type=_count, default=0,
@@ -522,7 +525,7 @@ def _cmd_detect(args) -> int:
     cfg = load_config(EvalConfig, args.config, _detector_overrides(args))
     s = detect_files(cfg, files, args.policy, args.out, max_pixels_ratio=args.budget, max_latency_ms=args.max_latency_ms,
                      score_threshold=args.score_threshold, render=args.render, progress=not args.no_progress,
-                     workers=args.workers, ray_address=args.ray_address)
+                     workers=args.workers, ray_address=args.ray_address, max_image_pixels=args.max_image_pixels)
     print(f"{s.images} of {len(files)} images answered ({s.resumed} kept from before), {s.detections} detections; "
           f"mean pixels_ratio {s.pixels_ratio:.3f}, mean {s.total_ms:.0f} ms per image")
     if args.max_latency_ms is not None:

@@ -84,12 +84,25 @@ def image_to_tensor(img: Image.Image, keep_uint8: bool = False) -> Tensor:
     return chw if keep_uint8 else chw.float().div_(255.0)  # uint8: a channels-first view, no further copy
 
 
-def read_image(path: str | os.PathLike, keep_uint8: bool = False) -> Tensor:
+def read_image(path: str | os.PathLike, keep_uint8: bool = False, max_pixels: Optional[int] = None) -> Tensor:
     """Read an image file, apply its EXIF orientation, return ``Tensor[3, H, W]`` float32 in [0, 1]
-    (with ``keep_uint8``, 8-bit images as ``uint8`` in [0, 255]: see :func:`image_to_tensor`)."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        return image_to_tensor(img, keep_uint8=keep_uint8)
+    (with ``keep_uint8``, 8-bit images as ``uint8`` in [0, 255]: see :func:`image_to_tensor`).
+
+    ``max_pixels``: the largest ``width * height`` to decode, checked on the header before any pixel is read
+    (``ValueError`` above it), in place of PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, 89M
+    pixels, refused at twice that); ``0`` = no limit, ``None`` = PIL's."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = None  # our limit replaces PIL's, for this read only (TIFF checks again on load)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if max_pixels and w * h > max_pixels:
+                raise ValueError(f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+            img = ImageOps.exif_transpose(img)
+            return image_to_tensor(img, keep_uint8=keep_uint8)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 class CocoDataset:

@@ -100,10 +100,11 @@ class Answerer:
         cfg: the engine, detector and policy options.
         policy_name: see :func:`detect_files`.
         max_pixels_ratio, max_latency_ms, score_threshold: the per-image options (resolved: a number or ``None``).
+        max_image_pixels: the largest image to decode (:func:`~zoomdet.data.coco.read_image`'s ``max_pixels``).
     """
 
     def __init__(self, cfg: EvalConfig, policy_name: str, max_pixels_ratio: float, max_latency_ms: Optional[float],
-                 score_threshold: float) -> None:
+                 score_threshold: float, max_image_pixels: Optional[int] = None) -> None:
         self.cfg = cfg
         self.detector = load_detector(cfg)
         self.policy = make_policy(policy_name, cfg.policies, cfg.zoom, self.detector.detector_id)
@@ -112,13 +113,17 @@ class Answerer:
                              "on an annotated set with zoomdet evaluate")
         self.engine = ZoomEngine(self.detector, cfg.zoom)
         self.budget, self.max_latency_ms, self.score_threshold = max_pixels_ratio, max_latency_ms, score_threshold
+        self.max_image_pixels = max_image_pixels
 
     def __call__(self, f: Path) -> dict:
         """``{"file", **answer}`` for the image file ``f``, or ``{"file", "error"}`` when it cannot be read as one."""
         t0 = time.perf_counter()
         try:
-            image = read_image(f, keep_uint8=self.cfg.keep_uint8)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:  # unreadable, not an image, too large
+            image = read_image(f, keep_uint8=self.cfg.keep_uint8, max_pixels=self.max_image_pixels)
+        except Image.DecompressionBombError as e:  # over PIL's limit: a large scene the user may well mean
+            return {"file": str(f), "error": f"{type(e).__name__}: {e} (for a larger image, raise the limit: "
+                                             "--max-image-pixels N, 0 = none)"}
+        except (OSError, ValueError) as e:  # unreadable, not an image, over --max-image-pixels
             return {"file": str(f), "error": f"{type(e).__name__}: {e}"}
         decode = time.perf_counter() - t0
         deadline = None if self.max_latency_ms is None else t0 + self.max_latency_ms / 1000
@@ -145,7 +150,8 @@ def _answer_shard(cfg_dict: dict, policy_name: str, options: tuple, files: list[
 def detect_files(cfg: EvalConfig, files: Sequence[Path], policy_name: str, out: str | Path, *,
                  max_pixels_ratio: Optional[float] = None, max_latency_ms: Optional[float] = None,
                  score_threshold: float = 0.05, render: bool = False, progress: bool = True, workers: int = 0,
-                 ray_address: Optional[str] = None, shard_size: int = 4) -> DetectSummary:
+                 ray_address: Optional[str] = None, shard_size: int = 4,
+                 max_image_pixels: Optional[int] = None) -> DetectSummary:
     """Run ``policy_name`` on each of ``files`` and write ``<out>/detections.jsonl`` (see the module docstring).
 
     Args:
@@ -162,6 +168,8 @@ def detect_files(cfg: EvalConfig, files: Sequence[Path], policy_name: str, out: 
             instance of N CPUs, one torch thread each (their ``timing_ms`` is then one thread's).
         ray_address: run the tasks on this Ray cluster instead (``auto``, ``ray://head:10001``); every node must
             see the files, the checkpoint and the models at the same paths.
+        max_image_pixels: the largest image (width * height) to decode, in place of PIL's decompression-bomb
+            limit (``None``; about 179M pixels); 0 = no limit.
 
     A file that cannot be read as an image gets an ``error`` line and the run goes on; the summary lists it.
     Answers are written as they arrive, in the order the files or shards finish.
@@ -171,7 +179,7 @@ def detect_files(cfg: EvalConfig, files: Sequence[Path], policy_name: str, out: 
     budget = cfg.zoom.max_pixels_ratio if max_pixels_ratio is None else float(max_pixels_ratio)
     if max_latency_ms is None:
         max_latency_ms = cfg.max_latency_ms
-    options = (budget, max_latency_ms, score_threshold)
+    options = (budget, max_latency_ms, score_threshold, max_image_pixels)
     answerer = Answerer(cfg, policy_name, *options)  # also checks the policy and the models before any work
     header = {"format": DETECT_FORMAT, "policy": answerer.policy.name, "detector_id": answerer.detector.detector_id,
               "max_pixels_ratio": budget, "max_latency_ms": max_latency_ms, "score_threshold": score_threshold,
