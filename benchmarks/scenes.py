@@ -2,7 +2,7 @@
 
     python benchmarks/scenes.py --config configs/eval/airbus_gpu.yaml \\
         --data ../shared/data/airbus-aircraft/test.json --dataset airbus-test-gpudet --k 2 \\
-        --policy coarse --policy fine --policy greedy-entropy --budget 0.15 0.25 --frame-size 2560
+        --policy coarse --policy fine --policy greedy-entropy --budget 0.15 0.25 --frame-size 3072
 
 A satellite scene is many times the size of the 2560-px extracts the detector, the candidate windows and the
 budgets were tuned on. This script pastes the split's images, k x k at a time in id order, into scenes (PNG,
@@ -18,7 +18,7 @@ lossless, annotations moved with them; the images left over are not used) under 
 Every pass is bounded by ``zoom.max_pass_pixels`` (``--max-pass-pixels``, default 4096²), so the fine pass over a
 scene runs as tiles (its tiles' overlap is counted in its pixels). Rows go to
 ``benchmarks/results/scenes.json`` (replacing those three datasets' rows), each with ``scene_side`` and
-``frame_size``; the report tables are printed. Evaluations resume from ``--work``.
+``frame_size``; ``zoomdet evaluate`` prints each report's table. Evaluations resume from ``--work``.
 """
 
 from __future__ import annotations
@@ -114,9 +114,9 @@ def main(argv=None) -> int:
         run_zoomdet(["evaluate", "--data", str(ann), "--out", str(out), *common, *extra])
         report = json.loads((out / "report.json").read_text())
         rows = rows_from_report(report, f"{name}-{kind}", seed=cfg.seed, command=command_line(),
-                                extra={"scene_side": side if kind != "images" else side // args.k, "frame_size": frame})
+                                extra={"scene_side": side if kind != "images" else side // args.k, "frame_size": frame,
+                                       "frame_overlap": cfg.zoom.frame_overlap if frame else None})
         path = write_results("scenes", rows, replace={"dataset": f"{name}-{kind}"})
-        print((out / "report.md").read_text())
     print(f"wrote {path}")
     return 0
 

@@ -110,8 +110,9 @@ class ZoomConfig:
     """Scenes: a sequential policy runs an image with a side longer than this as overlapping frames of at
     most this side, one episode each (see the module docstring), e.g. the size the R-net and the agent were
     trained on. ``None`` = every image is one episode."""
-    frame_overlap: int = 256
-    """With ``frame_size``: pixels neighbouring frames share; objects narrower than this are never cut."""
+    frame_overlap: int = 512
+    """With ``frame_size``: pixels neighbouring frames share. An object narrower than this is whole in the frame that
+    keeps it, and one narrower than half of it at least a quarter of it from that frame's edges."""
 
     @property
     def zoom_scale(self) -> float:
