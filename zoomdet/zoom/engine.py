@@ -390,8 +390,9 @@ class ZoomEngine:
         if deadline is None and pass_memo is None:
             pass_memo = {}  # the probes' coarse passes, run once
         cost, timing = Cost(image_pixels=W * H), {s: 0.0 for s in STAGES}
-        budgets, frames_total = self._frame_budgets(crops, policy, truths, seed, budget * W * H, lookahead_memo,
-                                                    pass_memo, keys, timing, deadline)
+        budgets, probe_seconds = self._frame_budgets(crops, policy, truths, seed, budget * W * H, lookahead_memo,
+                                                     pass_memo, keys, timing)
+        frames_total = probe_seconds  # then each frame's own total
         regions: list[Region] = []
         fine: list[Detections] = []
         kept, coarse, stage, region = [], [], [], []
@@ -429,15 +430,15 @@ class ZoomEngine:
 
     def _frame_budgets(self, crops: Sequence[Tensor], policy: ZoomPolicy, truths: Sequence[Optional[GroundTruth]],
                        seed: int, pixels: float, lookahead_memo: dict, pass_memo: Optional[dict], keys: Sequence,
-                       timing: dict, deadline: Optional[float]) -> tuple[list[float], float]:
+                       timing: dict) -> tuple[list[float], float]:
         """Each frame's ``max_pixels_ratio``, so the frames together spend at most ``pixels`` input pixels.
 
-        Without a deadline, each frame's coarse pass and gain map run first (kept in ``pass_memo`` for the
-        episode that follows, the gain map's time added to ``timing``), and what the coarse passes leave of the
-        budget goes to the frames in proportion to the positive gain their maps predict, as one episode over the
-        scene would spend it where the gain is. With a deadline (no memo to keep the passes in), a policy
-        without a gain map, or no gain anywhere, every frame gets the same share of its pixels. Returns the
-        ratios and the seconds the probes added to the answer (their gain maps)."""
+        With a ``pass_memo`` (one is made unless a deadline rules it out), each frame's coarse pass and gain map
+        run first, the passes kept in the memo for the episode that follows and the gain maps' time added to
+        ``timing``; what the coarse passes leave of the budget then goes to the frames in proportion to the
+        positive gain their maps predict, as one episode over the scene would spend it where the gain is. Without
+        a memo (a deadline), for a policy without a gain map, or with no gain anywhere, every frame gets the same
+        share of its pixels. Returns the ratios and the seconds the probes added to the answer (their gain maps)."""
         frame_pixels = [int(x.shape[1]) * int(x.shape[2]) for x in crops]
         uniform = [pixels / sum(frame_pixels)] * len(crops)
         if pass_memo is None:
