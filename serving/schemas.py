@@ -93,6 +93,9 @@ class DetectResponse(BaseModel):
                                                        "the request arrived (the coarse pass always runs; plan "
                                                        "policies ignore deadlines)")
     timing_ms: TimingOut
+    frames: list[list[int]] = Field(default_factory=list, description="the frames (xyxy) a scene larger than the "
+                                                                      "engine's zoom.frame_size ran as, one zoom "
+                                                                      "episode each; empty otherwise")
     model: dict[str, Optional[str]] = Field(..., description="checkpoint ids of the detector, R-net and agent")
     trace: Optional[dict] = Field(None, description="zoomdet.episode/1 document when return_trace is set")
 

@@ -465,7 +465,7 @@ def test_detect_frame_size_runs_a_large_image_as_frames(tmp_path, synth_small, t
     runs = {}
     for frame in (None, "160"):
         out = tmp_path / f"f{frame}"
-        extra = ["--frame-size", frame, "--set", "zoom.frame_overlap=32"] if frame else []
+        extra = ["--frame-size", frame, "--set", "zoom.frame_overlap=32", "--render"] if frame else []
         assert main(["detect", str(img), "--checkpoint", str(tiny_checkpoint), "--budget", "0.6", "--out", str(out),
                      "--no-progress", *extra]) == 0
         header, answers = read_answers(out / "detections.jsonl")
@@ -475,6 +475,8 @@ def test_detect_frame_size_runs_a_large_image_as_frames(tmp_path, synth_small, t
     framed, whole = runs["160"][1], runs[None][1]
     assert framed["cost"]["detector_calls"] >= len(frames) > whole["cost"]["detector_calls"]  # a coarse pass per frame
     assert framed["cost"]["pixels_ratio"] <= 0.6 and framed["image"] == whole["image"] == {"width": 320, "height": 240}
+    assert framed["frames"] == [list(f.as_tuple()) for f in frames] and whole["frames"] == []
+    assert (tmp_path / "f160" / framed["rendered"]).is_file()  # the picture, with the frames drawn
     for d in framed["detections"]:
         x0, y0, x1, y1 = d["box_xyxy"]
         assert 0 <= x0 <= x1 <= 320 and 0 <= y0 <= y1 <= 240

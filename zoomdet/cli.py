@@ -596,7 +596,7 @@ def _cmd_query(args) -> int:
     if args.out:
         from zoomdet.viz import save_result_image
 
-        save_result_image(args.image, ans["detections"], ans["regions"], args.out)
+        save_result_image(args.image, ans["detections"], ans["regions"], args.out, frames=ans.get("frames", []))
         print(f"wrote {args.out}")
     return 0
 

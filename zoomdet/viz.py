@@ -115,11 +115,19 @@ def plot_result(image, detections: Sequence[dict], windows: Sequence[Sequence[fl
     return ax
 
 
-def save_result_image(image, detections: Sequence[dict], regions: Sequence[dict], out: str | Path) -> Path:
-    """Save the image with detections and the service's ``regions`` drawn (what ``zoomdet query --out`` writes)."""
+def save_result_image(image, detections: Sequence[dict], regions: Sequence[dict], out: str | Path,
+                      frames: Sequence[Sequence[float]] = ()) -> Path:
+    """Save the image with detections, the service's ``regions`` and, for a scene run as frames, the ``frames``
+    (xyxy, dotted yellow) drawn (what ``zoomdet query --out`` and ``zoomdet detect --render`` write)."""
+    from matplotlib.patches import Rectangle
+
     plt = _plt()
     ax = plot_result(image, detections, [r["box_xyxy"] for r in regions],
-                     title=f"{len(detections)} detections (blue coarse, orange fine), {len(regions)} zoom regions")
+                     title=f"{len(detections)} detections (blue coarse, orange fine), {len(regions)} zoom regions"
+                           + (f", {len(frames)} frames (yellow)" if frames else ""))
+    for x0, y0, x1, y1 in frames:
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linestyle=":",
+                               linewidth=1.5))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ax.figure.savefig(out, dpi=120, bbox_inches="tight")

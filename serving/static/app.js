@@ -60,6 +60,12 @@ function draw(img, answer) {
     g.fillStyle = "#e71d36";
     g.fillText(String(r.step + 1), x0 + 4, y0 + 18);
   }
+  g.setLineDash([2, 4]);
+  g.strokeStyle = "#ffd60a";
+  for (const f of answer.frames || []) {  // a scene run as frames (the engine's zoom.frame_size)
+    const [x0, y0, x1, y1] = f.map((v) => v * scale);
+    g.strokeRect(x0, y0, x1 - x0, y1 - y0);
+  }
   g.setLineDash([]);
 }
 
@@ -91,7 +97,8 @@ function show(answer, img) {
       : `${answer.max_latency_ms} ms: ${answer.regions_dropped} zoom windows left out` +
         (answer.deadline_exceeded ? ", answered late" : "")],
     ["detector calls", String(c.detector_calls)],
-    ["image", `${answer.image.width} × ${answer.image.height}`],
+    ["image", `${answer.image.width} × ${answer.image.height}` +
+      ((answer.frames || []).length ? `, run as ${answer.frames.length} frames` : "")],
   ]);
   const total = Math.max(answer.timing_ms.total, 1e-6);
   table("timing", STAGES.map((s) => {

@@ -287,5 +287,6 @@ def _render(answer: dict, out: Path, taken: set[str]) -> str:
         k += 1
         name = f"{f.stem}-{k}"
     taken.add(name)
-    save_result_image(f, answer["detections"], answer["regions"], out / "images" / f"{name}.png")
+    save_result_image(f, answer["detections"], answer["regions"], out / "images" / f"{name}.png",
+                      frames=answer.get("frames", []))
     return f"images/{name}.png"

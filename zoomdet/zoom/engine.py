@@ -199,6 +199,8 @@ class ZoomResult:
     dropped: int = 0
     """Windows the policy chose that a ``deadline`` left out: not run, not charged, not merged (they are not in
     ``regions``)."""
+    frames: list[Window] = field(default_factory=list)
+    """The frames a scene larger than ``frame_size`` ran as (scene pixels); empty when the image was one episode."""
 
 
 @dataclass
@@ -426,7 +428,7 @@ class ZoomEngine:
         # the frames' own totals (memo replays and look-ahead accounted as in run) and the stitching around them
         timing["total"] = decode_seconds + frames_total + time.perf_counter() - t_stitch
         return ZoomResult(Detections.cat(kept), torch.cat(stage), torch.cat(region), Detections.cat(coarse), regions,
-                          cost, timing, W, H, fine, None, dropped=dropped)
+                          cost, timing, W, H, fine, None, dropped=dropped, frames=frames)
 
     def _frame_budgets(self, crops: Sequence[Tensor], policy: ZoomPolicy, truths: Sequence[Optional[GroundTruth]],
                        seed: int, pixels: float, lookahead_memo: dict, pass_memo: Optional[dict], keys: Sequence,

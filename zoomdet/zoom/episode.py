@@ -80,7 +80,8 @@ def answer_record(result: ZoomResult, categories: Optional[dict[int, str]], *, p
     policies, whose detections then carry ``region_id`` -1); ``cost`` (:class:`~zoomdet.zoom.engine.Cost`);
     ``max_pixels_ratio`` and ``budget_exceeded`` (plan policies ignore budgets and say so here);
     ``max_latency_ms``, ``regions_dropped`` (windows the deadline left out) and ``deadline_exceeded`` (``late``);
-    ``timing_ms`` per stage. Boxes are ``[x0, y0, x1, y1]`` in full-resolution image pixels.
+    ``timing_ms`` per stage; ``frames``, the frames a scene ran as (empty for one episode). Boxes are
+    ``[x0, y0, x1, y1]`` in full-resolution image pixels.
     """
     dets = [d for d in detections_json(result.detections, categories, result.stage, result.region)
             if d["score"] >= score_threshold]
@@ -93,7 +94,8 @@ def answer_record(result: ZoomResult, categories: Optional[dict[int, str]], *, p
     return {"image": {"width": result.width, "height": result.height}, "policy": policy, "detections": dets,
             "regions": regions, "cost": result.cost.as_dict(), "max_pixels_ratio": max_pixels_ratio,
             "budget_exceeded": result.cost.pixels_ratio > max_pixels_ratio + 1e-9, "max_latency_ms": max_latency_ms,
-            "regions_dropped": result.dropped, "deadline_exceeded": late, "timing_ms": timing}
+            "regions_dropped": result.dropped, "deadline_exceeded": late, "timing_ms": timing,
+            "frames": [list(f.as_tuple()) for f in result.frames]}
 
 
 def _keys(items: list[dict]) -> list[tuple]:
