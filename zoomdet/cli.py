@@ -196,9 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="leave detections below this score out of the answers (default 0.05, the service's)")
     dt.add_argument("--frame-size", type=_positive_int, metavar="PX",
                     help="run an image with a side longer than PX as overlapping frames of at most PX, one zoom "
-                         "episode each (zoom.frame_size; overlap zoom.frame_overlap, 512 px): whole satellite scenes "
-                         "zoomed as the images the config was made for, e.g. 3072 with configs/eval/airbus_gpu.yaml "
-                         "(its 2560-px extracts; default: the config's, none)")
+                         "episode each (zoom.frame_size; overlap zoom.frame_overlap, 512 px): satellite scenes zoomed as "
+                         "the images the config was made for, e.g. 3072 with configs/eval/airbus_gpu.yaml (its 2560-px "
+                         "extracts). On Airbus it paid for scenes of 4x the extracts' side; up to 3x the whole scene "
+                         "did better (README, Whole scenes). Default: the config's, none")
     dt.add_argument("--max-image-pixels", type=_count, metavar="N",
                     help="the largest image (width x height) to decode, checked on its header; 0 = no limit "
                          "(default: PIL's decompression-bomb limit, about 179M pixels: a 13,000 x 13,000 scene)")
