@@ -492,12 +492,14 @@ def test_detect_decodes_images_over_pils_limit_only_when_asked(tmp_path, tiny_ch
     Image.new("RGB", (64, 48), (200, 10, 10)).save(img)
     base = ["detect", str(img), "--checkpoint", str(tiny_checkpoint), "--no-progress"]
     for flag, rc, error in [([], 1, "--max-image-pixels"), (["--max-image-pixels", "3000"], 1, "exceeds the limit of 3000"),
-                            (["--max-image-pixels", "0"], 0, None), (["--max-image-pixels", "3072"], 0, None)]:
+                            (["--max-image-pixels", "0", "--render"], 0, None), (["--max-image-pixels", "3072"], 0, None)]:
         out = tmp_path / f"o{len(flag) and flag[1]}"
         assert main([*base, "--out", str(out), *flag]) == rc
         (answer,) = read_answers(out / "detections.jsonl")[1]
         assert (error in answer["error"]) if error else answer["image"] == {"width": 64, "height": 48}
         assert Image.MAX_IMAGE_PIXELS == 1000  # PIL's own limit is back for everything else
+        if "--render" in flag:  # the picture reads the image under the run's limit too
+            assert (out / answer["rendered"]).is_file()
 
 
 def test_detect_through_ray_tasks_answers_as_in_process(tmp_path, synth_small, tiny_checkpoint, capsys):

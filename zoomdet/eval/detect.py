@@ -200,7 +200,7 @@ def detect_files(cfg: EvalConfig, files: Sequence[Path], policy_name: str, out: 
     rendered: set[str] = set()
     for a in kept.values():
         if render and not (a.get("rendered") and (out / a["rendered"]).is_file()):  # kept from a run without --render
-            a["rendered"] = _render(a, out, rendered)
+            a["rendered"] = _render(a, out, rendered, max_image_pixels)
         elif a.get("rendered"):
             rendered.add(Path(a["rendered"]).stem)
     write_atomic(path, "".join(json.dumps(x) + "\n" for x in [header, *kept.values()]))
@@ -216,7 +216,7 @@ def detect_files(cfg: EvalConfig, files: Sequence[Path], policy_name: str, out: 
                 summary.failed[a["file"]] = a["error"]
             else:
                 if render:
-                    a["rendered"] = _render(a, out, rendered)
+                    a["rendered"] = _render(a, out, rendered, max_image_pixels)
                 answers.append(a)
             log.write(json.dumps(a) + "\n")
             log.flush()
@@ -276,9 +276,9 @@ def _model_digests(policy_name: str, cfg: EvalConfig) -> list[str]:
     return [file_digest(p) for p in paths if p.is_file()]
 
 
-def _render(answer: dict, out: Path, taken: set[str]) -> str:
+def _render(answer: dict, out: Path, taken: set[str], max_image_pixels: Optional[int] = None) -> str:
     """Draw ``answer`` on its image to ``out/images/<stem>.png`` (``<stem>-2`` ... when two folders hold files of
-    one name); returns the path relative to ``out``."""
+    one name), the image read under the run's ``max_image_pixels``; returns the path relative to ``out``."""
     from zoomdet.viz import save_result_image
 
     f = Path(answer["file"])
@@ -287,6 +287,7 @@ def _render(answer: dict, out: Path, taken: set[str]) -> str:
         k += 1
         name = f"{f.stem}-{k}"
     taken.add(name)
-    save_result_image(f, answer["detections"], answer["regions"], out / "images" / f"{name}.png",
+    image = read_image(f, keep_uint8=True, max_pixels=max_image_pixels).permute(1, 2, 0).numpy()  # uint8 [H, W, 3]
+    save_result_image(image, answer["detections"], answer["regions"], out / "images" / f"{name}.png",
                       frames=answer.get("frames", []))
     return f"images/{name}.png"
