@@ -19,6 +19,10 @@ Every pass is bounded by ``zoom.max_pass_pixels`` (``--max-pass-pixels``, defaul
 scene runs as tiles (its tiles' overlap is counted in its pixels). Rows go to
 ``benchmarks/results/scenes.json`` (replacing those three datasets' rows), each with ``scene_side`` and
 ``frame_size``; ``zoomdet evaluate`` prints each report's table. Evaluations resume from ``--work``.
+
+``--runs`` picks some of the three evaluations; ``--frames-set KEY=VALUE`` overrides the framed run's config only
+and ``--frames-tag TAG`` names its rows ``<dataset>-k<k>-frames-<TAG>``, so a variant sits beside the default, e.g.
+``--runs frames --frames-set zoom.frame_carry=false --frames-tag nocarry``.
 """
 
 from __future__ import annotations
@@ -86,6 +90,12 @@ def main(argv=None) -> int:
     ap.add_argument("--max-pass-pixels", type=int, default=4096 ** 2, help="zoom.max_pass_pixels of every run")
     add_policy_args(ap)
     ap.add_argument("--work", help="scenes and evaluations (default runs/bench/scenes/<dataset>-k<k>)")
+    ap.add_argument("--runs", nargs="+", choices=["images", "scenes", "frames"], default=["images", "scenes", "frames"],
+                    help="which of the three evaluations to run (default all)")
+    ap.add_argument("--frames-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override of the framed run only, e.g. zoom.frame_carry=false (repeatable)")
+    ap.add_argument("--frames-tag", help="name the framed run <dataset>-k<k>-frames-<TAG> (rows and folder), so a "
+                                         "variant made with --frames-set keeps the default's rows")
     args = ap.parse_args(argv)
     require_fine(ap, args.policy)
     if args.k < 2:
@@ -101,21 +111,27 @@ def main(argv=None) -> int:
     image_root = Path(args.image_root or data.parent / "images")
     scenes_json, images_json = build_scenes(data, args.k, work, image_root)
     cfg = load_config(EvalConfig, args.config)
+    framed = load_config(EvalConfig, args.config, [f"zoom.frame_size={args.frame_size}", *args.frames_set]).zoom
     policies = [x for p in args.policy for x in ("--policy", p)] + (["--budget", *map(str, args.budget)] if args.budget else [])
     policies += ["--rnet", args.rnet] if args.rnet else []
     common = ["--config", args.config, "--images", "0", "--no-progress", *policies,
               "--set", f"zoom.max_pass_pixels={args.max_pass_pixels}"]
     runs = [("images", images_json, ["--image-root", str(image_root)], None),
             ("scenes", scenes_json, [], None),
-            ("frames", scenes_json, ["--set", f"zoom.frame_size={args.frame_size}"], args.frame_size)]
+            ("frames", scenes_json, ["--set", f"zoom.frame_size={args.frame_size}",
+                                     *(x for kv in args.frames_set for x in ("--set", kv))], args.frame_size)]
     side = json.loads(scenes_json.read_text())["images"][0]["width"]
     for kind, ann, extra, frame in runs:
+        if kind not in args.runs:
+            continue
+        kind = f"{kind}-{args.frames_tag}" if kind == "frames" and args.frames_tag else kind
         out = work / f"eval-{kind}"
         run_zoomdet(["evaluate", "--data", str(ann), "--out", str(out), *common, *extra])
         report = json.loads((out / "report.json").read_text())
         rows = rows_from_report(report, f"{name}-{kind}", seed=cfg.seed, command=command_line(),
                                 extra={"scene_side": side if kind != "images" else side // args.k, "frame_size": frame,
-                                       "frame_overlap": cfg.zoom.frame_overlap if frame else None})
+                                       "frame_overlap": framed.frame_overlap if frame else None,
+                                       "frame_carry": framed.frame_carry if frame else None})
         path = write_results("scenes", rows, replace={"dataset": f"{name}-{kind}"})
     print(f"wrote {path}")
     return 0

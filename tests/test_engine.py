@@ -445,7 +445,9 @@ def test_a_scene_of_tiled_images_runs_as_one_episode_per_image():
 
     one = blob_scene(200, 160, 12, seed=1)
     scene = one.repeat(1, 2, 2)  # 2x2 copies: with no overlap, the frames are the copies
-    eng = ZoomEngine(BlobDetector(), ZoomConfig(max_pixels_ratio=0.55, frame_size=200, frame_overlap=0))
+    # without the carry, each copy spends what the image alone would (with it, a copy may spend what another left)
+    eng = ZoomEngine(BlobDetector(), ZoomConfig(max_pixels_ratio=0.55, frame_size=200, frame_overlap=0,
+                                                frame_carry=False))
     pol = make_policy("greedy-entropy", PolicyConfig(greedy_stop=0.0), zoom=eng.config)
     alone = eng.run(one, pol)
     r = eng.run(scene, pol)
@@ -499,3 +501,45 @@ def test_frames_share_the_scene_budget_where_their_gain_maps_point():
     assert len(r.regions) > len(alone.regions)
     timed = eng.run(scene, pol, deadline=time.perf_counter() + 60)  # with a deadline: equal shares
     assert timed.cost.model_input_pixels - 2 * 100 * 100 == alone.cost.model_input_pixels - 100 * 100
+
+
+def test_a_frame_passes_the_share_it_cannot_spend_to_the_frames_with_more_gain():
+    from tests.conftest import BlobDetector
+
+    left = blob_scene(200, 200, 14, seed=4, sides=(8, 24))
+    right = blob_scene(200, 200, 1, seed=5, sides=(14, 24))  # a little gain: a share too small for a window
+    scene = torch.cat([left, right], dim=2)
+    runs = {}
+    for carry in (False, True):
+        eng = ZoomEngine(BlobDetector(), ZoomConfig(max_pixels_ratio=0.6, frame_size=200, frame_overlap=0,
+                                                    frame_carry=carry))
+        runs[carry] = eng.run(scene, make_policy("greedy-entropy", PolicyConfig(greedy_stop=0.0), zoom=eng.config))
+    for r in runs.values():
+        assert r.cost.pixels_ratio <= 0.6 and all(g.window.x1 <= 200 for g in r.regions)  # the right frame never zooms
+    assert len(runs[True].regions) == len(runs[False].regions) + 1  # its share bought the left frame one more window
+    assert runs[True].cost.model_input_pixels > runs[False].cost.model_input_pixels
+    first = [g.window.as_tuple() for g in runs[False].regions]
+    assert [g.window.as_tuple() for g in runs[True].regions][:len(first)] == first  # the same choices, then one more
+
+
+def test_greedy_entropy_with_a_side_cap_zooms_only_where_small_objects_are():
+    from tests.conftest import BlobDetector
+    from zoomdet.rnet.model import EntropyGain
+
+    img = torch.zeros(3, 400, 400)
+    img[:, 20:100, 20:100] = 0.6  # one large uncertain object, top left
+    for x, y in ((300, 300), (330, 320), (310, 350)):  # three small ones, bottom right
+        img[:, y:y + 14, x:x + 14] = 0.6
+    eng = ZoomEngine(BlobDetector(), ZoomConfig(max_pixels_ratio=0.6))
+    runs = {side: eng.run(img, make_policy("greedy-entropy", PolicyConfig(greedy_stop=0.0, entropy_max_side=side),
+                                           zoom=eng.config)) for side in (None, 40)}
+    assert len(runs[None].coarse) == 4
+    gains = EntropyGain(40).predict(runs[None].coarse)
+    assert gains[0] == 0 and (gains[1:] == EntropyGain().predict(runs[None].coarse)[1:]).all() and (gains[1:] > 0.9).all()
+    covers = lambda w, x, y: w.x0 <= x < w.x1 and w.y0 <= y < w.y1  # noqa: E731
+    assert any(covers(g.window, 60, 60) for g in runs[None].regions)  # the plain rule zooms the large one too
+    assert runs[40].regions and not any(covers(g.window, 60, 60) for g in runs[40].regions)
+    assert all(covers(g.window, 320, 330) for g in runs[40].regions)
+    assert runs[40].cost.pixels_ratio < runs[None].cost.pixels_ratio
+    with pytest.raises(ValueError, match="max_side"):
+        make_policy("greedy-entropy", PolicyConfig(entropy_max_side=0))

@@ -179,13 +179,26 @@ class GainModel(Protocol):
 
 
 class EntropyGain:
-    """The paper's "ER" state: binary entropy (bits) of each coarse score."""
+    """The paper's "ER" state: binary entropy (bits) of each coarse score.
+
+    With ``max_side`` (full-image pixels), only the boxes whose side √(w·h) is at most that keep their entropy
+    (the others get 0): the objects small enough for the zoomed pass to see better than the coarse one."""
 
     name = "entropy"
 
+    def __init__(self, max_side: Optional[float] = None) -> None:
+        if max_side is not None and not max_side > 0:
+            raise ValueError(f"max_side must be > 0 or None, got {max_side}")
+        self.max_side = max_side
+
     def predict(self, coarse: Detections) -> Tensor:
+        """``Tensor[N] float32``: the gain of each of the ``N`` coarse detections, bits."""
         p = coarse.scores.clamp(1e-6, 1 - 1e-6)
-        return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+        h = -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+        if self.max_side is not None:
+            wh = (coarse.boxes[:, 2:] - coarse.boxes[:, :2]).clamp(min=0)
+            h = h * ((wh[:, 0] * wh[:, 1]).sqrt() <= self.max_side)
+        return h
 
 
 class RNetGain:

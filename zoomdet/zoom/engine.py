@@ -43,7 +43,9 @@ pixels, so the scene's ratio holds though their coarse passes overlap): their
 coarse passes and gain maps run first, and what the coarse passes leave goes
 to the frames in proportion to the gain their maps predict
 (:meth:`ZoomEngine._frame_budgets`; an equal share with a deadline or without
-a gain map). The scene keeps each detection from the frame whose
+a gain map). With ``frame_carry`` (the default) the frames then run from the
+least predicted gain to the most, and what a frame leaves of its share goes to
+the frames after it, in proportion to their gain. The scene keeps each detection from the frame whose
 core holds its centre (:func:`~zoomdet.zoom.windows.frame_cores`); costs,
 regions and stage times add up. Plan policies (``coarse``, ``fine``, ``sahi``)
 run the scene whole, bounded by ``max_pass_pixels``.
@@ -113,6 +115,9 @@ class ZoomConfig:
     frame_overlap: int = 512
     """With ``frame_size``: pixels neighbouring frames share. An object narrower than this is whole in the frame that
     keeps it, and one narrower than half of it at least a quarter of it from that frame's edges."""
+    frame_carry: bool = True
+    """With ``frame_size``: the frames run from the least predicted gain to the most, and the pixels a frame leaves
+    of its share go to the frames after it (in proportion to their gain), instead of staying unspent."""
 
     @property
     def zoom_scale(self) -> float:
@@ -392,20 +397,34 @@ class ZoomEngine:
         if deadline is None and pass_memo is None:
             pass_memo = {}  # the probes' coarse passes, run once
         cost, timing = Cost(image_pixels=W * H), {s: 0.0 for s in STAGES}
-        budgets, probe_seconds = self._frame_budgets(crops, policy, truths, seed, budget * W * H, lookahead_memo,
-                                                     pass_memo, keys, timing)
-        frames_total = probe_seconds  # then each frame's own total
-        regions: list[Region] = []
-        fine: list[Detections] = []
-        kept, coarse, stage, region = [], [], [], []
-        dropped, t_stitch = 0, time.perf_counter()
-        for k, (f, core) in enumerate(zip(frames, cores)):
+        budgets, gains, probe_seconds = self._frame_budgets(crops, policy, truths, seed, budget * W * H,
+                                                            lookahead_memo, pass_memo, keys, timing)
+        frame_pixels = [int(x.shape[1]) * int(x.shape[2]) for x in crops]
+        order = sorted(range(len(frames)), key=lambda k: gains[k]) if c.frame_carry else range(len(frames))
+        results: list = [None] * len(frames)
+        frames_total, spare = probe_seconds, 0.0  # then each frame's own total; the pixels earlier frames left
+        t_stitch = time.perf_counter()
+        for i, k in enumerate(order):
+            share = 0.0
+            if c.frame_carry:
+                rest = sum(gains[j] for j in order[i:])
+                share = spare * (gains[k] / rest if rest > 0 else 1 / (len(frames) - i))
+            allowed = budgets[k] * frame_pixels[k] + share
             t_frame = time.perf_counter()
-            res = self.run(crops[k], policy, ground_truth=truths[k], seed=seed + k, max_pixels_ratio=budgets[k],
-                           max_steps=steps, lookahead_memo=lookahead_memo.setdefault(keys[k], {}),
+            res = self.run(crops[k], policy, ground_truth=truths[k], seed=seed + k,
+                           max_pixels_ratio=allowed / frame_pixels[k], max_steps=steps,
+                           lookahead_memo=lookahead_memo.setdefault(keys[k], {}),
                            pass_memo=None if pass_memo is None else pass_memo.setdefault(keys[k], {}), deadline=deadline)
             t_stitch += time.perf_counter() - t_frame  # the frame's own time is in its total
             frames_total += res.timing["total"]
+            if c.frame_carry:
+                spare += allowed - share - res.cost.model_input_pixels
+            results[k] = res
+        regions: list[Region] = []
+        fine: list[Detections] = []
+        kept, coarse, stage, region = [], [], [], []
+        dropped = 0
+        for f, core, res in zip(frames, cores, results):
             for name in STAGES:
                 timing[name] += res.timing.get(name, 0.0)
             if "oracle_lookahead" in res.timing:
@@ -432,7 +451,7 @@ class ZoomEngine:
 
     def _frame_budgets(self, crops: Sequence[Tensor], policy: ZoomPolicy, truths: Sequence[Optional[GroundTruth]],
                        seed: int, pixels: float, lookahead_memo: dict, pass_memo: Optional[dict], keys: Sequence,
-                       timing: dict) -> tuple[list[float], float]:
+                       timing: dict) -> tuple[list[float], list[float], float]:
         """Each frame's ``max_pixels_ratio``, so the frames together spend at most ``pixels`` input pixels.
 
         With a ``pass_memo`` (one is made unless a deadline rules it out), each frame's coarse pass and gain map
@@ -440,11 +459,12 @@ class ZoomEngine:
         ``timing``; what the coarse passes leave of the budget then goes to the frames in proportion to the
         positive gain their maps predict, as one episode over the scene would spend it where the gain is. Without
         a memo (a deadline), for a policy without a gain map, or with no gain anywhere, every frame gets the same
-        share of its pixels. Returns the ratios and the seconds the probes added to the answer (their gain maps)."""
+        share of its pixels. Returns the ratios, the positive gain each frame's map predicts (zeros without
+        probes) and the seconds the probes added to the answer (their gain maps)."""
         frame_pixels = [int(x.shape[1]) * int(x.shape[2]) for x in crops]
         uniform = [pixels / sum(frame_pixels)] * len(crops)
         if pass_memo is None:
-            return uniform, 0.0
+            return uniform, [0.0] * len(crops), 0.0
         probes = [self.run(x, policy, ground_truth=t, seed=seed + k, max_steps=0, max_pixels_ratio=uniform[0],
                            lookahead_memo=lookahead_memo.setdefault(key, {}), pass_memo=pass_memo.setdefault(key, {}))
                   for k, (x, t, key) in enumerate(zip(crops, truths, keys))]
@@ -453,9 +473,9 @@ class ZoomEngine:
         gains = [0.0 if p.gain_grid is None else float(np.clip(p.gain_grid, 0, None).sum()) for p in probes]
         spare = pixels - sum(p.cost.model_input_pixels for p in probes)
         if sum(gains) <= 0 or spare <= 0:
-            return uniform, extra
+            return uniform, gains, extra
         return [(p.cost.model_input_pixels + spare * g / sum(gains)) / n
-                for p, g, n in zip(probes, gains, frame_pixels)], extra
+                for p, g, n in zip(probes, gains, frame_pixels)], gains, extra
 
     def candidates(self, width: int, height: int) -> list[Window]:
         c = self.config

@@ -90,6 +90,9 @@ class PolicyConfig:
     """R-net checkpoint for ``greedy`` (train one with ``zoomdet rnet train``)."""
     greedy_stop: float = 0.1
     """Greedy policies stop when the remaining positive gain on the map is below this (the paper's 0.1)."""
+    entropy_max_side: Optional[float] = None
+    """``greedy-entropy`` counts only the coarse boxes of at most this side √(w·h), full-image pixels (the objects
+    a zoomed pass can see better); ``None`` = every box."""
 
 
 def _single(det: Detections, region: int = -1, stage: int = STAGE_COARSE) -> MergeResult:
@@ -308,7 +311,7 @@ def make_policy(name: str, cfg: Optional[PolicyConfig] = None, zoom: Optional[Zo
         from zoomdet.rnet.policies import GreedyPolicy
 
         if name == "greedy-entropy":
-            return GreedyPolicy(EntropyGain(), cfg.greedy_stop)
+            return GreedyPolicy(EntropyGain(cfg.entropy_max_side), cfg.greedy_stop)
         if not cfg.rnet:
             raise ValueError("policy 'greedy' needs an R-net checkpoint: pass --rnet PATH (or set policies.rnet); "
                              "train one with zoomdet rnet train")
