@@ -36,19 +36,55 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def build_scenes(data: Path, k: int, out: Path, image_root: Path) -> tuple[Path, Path]:
-    """The scenes of ``data`` (``out/scenes.json``, ``out/images/scene*.png``) and the COCO file of the images
-    they hold (``out/images.json``, file names relative to ``image_root``). Rebuilt only when missing."""
+def pool_coco(paths: list[Path], exclude_trained_on: list[str] = ()) -> dict:
+    """The images of the COCO files ``paths`` as one COCO dict: each file's images in id order, one file after
+    another, renumbered from 1 when there are several files (annotations with them). ``exclude_trained_on``: detector configs whose training
+    images are left out (of the file each trains on, which must be one of ``paths``)."""
+    from zoomdet.config import load_config
+    from zoomdet.detector.detector import file_digest
+    from zoomdet.detector.train import DetectorTrainConfig, training_image_ids
+
+    drop: dict[str, set] = {}
+    for yaml in exclude_trained_on:
+        tc = load_config(DetectorTrainConfig, yaml).train
+        match = [p for p in paths if Path(tc.data).is_file() and file_digest(p) == file_digest(tc.data)]
+        if not match:
+            raise SystemExit(f"--exclude-trained-on {yaml}: it trains on {tc.data}, none of --data")
+        drop.setdefault(str(match[0]), set()).update(training_image_ids(tc))
+    images, annotations, categories = [], [], None
+    for p in paths:
+        d = json.loads(p.read_text())
+        if categories is not None and d["categories"] != categories:
+            raise SystemExit(f"{p}: its categories differ from the first --data's")
+        categories = d["categories"]
+        by_image: dict[int, list] = {}
+        for a in d["annotations"]:
+            by_image.setdefault(a["image_id"], []).append(a)
+        for im in sorted(d["images"], key=lambda i: i["id"]):
+            if im["id"] in drop.get(str(p), ()):
+                continue
+            if len(paths) == 1:  # one file keeps its ids
+                images.append(im)
+                annotations += by_image.get(im["id"], [])
+                continue
+            images.append({**im, "id": len(images) + 1})
+            annotations += [{**a, "id": len(annotations) + j + 1, "image_id": len(images)}
+                            for j, a in enumerate(by_image.get(im["id"], []))]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def build_scenes(d: dict, k: int, out: Path, image_root: Path) -> tuple[Path, Path]:
+    """The scenes of the COCO dict ``d`` (``out/scenes.json``, ``out/images/scene*.png``) and the COCO file of the
+    images they hold (``out/images.json``, file names relative to ``image_root``). Rebuilt only when missing."""
     from PIL import Image
 
     scenes_json, images_json = out / "scenes.json", out / "images.json"
     if scenes_json.exists() and images_json.exists():
         return scenes_json, images_json
-    d = json.loads(data.read_text())
     imgs = sorted(d["images"], key=lambda i: i["id"])
     n = len(imgs) // (k * k)
     if n == 0:
-        raise SystemExit(f"--k {k}: {data} has {len(imgs)} images, fewer than the {k * k} of one scene")
+        raise SystemExit(f"--k {k}: --data has {len(imgs)} images, fewer than the {k * k} of one scene")
     by_image: dict[int, list] = {}
     for a in d["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
@@ -82,8 +118,13 @@ def main(argv=None) -> int:
     from zoomdet.eval.results import add_policy_args, require_fine
 
     ap.add_argument("--config", required=True, help="eval config (configs/eval/*.yaml)")
-    ap.add_argument("--data", required=True, help="COCO annotation json of images of one size")
-    ap.add_argument("--image-root", help="folder of its images (default: <json dir>/images)")
+    ap.add_argument("--data", required=True, action="append", type=Path,
+                    help="COCO annotation json of images of one size; repeat it to pool files whose images share "
+                         "one folder (each file's images in id order, one file after another)")
+    ap.add_argument("--exclude-trained-on", action="append", default=[], metavar="DETECTOR_YAML",
+                    help="leave out the images this detector config trains on, e.g. to tune on the train images "
+                         "the detector never saw (repeatable)")
+    ap.add_argument("--image-root", help="folder of the images (default: <first json's dir>/images)")
     ap.add_argument("--dataset", required=True, help="dataset name prefix in the results file, e.g. airbus-test-gpudet")
     ap.add_argument("--k", type=int, default=2, help="a scene is k x k images (default 2)")
     ap.add_argument("--frame-size", type=int, required=True, help="zoom.frame_size of the framed run, pixels")
@@ -105,11 +146,10 @@ def main(argv=None) -> int:
     from zoomdet.eval.evaluator import EvalConfig
     from zoomdet.eval.results import command_line, rows_from_report, run_zoomdet, write_results
 
-    data = Path(args.data)
     name = f"{args.dataset}-k{args.k}"
     work = Path(args.work or f"runs/bench/scenes/{name}")
-    image_root = Path(args.image_root or data.parent / "images")
-    scenes_json, images_json = build_scenes(data, args.k, work, image_root)
+    image_root = Path(args.image_root or args.data[0].parent / "images")
+    scenes_json, images_json = build_scenes(pool_coco(args.data, args.exclude_trained_on), args.k, work, image_root)
     cfg = load_config(EvalConfig, args.config)
     framed = load_config(EvalConfig, args.config, [f"zoom.frame_size={args.frame_size}", *args.frames_set]).zoom
     policies = [x for p in args.policy for x in ("--policy", p)] + (["--budget", *map(str, args.budget)] if args.budget else [])

@@ -1,4 +1,6 @@
 import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -445,9 +447,7 @@ def test_a_scene_of_tiled_images_runs_as_one_episode_per_image():
 
     one = blob_scene(200, 160, 12, seed=1)
     scene = one.repeat(1, 2, 2)  # 2x2 copies: with no overlap, the frames are the copies
-    # without the carry, each copy spends what the image alone would (with it, a copy may spend what another left)
-    eng = ZoomEngine(BlobDetector(), ZoomConfig(max_pixels_ratio=0.55, frame_size=200, frame_overlap=0,
-                                                frame_carry=False))
+    eng = ZoomEngine(BlobDetector(), ZoomConfig(max_pixels_ratio=0.55, frame_size=200, frame_overlap=0))
     pol = make_policy("greedy-entropy", PolicyConfig(greedy_stop=0.0), zoom=eng.config)
     alone = eng.run(one, pol)
     r = eng.run(scene, pol)
@@ -543,3 +543,60 @@ def test_greedy_entropy_with_a_side_cap_zooms_only_where_small_objects_are():
     assert runs[40].cost.pixels_ratio < runs[None].cost.pixels_ratio
     with pytest.raises(ValueError, match="max_side"):
         make_policy("greedy-entropy", PolicyConfig(entropy_max_side=0))
+
+
+def test_scenes_benchmark_pools_files_leaves_out_training_images_and_pastes_boxes_with_their_pixels(tmp_path):
+    import importlib.util
+    import json
+
+    from PIL import Image
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scenes.py"
+    spec = importlib.util.spec_from_file_location("bench_scenes", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    root = tmp_path / "images"
+    root.mkdir()
+    cats = [{"id": 1, "name": "blob"}]
+
+    def coco(name: str, ids: list[int]) -> Path:
+        images, anns = [], []
+        for i in ids:  # one bright square per image, at a place and of a brightness that name the image
+            img = np.zeros((24, 32, 3), np.uint8)
+            img[4 + i % 5:12 + i % 5, 6 + i % 7:14 + i % 7] = 20 * i
+            Image.fromarray(img).save(root / f"{name}{i}.png")
+            images.append({"id": i, "file_name": f"{name}{i}.png", "width": 32, "height": 24})
+            anns.append({"id": 100 + i, "image_id": i, "category_id": 1, "bbox": [6 + i % 7, 4 + i % 5, 8, 8],
+                         "area": 64, "iscrowd": 0})
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+        return p
+
+    a, b = coco("a", [3, 1, 2]), coco("b", [5, 4, 6, 7, 8, 9])
+    det_yaml = tmp_path / "det.yaml"
+    det_yaml.write_text(f"train:\n  data: {b}\n  image_root: {root}\n  images: 2\n  seed: 0\n")
+    pooled = mod.pool_coco([a, b], [str(det_yaml)])
+    from zoomdet.config import load_config
+    from zoomdet.detector.train import DetectorTrainConfig, training_image_ids
+
+    seen = set(training_image_ids(load_config(DetectorTrainConfig, det_yaml).train))
+    kept = [f"a{i}.png" for i in (1, 2, 3)] + [f"b{i}.png" for i in range(4, 10) if i not in seen]
+    assert len(seen) == 2 and [im["file_name"] for im in pooled["images"]] == kept  # file by file, each in id order
+    assert [im["id"] for im in pooled["images"]] == list(range(1, 8))
+    scenes_json, images_json = mod.build_scenes(pooled, 2, tmp_path / "work", root)
+    scenes = json.loads(scenes_json.read_text())
+    assert [(s["width"], s["height"]) for s in scenes["images"]] == [(64, 48)]  # 7 images: one 2x2 scene, 3 unused
+    assert [im["file_name"] for im in json.loads(images_json.read_text())["images"]] == kept[:4]
+    canvas = np.asarray(Image.open(tmp_path / "work" / "images" / scenes["images"][0]["file_name"]))
+    for ann, name in zip(scenes["annotations"], kept[:4]):  # each box is moved with its image's pixels
+        x, y, w, h = map(int, ann["bbox"])
+        src = np.asarray(Image.open(root / name))
+        assert (canvas[y:y + h, x:x + w] == src[src.any(axis=2)].reshape(h, w, 3)).all() and canvas[y, x].any()
+    one, orig = mod.pool_coco([a]), json.loads(a.read_text())  # one file keeps its ids
+    assert [im["id"] for im in one["images"]] == [1, 2, 3]
+    assert sorted(one["annotations"], key=lambda x: x["id"]) == sorted(orig["annotations"], key=lambda x: x["id"])
+    with pytest.raises(SystemExit, match="none of --data"):
+        mod.pool_coco([a], [str(det_yaml)])
+    with pytest.raises(SystemExit, match="fewer than"):
+        mod.build_scenes(mod.pool_coco([a]), 2, tmp_path / "small", root)

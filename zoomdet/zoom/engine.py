@@ -43,7 +43,7 @@ pixels, so the scene's ratio holds though their coarse passes overlap): their
 coarse passes and gain maps run first, and what the coarse passes leave goes
 to the frames in proportion to the gain their maps predict
 (:meth:`ZoomEngine._frame_budgets`; an equal share with a deadline or without
-a gain map). With ``frame_carry`` (the default) the frames then run from the
+a gain map). With ``frame_carry`` the frames then run from the
 least predicted gain to the most, and what a frame leaves of its share goes to
 the frames after it, in proportion to their gain. The scene keeps each detection from the frame whose
 core holds its centre (:func:`~zoomdet.zoom.windows.frame_cores`); costs,
@@ -115,9 +115,10 @@ class ZoomConfig:
     frame_overlap: int = 512
     """With ``frame_size``: pixels neighbouring frames share. An object narrower than this is whole in the frame that
     keeps it, and one narrower than half of it at least a quarter of it from that frame's edges."""
-    frame_carry: bool = True
+    frame_carry: bool = False
     """With ``frame_size``: the frames run from the least predicted gain to the most, and the pixels a frame leaves
-    of its share go to the frames after it (in proportion to their gain), instead of staying unspent."""
+    of its share go to the frames after it (in proportion to their gain), instead of staying unspent. Off by
+    default: with ``greedy-entropy`` on Airbus scenes it bought nothing (README, *Whole scenes*)."""
 
     @property
     def zoom_scale(self) -> float:
