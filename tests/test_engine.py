@@ -542,7 +542,9 @@ def test_greedy_entropy_with_a_side_cap_zooms_only_where_small_objects_are():
     assert all(covers(g.window, 320, 330) for g in runs[40].regions)
     assert runs[40].cost.pixels_ratio < runs[None].cost.pixels_ratio
     with pytest.raises(ValueError, match="max_side"):
-        make_policy("greedy-entropy", PolicyConfig(entropy_max_side=0))
+        PolicyConfig(entropy_max_side=0)
+    with pytest.raises(ValueError, match="max_side"):
+        EntropyGain(-5)
 
 
 def test_scenes_benchmark_pools_files_leaves_out_training_images_and_pastes_boxes_with_their_pixels(tmp_path):

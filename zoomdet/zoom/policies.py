@@ -94,6 +94,10 @@ class PolicyConfig:
     """``greedy-entropy`` counts only the coarse boxes of at most this side √(w·h), full-image pixels (the objects
     a zoomed pass can see better); ``None`` = every box."""
 
+    def __post_init__(self) -> None:
+        if self.entropy_max_side is not None and not self.entropy_max_side > 0:
+            raise ValueError(f"entropy_max_side must be > 0 or null, got {self.entropy_max_side}")
+
 
 def _single(det: Detections, region: int = -1, stage: int = STAGE_COARSE) -> MergeResult:
     n = len(det)
