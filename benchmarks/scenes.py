@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO))
 
 def pool_coco(paths: list[Path], exclude_trained_on: list[str] = ()) -> dict:
     """The images of the COCO files ``paths`` as one COCO dict: each file's images in id order, one file after
-    another, renumbered from 1 when there are several files (annotations with them). ``exclude_trained_on``: detector configs whose training
-    images are left out (of the file each trains on, which must be one of ``paths``)."""
+    another, renumbered from 1 when there are several files (annotations with them). ``exclude_trained_on``:
+    detector configs whose training images are left out (of the file each trains on, one of ``paths``)."""
     from zoomdet.config import load_config
     from zoomdet.detector.detector import file_digest
     from zoomdet.detector.train import DetectorTrainConfig, training_image_ids

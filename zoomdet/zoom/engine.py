@@ -45,8 +45,8 @@ to the frames in proportion to the gain their maps predict
 (:meth:`ZoomEngine._frame_budgets`; an equal share with a deadline or without
 a gain map). With ``frame_carry`` the frames then run from the
 least predicted gain to the most, and what a frame leaves of its share goes to
-the frames after it, in proportion to their gain. The scene keeps each detection from the frame whose
-core holds its centre (:func:`~zoomdet.zoom.windows.frame_cores`); costs,
+the frames after it, in proportion to their gain. The scene keeps each
+detection from the frame whose core holds its centre (:func:`~zoomdet.zoom.windows.frame_cores`); costs,
 regions and stage times add up. Plan policies (``coarse``, ``fine``, ``sahi``)
 run the scene whole, bounded by ``max_pass_pixels``.
 
