@@ -602,3 +602,32 @@ def test_scenes_benchmark_pools_files_leaves_out_training_images_and_pastes_boxe
         mod.pool_coco([a], [str(det_yaml)])
     with pytest.raises(SystemExit, match="fewer than"):
         mod.build_scenes(mod.pool_coco([a]), 2, tmp_path / "small", root)
+
+
+def test_scenes_benchmark_runs_a_framed_variant_beside_the_default(tmp_path, synth_small, tiny_checkpoint, monkeypatch):
+    import importlib.util
+    import json
+
+    import zoomdet.eval.results as results
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scenes.py"
+    spec = importlib.util.spec_from_file_location("bench_scenes_main", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path / "results")
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"checkpoint: {tiny_checkpoint}\ndevice: cpu\nbatch_size: 2\nzoom:\n  frame_overlap: 64\n")
+    common = ["--config", str(cfg), "--data", str(synth_small), "--dataset", "toy", "--k", "2", "--frame-size", "400",
+              "--policy", "fine", "--policy", "greedy-entropy", "--budget", "0.6", "--work", str(tmp_path / "work")]
+    assert mod.main(common + ["--runs", "images", "frames"]) == 0
+    assert mod.main(common + ["--runs", "frames", "--frames-set", "zoom.frame_carry=true", "--frames-tag", "carry"]) == 0
+    rows = json.loads((tmp_path / "results" / "scenes.json").read_text())
+    by = {(r["dataset"], r["policy"]): r for r in rows}
+    assert {d for d, _ in by} == {"toy-k2-images", "toy-k2-frames", "toy-k2-frames-carry"}  # no whole-scene run
+    assert by["toy-k2-images", "fine"]["scene_side"] == 320 and by["toy-k2-frames", "fine"]["scene_side"] == 640
+    assert by["toy-k2-frames", "greedy-entropy"]["frame_carry"] is False
+    assert by["toy-k2-frames-carry", "greedy-entropy"]["frame_carry"] is True
+    assert by["toy-k2-frames-carry", "greedy-entropy"]["frame_size"] == 400
+    assert (tmp_path / "work" / "eval-frames-carry" / "report.json").is_file()
+    for d in ("toy-k2-frames", "toy-k2-frames-carry"):
+        assert by[d, "greedy-entropy"]["pixels_ratio"] <= 0.6 + 1e-9
