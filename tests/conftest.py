@@ -75,6 +75,17 @@ class BlobDetector:
         return out
 
 
+def load_benchmark(name: str):
+    """The module of ``benchmarks/<name>.py``, loaded from its file (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parents[1] / "benchmarks"
+                                                  / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def tiny_model_config(**kw) -> ModelConfig:
     base = dict(name="tiny_frcnn", num_classes=3, widths=[8, 16, 16, 16], fpn_channels=16, representation_size=32,
                 detections_per_img=50)

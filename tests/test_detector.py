@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tests.conftest import tiny_model_config
+from tests.conftest import load_benchmark, tiny_model_config
 from torchvision.ops import MultiScaleRoIAlign
 
 from zoomdet.detector.detector import (MIN_PROPOSALS, Detector, crop_window, load_checkpoint, postprocess_with_index,
@@ -360,13 +360,8 @@ def test_roi_sampling_ratio_reaches_the_pool_and_bad_values_are_refused():
 
 def test_latency_benchmark_parses_detector_setting_groups_and_refuses_malformed_ones(capsys):
     import argparse
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
-    spec = importlib.util.spec_from_file_location("bench_latency", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("latency")
     ap = argparse.ArgumentParser()
     assert mod.parse_detector_set(ap, "-") == {}
     assert mod.parse_detector_set(ap, "roi_sampling_ratio=1,box_head_rank=64") == {"roi_sampling_ratio": "1",
@@ -378,13 +373,7 @@ def test_latency_benchmark_parses_detector_setting_groups_and_refuses_malformed_
 
 
 def test_latency_benchmark_times_afresh_unless_asked_to_resume(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
-    spec = importlib.util.spec_from_file_location("bench_latency", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("latency")
     out = tmp_path / "synth-uint8-d0-m100"
     out.mkdir()
     (out / "partial.json").write_text("{}")
@@ -396,13 +385,7 @@ def test_latency_benchmark_times_afresh_unless_asked_to_resume(tmp_path):
 
 
 def test_call_cost_benchmark_fits_fixed_and_per_pixel_cost_and_refuses_bad_input(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "call_cost.py"
-    spec = importlib.util.spec_from_file_location("bench_call_cost", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("call_cost")
     fixed, per = mod.fit_line([0.1, 0.2, 0.4], [25.0, 30.0, 40.0])
     assert fixed == pytest.approx(20.0) and per == pytest.approx(50.0)
     with pytest.raises(ValueError, match="two different input sizes"):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import StubDetector
+from tests.conftest import load_benchmark, StubDetector
 from zoomdet.detector.detector import batch_plan
 from zoomdet.types import Detections, Window
 from zoomdet.zoom.engine import GroundTruth, ZoomConfig, ZoomEngine
@@ -548,15 +548,11 @@ def test_greedy_entropy_with_a_side_cap_zooms_only_where_small_objects_are():
 
 
 def test_scenes_benchmark_pools_files_leaves_out_training_images_and_pastes_boxes_with_their_pixels(tmp_path):
-    import importlib.util
     import json
 
     from PIL import Image
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scenes.py"
-    spec = importlib.util.spec_from_file_location("bench_scenes", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("scenes")
 
     root = tmp_path / "images"
     root.mkdir()
@@ -605,15 +601,11 @@ def test_scenes_benchmark_pools_files_leaves_out_training_images_and_pastes_boxe
 
 
 def test_scenes_benchmark_runs_a_framed_variant_beside_the_default(tmp_path, synth_small, tiny_checkpoint, monkeypatch):
-    import importlib.util
     import json
 
     import zoomdet.eval.results as results
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scenes.py"
-    spec = importlib.util.spec_from_file_location("bench_scenes_main", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("scenes")
     monkeypatch.setattr(results, "RESULTS_DIR", tmp_path / "results")
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(f"checkpoint: {tiny_checkpoint}\ndevice: cpu\nbatch_size: 2\nzoom:\n  frame_overlap: 64\n")

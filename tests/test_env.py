@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import write_fake_cache
+from tests.conftest import load_benchmark, write_fake_cache
 from zoomdet.rnet.cache import CacheRecord, cached_windows
 from zoomdet.types import Detections, Window
 from zoomdet.zoom.engine import ZoomConfig
@@ -425,13 +425,7 @@ def test_live_agent_with_context_planes_builds_the_envs_observation(toy_cache, t
 
 
 def test_agents_benchmark_parses_variants_and_refuses_unknown_ones():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "agents.py"
-    spec = importlib.util.spec_from_file_location("bench_agents", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("agents")
     name, kw = mod.parse_variant("mine=reward:ap,budget_range:[0.2,0.5],extra_channels:[entropy,budget]")
     assert name == "mine" and kw == ["reward:ap", "budget_range:[0.2,0.5]", "extra_channels:[entropy,budget]"]
     name, kw = mod.parse_variant("qnet-ap")
@@ -461,16 +455,13 @@ def test_agents_benchmark_parses_variants_and_refuses_unknown_ones():
 def test_agents_benchmark_evaluates_the_final_models_when_asked(monkeypatch, tmp_path, capsys):
     """``--model final`` evaluates each agent's last-step model (``ZoomDet-v0.zip``) instead of ``best_model.zip``,
     and its rows still carry their variant and seed."""
-    import importlib.util
     from pathlib import Path
 
     from zoomdet.eval import results
 
     bench = Path(__file__).resolve().parents[1] / "benchmarks"
     monkeypatch.syspath_prepend(str(bench))
-    spec = importlib.util.spec_from_file_location("bench_agents_final", bench / "agents.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("agents")
     evaluated = []
 
     def fake_zoomdet(argv):  # `zoomdet train` leaves both models; `zoomdet evaluate` a report of what it was given
@@ -548,19 +539,14 @@ def test_train_agents_passes_a_variants_dqn_items_as_hyperparameters(monkeypatch
 
 def test_window_signal_benchmark_scores_states_against_the_oracles_first_pick(monkeypatch, tmp_path, capsys):
     import dataclasses
-    import importlib.util
     import json
-    from pathlib import Path
 
     import zoomdet.eval.results as results
 
     recs = missed_records()
     toy_cache = write_fake_cache(tmp_path / "cache", recs, zoom=ZOOM)
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "window_signal.py"
-    spec = importlib.util.spec_from_file_location("bench_window_signal", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("window_signal")
     # greedy's first pick: best score per pixel among positive scores; none positive -> stop (0 AP points)
     assert mod.first_pick(np.array([1.0, 3.0, 2.0]), np.array([1.0, 4.0, 1.0]), np.array([5.0, 6.0, 7.0])) == 7.0
     assert mod.first_pick(np.array([0.0, -1.0]), np.array([1.0, 1.0]), np.array([5.0, 6.0])) == 0.0
@@ -591,19 +577,8 @@ def test_window_signal_benchmark_scores_states_against_the_oracles_first_pick(mo
     assert "R-net checkpoint not found" in capsys.readouterr().err
 
 
-def load_window_signal():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "window_signal.py"
-    spec = importlib.util.spec_from_file_location("bench_window_signal", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_window_signal_ridge_chooses_its_penalty_on_held_out_images():
-    mod = load_window_signal()
+    mod = load_benchmark("window_signal")
     rng = np.random.default_rng(0)
     xs = [rng.normal(size=(6, 3)) for _ in range(20)]
     ys = [x @ np.array([2.0, -1.0, 0.0]) for x in xs]  # the label is a linear function of the features
@@ -625,7 +600,7 @@ def test_window_signal_fits_window_scorers_on_a_training_cache(synth_small, tiny
     from zoomdet.detector.detector import Detector
     from zoomdet.rnet.cache import RolloutCache, build_cache
 
-    mod = load_window_signal()
+    mod = load_benchmark("window_signal")
     cache = build_cache(str(synth_small), tmp_path / "c", str(tiny_checkpoint), ZOOM, shard_size=2, workers=0,
                         progress=False)
     det = Detector.from_checkpoint(tiny_checkpoint)
@@ -666,16 +641,10 @@ def test_window_signal_fits_window_scorers_on_a_training_cache(synth_small, tiny
 
 
 def test_cache_policies_benchmark_rolls_the_rules_out_on_a_cache(monkeypatch, tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
     import zoomdet.eval.results as results
 
     cache = write_fake_cache(tmp_path / "cache", missed_records(), zoom=ZOOM)
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cache_policies.py"
-    spec = importlib.util.spec_from_file_location("bench_cache_policies", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("cache_policies")
     monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
     assert mod.main(["--cache", str(cache), "--dataset", "toy", "--budget", "0.45", "0.8"]) == 0
     rows = json.loads((tmp_path / "cache_policies.json").read_text())
@@ -867,15 +836,9 @@ def test_feature_qnet_learns_and_the_live_agent_builds_the_envs_windows(toy_cach
 
 
 def test_ap_compare_benchmark_bootstraps_each_policy_against_the_rule(monkeypatch, tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
     from tests.test_engine import _bootstrap_world
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ap_compare.py"
-    spec = importlib.util.spec_from_file_location("bench_ap_compare", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("ap_compare")
     assert mod.variant_of("dqn:qnet-win-s1/best_model") == "qnet-win" and mod.variant_of("greedy") is None
     assert mod.variant_of("dqn-ensemble:qnet-win-s0+qnet-win-s1") == "qnet-win-ensemble"
     assert mod.variant_of("dqn-ensemble:qnet-win-s0+qnet-ap-s1") is None  # an ensemble of two variants is its own
@@ -934,9 +897,6 @@ def test_feature_head_and_window_features_refuse_bad_input(toy_cache):
 def test_dqn_ensemble_picks_by_the_mean_q_value_and_refuses_mismatched_models(toy_cache, tmp_path, monkeypatch):
     """``a.zip+b.zip`` is one policy on the mean of the models' Q-values: live through the engine, in the cache
     benchmark, and refused for one model or models trained on other observations."""
-    import importlib.util
-    from pathlib import Path
-
     import torch
 
     from tests.conftest import StubDetector
@@ -985,10 +945,7 @@ def test_dqn_ensemble_picks_by_the_mean_q_value_and_refuses_mismatched_models(to
         make_policy(f"{a}+{tmp_path / 'none.zip'}")
 
     # the cache benchmark plays the ensemble too
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cache_policies.py"
-    spec = importlib.util.spec_from_file_location("bench_cache_policies_ens", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("cache_policies")
     results_dir = tmp_path / "results"
     monkeypatch.setattr("zoomdet.eval.results.RESULTS_DIR", results_dir)
     assert mod.main(["--cache", str(toy_cache), "--dataset", "toy", "--budget", "0.6", "--agent", f"ens={a}+{b}"]) == 0
@@ -1000,9 +957,6 @@ def test_agent_returns_benchmark_replays_trains_evaluation_and_the_untrained_sta
                                                                                   capsys):
     """benchmarks/agent_returns.py: a trained agent's return equals train's own last evaluation of it, the
     untrained Q-net of seed S has the weights ``zoomdet train --seed S`` starts from, and the rules are played."""
-    import importlib.util
-    from pathlib import Path
-
     import torch
 
     from zoomdet.agents.policy import algorithm_class
@@ -1017,10 +971,7 @@ def test_agent_returns_benchmark_replays_trains_evaluation_and_the_untrained_sta
     # no gradient step before learning_starts: that model holds its initial weights
     start = train_agent(TrainArgs(**{**args.__dict__, "n_timesteps": 50, "eval_freq": -1}))
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "agent_returns.py"
-    spec = importlib.util.spec_from_file_location("bench_agent_returns", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("agent_returns")
     monkeypatch.setattr("zoomdet.eval.results.RESULTS_DIR", tmp_path / "results")
     variant = "v=state:entropy,lam:1.0,window_features:true,window_extras:[density]"
     made = {}  # the untrained models the script builds, by seed

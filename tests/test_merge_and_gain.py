@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tests.conftest import load_benchmark
 from zoomdet.types import Detections, Window
 from zoomdet.zoom.gain import detection_gains
 from zoomdet.zoom.merge import merge_zoom, sahi_postprocess
@@ -162,13 +163,8 @@ def test_fuse_merge_fuses_the_scales_inside_a_window_and_keeps_the_coarse_pass_o
 
 def test_scale_fusion_benchmark_refuses_a_bad_pair():
     import argparse
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scale_fusion.py"
-    spec = importlib.util.spec_from_file_location("bench_scale_fusion", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("scale_fusion")
     assert mod.parse_pair("0.25+0.5") == (0.25, 0.5)
     for bad in ("0.5", "0.5+0.5", "0+1", "a+b", "0.25+0.5+1"):
         with pytest.raises(argparse.ArgumentTypeError):
@@ -178,13 +174,7 @@ def test_scale_fusion_benchmark_refuses_a_bad_pair():
 
 
 def test_policies_benchmark_refuses_a_run_without_fine_and_a_bad_results_name(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "policies.py"
-    spec = importlib.util.spec_from_file_location("bench_policies", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("policies")
     base = ["--config", "configs/eval/hituav.yaml", "--data", "x.json", "--dataset", "x"]
     with pytest.raises(SystemExit):
         mod.main(base + ["--policy", "coarse", "--results", "r"])
@@ -195,13 +185,7 @@ def test_policies_benchmark_refuses_a_run_without_fine_and_a_bad_results_name(ca
 
 
 def test_latency_stage_table_labels_proposal_settings_and_one_stage_models(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tables.py"
-    spec = importlib.util.spec_from_file_location("bench_tables", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("tables")
     timing = {k: 1.0 for k in mod.STAGES}
     base = dict(policy="coarse", budget=None, ap=0.1, ap_small=0.1, pixels_ratio=0.25, rel_time=0.3, rel_pixels=0.25,
                 overhead_share=0.0, timing_ms=timing, image_dtype="uint8")
