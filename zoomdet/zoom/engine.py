@@ -398,9 +398,9 @@ class ZoomEngine:
         if deadline is None and pass_memo is None:
             pass_memo = {}  # the probes' coarse passes, run once
         cost, timing = Cost(image_pixels=W * H), {s: 0.0 for s in STAGES}
-        budgets, gains, probe_seconds = self._frame_budgets(crops, policy, truths, seed, budget * W * H,
+        frame_pixels = [f.width * f.height for f in frames]
+        budgets, gains, probe_seconds = self._frame_budgets(crops, frame_pixels, policy, truths, seed, budget * W * H,
                                                             lookahead_memo, pass_memo, keys, timing)
-        frame_pixels = [int(x.shape[1]) * int(x.shape[2]) for x in crops]
         order = sorted(range(len(frames)), key=lambda k: gains[k]) if c.frame_carry else range(len(frames))
         results: list = [None] * len(frames)
         frames_total, spare = probe_seconds, 0.0  # then each frame's own total; the pixels earlier frames left
@@ -450,10 +450,11 @@ class ZoomEngine:
         return ZoomResult(Detections.cat(kept), torch.cat(stage), torch.cat(region), Detections.cat(coarse), regions,
                           cost, timing, W, H, fine, None, dropped=dropped, frames=frames)
 
-    def _frame_budgets(self, crops: Sequence[Tensor], policy: ZoomPolicy, truths: Sequence[Optional[GroundTruth]],
-                       seed: int, pixels: float, lookahead_memo: dict, pass_memo: Optional[dict], keys: Sequence,
+    def _frame_budgets(self, crops: Sequence[Tensor], frame_pixels: Sequence[int], policy: ZoomPolicy,
+                       truths: Sequence[Optional[GroundTruth]], seed: int, pixels: float, lookahead_memo: dict, pass_memo: Optional[dict], keys: Sequence,
                        timing: dict) -> tuple[list[float], list[float], float]:
-        """Each frame's ``max_pixels_ratio``, so the frames together spend at most ``pixels`` input pixels.
+        """Each frame's ``max_pixels_ratio``, so the frames (``crops``, of ``frame_pixels`` pixels each) together
+        spend at most ``pixels`` input pixels.
 
         With a ``pass_memo`` (one is made unless a deadline rules it out), each frame's coarse pass and gain map
         run first, the passes kept in the memo for the episode that follows and the gain maps' time added to
@@ -462,7 +463,6 @@ class ZoomEngine:
         a memo (a deadline), for a policy without a gain map, or with no gain anywhere, every frame gets the same
         share of its pixels. Returns the ratios, the positive gain each frame's map predicts (zeros without
         probes) and the seconds the probes added to the answer (their gain maps)."""
-        frame_pixels = [int(x.shape[1]) * int(x.shape[2]) for x in crops]
         uniform = [pixels / sum(frame_pixels)] * len(crops)
         if pass_memo is None:
             return uniform, [0.0] * len(crops), 0.0

@@ -267,9 +267,9 @@ class GainMap:
 
     def _snap(self, sums):
         """``sums`` with the integral's rounding residue set to 0: window sums within :data:`RESIDUE` of the map's
-        total absolute gain, which bounds every integral value. Zeroing a window leaves residues of about 1e-16 of the map's total
-        in it, of either sign and depending on the order of float operations (thread counts included), which
-        would otherwise read as a window with a little gain left."""
+        total absolute gain, which bounds every integral value. Zeroing a window leaves residues of about 1e-16 of
+        the map's total in it, of either sign and depending on the order of float operations (thread counts
+        included), which would otherwise read as a window with a little gain left."""
         tol = RESIDUE * self._scale
         return np.where(np.abs(sums) <= tol, 0.0, sums)
 
