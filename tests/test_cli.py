@@ -450,6 +450,8 @@ def test_detect_refuses_bad_input_before_loading_a_model(tmp_path, tiny_checkpoi
     assert "frame_overlap" in capsys.readouterr().err
     assert main(["detect", str(img), "--set", "policies.entropy_max_side=0", "--out", str(tmp_path / "o")]) == 2
     assert "entropy_max_side must be > 0" in capsys.readouterr().err
+    assert main(["detect", str(img), "--set", "zoom.merge.fuse_score=avg", "--out", str(tmp_path / "o")]) == 2
+    assert "fuse_score must be one of max, mean" in capsys.readouterr().err
     for flag, value, message in [("--budget", "0", "must be > 0"), ("--max-latency-ms", "-5", "must be > 0"),
                                  ("--score-threshold", "1.5", "must be <= 1"), ("--budget", "lots", "invalid"),
                                  ("--frame-size", "0", "must be >= 1")]:

@@ -161,6 +161,32 @@ def test_fuse_merge_fuses_the_scales_inside_a_window_and_keeps_the_coarse_pass_o
         MergeConfig(coarse_min_px=0.0)
 
 
+def test_fuse_score_mean_ranks_what_both_scales_saw_above_what_one_saw():
+    from zoomdet.zoom.merge import STAGE_COARSE, STAGE_FINE, MergeConfig, fuse_boxes
+
+    # one object seen by the coarse pass (0.6) and by two overlapping windows (0.8, 0.7); one only by a window (0.9)
+    d = dets([[0, 0, 10, 10], [1, 0, 11, 10], [0, 1, 10, 11], [50, 50, 60, 60]], [0.6, 0.8, 0.7, 0.9])
+    src = torch.tensor([STAGE_COARSE, STAGE_FINE, STAGE_FINE, STAGE_FINE])
+    top, _ = fuse_boxes(d, 0.55, src, "max")
+    mean, head = fuse_boxes(d, 0.55, src, "mean")
+    assert top.scores.tolist() == pytest.approx([0.9, 0.8])  # max: the window-only box ranks first
+    assert torch.equal(top.boxes, mean.boxes) and head.tolist() == [3, 1]  # same clusters, same fused boxes
+    assert mean.scores.tolist() == pytest.approx([0.45, 0.7])  # (0 + 0.9) / 2 and (0.6 + 0.8) / 2: the order flips
+    with pytest.raises(ValueError, match="needs each box's source pass"):
+        fuse_boxes(d, 0.55, None, "mean")
+    with pytest.raises(ValueError, match="fuse score must be one of max, mean"):
+        fuse_boxes(d, 0.55, src, "avg")
+
+    # through the merge: inside the window the two passes' mean, outside it the coarse pass's own score
+    coarse = dets([[10, 10, 30, 30], [150, 150, 160, 160]], [0.5, 0.7])
+    fine = dets([[12, 10, 32, 30], [60, 60, 70, 70]], [0.9, 0.8])
+    out = merge_zoom(coarse, [fine], [Window(0, 0, 100, 100)], 200, 200, MergeConfig(method="fuse", fuse_score="mean"))
+    got = sorted((b[0], round(s, 3)) for b, s in zip(out.detections.boxes.tolist(), out.detections.scores.tolist()))
+    assert got == [(pytest.approx((10 * 0.5 + 12 * 0.9) / 1.4), 0.7), (60.0, 0.4), (150.0, 0.7)]
+    with pytest.raises(ValueError, match="fuse_score must be one of"):
+        MergeConfig(fuse_score="avg")
+
+
 def test_scale_fusion_benchmark_refuses_a_bad_pair():
     import argparse
 

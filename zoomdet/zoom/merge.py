@@ -22,7 +22,14 @@ With ``method: fuse``, step 1 does not throw the coarse boxes inside a window
 away: they are fused with the window's fine boxes (:func:`fuse_boxes`), so an
 object seen at both scales gets the score-weighted mean of its boxes. Two
 scales of one detector are an ensemble: on Airbus val, the whole image at 0.25
-and at 0.5 fused this way scores above the single full-resolution pass.
+and at 0.5 fused this way scores above the single full-resolution pass. A
+fused box keeps its cluster's top score (``fuse_score: max``). With
+``fuse_score: mean`` the paper's rule runs first (steps 1-3), then the coarse
+boxes it dropped are fused with the window boxes it kept, each cluster scored
+by the mean of the two passes' best scores in it, a pass that did not see the
+object counting 0 (weighted boxes fusion's score for two models), and a last
+NMS runs: an object both scales agree on outranks one only a single pass
+reports.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ __all__ = ["MergeConfig", "MergeResult", "fuse_boxes", "intersection_over_self",
 
 STAGE_COARSE = 0
 STAGE_FINE = 1
+FUSE_SCORES = ("max", "mean")
 
 
 @dataclass
@@ -59,6 +67,11 @@ class MergeConfig:
     fuse_iou: float = 0.55
     """With ``method: fuse``: boxes of one class overlapping a cluster's top box by at least this IoU join it
     (0.55, the default of weighted box fusion)."""
+    fuse_score: str = "max"
+    """With ``method: fuse``: a fused box's score. ``max``: its cluster's top score. ``mean``: the paper's rule
+    runs first, then the coarse boxes it dropped are fused with the window boxes it kept, each cluster scored by
+    the mean of the coarse pass's and the windows' best scores in it, 0 for a pass with no box in it (weighted
+    boxes fusion's confidence for two models), so boxes both scales agree on rank above boxes of one."""
     coarse_min_px: Optional[float] = None
     """Objects at least this size (``sqrt(w * h)``, full-resolution pixels) come from the coarse pass
     even inside zoomed windows, and fine boxes that large are dropped there; ``None``: zoomed windows
@@ -68,6 +81,8 @@ class MergeConfig:
     def __post_init__(self) -> None:
         if self.method not in ("replace", "fuse"):
             raise ValueError(f"merge method must be replace or fuse, got {self.method!r}")
+        if self.fuse_score not in FUSE_SCORES:
+            raise ValueError(f"fuse_score must be one of {', '.join(FUSE_SCORES)}, got {self.fuse_score!r}")
         fractions = {"drop_ios": self.drop_ios, "nms_iou": self.nms_iou, "fuse_iou": self.fuse_iou}
         bad = [f"{k} = {v}" for k, v in fractions.items() if not 0 < v <= 1]
         if bad:
@@ -77,7 +92,8 @@ class MergeConfig:
                              f"{self.coarse_min_px}")
 
 
-def fuse_boxes(det: Detections, iou: float = 0.55) -> tuple[Detections, Tensor]:
+def fuse_boxes(det: Detections, iou: float = 0.55, source: Optional[Tensor] = None,
+               score: str = "max") -> tuple[Detections, Tensor]:
     """Fuse overlapping same-class boxes: the coordinates of each cluster averaged, weighted by score.
 
     Clusters are formed as NMS would (:func:`torchvision.ops.batched_nms` at ``iou``: each kept box heads a
@@ -90,10 +106,20 @@ def fuse_boxes(det: Detections, iou: float = 0.55) -> tuple[Detections, Tensor]:
     Args:
         det: boxes xyxy, pixels, with scores and labels (features are dropped).
         iou: IoU at which a box joins a cluster.
+        source: ``Tensor[N]`` int64, the pass each box came from (``STAGE_COARSE`` or ``STAGE_FINE``); needed by
+            ``score="mean"``.
+        score: the fused box's score: ``max``, the head's; ``mean``, the mean over the two passes of each
+            pass's best score in the cluster, 0 for a pass with no member (weighted boxes fusion's confidence
+            with two models).
 
     Returns:
-        The fused detections, in score order, and for each the index in ``det`` of its head.
+        The fused detections (in head order: by the head's score, which ``mean`` may reorder), and for each the
+        index in ``det`` of its head.
     """
+    if score not in FUSE_SCORES:
+        raise ValueError(f"fuse score must be one of {', '.join(FUSE_SCORES)}, got {score!r}")
+    if score == "mean" and (source is None or len(source) != len(det)):
+        raise ValueError("fuse score 'mean' needs each box's source pass (one per box)")
     if len(det) == 0:
         return det.without_features(), torch.zeros(0, dtype=torch.int64)
     heads = batched_nms(det.boxes, det.scores, det.labels, iou)
@@ -103,7 +129,12 @@ def fuse_boxes(det: Detections, iou: float = 0.55) -> tuple[Detections, Tensor]:
     w = det.scores
     total = torch.zeros(len(heads)).index_add_(0, cluster, w)
     boxes = torch.zeros(len(heads), 4).index_add_(0, cluster, det.boxes * w[:, None]) / total.clamp(min=1e-12)[:, None]
-    return Detections(boxes, det.scores[heads], det.labels[heads]), heads
+    scores = det.scores[heads]
+    if score == "mean":
+        best = [torch.zeros(len(heads)).scatter_reduce_(0, cluster[source == s], w[source == s], "amax")
+                for s in (STAGE_COARSE, STAGE_FINE)]
+        scores = (best[0] + best[1]) / 2
+    return Detections(boxes, scores, det.labels[heads]), heads
 
 
 def coarse_sized(boxes: Tensor, min_px: Optional[float]) -> Tensor:
@@ -195,21 +226,45 @@ def merge_zoom(coarse: Detections, fine: Sequence[Detections], windows: Sequence
         regions.append(torch.full((int(keep.sum()),), r, dtype=torch.int64))
     keep_coarse |= restore
     kept = coarse.select(keep_coarse)
+    if cfg.method == "fuse" and parts and cfg.fuse_score == "mean":
+        merged, idx = _nms(kept, parts, stages, regions, cfg.nms_iou)
+        survived = torch.zeros(len(coarse), dtype=torch.bool)
+        survived[keep_coarse.nonzero()[:, 0][idx[idx < len(kept)]]] = True
+        return _vote(merged, coarse.select(~survived), cfg)
     if cfg.method == "fuse" and parts:  # the coarse boxes a window covers are fused with its boxes, not dropped
         covered = coarse.select(~keep_coarse)
         pool = Detections.cat([covered.without_features()] + [p.without_features() for p in parts])
         pool_stage = torch.cat([torch.full((len(covered),), STAGE_COARSE, dtype=torch.int64)] + stages)
         pool_region = torch.cat([torch.full((len(covered),), -1, dtype=torch.int64)] + regions)
-        fused, head = fuse_boxes(pool, cfg.fuse_iou)
+        fused, head = fuse_boxes(pool, cfg.fuse_iou, pool_stage, cfg.fuse_score)
         parts, stages, regions = [fused], [pool_stage[head]], [pool_region[head]]
         kept = kept.without_features()
-    all_det = Detections.cat([kept] + parts) if len(coarse) or parts else Detections.empty()
-    stage = torch.cat([torch.full((len(kept),), STAGE_COARSE, dtype=torch.int64)] + stages)
-    region = torch.cat([torch.full((len(kept),), -1, dtype=torch.int64)] + regions)
-    if len(all_det) == 0:
-        return MergeResult(all_det, stage, region)
-    idx = batched_nms(all_det.boxes, all_det.scores, all_det.labels, cfg.nms_iou)
-    return MergeResult(all_det.select(idx), stage[idx], region[idx])
+    return _nms(kept, parts, stages, regions, cfg.nms_iou)[0]
+
+
+def _nms(kept: Detections, parts: Sequence[Detections], stages: Sequence[Tensor], regions: Sequence[Tensor],
+         iou: float) -> tuple[MergeResult, Tensor]:
+    """The kept coarse boxes and the windows' boxes after class-wise NMS at ``iou``, and the indices of the
+    survivors in ``kept`` followed by ``parts``."""
+    all_det = Detections.cat([kept] + list(parts)) if len(kept) or parts else Detections.empty()
+    stage = torch.cat([torch.full((len(kept),), STAGE_COARSE, dtype=torch.int64)] + list(stages))
+    region = torch.cat([torch.full((len(kept),), -1, dtype=torch.int64)] + list(regions))
+    idx = batched_nms(all_det.boxes, all_det.scores, all_det.labels, iou)
+    return MergeResult(all_det.select(idx), stage[idx], region[idx]), idx
+
+
+def _vote(merged: MergeResult, dropped: Detections, cfg: MergeConfig) -> MergeResult:
+    """``fuse_score: mean``: the paper's merge (``merged``), then the coarse boxes it dropped (``dropped``:
+    replaced by a window, or suppressed by a window's box) fused with its window boxes, each cluster scored by
+    the mean of the two passes' best scores, and a last class-wise NMS at ``nms_iou``."""
+    fine = merged.stage == STAGE_FINE
+    win = merged.detections.select(fine).without_features()
+    pool = Detections.cat([dropped.without_features(), win])
+    pool_stage = torch.cat([torch.full((len(dropped),), STAGE_COARSE, dtype=torch.int64), merged.stage[fine]])
+    pool_region = torch.cat([torch.full((len(dropped),), -1, dtype=torch.int64), merged.region[fine]])
+    fused, head = fuse_boxes(pool, cfg.fuse_iou, pool_stage, "mean")
+    kept = merged.detections.select(~fine).without_features()
+    return _nms(kept, [fused], [pool_stage[head]], [pool_region[head]], cfg.nms_iou)[0]
 
 
 def _match_matrix(boxes: Tensor, labels: Tensor, metric: str, class_agnostic: bool) -> Tensor:
