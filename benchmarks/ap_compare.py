@@ -4,7 +4,8 @@
         --dataset hituav-test100-gpudet-full800-win --baseline greedy-entropy
 
 Reads a ``zoomdet evaluate`` folder (``report.json`` and the COCO results files it wrote under
-``detections/``) and compares every policy run at a budget with ``--baseline`` at the same budget, on the
+``detections/``) and compares every policy run at a budget with ``--baseline`` at the same budget (or with
+its one run, for a baseline without a budget: ``--baseline fine`` asks whether zooming keeps fine's AP), on the
 same images: the AP difference x 100 on all of them, its 95% interval over ``--resamples`` resamples of the
 images drawn with repeats (the same draws for both policies: a paired bootstrap), the share of resamples
 where the policy is ahead, and the difference per category. ``--area small`` compares AP_small instead
@@ -58,7 +59,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eval", required=True, help="zoomdet evaluate output folder (report.json, detections/)")
     ap.add_argument("--dataset", required=True, help="name of the rows in the results file")
-    ap.add_argument("--baseline", default="greedy-entropy", help="policy name to compare against (default greedy-entropy)")
+    ap.add_argument("--baseline", default="greedy-entropy",
+                    help="policy name to compare against (default greedy-entropy); a policy without a budget (fine, "
+                         "coarse) is compared with every policy at every budget")
     ap.add_argument("--data", help="COCO ground truth (default: the report's data)")
     ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
@@ -77,11 +80,14 @@ def main(argv=None) -> int:
     data = Path(args.data or report["data"])
     if not data.is_file():
         raise SystemExit(f"ground truth {data} not found (pass --data)")
-    entries = [p for p in report["policies"] if p.get("budget") is not None and p.get("detections_file")]
-    budgets = sorted({p["budget"] for p in entries if p["name"] == args.baseline})
+    runs = [p for p in report["policies"] if p.get("detections_file")]
+    entries = [p for p in runs if p.get("budget") is not None]
+    fixed = next((p for p in runs if p["name"] == args.baseline and p.get("budget") is None), None)  # fine, coarse
+    budgets = sorted({p["budget"] for p in entries if fixed is not None or p["name"] == args.baseline})
     if not budgets:
-        names = sorted({p["name"] for p in entries})
-        raise SystemExit(f"no {args.baseline!r} run at a budget in {report_path}; policies there: {', '.join(names)}")
+        names = sorted({p["name"] for p in runs})
+        raise SystemExit(f"no {args.baseline!r} run at a budget in {report_path} (nor one without a budget beside "
+                         f"runs at a budget); policies there: {', '.join(names)}")
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(data))
     ids = report["image_ids"]
@@ -90,9 +96,10 @@ def main(argv=None) -> int:
         return BootstrapAP(gt, json.loads((folder / entry["detections_file"]).read_text()), ids, area=args.area)
 
     rows, date = [], __import__("datetime").date.today().isoformat()
+    fixed_base = scorer(fixed) if fixed is not None else None
     for budget in budgets:
         at = [p for p in entries if p["budget"] == budget]
-        base = scorer(next(p for p in at if p["name"] == args.baseline))
+        base = fixed_base or scorer(next(p for p in at if p["name"] == args.baseline))
         others = [p for p in at if p["name"] != args.baseline]
         scored = {p["name"]: scorer(p) for p in tqdm(others, desc=f"@{budget}", leave=False)}
         groups = [([n], n) for n in scored]
@@ -109,7 +116,8 @@ def main(argv=None) -> int:
                          "eval": str(folder), "command": command_line(), "date": date})
 
     metric = "AP" if args.area == "all" else f"AP_{args.area}"
-    print(f"{args.dataset}: {len(ids)} images; {metric} x 100 minus {args.baseline}'s at the same budget, "
+    print(f"{args.dataset}: {len(ids)} images; {metric} x 100 minus {args.baseline}'s"
+          f"{'' if fixed else ' at the same budget'}, "
           f"95% interval over {args.resamples} paired resamples of the images")
     print(f"{'policy':48s} {'budget':>6s} {'diff':>7s} {'95% interval':>18s} {'P(ahead)':>8s}  per class")
     for r in rows:

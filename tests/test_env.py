@@ -867,6 +867,16 @@ def test_ap_compare_benchmark_bootstraps_each_policy_against_the_rule(monkeypatc
     assert by["a (mean of 2 seeds)"]["diff"] == pytest.approx(by["dqn:a-s0/best_model"]["diff"] / 2)
     assert by["a-ensemble (mean of 2 seeds)"]["diff"] == pytest.approx(by["dqn:a-s0/best_model"]["diff"])
     assert "a (mean of 2 seeds)" in capsys.readouterr().out
+    # a baseline without a budget (fine) is compared with every policy at every budget
+    (ev / "detections/fine.json").write_text(json.dumps(good))
+    report = json.loads((ev / "report.json").read_text())
+    report["policies"].append({"name": "fine", "budget": None, "detections_file": "detections/fine.json"})
+    (ev / "report.json").write_text(json.dumps(report))
+    assert mod.main(["--eval", str(ev), "--dataset", "toy-fine", "--baseline", "fine", "--resamples", "50"]) == 0
+    vs_fine = {r["policy"]: r for r in json.loads((tmp_path / "results" / "ap_compare.json").read_text())
+               if r["dataset"] == "toy-fine"}
+    assert vs_fine["greedy-entropy"]["diff"] < 0 and vs_fine["greedy-entropy"]["ci_high"] < 0
+    assert vs_fine["dqn:a-s0/best_model"]["diff"] == 0 and {r["baseline"] for r in vs_fine.values()} == {"fine"}
     with pytest.raises(SystemExit, match="no 'greedy' run"):
         mod.main(["--eval", str(ev), "--dataset", "toy", "--baseline", "greedy"])
     with pytest.raises(SystemExit, match="report.json not found"):
