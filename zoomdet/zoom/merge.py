@@ -226,7 +226,7 @@ def merge_zoom(coarse: Detections, fine: Sequence[Detections], windows: Sequence
         regions.append(torch.full((int(keep.sum()),), r, dtype=torch.int64))
     keep_coarse |= restore
     kept = coarse.select(keep_coarse)
-    if cfg.method == "fuse" and parts and cfg.fuse_score == "mean":
+    if cfg.method == "fuse" and parts and cfg.fuse_score == "mean":  # the paper's merge, then the two passes vote
         merged, idx = _nms(kept, parts, stages, regions, cfg.nms_iou)
         survived = torch.zeros(len(coarse), dtype=torch.bool)
         survived[keep_coarse.nonzero()[:, 0][idx[idx < len(kept)]]] = True
@@ -236,7 +236,7 @@ def merge_zoom(coarse: Detections, fine: Sequence[Detections], windows: Sequence
         pool = Detections.cat([covered.without_features()] + [p.without_features() for p in parts])
         pool_stage = torch.cat([torch.full((len(covered),), STAGE_COARSE, dtype=torch.int64)] + stages)
         pool_region = torch.cat([torch.full((len(covered),), -1, dtype=torch.int64)] + regions)
-        fused, head = fuse_boxes(pool, cfg.fuse_iou, pool_stage, cfg.fuse_score)
+        fused, head = fuse_boxes(pool, cfg.fuse_iou)
         parts, stages, regions = [fused], [pool_stage[head]], [pool_region[head]]
         kept = kept.without_features()
     return _nms(kept, parts, stages, regions, cfg.nms_iou)[0]
@@ -255,7 +255,7 @@ def _nms(kept: Detections, parts: Sequence[Detections], stages: Sequence[Tensor]
 
 def _vote(merged: MergeResult, dropped: Detections, cfg: MergeConfig) -> MergeResult:
     """``fuse_score: mean``: the paper's merge (``merged``), then the coarse boxes it dropped (``dropped``:
-    replaced by a window, or suppressed by a window's box) fused with its window boxes, each cluster scored by
+    replaced by a window, or suppressed by its NMS) fused with its window boxes, each cluster scored by
     the mean of the two passes' best scores, and a last class-wise NMS at ``nms_iou``."""
     fine = merged.stage == STAGE_FINE
     win = merged.detections.select(fine).without_features()
