@@ -183,6 +183,13 @@ def test_fuse_score_mean_ranks_what_both_scales_saw_above_what_one_saw():
     out = merge_zoom(coarse, [fine], [Window(0, 0, 100, 100)], 200, 200, MergeConfig(method="fuse", fuse_score="mean"))
     got = sorted((b[0], round(s, 3)) for b, s in zip(out.detections.boxes.tolist(), out.detections.scores.tolist()))
     assert got == [(pytest.approx((10 * 0.5 + 12 * 0.9) / 1.4), 0.7), (60.0, 0.4), (150.0, 0.7)]
+    # edge cases: no coarse boxes (window boxes alone, halved), no window boxes (the coarse pass as it was)
+    mean_cfg = MergeConfig(method="fuse", fuse_score="mean")
+    alone = merge_zoom(Detections.empty(), [fine], [Window(0, 0, 100, 100)], 200, 200, mean_cfg)
+    assert sorted(alone.detections.scores.tolist()) == pytest.approx([0.4, 0.45]) and alone.stage.tolist() == [1, 1]
+    outside_only = dets([[150, 150, 160, 160]], [0.7])
+    none = merge_zoom(outside_only, [Detections.empty()], [Window(0, 0, 100, 100)], 200, 200, mean_cfg)
+    assert none.detections.scores.tolist() == pytest.approx([0.7]) and none.region.tolist() == [-1]
     with pytest.raises(ValueError, match="fuse_score must be one of"):
         MergeConfig(fuse_score="avg")
 
