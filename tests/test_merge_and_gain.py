@@ -194,6 +194,38 @@ def test_fuse_score_mean_ranks_what_both_scales_saw_above_what_one_saw():
         MergeConfig(fuse_score="avg")
 
 
+def test_window_recall_counts_objects_well_inside_windows_and_what_each_pass_finds(tmp_path, synth_small, tiny_checkpoint,
+                                                                                    monkeypatch, capsys):
+    import json
+
+    mod = load_benchmark("window_recall")
+    gt = torch.tensor([[10.0, 10, 30, 30], [90, 10, 110, 30], [200, 200, 220, 220]])
+    labels = torch.tensor([1, 1, 2])
+    wins = [Window(0, 0, 100, 100), Window(150, 150, 250, 250)]
+    # the second box crosses the first window's edge; with a margin of 8 px the first is inside, the third too
+    assert mod.inside_windows(gt, wins, 8.0).tolist() == [True, False, True]
+    assert mod.inside_windows(gt, wins[:1], 12.0).tolist() == [False, False, False]  # 10 px from the edge < 12
+    det = dets([[11, 10, 31, 30], [200, 200, 220, 220], [90, 10, 110, 30]], [0.9, 0.9, 0.1], [1, 1, 1])
+    # a box of the right class at IoU >= 0.5 with a score >= 0.3 finds the object; the wrong class or a low score not
+    assert mod.found(det, gt, labels, 0.3, 0.5).tolist() == [True, False, False]
+    assert mod.found(det, gt, labels, 0.0, 0.5).tolist() == [True, True, False]
+
+    monkeypatch.setattr("zoomdet.eval.results.RESULTS_DIR", tmp_path / "results")
+    args = ["--config", "configs/eval/synth.yaml", "--data", str(synth_small), "--dataset", "toy", "--policy", "random",
+            "--budget", "0.8", "--margin", "0", "--score", "0", "--set", f"checkpoint={tiny_checkpoint}"]
+    assert mod.main(args) == 0
+    rows = {r["class"]: r for r in json.loads((tmp_path / "results" / "window_recall.json").read_text())}
+    assert "all" in rows and len(rows) >= 2 and rows["all"]["images"] == 4
+    assert rows["all"]["objects"] == sum(r["objects"] for c, r in rows.items() if c != "all") > 0
+    for r in rows.values():
+        for src in mod.SOURCES:
+            assert 0.0 <= r[f"recall_{src}"] <= 1.0
+    assert "frame_at_window_scale" in capsys.readouterr().out
+    for bad in (["--budget", "0"], ["--iou", "0"], ["--margin", "-1"]):
+        with pytest.raises(SystemExit):
+            mod.main(args + bad)
+
+
 def test_scale_fusion_benchmark_refuses_a_bad_pair():
     import argparse
 
