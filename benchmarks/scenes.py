@@ -40,17 +40,15 @@ def pool_coco(paths: list[Path], exclude_trained_on: list[str] = ()) -> dict:
     """The images of the COCO files ``paths`` as one COCO dict: each file's images in id order, one file after
     another, renumbered from 1 when there are several files (annotations with them). ``exclude_trained_on``:
     detector configs whose training images are left out (of the file each trains on, one of ``paths``)."""
-    from zoomdet.config import load_config
-    from zoomdet.detector.detector import file_digest
-    from zoomdet.detector.train import DetectorTrainConfig, training_image_ids
+    from zoomdet.detector.train import trained_on
 
     drop: dict[str, set] = {}
     for yaml in exclude_trained_on:
-        tc = load_config(DetectorTrainConfig, yaml).train
-        match = [p for p in paths if Path(tc.data).is_file() and file_digest(p) == file_digest(tc.data)]
-        if not match:
-            raise SystemExit(f"--exclude-trained-on {yaml}: it trains on {tc.data}, none of --data")
-        drop.setdefault(str(match[0]), set()).update(training_image_ids(tc))
+        try:
+            k, ids = trained_on(yaml, paths)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(str(e)) from None
+        drop.setdefault(str(paths[k]), set()).update(ids)
     images, annotations, categories = [], [], None
     for p in paths:
         d = json.loads(p.read_text())

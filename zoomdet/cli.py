@@ -446,7 +446,9 @@ def _cmd_cache(args) -> int:
         print(f"cache {args.out}: {len(merged)} images from {len(args.caches)} caches, detector {merged.detector_id}")
         return 0
     cfg = load_config(EvalConfig, args.config, _detector_overrides(args))
-    seen = [i for path in args.exclude_trained_on for i in _trained_on(path, args.data)]
+    from zoomdet.detector.train import trained_on
+
+    seen = [i for path in args.exclude_trained_on for i in trained_on(path, [args.data])[1]]
     cache = build_cache(args.data, args.out, cfg.checkpoint or str(default_checkpoint()), cfg.zoom, images=cfg.images,
                         shard_size=args.shard_size, workers=args.workers, ray_address=args.ray_address,
                         device=cfg.device, batch_size=cfg.batch_size, progress=not args.no_progress, seed=cfg.seed,
@@ -454,21 +456,6 @@ def _cmd_cache(args) -> int:
                         exclude=args.exclude_cache, exclude_ids=seen, augment=args.augment)
     print(f"cache {args.out}: {len(cache)} images, detector {cache.detector_id}")
     return 0
-
-
-def _trained_on(detector_yaml: str, data: str) -> list[int]:
-    """Ids of the images of ``data`` that the detector config ``detector_yaml`` trains on."""
-    from zoomdet.config import load_config
-    from zoomdet.detector.detector import file_digest
-    from zoomdet.detector.train import DetectorTrainConfig, training_image_ids
-
-    tc = load_config(DetectorTrainConfig, detector_yaml).train
-    if not Path(tc.data).is_file():
-        raise FileNotFoundError(f"--exclude-trained-on {detector_yaml}: its train.data {tc.data} not found")
-    if file_digest(tc.data) != file_digest(data):
-        raise ValueError(f"--exclude-trained-on {detector_yaml} trains on {tc.data}, not on --data {data}: "
-                         f"no image of --data would be left out")
-    return training_image_ids(tc)
 
 
 def _cmd_rnet(args) -> int:

@@ -20,7 +20,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -158,6 +158,28 @@ def training_image_ids(tc: TrainConfig, ds: Optional[CocoDataset] = None) -> lis
         raise ValueError(f"train.images must be >= 0 (0 = all images of {tc.data}), got {tc.images}")
     ds = ds or CocoDataset(tc.data, image_root=tc.image_root)
     return ds.subset(tc.images, tc.seed)
+
+
+def trained_on(detector_yaml: str | Path, candidates: Sequence[str | Path]) -> tuple[int, list[int]]:
+    """Which of the COCO files ``candidates`` the detector config ``detector_yaml`` trains on, and what of it.
+
+    Returns the index in ``candidates`` of the first file with the content of the config's ``train.data`` and the
+    ids of that file's images training sees (:func:`training_image_ids`). Raises ``FileNotFoundError`` when
+    ``train.data`` is missing and ``ValueError`` when no candidate is that file (``--exclude-trained-on`` would
+    leave nothing out)."""
+    from zoomdet.config import load_config
+    from zoomdet.detector.detector import file_digest
+
+    tc = load_config(DetectorTrainConfig, detector_yaml).train
+    if not Path(tc.data).is_file():
+        raise FileNotFoundError(f"--exclude-trained-on {detector_yaml}: its train.data {tc.data} not found")
+    digest = file_digest(tc.data)
+    for k, path in enumerate(candidates):
+        if file_digest(path) == digest:
+            return k, training_image_ids(tc)
+    raise ValueError(f"--exclude-trained-on {detector_yaml} trains on {tc.data}, not on --data "
+                     f"{', '.join(map(str, candidates))} (none of --data is that file): no image of --data would be "
+                     f"left out")
 
 
 def train_detector(cfg: DetectorTrainConfig, resume: bool = True, progress: bool = True) -> Path:
