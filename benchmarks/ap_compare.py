@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     fixed_base = scorer(fixed) if fixed is not None else None
     for budget in budgets:
         at = [p for p in entries if p["budget"] == budget]
-        base = fixed_base or scorer(next(p for p in at if p["name"] == args.baseline))
+        base = fixed_base if fixed_base is not None else scorer(next(p for p in at if p["name"] == args.baseline))
         others = [p for p in at if p["name"] != args.baseline]
         scored = {p["name"]: scorer(p) for p in tqdm(others, desc=f"@{budget}", leave=False)}
         groups = [([n], n) for n in scored]

@@ -451,8 +451,8 @@ class ZoomEngine:
                           cost, timing, W, H, fine, None, dropped=dropped, frames=frames)
 
     def _frame_budgets(self, crops: Sequence[Tensor], frame_pixels: Sequence[int], policy: ZoomPolicy,
-                       truths: Sequence[Optional[GroundTruth]], seed: int, pixels: float, lookahead_memo: dict, pass_memo: Optional[dict], keys: Sequence,
-                       timing: dict) -> tuple[list[float], list[float], float]:
+                       truths: Sequence[Optional[GroundTruth]], seed: int, pixels: float, lookahead_memo: dict,
+                       pass_memo: Optional[dict], keys: Sequence, timing: dict) -> tuple[list[float], list[float], float]:
         """Each frame's ``max_pixels_ratio``, so the frames (``crops``, of ``frame_pixels`` pixels each) together
         spend at most ``pixels`` input pixels.
 

@@ -231,7 +231,7 @@ def merge_zoom(coarse: Detections, fine: Sequence[Detections], windows: Sequence
         survived = torch.zeros(len(coarse), dtype=torch.bool)
         survived[keep_coarse.nonzero()[:, 0][idx[idx < len(kept)]]] = True
         return _vote(merged, coarse.select(~survived), cfg)
-    if cfg.method == "fuse" and parts:  # the coarse boxes a window covers are fused with its boxes, not dropped
+    if cfg.method == "fuse" and parts:  # max: the coarse boxes a window covers are fused with its boxes, not dropped
         covered = coarse.select(~keep_coarse)
         pool = Detections.cat([covered.without_features()] + [p.without_features() for p in parts])
         pool_stage = torch.cat([torch.full((len(covered),), STAGE_COARSE, dtype=torch.int64)] + stages)
