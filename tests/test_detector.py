@@ -167,6 +167,51 @@ def test_training_on_a_seeded_sample_of_images(tmp_path, synth_small, monkeypatc
     assert not (tmp_path / "nothing").exists()  # refused before any output folder is made
 
 
+def test_fine_tuning_starts_from_a_checkpoint_draws_one_crop_size_per_batch_and_refuses_another_model(
+        tmp_path, synth_small, monkeypatch):
+    from dataclasses import replace
+
+    import zoomdet.detector.train as train_mod
+    from zoomdet.detector.detector import load_checkpoint, save_checkpoint
+    from zoomdet.detector.train import DetectorTrainConfig, TrainConfig, train_detector
+
+    model = tiny_model_config(num_classes=4)
+    base = TrainConfig(data=str(synth_small), val_data=None, out=str(tmp_path / "base"), crop_size=96, batch_size=2,
+                       max_iters=2, warmup_iters=1)
+    init = train_detector(DetectorTrainConfig(model, base), progress=False)
+    sizes = []
+    real = train_mod._sample_crop
+    monkeypatch.setattr(train_mod, "_sample_crop", lambda rng, image, boxes, cfg, crop_size: (
+        sizes.append(crop_size) or real(rng, image, boxes, cfg, crop_size)))
+    # a learning rate of 1e-9: the fine-tuned weights are the initial ones to within 1e-9 per step
+    tuned = replace(base, out=str(tmp_path / "tuned"), init=str(init), crop_sizes=[64, 80], lr=1e-9, max_iters=6,
+                    batch_size=4)
+    train_detector(DetectorTrainConfig(model, tuned), progress=False)
+    def weights(path):  # parameters only: batch norm's running statistics follow the crops whatever the rate
+        return {k: v.detach() for k, v in load_checkpoint(path)[0].named_parameters()}
+
+    start, after = weights(init), weights(tmp_path / "tuned" / "model.pt")
+    assert all(torch.allclose(start[k].float(), after[k].float(), atol=1e-6) for k in start)
+    assert set(sizes) == {64, 80} and len(sizes) == 24
+    assert all(len(set(sizes[i:i + 4])) == 1 for i in range(0, 24, 4))  # 2 images x 2 crops a batch, one side
+    scratch = replace(tuned, out=str(tmp_path / "scratch"), init=None)  # without init: the seed's random weights
+    train_detector(DetectorTrainConfig(model, scratch), progress=False)
+    fresh = weights(tmp_path / "scratch" / "model.pt")
+    assert any(not torch.allclose(start[k].float(), fresh[k].float(), atol=1e-6) for k in start)
+
+    other = replace(model, widths=[8, 16, 24, 32])
+    with pytest.raises(ValueError, match="another model: widths"):
+        train_detector(DetectorTrainConfig(other, replace(tuned, out=str(tmp_path / "x"))), progress=False)
+    loaded, cfg, cats, _ = load_checkpoint(init)
+    save_checkpoint(tmp_path / "renamed.pt", loaded, cfg, {k: v + "!" for k, v in cats.items()})
+    with pytest.raises(ValueError, match="categories"):
+        train_detector(DetectorTrainConfig(model, replace(tuned, out=str(tmp_path / "y"), init=str(tmp_path / "renamed.pt"))),
+                       progress=False)
+    for bad in ([16], [96.5], [0]):
+        with pytest.raises(ValueError, match="crop_sizes"):
+            TrainConfig(crop_sizes=bad)
+
+
 def test_a_time_budget_decays_the_learning_rate_fully():
     from zoomdet.detector.train import TrainConfig, learning_rate
 

@@ -54,6 +54,12 @@ class TrainConfig:
     """Output folder: ``last.pt``, ``model.pt``, ``train_state.pt``, ``config.yaml``, ``eval.json``."""
     crop_size: int = 512
     """Side of the square model input during training, pixels."""
+    crop_sizes: list[int] = field(default_factory=list)
+    """Sides drawn one per batch (every crop of a batch shares it), pixels; empty = ``crop_size`` only. Window-sized
+    sides (e.g. ``[96, 128, 160, 384]``) teach the model the small inputs zoomed windows give it."""
+    init: Optional[str] = None
+    """Checkpoint whose weights training starts from (fine-tuning), e.g. ``zoomdet/assets/tiny_hituav_gpu.pt``; its
+    model config and categories must be this run's. Ignored when an interrupted run resumes."""
     scales: list[float] = field(default_factory=lambda: [1.0, 0.5])
     """Resize factors sampled per crop; the zoom pipeline's fine and coarse scales."""
     object_centred: float = 0.7
@@ -84,6 +90,8 @@ class TrainConfig:
                     "checkpoint_every": self.checkpoint_every}
         bad = ([f"{k} must be >= 0, got {v}" for k, v in counts.items() if v < 0]
                + [f"{k} must be >= 1, got {v}" for k, v in positive.items() if v < 1])
+        if not all(isinstance(c, int) and c >= 32 for c in self.crop_sizes):
+            bad.append(f"crop_sizes must be whole numbers of pixels >= 32, got {self.crop_sizes!r}")
         if bad:
             raise ValueError("; ".join(bad))
         for name in ("scales", "val_scales"):
@@ -105,11 +113,11 @@ class DetectorTrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _sample_crop(rng: random.Random, image: torch.Tensor, boxes: torch.Tensor, cfg: TrainConfig):
-    """A training crop and its targets (boxes in crop-input pixels)."""
+def _sample_crop(rng: random.Random, image: torch.Tensor, boxes: torch.Tensor, cfg: TrainConfig, crop_size: int):
+    """A training crop of model-input side ``crop_size`` and its targets (boxes in crop-input pixels)."""
     _, H, W = image.shape
     scale = rng.choice(cfg.scales)
-    side = int(round(cfg.crop_size / scale))
+    side = int(round(crop_size / scale))
     cw, ch = min(side, W), min(side, H)
     if len(boxes) and rng.random() < cfg.object_centred:
         b = boxes[rng.randrange(len(boxes))]
@@ -182,6 +190,22 @@ def trained_on(detector_yaml: str | Path, candidates: Sequence[str | Path]) -> t
                      f"left out")
 
 
+def _load_init(model: torch.nn.Module, model_cfg: ModelConfig, categories: dict[int, str], path: str) -> None:
+    """Copy the weights of checkpoint ``path`` into ``model`` (``train.init``), refusing one of another model or
+    other categories."""
+    from dataclasses import asdict
+
+    loaded, init_cfg, init_cats, _ = load_checkpoint(path)
+    differ = {k: (v, asdict(model_cfg)[k]) for k, v in asdict(init_cfg).items() if asdict(model_cfg).get(k) != v}
+    if differ:
+        raise ValueError(f"train.init {path} is another model: " + ", ".join(
+            f"{k} {a!r} there, {b!r} here" for k, (a, b) in sorted(differ.items())))
+    if init_cats != categories:
+        raise ValueError(f"train.init {path} was trained on the categories {init_cats}, this run's data has {categories}")
+    model.load_state_dict(loaded.state_dict())
+    print(f"starting from the weights of {path}")
+
+
 def train_detector(cfg: DetectorTrainConfig, resume: bool = True, progress: bool = True) -> Path:
     """Train, checkpoint, evaluate; returns the path of ``model.pt``."""
     tc = cfg.train
@@ -206,7 +230,10 @@ def train_detector(cfg: DetectorTrainConfig, resume: bool = True, progress: bool
     out.mkdir(parents=True, exist_ok=True)  # once the data and the model's classes are known to fit
     save_config(cfg, out / "config.yaml")
 
-    model = build_model(cfg.model).to(tc.device)
+    model = build_model(cfg.model)
+    if tc.init:
+        _load_init(model, cfg.model, categories, tc.init)
+    model = model.to(tc.device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     start, elapsed_before = 0, 0.0
     if resume and (out / "last.pt").is_file() and (out / "train_state.pt").is_file():
@@ -247,13 +274,14 @@ def train_detector(cfg: DetectorTrainConfig, resume: bool = True, progress: bool
     for it in bar:
         rng = random.Random(tc.seed * 1_000_003 + it)  # resumable: the sample stream depends only on the iteration
         images, targets = [], []
+        crop_size = rng.choice(tc.crop_sizes) if tc.crop_sizes else tc.crop_size
         while len(images) < tc.batch_size:
             iid = train_ids[rng.randrange(len(train_ids))]
             image = load(iid)
             boxes, labels, crowd = ds.targets(iid)
             boxes, labels = boxes[~crowd], labels[~crowd]
             for _ in range(2):  # two crops per decoded image
-                crop, tboxes, keep = _sample_crop(rng, image, boxes, tc)
+                crop, tboxes, keep = _sample_crop(rng, image, boxes, tc, crop_size)
                 tl = torch.tensor([cat_to_index[int(c)] for c in labels[keep]], dtype=torch.int64)
                 images.append(crop.to(tc.device))
                 targets.append({"boxes": tboxes.to(tc.device), "labels": tl.to(tc.device)})
