@@ -207,6 +207,10 @@ def test_fine_tuning_starts_from_a_checkpoint_draws_one_crop_size_per_batch_and_
     with pytest.raises(ValueError, match="categories"):
         train_detector(DetectorTrainConfig(model, replace(tuned, out=str(tmp_path / "y"), init=str(tmp_path / "renamed.pt"))),
                        progress=False)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        train_detector(DetectorTrainConfig(model, replace(tuned, out=str(tmp_path / "z"), init=str(tmp_path / "no.pt"))),
+                       progress=False)
+    assert not any((tmp_path / d).exists() for d in ("x", "y", "z"))  # refused before any output folder is made
     for bad in ([16], [96.5], [0]):
         with pytest.raises(ValueError, match="crop_sizes"):
             TrainConfig(crop_sizes=bad)

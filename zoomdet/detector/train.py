@@ -227,13 +227,13 @@ def train_detector(cfg: DetectorTrainConfig, resume: bool = True, progress: bool
             f"set model.num_classes={len(categories) + 1}"
         )
     cat_to_index = {cid: i + 1 for i, cid in enumerate(categories)}
-    out.mkdir(parents=True, exist_ok=True)  # once the data and the model's classes are known to fit
-    save_config(cfg, out / "config.yaml")
-
     model = build_model(cfg.model)
     if tc.init:
         _load_init(model, cfg.model, categories, tc.init)
     model = model.to(tc.device)
+    out.mkdir(parents=True, exist_ok=True)  # once the data, the model's classes and its start are known to fit
+    save_config(cfg, out / "config.yaml")
+
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     start, elapsed_before = 0, 0.0
     if resume and (out / "last.pt").is_file() and (out / "train_state.pt").is_file():
