@@ -135,7 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--no-check-files", action="store_true", help="do not check that every image file exists")
 
     det = sub.add_parser("detector", help="train or check the base detector").add_subparsers(dest="det_command", required=True, metavar="ACTION")
-    train = det.add_parser("train", help="train a detector on a COCO dataset at the coarse and fine scales")
+    train = det.add_parser(
+        "train", help="train a detector on a COCO dataset at the coarse and fine scales",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train one detector for both passes on random crops of the full-resolution images (fields of "
+                    "train: and model: in the config, any of them with --set).",
+        epilog="examples:\n"
+               "  zoomdet detector train --config configs/detector/tiny_hituav.yaml\n"
+               "  # fine-tune a shipped checkpoint (train.init: same model and categories) with window-sized\n"
+               "  # inputs beside the usual ones (train.crop_sizes), 2,400 iterations:\n"
+               "  zoomdet detector train --config configs/detector/tiny_hituav_ft.yaml")
     _add_config_args(train, "configs/detector/tiny_synth.yaml")
     train.add_argument("--device", choices=["cpu", "cuda"], help="override train.device")
     train.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
