@@ -18,7 +18,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -53,7 +53,7 @@ class TrainConfig:
     out: str = "runs/detector/tiny_synth"
     """Output folder: ``last.pt``, ``model.pt``, ``train_state.pt``, ``config.yaml``, ``eval.json``."""
     crop_size: int = 512
-    """Side of the square model input during training, pixels."""
+    """Side of the square model input during training, pixels (when ``crop_sizes`` is empty)."""
     crop_sizes: list[int] = field(default_factory=list)
     """Sides drawn one per batch (every crop of a batch shares it), pixels; empty = ``crop_size`` only. Window-sized
     sides (e.g. ``[96, 128, 160, 384]``) teach the model the small inputs zoomed windows give it."""
@@ -193,10 +193,9 @@ def trained_on(detector_yaml: str | Path, candidates: Sequence[str | Path]) -> t
 def _load_init(model: torch.nn.Module, model_cfg: ModelConfig, categories: dict[int, str], path: str) -> None:
     """Copy the weights of checkpoint ``path`` into ``model`` (``train.init``), refusing one of another model or
     other categories."""
-    from dataclasses import asdict
-
     loaded, init_cfg, init_cats, _ = load_checkpoint(path)
-    differ = {k: (v, asdict(model_cfg)[k]) for k, v in asdict(init_cfg).items() if asdict(model_cfg).get(k) != v}
+    here = asdict(model_cfg)
+    differ = {k: (v, here.get(k)) for k, v in asdict(init_cfg).items() if here.get(k) != v}
     if differ:
         raise ValueError(f"train.init {path} is another model: " + ", ".join(
             f"{k} {a!r} there, {b!r} here" for k, (a, b) in sorted(differ.items())))
