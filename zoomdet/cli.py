@@ -138,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = det.add_parser(
         "train", help="train a detector on a COCO dataset at the coarse and fine scales",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train one detector for both passes on random crops of the full-resolution images (fields of "
-                    "train: and model: in the config, any of them with --set).",
+        description="Train one detector for both passes on random crops of the full-resolution images\n"
+                    "(fields of train: and model: in the config, any of them with --set).",
         epilog="examples:\n"
                "  zoomdet detector train --config configs/detector/tiny_hituav.yaml\n"
                "  # fine-tune a shipped checkpoint (train.init: same model and categories) with window-sized\n"
