@@ -187,6 +187,7 @@ def test_fine_tuning_starts_from_a_checkpoint_draws_one_crop_size_per_batch_and_
     tuned = replace(base, out=str(tmp_path / "tuned"), init=str(init), crop_sizes=[64, 80], lr=1e-9, max_iters=6,
                     batch_size=4)
     train_detector(DetectorTrainConfig(model, tuned), progress=False)
+
     def weights(path):  # parameters only: batch norm's running statistics follow the crops whatever the rate
         return {k: v.detach() for k, v in load_checkpoint(path)[0].named_parameters()}
 
@@ -204,12 +205,11 @@ def test_fine_tuning_starts_from_a_checkpoint_draws_one_crop_size_per_batch_and_
         train_detector(DetectorTrainConfig(other, replace(tuned, out=str(tmp_path / "x"))), progress=False)
     loaded, cfg, cats, _ = load_checkpoint(init)
     save_checkpoint(tmp_path / "renamed.pt", loaded, cfg, {k: v + "!" for k, v in cats.items()})
-    with pytest.raises(ValueError, match="categories"):
-        train_detector(DetectorTrainConfig(model, replace(tuned, out=str(tmp_path / "y"), init=str(tmp_path / "renamed.pt"))),
-                       progress=False)
-    with pytest.raises(FileNotFoundError, match="not found"):
-        train_detector(DetectorTrainConfig(model, replace(tuned, out=str(tmp_path / "z"), init=str(tmp_path / "no.pt"))),
-                       progress=False)
+    for name, init_file, error, match in (("y", "renamed.pt", ValueError, "categories"),
+                                          ("z", "no.pt", FileNotFoundError, "not found")):
+        with pytest.raises(error, match=match):
+            run = replace(tuned, out=str(tmp_path / name), init=str(tmp_path / init_file))
+            train_detector(DetectorTrainConfig(model, run), progress=False)
     assert not any((tmp_path / d).exists() for d in ("x", "y", "z"))  # refused before any output folder is made
     for bad in ([16], [96.5], [0]):
         with pytest.raises(ValueError, match="crop_sizes"):

@@ -200,7 +200,8 @@ def _load_init(model: torch.nn.Module, model_cfg: ModelConfig, categories: dict[
         raise ValueError(f"train.init {path} is another model: " + ", ".join(
             f"{k} {a!r} there, {b!r} here" for k, (a, b) in sorted(differ.items())))
     if init_cats != categories:
-        raise ValueError(f"train.init {path} was trained on the categories {init_cats}, this run's data has {categories}")
+        raise ValueError(f"train.init {path} was trained on the categories {init_cats}, "
+                         f"this run's data has {categories}")
     model.load_state_dict(loaded.state_dict())
     print(f"starting from the weights of {path}")
 
