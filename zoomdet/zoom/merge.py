@@ -232,12 +232,9 @@ def merge_zoom(coarse: Detections, fine: Sequence[Detections], windows: Sequence
         survived[keep_coarse.nonzero()[:, 0][idx[idx < len(kept)]]] = True
         return _vote(merged, coarse.select(~survived), cfg)
     if cfg.method == "fuse" and parts:  # max: the coarse boxes a window covers are fused with its boxes, not dropped
-        covered = coarse.select(~keep_coarse)
-        pool = Detections.cat([covered.without_features()] + [p.without_features() for p in parts])
-        pool_stage = torch.cat([torch.full((len(covered),), STAGE_COARSE, dtype=torch.int64)] + stages)
-        pool_region = torch.cat([torch.full((len(covered),), -1, dtype=torch.int64)] + regions)
-        fused, head = fuse_boxes(pool, cfg.fuse_iou)
-        parts, stages, regions = [fused], [pool_stage[head]], [pool_region[head]]
+        fused, stage, region = _fuse_with_windows(coarse.select(~keep_coarse), parts, stages, regions, cfg.fuse_iou,
+                                                  "max")
+        parts, stages, regions = [fused], [stage], [region]
         kept = kept.without_features()
     return _nms(kept, parts, stages, regions, cfg.nms_iou)[0]
 
@@ -258,13 +255,22 @@ def _vote(merged: MergeResult, dropped: Detections, cfg: MergeConfig) -> MergeRe
     replaced by a window, or suppressed by its NMS) fused with its window boxes, each cluster scored by
     the mean of the two passes' best scores, and a last class-wise NMS at ``nms_iou``."""
     fine = merged.stage == STAGE_FINE
-    win = merged.detections.select(fine).without_features()
-    pool = Detections.cat([dropped.without_features(), win])
-    pool_stage = torch.cat([torch.full((len(dropped),), STAGE_COARSE, dtype=torch.int64), merged.stage[fine]])
-    pool_region = torch.cat([torch.full((len(dropped),), -1, dtype=torch.int64), merged.region[fine]])
-    fused, head = fuse_boxes(pool, cfg.fuse_iou, pool_stage, "mean")
+    fused, stage, region = _fuse_with_windows(dropped, [merged.detections.select(fine)], [merged.stage[fine]],
+                                              [merged.region[fine]], cfg.fuse_iou, "mean")
     kept = merged.detections.select(~fine).without_features()
-    return _nms(kept, [fused], [pool_stage[head]], [pool_region[head]], cfg.nms_iou)[0]
+    return _nms(kept, [fused], [stage], [region], cfg.nms_iou)[0]
+
+
+def _fuse_with_windows(coarse: Detections, parts: Sequence[Detections], stages: Sequence[Tensor],
+                       regions: Sequence[Tensor], iou: float, score: str) -> tuple[Detections, Tensor, Tensor]:
+    """Coarse boxes (stage ``STAGE_COARSE``, region -1) and window boxes (``parts`` with their ``stages`` and
+    ``regions``) fused by :func:`fuse_boxes` at ``iou`` with ``score``; each fused box takes its head's stage and
+    region."""
+    pool = Detections.cat([coarse.without_features()] + [p.without_features() for p in parts])
+    pool_stage = torch.cat([torch.full((len(coarse),), STAGE_COARSE, dtype=torch.int64)] + list(stages))
+    pool_region = torch.cat([torch.full((len(coarse),), -1, dtype=torch.int64)] + list(regions))
+    fused, head = fuse_boxes(pool, iou, pool_stage, score)
+    return fused, pool_stage[head], pool_region[head]
 
 
 def _match_matrix(boxes: Tensor, labels: Tensor, metric: str, class_agnostic: bool) -> Tensor:
