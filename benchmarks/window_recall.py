@@ -108,8 +108,8 @@ def main(argv=None) -> int:
         inside = inside_windows(boxes, windows, args.margin) & ~crowd
         if not bool(inside.any()):
             continue
-        frame_w, frame_f = engine._detect(image, [Window.full(width, height, cfg.zoom.zoom_scale),
-                                                  Window.full(width, height, cfg.zoom.fine_scale)])
+        frame_w, frame_f = engine.detect_windows(image, [Window.full(width, height, cfg.zoom.zoom_scale),
+                                                         Window.full(width, height, cfg.zoom.fine_scale)])
         crops = Detections.cat([d.without_features() for d in res.fine]) if res.fine else Detections.empty()
         hits = {name: found(d, boxes, labels, args.score, args.iou)
                 for name, d in zip(SOURCES, (crops, frame_w, frame_f, res.coarse))}

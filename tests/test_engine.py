@@ -8,7 +8,7 @@ import torch
 from tests.conftest import load_benchmark, StubDetector
 from zoomdet.detector.detector import batch_plan
 from zoomdet.types import Detections, Window
-from zoomdet.zoom.engine import GroundTruth, ZoomConfig, ZoomEngine
+from zoomdet.zoom.engine import Cost, GroundTruth, ZoomConfig, ZoomEngine
 from zoomdet.zoom.policies import OraclePolicy, PolicyConfig, RandomPolicy, SahiConfig, get_slice_windows, make_policy
 
 W, H = 400, 300
@@ -155,6 +155,12 @@ def test_passes_over_max_pass_pixels_run_as_tiles_that_are_paid_for_and_deduplic
     assert f.cost.detector_calls == len(batch_plan(tiles, eng.detector.batch_size)) > 1
     # the object seen by both tiles comes out once, as in the whole-image pass
     assert len(ref.detections) == 2 and sorted(f.detections.boxes.tolist()) == sorted(ref.detections.boxes.tolist())
+    # the public detect_windows is that pass: one Detections per window, tiles merged, calls charged to a cost
+    cost = Cost(image_pixels=W * H)
+    (d,) = eng.detect_windows(image(), [Window.full(W, H)], cost)
+    assert sorted(d.boxes.tolist()) == sorted(f.detections.boxes.tolist())
+    assert (cost.model_input_pixels, cost.detector_calls) == (f.cost.model_input_pixels, f.cost.detector_calls)
+    assert eng.detect_windows(image(), []) == []
     # the coarse pass (200x150 = 30000 px) is tiled too, and a budget is checked against what tiles cost
     c = eng.run(image(), make_policy("coarse"))
     assert c.cost.detector_calls >= 1 and c.cost.model_input_pixels > 200 * 150

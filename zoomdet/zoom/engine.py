@@ -318,10 +318,12 @@ class ZoomEngine:
             return window.input_pixels
         return sum(t.input_pixels for t in split_window(window, cap, self.config.tile_overlap))
 
-    def _detect(self, image: Tensor, windows: Sequence[Window], cost: Optional[Cost] = None,
-                features: bool = False) -> list[Detections]:
-        """Detections per window (tiled above ``max_pass_pixels``); the passes run are added to ``cost``.
-        Only the sequential policies' coarse pass asks for RoI ``features`` (the R-net reads them)."""
+    def detect_windows(self, image: Tensor, windows: Sequence[Window], cost: Optional[Cost] = None,
+                       features: bool = False) -> list[Detections]:
+        """The detector on ``windows`` of ``image`` as every pass of the engine runs it: one :class:`Detections`
+        per window, boxes xyxy in full-image pixels, a window above ``max_pass_pixels`` split into overlapping
+        tiles whose detections are merged (:func:`merge_tiles`). The calls run are added to ``cost``. Only the
+        sequential policies' coarse pass asks for RoI ``features`` (the R-net reads them)."""
         if not windows:
             return []
         cap = self.config.max_pass_pixels
@@ -347,7 +349,7 @@ class ZoomEngine:
         else:
             t = time.perf_counter()
             pass_cost = Cost(image_pixels=cost.image_pixels)
-            dets = self._detect(image, windows, pass_cost, features=features)
+            dets = self.detect_windows(image, windows, pass_cost, features=features)
             seconds = time.perf_counter() - t
             if memo is not None:
                 memo[key] = (dets, seconds, pass_cost)
@@ -375,7 +377,7 @@ class ZoomEngine:
             if time.perf_counter() + rate * chunk_pixels > deadline:
                 break
             t = time.perf_counter()
-            out += self._detect(image, chunk, cost)
+            out += self.detect_windows(image, chunk, cost)
             seconds += time.perf_counter() - t
             pixels += chunk_pixels
             rate = seconds / max(pixels, 1)
@@ -524,7 +526,7 @@ class ZoomEngine:
         if isinstance(policy, PlanPolicy):
             windows = policy.plan(W, H, c)
             t = time.perf_counter()
-            dets = self._detect(image, windows, cost)
+            dets = self.detect_windows(image, windows, cost)
             timing[getattr(policy, "stage", "fine")] = time.perf_counter() - t
             t = time.perf_counter()
             merged = policy.combine(dets, windows, W, H, c)
@@ -554,7 +556,7 @@ class ZoomEngine:
             t0 = time.perf_counter()
             todo = list(dict.fromkeys(w for w in windows if w not in memo))
             calls = Cost()
-            memo.update(zip(todo, self._detect(image, todo, calls)))
+            memo.update(zip(todo, self.detect_windows(image, todo, calls)))
             lookahead_calls[0] += calls.detector_calls
             lookahead_s[0] += time.perf_counter() - t0
             return [memo[w] for w in windows]
