@@ -165,6 +165,11 @@ class ZoomEnvConfig:
     info_detections: bool = True
     """Merge the episode's detections into ``info["detections"]`` on its last step (training turns
     this off: the merge costs more than the rest of an episode)."""
+    merge: Optional[dict] = None
+    """Fields of :class:`~zoomdet.zoom.merge.MergeConfig` that replace those of the cache's merge rule (the
+    ``zoom.merge`` of the config the cache was built with), e.g. ``{method: fuse, fuse_score: mean}``, so an
+    agent learns for the merge its live evaluation will use. Cached detections do not depend on the merge (it
+    is not part of the cache's zoom digest), so one cache serves every merge. ``None``: the cache's rule."""
 
     def __post_init__(self) -> None:
         from zoomdet.config import check_field_types
@@ -197,6 +202,17 @@ class ZoomEnvConfig:
             raise ValueError("window_extras add columns to the windows observation: set window_features: true")
         self.window_extras = tuple(self.window_extras)
         self.classes = tuple(int(c) for c in self.classes)
+        if self.merge is not None:
+            from zoomdet.zoom.merge import MergeConfig
+
+            names = {f.name for f in fields(MergeConfig)}
+            unknown = sorted(set(self.merge) - names)
+            if unknown:
+                raise ValueError(f"merge: unknown field(s) {', '.join(unknown)}; fields: {', '.join(sorted(names))}")
+            try:
+                MergeConfig(**self.merge)  # a bad value is refused here, before any cache is read
+            except TypeError as e:  # a comparison of a string with a number
+                raise ValueError(f"merge: {e}") from e
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be distinct category ids, got {list(self.classes)}")
         if self.budget_range is not None:
@@ -494,6 +510,8 @@ class ZoomEnv(gym.Env):
         if not self.records:
             raise ValueError(f"rollout cache {self.cache.root} holds no images")
         self.zoom = self.cache.zoom
+        if config.merge:
+            self.zoom = replace(self.zoom, merge=replace(self.zoom.merge, **config.merge))
         self.gain_model = gain_model_for(config, self.cache.detector_id)
         self._images: dict[int, _Image] = {}
         self.num_candidates = self.records[0].num_candidates

@@ -318,7 +318,8 @@ def test_train_cli_refuses_bad_input(toy_cache, tmp_path, capsys):
     assert "expected key:value" in capsys.readouterr().err
     # values of the wrong type are named by their field (they used to fail mid-training, or not at all)
     for item, said in [("lam:abc", "lam must be a number"), ("info_detections:maybe", "info_detections must be true"),
-                       ("classes:abc", "classes must be a list"), ("obs_scale:-1", "obs_scale must be > 0")]:
+                       ("classes:abc", "classes must be a list"), ("obs_scale:-1", "obs_scale must be > 0"),
+                       ("merge:{methd: fuse}", "unknown field(s) methd"), ("merge:fuse", "merge must be a mapping")]:
         assert main(base + ["--env-kwargs", "state:entropy", item]) == 2
         assert said in capsys.readouterr().err
     # values SB3 itself refuses (with an assert) are reported, and no run folder is left behind
@@ -1115,3 +1116,32 @@ def test_demonstration_options_refuse_bad_input(toy_cache, tmp_path, capsys):
         rule_map(env, "greedy-entropy")
     with pytest.raises(ValueError, match="unknown rule"):
         rule_picker("best")
+
+
+def test_a_merge_override_trains_for_the_live_merge_and_refuses_bad_fields(toy_cache):
+    from zoomdet.zoom.merge import MergeConfig, merge_zoom
+
+    cached = make(toy_cache).unwrapped
+    fused = make(toy_cache, merge={"method": "fuse", "fuse_score": "mean"}).unwrapped
+    assert cached.zoom.merge.method == "replace"
+    assert (fused.zoom.merge.method, fused.zoom.merge.fuse_score) == ("fuse", "mean")
+    assert fused.zoom.merge.nms_iou == cached.zoom.merge.nms_iou  # the fields not given stay the cache's
+    assert (fused.zoom.windows, fused.zoom.coarse_scale) == (cached.zoom.windows, cached.zoom.coarse_scale)
+    answers = []
+    for env in (cached, fused):
+        env.reset(options={"index": 4})  # cluster in small window 4: coarse boxes at 0.3, fine at 0.95
+        _, _, term, _, info = env.step(8)
+        assert term
+        answers.append(sorted(d["score"] for d in info["detections"]))
+        rec = env._img.record
+        ref = merge_zoom(rec.coarse.without_features(), [rec.fine[k] for k in env.fine_ids],
+                         [rec.windows[k] for k in env.fine_ids], rec.width, rec.height, env.zoom.merge).detections
+        assert sorted(ref.scores.tolist()) == pytest.approx(answers[-1])
+    # replace keeps the fine 0.95 boxes; fuse with both passes' scores gives the clusters (0.3 + 0.95) / 2
+    assert answers[0] == pytest.approx([0.9] + [0.95] * 4)
+    assert answers[1] == pytest.approx([0.625] * 4 + [0.9])
+    assert fused.zoom.merge == MergeConfig(**{**vars(cached.zoom.merge), "method": "fuse", "fuse_score": "mean"})
+    for bad, match in (({"methd": "fuse"}, "unknown field.*methd"), ({"method": "blend"}, "merge method"),
+                       ({"fuse_iou": "high"}, "merge:"), ("fuse", "merge must be a mapping")):
+        with pytest.raises(ValueError, match=match):
+            make(toy_cache, merge=bad)
