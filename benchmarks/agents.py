@@ -73,6 +73,11 @@ VARIANTS = {
     # qnet-dqfd-term with each window's centre as an input (oblique frames: far objects sit at the top, small)
     "qnet-dqfd-term-pos": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                           "window_extras:[density,position],exhausted:terminate,dqn.demo_rule:greedy-entropy",
+    # qnet-dqfd-term trained for the fused merge scored by both passes (ZoomEnvConfig.merge; evaluate it with a
+    # config whose zoom.merge is the same, e.g. configs/eval/hituav_ft_agent_fuse_mean.yaml)
+    "qnet-dqfd-term-fuse": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
+                           "window_extras:[density],exhausted:terminate,dqn.demo_rule:greedy-entropy,"
+                           "merge:{method: fuse, fuse_score: mean}",
     "qnet-win-density-term": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                              "window_extras:[density],exhausted:terminate",  # the same without demonstrations
     # qnet-dqfd-term rewarded (and its checkpoint chosen) by the change of the cache's COCO AP, the test's metric
@@ -91,8 +96,8 @@ def parse_variant(spec: str) -> tuple[str, list[str]]:
             raise SystemExit(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)} or NAME=key:value,...")
         body = VARIANTS[name]
     items, depth, cur = [], 0, ""
-    for ch in body:  # split on commas outside [...]
-        depth += (ch == "[") - (ch == "]")
+    for ch in body:  # split on commas outside [...] and {...}
+        depth += (ch in "[{") - (ch in "]}")
         if ch == "," and depth == 0:
             items.append(cur)
             cur = ""

@@ -429,6 +429,8 @@ def test_agents_benchmark_parses_variants_and_refuses_unknown_ones():
     mod = load_benchmark("agents")
     name, kw = mod.parse_variant("mine=reward:ap,budget_range:[0.2,0.5],extra_channels:[entropy,budget]")
     assert name == "mine" and kw == ["reward:ap", "budget_range:[0.2,0.5]", "extra_channels:[entropy,budget]"]
+    name, kw = mod.parse_variant("mine=reward:ap,merge:{method: fuse, fuse_score: mean},lam:0")  # {...} kept whole
+    assert kw == ["reward:ap", "merge:{method: fuse, fuse_score: mean}", "lam:0"]
     name, kw = mod.parse_variant("qnet-ap")
     assert "reward:ap" in kw and any(k.startswith("budget_range:") for k in kw)
     # every named variant is a valid environment configuration
