@@ -202,17 +202,11 @@ class ZoomEnvConfig:
             raise ValueError("window_extras add columns to the windows observation: set window_features: true")
         self.window_extras = tuple(self.window_extras)
         self.classes = tuple(int(c) for c in self.classes)
-        if self.merge is not None:
+        if self.merge is not None:  # unknown fields and bad values are refused here, before any cache is read
+            from zoomdet.config import from_dict
             from zoomdet.zoom.merge import MergeConfig
 
-            names = {f.name for f in fields(MergeConfig)}
-            unknown = sorted(set(self.merge) - names)
-            if unknown:
-                raise ValueError(f"merge: unknown field(s) {', '.join(unknown)}; fields: {', '.join(sorted(names))}")
-            try:
-                MergeConfig(**self.merge)  # a bad value is refused here, before any cache is read
-            except TypeError as e:  # a comparison of a string with a number
-                raise ValueError(f"merge: {e}") from e
+            from_dict(MergeConfig, self.merge, where="merge.")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be distinct category ids, got {list(self.classes)}")
         if self.budget_range is not None:

@@ -319,7 +319,7 @@ def test_train_cli_refuses_bad_input(toy_cache, tmp_path, capsys):
     # values of the wrong type are named by their field (they used to fail mid-training, or not at all)
     for item, said in [("lam:abc", "lam must be a number"), ("info_detections:maybe", "info_detections must be true"),
                        ("classes:abc", "classes must be a list"), ("obs_scale:-1", "obs_scale must be > 0"),
-                       ("merge:{methd: fuse}", "unknown field(s) methd"), ("merge:fuse", "merge must be a mapping")]:
+                       ("merge:{methd: fuse}", "unknown option(s) merge.methd"), ("merge:fuse", "merge must be a mapping")]:
         assert main(base + ["--env-kwargs", "state:entropy", item]) == 2
         assert said in capsys.readouterr().err
     # values SB3 itself refuses (with an assert) are reported, and no run folder is left behind
@@ -1143,7 +1143,7 @@ def test_a_merge_override_trains_for_the_live_merge_and_refuses_bad_fields(toy_c
     assert answers[0] == pytest.approx([0.9] + [0.95] * 4)
     assert answers[1] == pytest.approx([0.625] * 4 + [0.9])
     assert fused.zoom.merge == MergeConfig(**{**vars(cached.zoom.merge), "method": "fuse", "fuse_score": "mean"})
-    for bad, match in (({"methd": "fuse"}, "unknown field.*methd"), ({"method": "blend"}, "merge method"),
-                       ({"fuse_iou": "high"}, "merge:"), ("fuse", "merge must be a mapping")):
+    for bad, match in (({"methd": "fuse"}, r"unknown option\(s\) merge\.methd"), ({"method": "blend"}, "merge method"),
+                       ({"fuse_iou": "high"}, r"merge\.fuse_iou must be a number"), ("fuse", "merge must be a mapping")):
         with pytest.raises(ValueError, match=match):
             make(toy_cache, merge=bad)
