@@ -35,7 +35,7 @@ from torch import Tensor
 __all__ = ["DemoConfig", "RULES", "rule_map", "rule_picker", "collect_demonstrations", "sequential_mean_return",
            "large_margin_loss"]
 
-RULES = ("greedy-entropy", "greedy", "random")
+RULES = ("greedy-entropy", "greedy", "random", "oracle-ap")
 
 
 @dataclass
@@ -44,7 +44,8 @@ class DemoConfig:
 
     rule: str = "greedy-entropy"
     """The demonstrator (:data:`RULES`): ``greedy-entropy`` (needs ``window_features`` or ``state: entropy``),
-    ``greedy`` (the R-net map: ``state: rnet``) or ``random`` (a sanity check: nothing worth copying)."""
+    ``greedy`` (the R-net map: ``state: rnet``), ``random`` (a sanity check: nothing worth copying) or
+    ``oracle-ap``, ``greedy-entropy`` corrected by the ground truth of the training cache (:func:`rule_picker`)."""
     episodes: int = 1000
     """Episodes of the rule in the training environment (random image and budget each)."""
     pretrain_steps: int = 5000
@@ -113,7 +114,13 @@ def rule_picker(name: str, rng: Optional[np.random.Generator] = None, gain_of: O
     ``greedy`` and ``greedy-entropy`` pick with :func:`zoomdet.rnet.policies.greedy_choice` on ``gain_of(env)``
     (default :func:`rule_map`) and stop when that map's positive sum is under ``stop_gain`` (default: only
     the env's own ``stop_gain`` ends the episode); ``random`` takes a random allowed window (``rng``). The
-    candidates' boxes and pixels are built once per episode."""
+    candidates' boxes and pixels are built once per episode.
+
+    ``oracle-ap`` is ``greedy-entropy`` corrected by the ground truth (``ZoomEnv.ap_gains``, a one-step
+    look-ahead on the env's AP): it takes the window that adds the most AP, the rule's ranking breaking ties;
+    where no window adds AP it plays the rule among the windows that lose none (stopping where the rule would),
+    and it stops where every window loses AP. So it is the rule wherever the ground truth cannot tell the
+    rule's pick from the others, and the demonstrations teach only where the truth differs."""
     from zoomdet.rnet.policies import greedy_choice
     from zoomdet.zoom.windows import window_boxes
 
@@ -129,6 +136,8 @@ def rule_picker(name: str, rng: Optional[np.random.Generator] = None, gain_of: O
         if memo.get("of") is not env.candidates:  # a new episode (each reset makes a new candidate list)
             memo.update(of=env.candidates, boxes=window_boxes(env.candidates),
                         pixels=np.array([w.source_pixels for w in env.candidates], dtype=np.float64))
+        if name == "oracle-ap":
+            return _corrected_by_truth(env, rule_map(env, "greedy-entropy"), memo, stop_gain)
         gain = rule_map(env, name) if gain_of is None else gain_of(env)
         if stop_gain is not None and gain.positive_total() < stop_gain:
             return env.stop_action
@@ -136,6 +145,23 @@ def rule_picker(name: str, rng: Optional[np.random.Generator] = None, gain_of: O
         return env.stop_action if k is None else k
 
     return pick
+
+
+def _corrected_by_truth(env, gain, memo: dict, stop_gain: Optional[float]) -> int:
+    """``oracle-ap``'s action (:func:`rule_picker`): the most AP, ties to the rule's ranking on ``gain``."""
+    from zoomdet.rnet.policies import greedy_scores
+
+    ap = env.ap_gains()  # NaN where not allowed
+    if np.isnan(ap).all() or np.nanmax(ap) < -1e-9:
+        return env.stop_action  # nothing allowed, or every window loses AP
+    top = np.nanmax(ap)
+    if top <= 1e-9 and stop_gain is not None and gain.positive_total() < stop_gain:
+        return env.stop_action  # nothing to win and the rule stops here
+    ties = np.nan_to_num(ap, nan=-np.inf) >= top - 1e-9
+    rank = greedy_scores(gain, memo["boxes"], memo["pixels"], ties)
+    if top <= 1e-9 and not np.isfinite(rank).any():
+        return env.stop_action  # nothing to win and the rule has no window of positive gain among the ties
+    return int(np.argmax(rank)) if np.isfinite(rank).any() else int(np.flatnonzero(ties)[0])
 
 
 def collect_demonstrations(env, pick: Callable[[Any, Any], int], episodes: int, buffer, progress: bool = False) -> dict:

@@ -34,6 +34,7 @@ replacing ``--dataset``'s rows. Finished trainings and evaluations are reused.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -78,6 +79,10 @@ VARIANTS = {
     "qnet-dqfd-term-fuse": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                            "window_extras:[density],exhausted:terminate,dqn.demo_rule:greedy-entropy,"
                            "merge:{method: fuse, fuse_score: mean}",
+    # qnet-dqfd-term learning from the rule corrected by the training cache's ground truth (demo_rule oracle-ap:
+    # the window that adds the most AP, the rule's ranking breaking ties) instead of the rule itself
+    "qnet-dqfo-term": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,window_extras:[density],"
+                      "exhausted:terminate,dqn.demo_rule:oracle-ap",
     "qnet-win-density-term": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                              "window_extras:[density],exhausted:terminate",  # the same without demonstrations
     # qnet-dqfd-term rewarded (and its checkpoint chosen) by the change of the cache's COCO AP, the test's metric
@@ -131,6 +136,35 @@ def demonstrator_notes(specs: dict[str, list[str]], greedy_stop: float) -> list[
     return notes
 
 
+def merge_for_config(specs: dict[str, list[str]], config_merge, cache_merge, apply: bool
+                     ) -> tuple[dict[str, list[str]], list[str]]:
+    """Train each variant for the merge its evaluation uses.
+
+    The environment merges as the training cache was built (its ``zoom.merge``); the live evaluation merges as
+    ``--config`` says. Where the two :class:`~zoomdet.zoom.merge.MergeConfig` differ and a variant carries no
+    ``merge:{...}`` item of its own, ``apply`` adds one with the config's differing fields (``--merge-from-config``);
+    otherwise a note says so. Returns (the variants' items, the notes)."""
+    import yaml
+
+    want, have = dataclasses.asdict(config_merge), dataclasses.asdict(cache_merge)
+    diff = {k: v for k, v in want.items() if have[k] != v}
+    if not diff:
+        return specs, []
+    item = "merge:" + yaml.safe_dump(diff, default_flow_style=True, sort_keys=False).strip()
+    out, notes = {}, []
+    for name, items in specs.items():
+        if any(i.startswith("merge:") for i in items):
+            out[name] = items
+        elif apply:
+            out[name] = items + [item]
+        else:
+            out[name] = items
+            notes.append(f"variant {name} learns for the training cache's merge, and the config merges otherwise "
+                         f"({', '.join(f'{k}: {have[k]} there, {v} here' for k, v in diff.items())}); "
+                         f"--merge-from-config trains it for the config's merge")
+    return out, notes
+
+
 def main(argv=None) -> int:
     from zoomdet.eval.results import (add_agent_args, add_dataset_args, command_line, rows_from_report, run_zoomdet,
                                       train_agents, write_results)
@@ -146,6 +180,9 @@ def main(argv=None) -> int:
                     help="the per-episode budget range of every variant that draws one (default: the variant's, "
                          "[0.3, 0.7]; e.g. 0.08 0.3 for a coarse pass at 0.25)")
     ap.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="DQN overrides for every agent")
+    ap.add_argument("--merge-from-config", action="store_true",
+                    help="train every variant without a merge:{...} item of its own for --config's zoom.merge "
+                         "(default: the training cache's, with a note where the two differ)")
     ap.add_argument("--budget", type=float, nargs="+", default=[0.35, 0.45, 0.6])
     ap.add_argument("--oracle", action="store_true", help="also run oracle-ap (the upper bound; look-ahead is slow)")
     ap.add_argument("--ensemble", action="store_true",
@@ -179,7 +216,14 @@ def main(argv=None) -> int:
     from zoomdet.config import load_config
     from zoomdet.eval.evaluator import EvalConfig
 
-    for note in demonstrator_notes(specs, load_config(EvalConfig, args.config).policies.greedy_stop):
+    from zoomdet.rnet.cache import RolloutCache
+
+    config = load_config(EvalConfig, args.config)
+    # the training cache's merge rule (a cache no longer there: the agents are trained, only evaluated)
+    cache_merge = (RolloutCache(args.cache).zoom.merge if (Path(args.cache) / "manifest.json").is_file()
+                   else config.zoom.merge)
+    specs, merge_notes = merge_for_config(specs, config.zoom.merge, cache_merge, args.merge_from_config)
+    for note in merge_notes + demonstrator_notes(specs, config.policies.greedy_stop):
         print(f"note: {note}", file=sys.stderr)
     out = Path(args.out)
     agents = train_agents(specs, args.seeds, args.cache, args.eval_cache, args.rnet, args.steps, out, args.hyperparams)

@@ -626,12 +626,8 @@ class ZoomEnv(gym.Env):
         elif self._available[a]:
             proposed = self.candidates[a]
             rec = self._img.record
-            # paper Eq. 6 over the cached positions (the live engine calls refine_window, same rule)
-            sums = self.gain.window_sums(self._img.positions[a])
-            best = best_position(sums)
-            window = rec.windows[rec.reach[a][best]]
-            k = self._img.index[window]
-            predicted = float(sums[best])
+            k, predicted = self._refined(a)
+            window = rec.windows[k]
             true_gain = fresh_gain(self._img.items[k], self.zoomed)
             if self.config.reward in ("ap", "dataset-ap"):
                 before = self.image_ap(self.fine_ids)
@@ -662,6 +658,28 @@ class ZoomEnv(gym.Env):
         if (terminated or truncated) and self.config.info_detections:
             info["detections"] = self.merged().to_coco(self._img.record.image_id)
         return self._obs(), float(reward), terminated, truncated, info
+
+    def _refined(self, a: int) -> tuple[int, float]:
+        """Where candidate ``a`` lands if taken now: (index of the cached window in the record, its predicted gain)
+        -- the paper's Eq. 6 over the cached positions (the live engine calls ``refine_window``, same rule)."""
+        sums = self.gain.window_sums(self._img.positions[a])
+        best = best_position(sums)
+        return self._img.index[self._img.record.windows[self._img.record.reach[a][best]]], float(sums[best])
+
+    def ap_gains(self) -> np.ndarray:
+        """``float64[K]``: the AP points (x 100) each candidate window would add to the current image if taken
+        now (refined as :meth:`step` refines it; the measure of ``reward: ap`` or ``dataset-ap``), NaN where the
+        window is not allowed. It reads the ground truth: a look-ahead for demonstrators and oracles, never
+        part of the observation."""
+        if self._img is None:
+            raise RuntimeError("call reset() before ap_gains()")
+        out = np.full(self.num_candidates, np.nan)
+        allowed = np.flatnonzero(self._available)
+        if len(allowed):
+            before = self.image_ap(self.fine_ids)
+            for a in allowed:
+                out[a] = 100 * (self.image_ap(self.fine_ids + [self._refined(int(a))[0]]) - before)
+        return out
 
     def image_ap(self, fine_ids: Sequence[int]) -> float:
         """COCO AP of the coarse detections merged with the cached windows ``fine_ids`` on the current image,

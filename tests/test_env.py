@@ -453,6 +453,20 @@ def test_agents_benchmark_parses_variants_and_refuses_unknown_ones():
     at_hituav, at_airbus = mod.demonstrator_notes(specs, 0.1), mod.demonstrator_notes(specs, 0.0)
     assert len(at_hituav) == 1 and at_hituav[0].startswith("variant mine:") and "demo_stop_gain:0.1 " in at_hituav[0]
     assert len(at_airbus) == 1 and at_airbus[0].startswith("variant qnet-dqfd:") and "demo_stop_gain:0 " in at_airbus[0]
+    # a variant learns for the config's merge where asked (--merge-from-config), and is pointed out where not
+    from zoomdet.zoom.merge import MergeConfig
+
+    fuse = MergeConfig(method="fuse", fuse_score="mean")
+    specs = dict(mod.parse_variant(v) for v in ("qnet-dqfd-term", "qnet-dqfd-term-fuse"))
+    assert mod.merge_for_config(specs, MergeConfig(), MergeConfig(), True) == (specs, [])
+    kept, notes = mod.merge_for_config(specs, fuse, MergeConfig(), False)
+    assert kept == specs and len(notes) == 1 and notes[0].startswith("variant qnet-dqfd-term learns")
+    assert "method: replace there, fuse here" in notes[0] and "fuse_score: max there, mean here" in notes[0]
+    applied, notes = mod.merge_for_config(specs, fuse, MergeConfig(), True)
+    assert notes == [] and applied["qnet-dqfd-term-fuse"] == specs["qnet-dqfd-term-fuse"]  # its own merge kept
+    assert applied["qnet-dqfd-term"] == specs["qnet-dqfd-term"] + ["merge:{method: fuse, fuse_score: mean}"]
+    env_items = parse_key_values(split_variant(applied["qnet-dqfd-term"])[0])
+    assert ZoomEnvConfig.from_options(rnet="x.pt", **env_items).merge == {"method": "fuse", "fuse_score": "mean"}
 
 
 def test_agents_benchmark_evaluates_the_final_models_when_asked(monkeypatch, tmp_path, capsys):
@@ -1089,6 +1103,55 @@ def test_demonstrations_are_the_rules_transitions_and_dqfd_starts_from_the_rule(
     assert model.demo_buffer is None
 
 
+def test_the_truth_corrected_demonstrator_takes_the_most_ap_and_otherwise_plays_the_rule(tmp_path):
+    """``demo_rule: oracle-ap``: ``ZoomEnv.ap_gains`` is the reward a step would give (NaN where not allowed);
+    the demonstrator takes the window of most AP whatever the rule ranks first, leaves ties to the rule, plays
+    the rule among the windows that lose nothing when none adds AP, and stops when every window loses AP."""
+    import torch
+
+    from zoomdet.agents.demos import rule_picker
+    from zoomdet.rnet.policies import greedy_choice
+    from zoomdet.zoom.windows import GainMap, window_boxes
+
+    cache = write_fake_cache(tmp_path / "cache", missed_records(), zoom=ZOOM)
+    kw = {"state": "entropy", "lam": 0.0, "reward": "ap", "window_features": True, "window_extras": ["density"]}
+    env = make(cache, **kw).unwrapped
+    oracle, rule = rule_picker("oracle-ap", stop_gain=0.1), rule_picker("greedy-entropy", stop_gain=0.1)
+    with pytest.raises(RuntimeError, match="reset"):
+        make(cache, **kw).unwrapped.ap_gains()
+    disagreed = 0
+    for k in range(len(env.records)):
+        obs, _ = env.reset(options={"index": k})
+        g = env.ap_gains()
+        np.testing.assert_array_equal(np.isnan(g), ~env.action_masks()[:-1])
+        assert np.nanmax(g) > 0  # the coarse pass missed objects that a window finds
+        w = env.candidates[int(np.nanargmin(g))]  # the rule's map points at a window that loses AP ...
+        env.maps[0] = GainMap(env._img.record.width, env._img.record.height,
+                              torch.tensor([[w.x0, w.y0, w.x1, w.y1]], dtype=torch.float64), torch.tensor([5.0]))
+        r, a = rule(env, obs), oracle(env, obs)
+        assert g[r] < 0 and g[a] == np.nanmax(g)  # ... and the demonstrator takes the most AP instead
+        disagreed += 1
+        _, reward, *_ = env.step(a)
+        assert reward == pytest.approx(g[a])  # the look-ahead is the step's own reward
+    assert disagreed == len(env.records)
+
+    env.reset(options={"index": 0})
+    allowed = env.action_masks()[:-1]
+    first = rule(env, None)
+    lose_first = np.where(np.arange(len(allowed)) == first, -5.0, 0.0)
+    boxes, pixels = window_boxes(env.candidates), np.array([w.source_pixels for w in env.candidates], dtype=float)
+    second = greedy_choice(env.maps[0], boxes, pixels, allowed & (lose_first == 0))
+    assert second not in (None, first)
+    for case, gains, expected in (("ties to the rule", np.full(len(allowed), 10.0), first),
+                                  ("the rule among the windows that lose nothing", lose_first, second),
+                                  ("every window loses AP", np.full(len(allowed), -1.0), env.stop_action)):
+        env.ap_gains = lambda gains=gains: np.where(allowed, gains, np.nan)
+        assert oracle(env, None) == expected, case
+    env.maps[0] = GainMap(env._img.record.width, env._img.record.height, torch.zeros(0, 4), torch.zeros(0))
+    env.ap_gains = lambda: np.where(allowed, 0.0, np.nan)
+    assert oracle(env, None) == env.stop_action  # nothing to win, and the rule stops here
+
+
 def yaml_load(path):
     import yaml
 
@@ -1110,6 +1173,9 @@ def test_demonstration_options_refuse_bad_input(toy_cache, tmp_path, capsys):
         assert message in capsys.readouterr().err, hp
     assert main(base + ["--algo", "ppo_mask", "--hyperparams", "demo_rule:greedy-entropy"]) == 2
     assert "need --algo dqn" in capsys.readouterr().err
+    # oracle-ap breaks its ties on greedy-entropy's map, which an environment with the oracle's state lacks
+    assert main(base[:-1] + ["state:oracle", "--hyperparams", "demo_rule:oracle-ap"]) == 2
+    assert "demo_rule oracle-ap: rule greedy-entropy needs the entropy map" in capsys.readouterr().err
     assert not list(tmp_path.rglob("ZoomDet-v0_*"))  # refused before a run folder was made
     assert DemoConfig.pop_from({"gamma": 0.9}) is None
     env = make(toy_cache, state="oracle").unwrapped
