@@ -14,6 +14,13 @@ done with Ray's own switch for local-only instances,
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (read when ``ray`` is imported), set
 before the import. Joining a cluster (``--address``) leaves Ray's settings
 alone.
+
+Ray Serve gives a new HTTP proxy 5 s to answer its first ready check and
+kills it otherwise; on a small machine whose cores are busy the proxy can
+take longer, and ``serve run`` then fails at start. A Ray instance started
+here gives it :data:`PROXY_READY_CHECK_TIMEOUT_S` instead (Ray's
+``RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S``; a value already set in the
+environment wins).
 """
 
 from __future__ import annotations
@@ -84,6 +91,8 @@ def resolve_config(path: str | Path, host: Optional[str] = None, port: Optional[
     return cfg
 
 
+PROXY_READY_CHECK_TIMEOUT_S = 60.0
+"""Seconds a Ray instance started by ``zoomdet serve`` gives a new HTTP proxy to answer its ready check (Ray: 5)."""
 RAY_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Ray's switch for local-only instances: ``0`` makes the node address loopback, so Ray's servers bind 127.0.0.1."""
 
@@ -112,9 +121,12 @@ def serve_config(path: str | Path, host: Optional[str] = None, port: Optional[in
     """Start (or join) Ray without its dashboard and run the resolved config through Ray Serve's ``serve run``.
 
     A Ray instance started here binds loopback only (see the module docstring)."""
+    import os
     import signal
     import warnings
 
+    if address is None:  # the controller of the instance started below reads it (a busy machine's proxy is slow)
+        os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", f"{PROXY_READY_CHECK_TIMEOUT_S:g}")
     if address is None and not ray_local_only():
         warnings.warn(f"Ray's own ports will listen on all interfaces: {RAY_LOCAL_ONLY_ENV} is set to something other "
                       "than 0, or ray was imported before zoomdet serve could set it (set it to 0 before importing ray)",
