@@ -403,6 +403,24 @@ def test_every_port_of_the_service_listens_on_loopback_only(http_server):
     assert not exposed, f"listening beyond loopback: {exposed}"
 
 
+def test_the_ray_instance_of_the_service_gives_a_slow_proxy_time_to_start(http_server):
+    """The Serve controller of the Ray instance ``zoomdet serve`` started, which checks that a new HTTP proxy is
+    ready, has the longer timeout: Ray Serve's 5 s killed the proxy at start on a busy 2-core machine."""
+    import psutil
+
+    from zoomdet.serving.launch import PROXY_READY_CHECK_TIMEOUT_S
+
+    _, proc, _ = http_server
+    values = []
+    for p in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            values.append((p.name(), p.environ().get("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S")))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    controllers = [v for name, v in values if name.startswith("ray::ServeController")]  # it runs the ready check
+    assert controllers and all(v == f"{PROXY_READY_CHECK_TIMEOUT_S:g}" for v in controllers), values
+
+
 def test_clients_that_leave_early_are_logged_in_one_line_without_a_traceback(http_server):
     import time
     from urllib.parse import urlparse
