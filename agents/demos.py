@@ -91,10 +91,11 @@ class DemoConfig:
 
 def rule_map(env, name: str):
     """The :class:`~zoomdet.zoom.windows.GainMap` a rule ranks on in ``env`` (a ``ZoomEnv``), zeroed where zoomed:
-    the entropy map for ``greedy-entropy`` (the env's first feature map with ``window_features``, else its state
-    map if that is ``entropy``), the R-net map for ``greedy`` (the state map with ``state: rnet``)."""
+    the entropy map for ``greedy-entropy`` and ``oracle-ap`` (which breaks its ties on it; the env's first feature
+    map with ``window_features``, else its state map if that is ``entropy``), the R-net map for ``greedy`` (the
+    state map with ``state: rnet``)."""
     state = env.config.state
-    if name == "greedy-entropy":
+    if name in ("greedy-entropy", "oracle-ap"):
         if env.maps is not None:
             return env.maps[0]
         if state == "entropy":
@@ -136,32 +137,21 @@ def rule_picker(name: str, rng: Optional[np.random.Generator] = None, gain_of: O
         if memo.get("of") is not env.candidates:  # a new episode (each reset makes a new candidate list)
             memo.update(of=env.candidates, boxes=window_boxes(env.candidates),
                         pixels=np.array([w.source_pixels for w in env.candidates], dtype=np.float64))
-        if name == "oracle-ap":
-            return _corrected_by_truth(env, rule_map(env, "greedy-entropy"), memo, stop_gain)
         gain = rule_map(env, name) if gain_of is None else gain_of(env)
+        if name == "oracle-ap":  # the rule, on the windows of most AP (the ground truth's look-ahead)
+            ap = env.ap_gains()  # NaN where not allowed
+            if np.isnan(ap).all() or np.nanmax(ap) < -1e-9:
+                return env.stop_action  # nothing allowed, or every window loses AP
+            allowed = np.nan_to_num(ap, nan=-np.inf) >= np.nanmax(ap) - 1e-9
+            if np.nanmax(ap) > 1e-9:  # a window adds AP: the rule only breaks the ties, and never stops
+                k = greedy_choice(gain, memo["boxes"], memo["pixels"], allowed)
+                return int(np.flatnonzero(allowed)[0]) if k is None else k
         if stop_gain is not None and gain.positive_total() < stop_gain:
             return env.stop_action
         k = greedy_choice(gain, memo["boxes"], memo["pixels"], allowed)
         return env.stop_action if k is None else k
 
     return pick
-
-
-def _corrected_by_truth(env, gain, memo: dict, stop_gain: Optional[float]) -> int:
-    """``oracle-ap``'s action (:func:`rule_picker`): the most AP, ties to the rule's ranking on ``gain``."""
-    from zoomdet.rnet.policies import greedy_scores
-
-    ap = env.ap_gains()  # NaN where not allowed
-    if np.isnan(ap).all() or np.nanmax(ap) < -1e-9:
-        return env.stop_action  # nothing allowed, or every window loses AP
-    top = np.nanmax(ap)
-    if top <= 1e-9 and stop_gain is not None and gain.positive_total() < stop_gain:
-        return env.stop_action  # nothing to win and the rule stops here
-    ties = np.nan_to_num(ap, nan=-np.inf) >= top - 1e-9
-    rank = greedy_scores(gain, memo["boxes"], memo["pixels"], ties)
-    if top <= 1e-9 and not np.isfinite(rank).any():
-        return env.stop_action  # nothing to win and the rule has no window of positive gain among the ties
-    return int(np.argmax(rank)) if np.isfinite(rank).any() else int(np.flatnonzero(ties)[0])
 
 
 def collect_demonstrations(env, pick: Callable[[Any, Any], int], episodes: int, buffer, progress: bool = False) -> dict:

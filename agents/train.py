@@ -145,8 +145,7 @@ def train_agent(args: TrainArgs) -> Path:
     base_env: ZoomEnv = train_env.unwrapped
     if demo is not None and demo.rule != "random":
         try:
-            # a rule this environment cannot play (its map is missing); oracle-ap breaks ties on greedy-entropy's
-            rule_map(base_env, "greedy-entropy" if demo.rule == "oracle-ap" else demo.rule)
+            rule_map(base_env, demo.rule)  # a rule this environment cannot play (its map is missing)
         except ValueError as e:
             raise ValueError(f"demo_rule {demo.rule}: {e}") from None
     vec = DummyVecEnv([lambda: train_env])

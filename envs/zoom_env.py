@@ -630,8 +630,7 @@ class ZoomEnv(gym.Env):
             window = rec.windows[k]
             true_gain = fresh_gain(self._img.items[k], self.zoomed)
             if self.config.reward in ("ap", "dataset-ap"):
-                before = self.image_ap(self.fine_ids)
-                ap_gain = 100 * (self.image_ap(self.fine_ids + [k]) - before)
+                ap_gain = self._ap_gain(k)
                 info["ap_gain"] = ap_gain
                 reward = ap_gain - self.config.lam * window.input_pixels / self.image_pixels
             else:
@@ -674,12 +673,13 @@ class ZoomEnv(gym.Env):
         if self._img is None:
             raise RuntimeError("call reset() before ap_gains()")
         out = np.full(self.num_candidates, np.nan)
-        allowed = np.flatnonzero(self._available)
-        if len(allowed):
-            before = self.image_ap(self.fine_ids)
-            for a in allowed:
-                out[a] = 100 * (self.image_ap(self.fine_ids + [self._refined(int(a))[0]]) - before)
+        for a in np.flatnonzero(self._available):
+            out[a] = self._ap_gain(self._refined(int(a))[0])
         return out
+
+    def _ap_gain(self, k: int) -> float:
+        """AP points (x 100) that the cached window ``k`` adds to the current image's zooms so far (memoised)."""
+        return 100 * (self.image_ap(self.fine_ids + [k]) - self.image_ap(self.fine_ids))
 
     def image_ap(self, fine_ids: Sequence[int]) -> float:
         """COCO AP of the coarse detections merged with the cached windows ``fine_ids`` on the current image,

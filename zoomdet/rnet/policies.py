@@ -18,7 +18,7 @@ from zoomdet.rnet.model import GainModel
 from zoomdet.zoom.engine import EpisodeState
 from zoomdet.zoom.windows import GainMap, window_boxes
 
-__all__ = ["GreedyPolicy", "greedy_choice", "greedy_scores"]
+__all__ = ["GreedyPolicy", "greedy_choice"]
 
 
 class GreedyPolicy:
@@ -55,10 +55,10 @@ class GreedyPolicy:
                              self.per_pixel)
 
 
-def greedy_scores(gain: GainMap, boxes: np.ndarray, pixels: np.ndarray, available: np.ndarray,
-                  per_pixel: bool = True) -> np.ndarray:
-    """Greedy's ranking: ``float64[K]``, each window's gain on ``gain`` (per source pixel, or in total); ``-inf``
-    where the window is not available or its gain is not positive (greedy never takes it).
+def greedy_choice(gain: GainMap, boxes: np.ndarray, pixels: np.ndarray, available: np.ndarray,
+                  per_pixel: bool = True) -> Optional[int]:
+    """Greedy's pick: the available window with the largest gain on ``gain`` (per pixel, or in total), among
+    windows of positive gain; ``None`` when there is none.
 
     Args:
         gain: the current gain map (zoomed windows already zeroed).
@@ -66,20 +66,11 @@ def greedy_scores(gain: GainMap, boxes: np.ndarray, pixels: np.ndarray, availabl
         pixels: ``float64[K]`` their source pixels.
         available: ``bool[K]`` windows the budget and the zoom history still allow.
     """
-    score = np.full(len(boxes), -np.inf)
     idx = np.flatnonzero(available)
-    if len(idx):
-        g = gain.window_sums(boxes[idx])  # one vectorized pass over the integral image
-        score[idx] = np.where(g > 0, g / pixels[idx] if per_pixel else g, -np.inf)
-    return score
-
-
-def greedy_choice(gain: GainMap, boxes: np.ndarray, pixels: np.ndarray, available: np.ndarray,
-                  per_pixel: bool = True) -> Optional[int]:
-    """Greedy's pick: the available window with the largest gain on ``gain`` (per pixel, or in total), among
-    windows of positive gain (:func:`greedy_scores`); ``None`` when there is none. Arguments as there."""
-    score = greedy_scores(gain, boxes, pixels, available, per_pixel)
-    if not len(score):
+    if not len(idx):
         return None
+    g = gain.window_sums(boxes[idx])  # one vectorized pass over the integral image
+    score = g / pixels[idx] if per_pixel else g
+    score = np.where(g > 0, score, -np.inf)
     k = int(np.argmax(score))  # the first of equal scores, as a loop in candidate order would keep
-    return k if np.isfinite(score[k]) else None
+    return int(idx[k]) if np.isfinite(score[k]) else None
