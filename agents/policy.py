@@ -4,7 +4,11 @@
 service) load the ``.zip`` with :meth:`AgentPolicy.from_path`. Several DQN
 models trained with the same environment options (e.g. seeds) joined by
 ``+`` (``a/best_model.zip+b/best_model.zip``) make one policy that picks the
-argmax of their mean Q-values (:meth:`AgentPolicy.from_paths`). The run
+argmax of their mean Q-values (:meth:`AgentPolicy.from_paths`). With an override
+margin (``policies.agent_override_margin``, :meth:`AgentPolicy.overriding`)
+a DQN agent plays the rule ``greedy-entropy`` and takes its own pick only
+where its Q-value beats the rule's action by more than the margin
+(:func:`override_action`). The run
 folder's ``zoomdet.json`` (written by ``zoomdet train``) names the algorithm
 and the environment options, so the live policy builds exactly the
 observation the agent was trained on (:func:`zoomdet.envs.zoom_env.observe`)
@@ -27,7 +31,7 @@ from zoomdet.envs.zoom_env import (ZoomEnvConfig, budget_left, context_planes, c
 from zoomdet.zoom.engine import EpisodeState
 from zoomdet.zoom.windows import GainMap, window_boxes
 
-__all__ = ["AgentPolicy", "RUN_FILE", "load_run_info", "ALGOS", "algorithm_class"]
+__all__ = ["AgentPolicy", "RUN_FILE", "load_run_info", "ALGOS", "algorithm_class", "override_action"]
 
 RUN_FILE = "zoomdet.json"
 
@@ -48,6 +52,23 @@ def algorithm_class(algo: str):
     raise ValueError(f"unknown algo {algo!r}; choose from {', '.join(ALGOS)}")
 
 
+def override_action(q: np.ndarray, rule_action: int, margin: float) -> int:
+    """The agent's argmax where it beats the rule's action by more than ``margin``, else the rule's action.
+
+    A conservative step away from a baseline (as in safe policy improvement): the agent leaves the rule only
+    where its own estimate says leaving pays more than ``margin``. ``margin`` 0 is the agent itself (ties go
+    to the rule), a large one the rule itself.
+
+    Args:
+        q: ``float[K + 1]`` Q-values of one observation (windows, then stop; masked actions about ``-1e8``),
+            in the reward's units (AP points x 100 with ``reward: ap``).
+        rule_action: the rule's action in the same terms (window index, or ``K`` = stop).
+        margin: how much higher the agent's best Q-value must be, >= 0.
+    """
+    a = int(np.argmax(q))
+    return a if q[a] - q[rule_action] > margin else int(rule_action)
+
+
 def load_run_info(model_path: str | Path) -> dict:
     """``zoomdet.json`` of the run a model file belongs to (its folder, or the one above for checkpoints)."""
     p = Path(model_path)
@@ -66,12 +87,17 @@ class AgentPolicy:
         env_config: the environment options the model was trained with.
         gain_model: the state builder (R-net or entropy); ``None`` is refused (the oracle state needs ground truth).
         name: name in reports.
+        ensemble: further DQN models whose Q-values are averaged with ``model``'s.
+        override_margin: ``None`` (the agent alone), or play ``greedy-entropy`` (stopping as it does under
+            ``rule_stop``) unless the agent's best Q-value beats the rule's action by more than this
+            (:func:`override_action`; DQN with ``window_features`` only).
+        rule_stop: the rule's stop threshold, the live ``policies.greedy_stop``.
     """
 
     needs_ground_truth = False
 
     def __init__(self, model, algo: str, env_config: ZoomEnvConfig, gain_model, name: str = "agent",
-                 ensemble: Sequence = ()) -> None:
+                 ensemble: Sequence = (), override_margin: Optional[float] = None, rule_stop: float = 0.1) -> None:
         if gain_model is None:
             raise ValueError("an agent trained on the oracle state cannot run live (it needs ground truth); "
                              "train it with state rnet or entropy")
@@ -80,6 +106,19 @@ class AgentPolicy:
         self.model, self.algo, self.config, self.gain_model, self.name = model, algo, env_config, gain_model, name
         self.ensemble = list(ensemble)
         """Further DQN models whose Q-values are averaged with ``model``'s (empty: ``model`` alone)."""
+        if override_margin is not None:
+            if not override_margin >= 0:
+                raise ValueError(f"the override margin must be >= 0, got {override_margin}")
+            if algo != "dqn" or not env_config.window_features:
+                raise ValueError("an override margin compares the agent's Q-values with the rule's action on the "
+                                 f"entropy map of its window features: a dqn agent with window_features only ({name})")
+        self.override_margin, self.rule_stop = override_margin, float(rule_stop)
+
+    def overriding(self, margin: float, rule_stop: float = 0.1) -> "AgentPolicy":
+        """The same models, playing ``greedy-entropy`` unless their best Q-value beats its action by more than
+        ``margin`` (named ``<name>~override<margin>``)."""
+        return AgentPolicy(self.model, self.algo, self.config, self.gain_model, f"{self.name}~override{margin:g}",
+                           self.ensemble, override_margin=margin, rule_stop=rule_stop)
 
     @classmethod
     def from_paths(cls, paths: Sequence[str | Path], detector_id: Optional[str] = None,
@@ -149,12 +188,32 @@ class AgentPolicy:
         windows = self.window_features(state, budget_abs) if self.config.window_features else None
         obs = observe(gm, state.zoomed_windows, mask, left, self.config, context=context, budget_abs=budget_abs,
                       windows=windows)
-        a = self.act(obs)
+        a = self.act(obs, self.rule_action(state, mask) if self.override_margin is not None else None)
         return None if a >= len(state.candidates) else a
 
-    def act(self, obs: dict[str, np.ndarray]) -> int:
+    def rule_action(self, state: EpisodeState, mask: np.ndarray) -> int:
+        """``greedy-entropy``'s action (window index, or ``K`` = stop) where the agent is: its pick on the entropy
+        map of the window features (zeroed where zoomed), among the windows ``mask`` allows, and the stop under
+        ``rule_stop``, as :func:`zoomdet.agents.demos.rule_picker` plays it in the environment."""
+        from zoomdet.rnet.policies import greedy_choice
+
+        memory, stop = state.memory, len(state.candidates)
+        entropy = memory["maps"][0]  # window_features has built and zeroed it for this step
+        if entropy.positive_total() < self.rule_stop:
+            return stop
+        if "greedy_pixels" not in memory:
+            memory["greedy_pixels"] = np.array([w.source_pixels for w in state.candidates], dtype=np.float64)
+        k = greedy_choice(entropy, memory["feature_boxes"], memory["greedy_pixels"], mask[:-1])
+        return stop if k is None else k
+
+    def act(self, obs: dict[str, np.ndarray], rule_action: Optional[int] = None) -> int:
         """The model's deterministic action for one observation (window index, or ``K`` = stop); an ensemble
-        takes the argmax of its mean Q-values."""
+        takes the argmax of its mean Q-values. With an override margin, ``rule_action`` (the rule's action at
+        this observation) is required and the agent leaves it only as :func:`override_action` says."""
+        if self.override_margin is not None:
+            if rule_action is None:
+                raise ValueError(f"{self.name} plays the rule unless it overrides it: pass the rule's action")
+            return override_action(self.mean_q_values(obs), rule_action, self.override_margin)
         if self.algo == "ppo_mask":
             action, _ = self.model.predict(obs, deterministic=True, action_masks=obs["mask"].astype(bool))
         elif self.ensemble:

@@ -57,6 +57,10 @@ def main(argv=None) -> int:
     ap.add_argument("--agent", action="append", default=[], metavar="[NAME=]PATH",
                     help="trained agent (zoomdet train's best_model.zip; several DQN models joined by + are one "
                          "policy on their mean Q-values), named NAME in the rows; repeat")
+    ap.add_argument("--override-margin", type=float, nargs="+", default=[], metavar="M",
+                    help="also play each agent that plays greedy-entropy and takes its own pick only where its Q-value "
+                         "beats the rule's action by more than M (AP points with reward: ap; the live "
+                         "policies.agent_override_margin), one row per M")
     ap.add_argument("--budget", type=float, nargs="+", default=[0.45], help="pixel budgets (default 0.45)")
     ap.add_argument("--stop-gain", type=float, default=0.1, help="the rules' stop rule (the live greedy_stop, 0.1)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random policy")
@@ -74,6 +78,8 @@ def main(argv=None) -> int:
 
     if any(b <= 0 for b in args.budget):
         ap.error("--budget values must be > 0")
+    if any(not m >= 0 for m in args.override_margin):
+        ap.error("--override-margin values must be >= 0")
     try:
         cache = RolloutCache(args.cache)
         records = cache.records()
@@ -82,6 +88,7 @@ def main(argv=None) -> int:
             path, name = spec.split("=", 1)[-1], spec.split("=", 1)[0] if "=" in spec else None
             load = AgentPolicy.from_paths if "+" in path else AgentPolicy.from_path
             agents.append(load(path.split("+") if "+" in path else path, detector_id=cache.detector_id, name=name))
+        agents += [a.overriding(m, args.stop_gain) for a in list(agents) for m in args.override_margin]
     except (FileNotFoundError, ValueError) as e:
         ap.error(str(e))
     if not records:
@@ -113,8 +120,8 @@ def main(argv=None) -> int:
             options = {f: getattr(name.config, f) for f in ZoomEnvConfig.__dataclass_fields__}
             label = name.name
 
-            def pick(env, obs, agent=name) -> int:
-                return agent.act(obs)
+            def pick(env, obs, agent=name, rule=rule_picker("greedy-entropy", stop_gain=args.stop_gain)) -> int:
+                return agent.act(obs, None if agent.override_margin is None else rule(env, obs))
         # the reward plays no part in the actions: the cheap one, so no AP scorer is built
         options.update(budget_range=None, order="sequential", info_detections=True, reward="gain")
         env = ZoomEnv(cache, **options)  # one per policy: its per-image state (gain map, items) serves every budget

@@ -980,6 +980,74 @@ def test_dqn_ensemble_picks_by_the_mean_q_value_and_refuses_mismatched_models(to
     assert {r["policy"] for r in rows} >= {"ens", "greedy-entropy"}
 
 
+def test_an_agent_with_an_override_margin_plays_the_rule_unless_it_beats_it_by_the_margin(toy_cache, tmp_path,
+                                                                                        monkeypatch):
+    """``policies.agent_override_margin``: the rule's action unless the agent's best Q-value beats it by more than
+    the margin; margin 0 is the agent, a huge one ``greedy-entropy`` itself, live and on the cache."""
+    from tests.conftest import StubDetector
+    from zoomdet.agents.policy import AgentPolicy, override_action
+    from zoomdet.agents.train import TrainArgs, train_agent
+    from zoomdet.envs.zoom_env import ZoomEnvConfig
+    from zoomdet.rnet.model import EntropyGain
+    from zoomdet.rnet.policies import GreedyPolicy
+    from zoomdet.zoom.engine import ZoomEngine
+    from zoomdet.zoom.policies import PolicyConfig, make_policy
+
+    q = np.array([1.0, 3.0, 2.0, 0.5])
+    assert override_action(q, 2, 0.0) == 1 and override_action(q, 2, 0.99) == 1
+    assert override_action(q, 2, 1.0) == 2 and override_action(q, 3, 2.0) == 1 and override_action(q, 1, 5.0) == 1
+
+    kw = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density"]}
+    run = train_agent(TrainArgs(cache=str(toy_cache), n_timesteps=300, eval_freq=-1, progress=False, seed=0,
+                                env_kwargs=kw, hyperparams={"learning_starts": 100, "buffer_size": 1000},
+                                log_folder=str(tmp_path / "logs"), conf_file="configs/agents/dqn.yml"))
+    path = str(run / "ZoomDet-v0.zip")
+    agent = make_policy(path)
+    assert agent.override_margin is None
+    policy = make_policy(path, PolicyConfig(agent_override_margin=0.5, greedy_stop=0.2))
+    assert policy.name == f"{agent.name}~override0.5" and (policy.override_margin, policy.rule_stop) == (0.5, 0.2)
+
+    # live, through the engine: margin 0 picks the agent's windows, a huge margin the rule's, on several images
+    rule, never, always = GreedyPolicy(EntropyGain(), 0.1), agent.overriding(1e9, 0.1), agent.overriding(0.0)
+    picked = {}
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        xy = rng.uniform([0, 0], [W - 40, H - 40], size=(6, 2))
+        side = rng.uniform(8, 30, size=(6, 1))
+        boxes = torch.tensor(np.hstack([xy, xy + side]), dtype=torch.float32)
+        engine = ZoomEngine(StubDetector(boxes, torch.ones(6, dtype=torch.long), min_px=12), ZOOM)
+        image = torch.rand(3, H, W)
+        for name, p in {"rule": rule, "never": never, "always": always, "agent": agent}.items():
+            res = engine.run(image, p, max_pixels_ratio=0.6)
+            picked[seed, name] = [r.candidate for r in res.regions]
+        assert picked[seed, "never"] == picked[seed, "rule"]
+        assert picked[seed, "always"] == picked[seed, "agent"]
+    assert any(picked[s, "rule"] for s in range(3))  # the rule zoomed somewhere: the comparison means something
+
+    # on the cache: the same two ends, row for row
+    mod = load_benchmark("cache_policies")
+    monkeypatch.setattr("zoomdet.eval.results.RESULTS_DIR", tmp_path / "results")
+    assert mod.main(["--cache", str(toy_cache), "--dataset", "toy", "--budget", "0.6", "--agent", f"ag={path}",
+                     "--override-margin", "0", "1e9"]) == 0
+    rows = {(r["policy"], r["budget"]): r for r in json.loads((tmp_path / "results" / "cache_policies.json").read_text())}
+    for key in ("ap", "pixels_ratio", "zoomed_share"):
+        assert rows["ag~override1e+09", 0.6][key] == pytest.approx(rows["greedy-entropy", 0.6][key])
+        assert rows["ag~override0", 0.6][key] == pytest.approx(rows["ag", 0.6][key])
+
+    with pytest.raises(ValueError, match="agent_override_margin must be >= 0"):
+        PolicyConfig(agent_override_margin=-0.1)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        agent.overriding(float("nan"))
+    plain = ZoomEnvConfig(state="entropy")
+    with pytest.raises(ValueError, match="window_features only"):
+        AgentPolicy(agent.model, "dqn", plain, EntropyGain(), override_margin=0.5)
+    obs, _ = make(toy_cache, **kw).unwrapped.reset(options={"index": 0})
+    with pytest.raises(ValueError, match="pass the rule's action"):
+        policy.act(obs)
+    with pytest.raises(SystemExit):
+        mod.main(["--cache", str(toy_cache), "--dataset", "toy", "--agent", path, "--override-margin", "-1"])
+
+
 def test_agent_returns_benchmark_replays_trains_evaluation_and_the_untrained_start(toy_cache, tmp_path, monkeypatch,
                                                                                   capsys):
     """benchmarks/agent_returns.py: a trained agent's return equals train's own last evaluation of it, the

@@ -93,10 +93,17 @@ class PolicyConfig:
     entropy_max_side: Optional[float] = None
     """``greedy-entropy`` counts only the coarse boxes of at most this side √(w·h), full-image pixels (the objects
     a zoomed pass can see better); ``None`` = every box."""
+    agent_override_margin: Optional[float] = None
+    """``None``: a trained agent plays alone. A number >= 0: a DQN agent (with ``window_features``) plays
+    ``greedy-entropy`` (stopping under ``greedy_stop``) and takes its own pick only where its Q-value beats the
+    rule's action by more than this, in reward units (AP points x 100 with ``reward: ap``); its name ends
+    ``~override<margin>`` (:func:`zoomdet.agents.policy.override_action`)."""
 
     def __post_init__(self) -> None:
         if self.entropy_max_side is not None and not self.entropy_max_side > 0:
             raise ValueError(f"entropy_max_side must be > 0 or null, got {self.entropy_max_side}")
+        if self.agent_override_margin is not None and not self.agent_override_margin >= 0:
+            raise ValueError(f"agent_override_margin must be >= 0 or null, got {self.agent_override_margin}")
 
 
 def _single(det: Detections, region: int = -1, stage: int = STAGE_COARSE) -> MergeResult:
@@ -302,14 +309,19 @@ def make_policy(name: str, cfg: Optional[PolicyConfig] = None, zoom: Optional[Zo
     """A policy by name: ``coarse``, ``fine``, ``sahi``, ``random``, ``oracle``, ``oracle-ap``, ``greedy`` (needs
     ``cfg.rnet``, trained on features of the detector ``detector_id``), ``greedy-entropy``, or the
     path of a trained agent (``.zip`` from ``zoomdet train``), or several DQN agents' paths joined by ``+``
-    (one policy on their mean Q-values)."""
+    (one policy on their mean Q-values); an agent plays ``greedy-entropy`` where it does not beat it by
+    ``cfg.agent_override_margin``, if set."""
     cfg = cfg or PolicyConfig()
     if name.endswith(".zip"):
         from zoomdet.agents.policy import AgentPolicy
 
         if "+" in name:  # several DQN models: one policy on their mean Q-values
-            return AgentPolicy.from_paths(name.split("+"), detector_id=detector_id)
-        return AgentPolicy.from_path(name, detector_id=detector_id)
+            agent = AgentPolicy.from_paths(name.split("+"), detector_id=detector_id)
+        else:
+            agent = AgentPolicy.from_path(name, detector_id=detector_id)
+        if cfg.agent_override_margin is None:
+            return agent
+        return agent.overriding(cfg.agent_override_margin, cfg.greedy_stop)
     if name in GAIN_POLICIES:
         from zoomdet.rnet.model import EntropyGain, RNetGain
         from zoomdet.rnet.policies import GreedyPolicy
