@@ -83,6 +83,11 @@ VARIANTS = {
     # the window that adds the most AP, the rule's ranking breaking ties) instead of the rule itself
     "qnet-dqfo-term": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,window_extras:[density],"
                       "exhausted:terminate,dqn.demo_rule:oracle-ap",
+    # qnet-dqfd-term on the entropy map instead of the R-net's: the engine refines each chosen window on the policy's
+    # map (paper Eq. 6), and greedy-entropy refines on the entropy map; on the R-net map the rule's own windows
+    # shift elsewhere (the window features' gain column is then the entropy map too)
+    "qnet-dqfd-term-ent": "state:entropy,reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
+                          "window_extras:[density],exhausted:terminate,dqn.demo_rule:greedy-entropy",
     "qnet-win-density-term": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                              "window_extras:[density],exhausted:terminate",  # the same without demonstrations
     # qnet-dqfd-term rewarded (and its checkpoint chosen) by the change of the cache's COCO AP, the test's metric

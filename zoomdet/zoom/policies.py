@@ -97,7 +97,9 @@ class PolicyConfig:
     """``None``: a trained agent plays alone. A number >= 0: a DQN agent (with ``window_features``) plays
     ``greedy-entropy`` (stopping under ``greedy_stop``) and takes its own pick only where its Q-value beats the
     rule's action by more than this, in reward units (AP points x 100 with ``reward: ap``); its name ends
-    ``~override<margin>`` (:func:`zoomdet.agents.policy.override_action`)."""
+    ``~override<margin>`` (:func:`zoomdet.agents.policy.override_action`). The engine refines every pick on the
+    agent's own map, so an agent with ``state: rnet`` plays the rule's picks refined on the R-net map (an agent
+    with ``state: entropy`` refines them as the rule does)."""
 
     def __post_init__(self) -> None:
         if self.entropy_max_side is not None and not self.entropy_max_side > 0:
