@@ -921,6 +921,21 @@ def test_feature_head_and_window_features_refuse_bad_input(toy_cache):
         make(toy_cache, state="entropy", window_features=True, window_extras=["density", "texture"])
 
 
+FEATURE_AGENT = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density"]}
+
+
+def toy_agent(toy_cache, folder, seed: int, **env_kwargs) -> str:
+    """A 300-step DQN agent of the window-feature Q-net (:data:`FEATURE_AGENT`, updated by ``env_kwargs``) trained
+    on the toy cache into ``folder``; its ``.zip``."""
+    from zoomdet.agents.train import TrainArgs, train_agent
+
+    run = train_agent(TrainArgs(cache=str(toy_cache), n_timesteps=300, eval_freq=-1, progress=False, seed=seed,
+                                env_kwargs={**FEATURE_AGENT, **env_kwargs},
+                                hyperparams={"learning_starts": 100, "buffer_size": 1000}, log_folder=str(folder),
+                                conf_file="configs/agents/dqn.yml"))
+    return str(run / "ZoomDet-v0.zip")
+
+
 def test_dqn_ensemble_picks_by_the_mean_q_value_and_refuses_mismatched_models(toy_cache, tmp_path, monkeypatch):
     """``a.zip+b.zip`` is one policy on the mean of the models' Q-values: live through the engine, in the cache
     benchmark, and refused for one model or models trained on other observations."""
@@ -928,17 +943,13 @@ def test_dqn_ensemble_picks_by_the_mean_q_value_and_refuses_mismatched_models(to
 
     from tests.conftest import StubDetector
     from zoomdet.agents import AgentPolicy
-    from zoomdet.agents.train import TrainArgs, train_agent
     from zoomdet.zoom.engine import ZoomEngine
     from zoomdet.zoom.policies import make_policy
 
-    kw = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density"]}
+    kw = dict(FEATURE_AGENT)
 
     def train(seed, **extra):
-        run = train_agent(TrainArgs(cache=str(toy_cache), n_timesteps=300, eval_freq=-1, progress=False, seed=seed,
-                                    env_kwargs={**kw, **extra}, hyperparams={"learning_starts": 100, "buffer_size": 1000},
-                                    log_folder=str(tmp_path / f"logs{seed}"), conf_file="configs/agents/dqn.yml"))
-        return str(run / "ZoomDet-v0.zip")
+        return toy_agent(toy_cache, tmp_path / f"logs{seed}", seed, **extra)
 
     a, b = train(0), train(1)
     policy = make_policy(f"{a}+{b}", detector_id="fake")
@@ -986,7 +997,6 @@ def test_an_agent_with_an_override_margin_plays_the_rule_unless_it_beats_it_by_t
     the margin; margin 0 is the agent, a huge one ``greedy-entropy`` itself, live and on the cache."""
     from tests.conftest import StubDetector
     from zoomdet.agents.policy import AgentPolicy, override_action
-    from zoomdet.agents.train import TrainArgs, train_agent
     from zoomdet.envs.zoom_env import ZoomEnvConfig
     from zoomdet.rnet.model import EntropyGain
     from zoomdet.rnet.policies import GreedyPolicy
@@ -997,11 +1007,7 @@ def test_an_agent_with_an_override_margin_plays_the_rule_unless_it_beats_it_by_t
     assert override_action(q, 2, 0.0) == 1 and override_action(q, 2, 0.99) == 1
     assert override_action(q, 2, 1.0) == 2 and override_action(q, 3, 2.0) == 1 and override_action(q, 1, 5.0) == 1
 
-    kw = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density"]}
-    run = train_agent(TrainArgs(cache=str(toy_cache), n_timesteps=300, eval_freq=-1, progress=False, seed=0,
-                                env_kwargs=kw, hyperparams={"learning_starts": 100, "buffer_size": 1000},
-                                log_folder=str(tmp_path / "logs"), conf_file="configs/agents/dqn.yml"))
-    path = str(run / "ZoomDet-v0.zip")
+    path = toy_agent(toy_cache, tmp_path / "logs", 0)
     agent = make_policy(path)
     assert agent.override_margin is None
     policy = make_policy(path, PolicyConfig(agent_override_margin=0.5, greedy_stop=0.2))
@@ -1041,7 +1047,7 @@ def test_an_agent_with_an_override_margin_plays_the_rule_unless_it_beats_it_by_t
     plain = ZoomEnvConfig(state="entropy")
     with pytest.raises(ValueError, match="window_features only"):
         AgentPolicy(agent.model, "dqn", plain, EntropyGain(), override_margin=0.5)
-    obs, _ = make(toy_cache, **kw).unwrapped.reset(options={"index": 0})
+    obs, _ = make(toy_cache, **FEATURE_AGENT).unwrapped.reset(options={"index": 0})
     with pytest.raises(ValueError, match="pass the rule's action"):
         policy.act(obs)
     with pytest.raises(SystemExit):
@@ -1057,7 +1063,7 @@ def test_agent_returns_benchmark_replays_trains_evaluation_and_the_untrained_sta
     from zoomdet.agents.policy import algorithm_class
     from zoomdet.agents.train import TrainArgs, train_agent
 
-    kw = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density"]}
+    kw = dict(FEATURE_AGENT)
     args = TrainArgs(cache=str(toy_cache), eval_cache=str(toy_cache), n_timesteps=600, eval_freq=600, progress=False,
                      seed=3, env_kwargs=kw, hyperparams={"learning_starts": 100, "buffer_size": 1000},
                      log_folder=str(tmp_path / "logs"), conf_file="configs/agents/dqn.yml")
