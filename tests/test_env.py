@@ -685,6 +685,53 @@ def test_cache_policies_benchmark_rolls_the_rules_out_on_a_cache(monkeypatch, tm
     assert "no rollout cache" in capsys.readouterr().err
 
 
+def feedback_record(image_id: int) -> CacheRecord:
+    """A 320x240 image with objects the coarse pass half sees: in small window 4 it finds two of four objects at
+    0.3 and the fine pass all four at 0.95; three objects to their right, in small window 5, it does not see at
+    all; a false box at 0.3 in window 12 is all the entropy left once window 4 is zoomed."""
+    windows, reach = cached_windows(W, H, ZOOM)
+    box = lambda x, y: [x - 5, y - 5, x + 5, y + 5]  # noqa: E731
+    seen, missed, hidden = [box(40, 30), box(40, 60)], [box(110, 30), box(110, 55)], [box(x, 40) for x in (150, 170, 190)]
+    gt = seen + missed + hidden
+    false = box(256, 192)
+    coarse = D(seen + [false], [0.3, 0.3, 0.3])
+
+    def fine_in(w: Window) -> Detections:
+        inside = lambda b: b[0] >= w.x0 and b[2] <= w.x1 and b[1] >= w.y0 and b[3] <= w.y1  # noqa: E731
+        found = [b for b in gt if inside(b)]
+        return D(found + [false] * inside(false), [0.95] * len(found) + [0.3] * inside(false))
+
+    return CacheRecord(image_id, W, H, coarse, windows, reach, [fine_in(w) for w in windows], torch.tensor(gt),
+                       torch.ones(len(gt), dtype=torch.long), torch.zeros(len(gt), dtype=torch.bool))
+
+
+def test_zoom_feedback_benchmark_scores_the_fine_passs_finds_against_the_rule(monkeypatch, tmp_path, capsys):
+    """``benchmarks/zoom_feedback.py``: beta 0 is ``greedy-entropy``'s pick; the new finds of window 4 point at the
+    objects next to them, which the rule (ranking on entropy only) never zooms; the oracle bounds every pick."""
+    import zoomdet.eval.results as results
+
+    mod = load_benchmark("zoom_feedback")
+    points = np.array([[5.0, 5.0], [30.0, 5.0]])
+    assert mod.point_box_distance(points, np.array([[0.0, 0.0, 10.0, 10.0]]))[:, 0] == pytest.approx([0.0, 20.0])
+    rec = feedback_record(1)
+    assert mod.new_finds(rec.coarse, [rec.fine[4]], score=0.5).tolist() == [[110.0, 30.0], [110.0, 55.0]]
+    cache = write_fake_cache(tmp_path / "cache", [feedback_record(i + 1) for i in range(3)], zoom=ZOOM)
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    assert mod.main(["--cache", str(cache), "--dataset", "toy", "--budget", "0.8", "--beta", "0", "4"]) == 0
+    rows = {r["beta"]: r for r in json.loads((tmp_path / "zoom_feedback.json").read_text())}
+    assert rows[0]["decisions"] == 3 and rows[0]["images"] == 3
+    assert rows[0]["pick"] == pytest.approx(rows[0]["rule"]) and rows[0]["share"] == pytest.approx(0.0)
+    assert rows[0]["rule"] == pytest.approx(0.0, abs=1e-6)  # the false box's window adds nothing
+    assert rows[4]["pick"] > 10 and rows[4]["share"] > 0.5  # the hidden objects' window
+    assert all(r["oracle"] >= r["pick"] - 1e-9 for r in rows.values())
+    assert "decisions after the first" in capsys.readouterr().out
+    for bad in (["--budget", "0"], ["--sigma", "0"], ["--beta", "-1"], ["--budget", "0.3"]):
+        with pytest.raises(SystemExit):
+            mod.main(["--cache", str(cache), "--dataset", "toy", *bad])
+    with pytest.raises(SystemExit):
+        mod.main(["--cache", str(tmp_path / "none"), "--dataset", "toy"])
+
+
 def test_window_features_describe_each_window_and_follow_the_zoom(toy_cache):
     from gymnasium.utils.env_checker import check_env
 
