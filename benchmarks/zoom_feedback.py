@@ -70,7 +70,7 @@ def decisions(env, score: float, sigma: float, images: int = 0) -> list[dict]:
     (``finds``) and the rule's pick (``rule``)."""
     from tqdm import tqdm
 
-    from zoomdet.agents.demos import rule_picker
+    from zoomdet.agents.demos import rule_map, rule_picker
     from zoomdet.zoom.windows import window_boxes
 
     rule = rule_picker("greedy-entropy")
@@ -89,7 +89,7 @@ def decisions(env, score: float, sigma: float, images: int = 0) -> list[dict]:
             if env.fine_ids:
                 points = new_finds(rec.coarse, [rec.fine[i] for i in env.fine_ids], score)
                 near = np.exp(-point_box_distance(points, boxes) / sigma).sum(0) if len(points) else np.zeros(len(boxes))
-                out.append({"ap": env.ap_gains(), "entropy": env.maps[0].window_sums(boxes) / pixels,
+                out.append({"ap": env.ap_gains(), "entropy": rule_map(env, "greedy-entropy").window_sums(boxes) / pixels,
                             "finds": near / pixels, "rule": action})
             obs, _, terminated, truncated, _ = env.step(action)
             if terminated or truncated:
