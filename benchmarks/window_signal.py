@@ -29,6 +29,13 @@ says where zooming pays:
 
 The ridge penalty is chosen by 5-fold cross-validation over the fit cache's images (the best mean first pick).
 
+With ``--miss PATH`` (a head trained by ``benchmarks/miss_map.py`` on the cache's detector) it also scores:
+
+- ``miss``: the predicted probability mass of objects the coarse pass missed inside the window, a dense map
+  from the coarse pass's FPN features (it runs the detector on each image's coarse view, like ``--dense``);
+- ``entropy+miss@B``: the rule's entropy per pixel plus B times the miss mass per pixel, each divided by its
+  largest value over the image's windows, for each B of ``--miss-beta``.
+
 For each it prints the mean within-image Spearman correlation of the window scores with the labels, and the
 mean AP points of the window greedy would zoom first (``first_pick``), beside a random window (the mean label)
 and the oracle's first pick (the best window, or stopping). ``share`` = (first_pick - random) / (oracle -
@@ -48,6 +55,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # miss_map
 
 
 def first_pick(scores: np.ndarray, pixels: np.ndarray, labels: np.ndarray) -> float:
@@ -195,11 +203,17 @@ def main(argv=None) -> int:
                                         "fit:* window scorers on it (ridge regression on each window's AP points)")
     ap.add_argument("--dense", action="store_true", help="with --fit-cache: also fit:dense, the coarse pass's FPN "
                                                          "features pooled over each window (runs the detector)")
-    ap.add_argument("--checkpoint", help="with --dense: the detector (default: the checkpoint the cache names); "
+    ap.add_argument("--miss", help="a miss map (benchmarks/miss_map.py) of the cache's detector: score windows by "
+                                   "its mass, alone and added to the entropy (runs the detector)")
+    ap.add_argument("--miss-beta", type=float, nargs="+", default=[0.25, 1.0],
+                    help="with --miss: weights of the miss map added to the entropy (default 0.25 1)")
+    ap.add_argument("--checkpoint", help="with --dense or --miss: the detector (default: the checkpoint the cache names); "
                                          "its detector id must be the cache's")
     args = ap.parse_args(argv)
     if args.dense and not args.fit_cache:
         ap.error("--dense needs --fit-cache")
+    if any(b <= 0 for b in args.miss_beta):
+        ap.error("--miss-beta values must be > 0")
 
     from scipy.stats import spearmanr
 
@@ -220,12 +234,22 @@ def main(argv=None) -> int:
             if (fit_cache.detector_id, fit_cache.zoom) != (cache.detector_id, cache.zoom):
                 raise ValueError(f"{args.fit_cache} was built with another detector or zoom settings than "
                                  f"{args.cache}: its windows' labels do not carry over")
-        if args.dense:
+        miss = None
+        if args.dense or args.miss:
             from zoomdet.detector.detector import Detector
 
             detector = Detector.from_checkpoint(args.checkpoint or cache.manifest["checkpoint"])
             if detector.detector_id != cache.detector_id:
                 raise ValueError(f"detector {detector.detector_id} is not the cache's {cache.detector_id}")
+        if args.miss:
+            from miss_map import MissMap
+
+            miss, miss_images = MissMap(args.miss, detector), CacheImages(cache)
+            if miss.coarse_scale != cache.zoom.coarse_scale:
+                raise ValueError(f"{args.miss} reads the coarse view at {miss.coarse_scale}, the cache's is at "
+                                 f"{cache.zoom.coarse_scale}")
+            if not args.dense:
+                detector = None  # cache_windows computes dense features only when it gets a detector
     except (FileNotFoundError, ValueError) as e:
         ap.error(str(e))
     kinds = ["summaries", "dense"] if args.dense else ["summaries"] if fit_cache else []
@@ -243,7 +267,8 @@ def main(argv=None) -> int:
                       f"{scorers[f'fit:{kind}'][1]:g} (5-fold cross-validation)")
         except ValueError as e:
             ap.error(str(e))
-    names = [*states, *scorers, "fine-objects"]
+    miss_names = ["miss", *(f"entropy+miss@{b:g}" for b in args.miss_beta)] if miss else []
+    names = [*states, *scorers, *miss_names, "fine-objects"]
     spearman = {n: [] for n in names}
     picks = {n: [] for n in names}
     random_pick, oracle_pick = [], []
@@ -255,6 +280,11 @@ def main(argv=None) -> int:
         scores = dict(state_sums)
         for n, (predict, _) in scorers.items():
             scores[n] = predict(features[n.split(":", 1)[1]])
+        if miss is not None:
+            scores["miss"] = miss.window_sums(miss_images(rec.image_id), boxes)
+            e, m = scores["entropy"] / pixels, scores["miss"] / pixels
+            for b in args.miss_beta:
+                scores[f"entropy+miss@{b:g}"] = (e / max(e.max(), 1e-12) + b * m / max(m.max(), 1e-12)) * pixels
         scores["fine-objects"] = GainMap(rec.width, rec.height, rec.gt_boxes, object_fine_gains(
             rec.coarse, rec.fine[:k], rec.gt_boxes, rec.gt_labels)).window_sums(boxes)
         for n, sc in scores.items():
@@ -272,6 +302,9 @@ def main(argv=None) -> int:
               "command": command_line(), "date": __import__("datetime").date.today().isoformat()}
     if fit_cache is not None:
         common["fit_cache"] = args.fit_cache
+    if miss is not None:
+        common["miss_map"] = {"path": args.miss, **{k: miss.meta[k] for k in ("train_data", "train_images",
+                                                                             "epochs", "miss_iou", "miss_score")}}
     rows = []
     print(f"{args.dataset}: {n_images} images with objects, {k} candidate windows each; AP points of the first "
           f"window zoomed (random {rnd:.2f}, oracle {orc:.2f})")

@@ -657,6 +657,88 @@ def test_window_signal_fits_window_scorers_on_a_training_cache(synth_small, tiny
         mod.CacheImages(RolloutCache(tmp_path / "aug"))
 
 
+def test_miss_map_learns_where_the_coarse_pass_missed_and_scores_windows(synth_small, tiny_checkpoint, monkeypatch,
+                                                                         tmp_path, capsys):
+    """benchmarks/miss_map.py: its labels, its head learning a map that is in the features, and window_signal's
+    ``--miss`` states on a real cache of the tiny detector."""
+    import zoomdet.eval.results as results
+    from zoomdet.rnet.cache import build_cache
+
+    mm = load_benchmark("miss_map")
+    # labels: found = a coarse box of the same class, IoU >= 0.5, score >= 0.5; crowd objects are never missed
+    gt = torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70]], dtype=torch.float32)
+    coarse = D([[0, 0, 10, 11], [20, 20, 30, 30], [40, 40, 50, 50]], [0.9, 0.3, 0.9], [1, 1, 2])
+    missed = mm.missed_objects(gt, torch.tensor([1, 1, 1, 1]), torch.tensor([False, False, False, True]), coarse)
+    assert missed.tolist() == [False, True, True, False]
+    assert mm.missed_objects(gt, torch.ones(4, dtype=torch.long), torch.zeros(4, dtype=torch.bool), coarse,
+                             score=0.2).tolist() == [False, False, True, True]
+    # cells (8 px) whose centre is in a box, and the centre cell of a box smaller than a cell
+    t = mm.cell_target(torch.tensor([[0.0, 0.0, 16.0, 8.0], [33.0, 17.0, 35.0, 19.0]]), (4, 6), (8.0, 8.0))
+    assert t.shape == (4, 6) and t[0, :2].tolist() == [1.0, 1.0] and t[2, 4] == 1.0 and t.sum() == 3
+    assert mm.average_precision(np.array([0.9, 0.8, 0.1]), np.array([1, 1, 0])) == 1.0
+    assert mm.average_precision(np.array([0.1, 0.8, 0.9]), np.array([1, 0, 0])) == pytest.approx(1 / 3)
+    # the head learns a map that one feature channel carries under noise, and a head left untrained does not
+    g = torch.Generator().manual_seed(0)
+    targets = [(torch.rand(12, 16, generator=g) < 0.05).float() for _ in range(24)]
+    feats = [torch.cat([y[None] + 0.2 * torch.randn(1, 12, 16, generator=g), torch.randn(3, 12, 16, generator=g)])
+             for y in targets]
+    head = mm.train_head(feats[:16], targets[:16], epochs=40, lr=1e-2, progress=False)
+    untrained = mm.MissHead(4)
+    with torch.inference_mode():
+        ap = [mm.average_precision(torch.cat([h(f[None]).flatten() for f in feats[16:]]).numpy(),
+                                   torch.cat([y.flatten() for y in targets[16:]]).numpy()) for h in (head, untrained)]
+    assert ap[0] > 0.8 > ap[1] + 0.3
+    with pytest.raises(ValueError, match="no image"):
+        mm.train_head([], [])
+
+    # the script on the tiny detector, then window_signal --miss on a cache of the same detector
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"checkpoint: {tiny_checkpoint}\nzoom:\n  coarse_scale: 0.5\n")
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    head_path = tmp_path / "miss.pt"
+    assert mm.main(["--config", str(cfg), "--data", str(synth_small), "--val-data", str(synth_small), "--epochs", "2",
+                    "--dataset", "tiny", "--out", str(head_path)]) == 0
+    out = capsys.readouterr().out
+    assert "4 training images" in out and "cell-level AP of the miss map" in out
+    row, = json.loads((tmp_path / "miss_map.json").read_text())
+    assert row["dataset"] == "tiny" and row["val_images"] == 4 and 0 <= row["val_positive_rate"] <= 1
+    saved = torch.load(head_path, weights_only=False)
+    assert saved["kind"] == "zoomdet-miss-map" and saved["train_images"] == 4 and saved["val"]["images"] == 4
+    cache = build_cache(str(synth_small), tmp_path / "c", str(tiny_checkpoint), ZOOM, shard_size=2, workers=0,
+                        progress=False)
+    ws = load_benchmark("window_signal")
+    assert ws.main(["--cache", str(cache.root), "--miss", str(head_path), "--miss-beta", "0.5", "--dataset",
+                    "tiny"]) == 0
+    rows = {r["state"]: r for r in json.loads((tmp_path / "window_signal.json").read_text())}
+    assert set(rows) == {"entropy", "miss", "entropy+miss@0.5", "fine-objects"}
+    assert rows["miss"]["miss_map"]["train_images"] == 4
+    for r in rows.values():
+        assert r["random_pick"] - 1e-9 <= r["oracle_pick"] and r["first_pick"] <= r["oracle_pick"] + 1e-9
+    capsys.readouterr()
+
+    # bad input: options out of range, a file that is not a miss map, a map of another detector or coarse scale
+    for bad, message in ((["--miss-iou", "0"], "must be"), (["--miss-score", "1.5"], "must be"),
+                         (["--epochs", "0"], "must be"), (["--pos-weight", "-1"], "must be"),
+                         (["--val-data", str(synth_small)], "go together")):
+        with pytest.raises(SystemExit):
+            mm.main(["--config", str(cfg), "--data", str(synth_small), "--out", str(tmp_path / "x.pt"), *bad])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+    with pytest.raises(SystemExit):
+        ws.main(["--cache", str(cache.root), "--miss", str(head_path), "--miss-beta", "0", "--dataset", "tiny"])
+    assert "--miss-beta" in capsys.readouterr().err
+    for name, change, message in (("other.pt", {"detector_id": "other"}, "trained on detector other"),
+                                  ("scale.pt", {"coarse_scale": 0.25}, "reads the coarse view at 0.25"),
+                                  ("notmiss.pt", {"kind": "rnet"}, "not a miss map")):
+        torch.save({**saved, **change}, tmp_path / name)
+        with pytest.raises(SystemExit):
+            ws.main(["--cache", str(cache.root), "--miss", str(tmp_path / name), "--dataset", "tiny"])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ws.main(["--cache", str(cache.root), "--miss", str(tmp_path / "none.pt"), "--dataset", "tiny"])
+    assert "miss map checkpoint not found" in capsys.readouterr().err
+
+
 def test_cache_policies_benchmark_rolls_the_rules_out_on_a_cache(monkeypatch, tmp_path, capsys):
     import zoomdet.eval.results as results
 
