@@ -207,8 +207,8 @@ def main(argv=None) -> int:
                                    "its mass, alone and added to the entropy (runs the detector)")
     ap.add_argument("--miss-beta", type=float, nargs="+", default=[0.25, 1.0],
                     help="with --miss: weights of the miss map added to the entropy (default 0.25 1)")
-    ap.add_argument("--checkpoint", help="with --dense or --miss: the detector (default: the checkpoint the cache names); "
-                                         "its detector id must be the cache's")
+    ap.add_argument("--checkpoint", help="with --dense or --miss: the detector (default: the checkpoint the cache "
+                                         "names); its detector id must be the cache's")
     args = ap.parse_args(argv)
     if args.dense and not args.fit_cache:
         ap.error("--dense needs --fit-cache")
