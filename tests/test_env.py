@@ -1142,9 +1142,29 @@ def test_an_agent_with_an_override_margin_plays_the_rule_unless_it_beats_it_by_t
     policy = make_policy(path, PolicyConfig(agent_override_margin=0.5, greedy_stop=0.2))
     assert policy.name == f"{agent.name}~override0.5" and (policy.override_margin, policy.rule_stop) == (0.5, 0.2)
 
-    # live, through the engine: margin 0 picks the agent's windows, a huge margin the rule's, on several images
+    # live, through the engine: margin 0 picks the agent's windows, a huge margin the rule's, on several images.
+    # Windows that look alike to the Q-net tie exactly (same features, same Q-value); margin 0 then keeps the rule's
+    # action among the agent's best, where the agent alone takes the lowest index, so each margin-0 decision is
+    # checked against the agent's Q-values, and whole episodes are compared where no decision tied.
+    import zoomdet.agents.policy as agent_policy
+
+    decisions = []
+    real_override = agent_policy.override_action
+
+    def spy(q, rule_action, margin):
+        a = real_override(q, rule_action, margin)
+        decisions.append((np.asarray(q, dtype=np.float64), int(rule_action), margin, a))
+        return a
+
+    monkeypatch.setattr(agent_policy, "override_action", spy)
     rule, never, always = GreedyPolicy(EntropyGain(), 0.1), agent.overriding(1e9, 0.1), agent.overriding(0.0)
-    picked = {}
+    # an agent whose Q-values rank the allowed windows by index (highest first, stop last): it disagrees with the
+    # rule, so margin 0 must leave the rule's windows for its own, and a huge margin must not
+    ranked = {m: agent.overriding(m, 0.1) for m in (0.0, 1e9)}
+    for p in ranked.values():
+        p.mean_q_values = lambda obs: np.where(obs["mask"].astype(bool), np.r_[np.arange(len(obs["mask"]) - 1), -1.0],
+                                               -1e8)
+    picked, departed = {}, 0
     for seed in range(3):
         rng = np.random.default_rng(seed)
         xy = rng.uniform([0, 0], [W - 40, H - 40], size=(6, 2))
@@ -1152,12 +1172,27 @@ def test_an_agent_with_an_override_margin_plays_the_rule_unless_it_beats_it_by_t
         boxes = torch.tensor(np.hstack([xy, xy + side]), dtype=torch.float32)
         engine = ZoomEngine(StubDetector(boxes, torch.ones(6, dtype=torch.long), min_px=12), ZOOM)
         image = torch.rand(3, H, W)
-        for name, p in {"rule": rule, "never": never, "always": always, "agent": agent}.items():
+        policies = {"rule": rule, "never": never, "always": always, "agent": agent, "ranked-never": ranked[1e9],
+                    "ranked-always": ranked[0.0]}
+        for name, p in policies.items():
+            decisions.clear()
             res = engine.run(image, p, max_pixels_ratio=0.6)
             picked[seed, name] = [r.candidate for r in res.regions]
-        assert picked[seed, "never"] == picked[seed, "rule"]
-        assert picked[seed, "always"] == picked[seed, "agent"]
+            if name == "always":
+                tied = False
+                for q, rule_action, margin, a in decisions:
+                    best = np.flatnonzero(q >= q.max() - 1e-6)
+                    assert margin == 0.0 and a in best  # never an action below the agent's best
+                    tied |= len(best) > 1
+                    assert a == (rule_action if rule_action in best else best[0])
+            if name == "ranked-always":  # the highest allowed window each step, whatever the rule says
+                assert decisions and all(a == np.flatnonzero(q > -1e7)[:-1].max() for q, _, _, a in decisions)
+                departed += sum(a != rule_action for _, rule_action, _, a in decisions)
+        assert picked[seed, "never"] == picked[seed, "rule"] == picked[seed, "ranked-never"]
+        if not tied:
+            assert picked[seed, "always"] == picked[seed, "agent"]
     assert any(picked[s, "rule"] for s in range(3))  # the rule zoomed somewhere: the comparison means something
+    assert departed  # margin 0 left the rule's windows for the agent's
 
     # on the cache: the same two ends, row for row
     mod = load_benchmark("cache_policies")
