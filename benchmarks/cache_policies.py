@@ -15,6 +15,12 @@ positive sum falls under ``--stop-gain``, the live ``greedy_stop``); ``random`` 
 until none fits. Rows (``dataset``, ``policy``, ``budget``, ``ap``, ``ap_small``, ``pixels_ratio``,
 ``zoomed_share``, the cache's ``fine`` mode) go to ``benchmarks/results/cache_policies.json`` (replacing
 ``--dataset``'s rows).
+
+With ``--miss HEAD`` (``benchmarks/miss_map.py``) it also plays ``greedy-entropy+miss@B`` for each B of
+``--miss-beta``: ``greedy-entropy`` ranking each allowed window by its entropy per pixel plus B times the miss
+map's mass per pixel, each scaled by its largest value over the image's candidates at the episode's start (the
+``entropy+miss@B`` state of ``benchmarks/window_signal.py``), both maps zeroed where zoomed. The chosen window is
+refined on the entropy map, as ``greedy-entropy``'s are, and the entropy map's stop rule ends the episode.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # miss_map, window_signal
 
 RULES = {"greedy-entropy": "entropy", "greedy": "rnet", "random": "entropy"}
 
@@ -49,6 +56,48 @@ def rollout(env, pick) -> tuple[list[dict], list[float], int]:
     return detections, pixels, zoomed
 
 
+class EntropyMissMap:
+    """The map ``greedy-entropy+miss@B`` ranks on in a ``ZoomEnv`` episode, as ``gain_of`` of
+    :func:`zoomdet.agents.demos.rule_picker`: called with the env at each step, it returns itself, whose
+    ``window_sums`` are the env's entropy map (zeroed where zoomed) over ``e_max`` plus ``beta`` times the image's
+    miss map (zeroed here likewise) over ``m_max``; ``e_max`` and ``m_max`` are each map's largest sum per pixel
+    over the candidates at the episode's start.
+
+    Args:
+        miss: a ``miss_map.MissMap``; images: ``window_signal.CacheImages`` of the cache; beta: the miss map's weight.
+    """
+
+    def __init__(self, miss, images, beta: float) -> None:
+        self.miss, self.images, self.beta = miss, images, float(beta)
+        self.maps: dict = {}  # image id -> the miss map as a GainMap, unzeroed (predicted once per image)
+        self.episode = None
+
+    def __call__(self, env) -> "EntropyMissMap":
+        from miss_map import cell_boxes
+        from zoomdet.agents.demos import rule_map
+        from zoomdet.zoom.windows import GainMap, window_boxes
+
+        self.entropy = rule_map(env, "greedy-entropy")
+        if self.episode is not env.candidates:  # a new episode (each reset makes a new candidate list)
+            rec = env._img.record
+            if rec.image_id not in self.maps:
+                probs, cell, _ = self.miss.predict(self.images(rec.image_id))
+                self.maps[rec.image_id] = GainMap(rec.width, rec.height, cell_boxes(tuple(probs.shape), cell),
+                                                  probs.flatten().double())
+            self.episode, self.m, self.zeroed = env.candidates, self.maps[rec.image_id].copy(), 0
+            boxes = window_boxes(env.candidates)
+            pixels = np.array([w.source_pixels for w in env.candidates], dtype=np.float64)
+            self.e_max = max(float((self.entropy.window_sums(boxes) / pixels).max()), 1e-12)
+            self.m_max = max(float((self.m.window_sums(boxes) / pixels).max()), 1e-12)
+        for window in env.zoomed[self.zeroed:]:
+            self.m.zero_(window)
+        self.zeroed = len(env.zoomed)
+        return self
+
+    def window_sums(self, boxes: np.ndarray) -> np.ndarray:
+        return self.entropy.window_sums(boxes) / self.e_max + self.beta * self.m.window_sums(boxes) / self.m_max
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True, help="rollout cache folder (zoomdet cache build), e.g. a val cache")
@@ -64,6 +113,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, nargs="+", default=[0.45], help="pixel budgets (default 0.45)")
     ap.add_argument("--stop-gain", type=float, default=0.1, help="the rules' stop rule (the live greedy_stop, 0.1)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random policy")
+    ap.add_argument("--miss", help="a miss map (benchmarks/miss_map.py) of the cache's detector: also play "
+                                   "greedy-entropy+miss@B (runs the detector's backbone on each image's coarse view)")
+    ap.add_argument("--miss-beta", type=float, nargs="+", default=[1.0], help="with --miss: the weights B (default 1)")
     args = ap.parse_args(argv)
 
     from tqdm import tqdm
@@ -80,6 +132,8 @@ def main(argv=None) -> int:
         ap.error("--budget values must be > 0")
     if any(not m >= 0 for m in args.override_margin):
         ap.error("--override-margin values must be >= 0")
+    if any(not b > 0 for b in args.miss_beta):
+        ap.error("--miss-beta values must be > 0")
     try:
         cache = RolloutCache(args.cache)
         records = cache.records()
@@ -89,6 +143,20 @@ def main(argv=None) -> int:
             load = AgentPolicy.from_paths if "+" in path else AgentPolicy.from_path
             agents.append(load(path.split("+") if "+" in path else path, detector_id=cache.detector_id, name=name))
         agents += [a.overriding(m, args.stop_gain) for a in list(agents) for m in args.override_margin]
+        miss_rules = []
+        if args.miss:
+            from miss_map import MissMap
+            from window_signal import CacheImages
+            from zoomdet.detector.detector import Detector
+
+            detector = Detector.from_checkpoint(cache.manifest["checkpoint"])
+            if detector.detector_id != cache.detector_id:
+                raise ValueError(f"detector {detector.detector_id} is not the cache's {cache.detector_id}")
+            miss, images = MissMap(args.miss, detector), CacheImages(cache)
+            if miss.coarse_scale != cache.zoom.coarse_scale:
+                raise ValueError(f"{args.miss} reads the coarse view at {miss.coarse_scale}, the cache's is at "
+                                 f"{cache.zoom.coarse_scale}")
+            miss_rules = [(f"greedy-entropy+miss@{b:g}", EntropyMissMap(miss, images, b)) for b in args.miss_beta]
     except (FileNotFoundError, ValueError) as e:
         ap.error(str(e))
     if not records:
@@ -108,14 +176,15 @@ def main(argv=None) -> int:
     coarse_px = [Window.full(r.width, r.height, cache.zoom.coarse_scale).input_pixels / (r.width * r.height)
                  for r in records]
     rows = [row("coarse", None, coarse, coarse_px, 0)]
-    rules = [n for n in RULES if n != "greedy" or args.rnet]
+    rules = [n for n in RULES if n != "greedy" or args.rnet] + miss_rules
     policies = [*rules, *agents]
     results = {}
     for i, name in enumerate(tqdm(policies, desc="policies")):
-        if isinstance(name, str):
+        if isinstance(name, (str, tuple)):
             # the live rules have no step cap; the budget ends them
-            options = {"state": RULES[name], "rnet": args.rnet, "stop_gain": args.stop_gain, "max_steps": 40}
-            label = name
+            label = name if isinstance(name, str) else name[0]
+            options = {"state": RULES.get(label, "entropy"), "rnet": args.rnet, "stop_gain": args.stop_gain,
+                       "max_steps": 40}
         else:  # an agent, with the options it was trained with (its step cap too, as the live AgentPolicy)
             options = {f: getattr(name.config, f) for f in ZoomEnvConfig.__dataclass_fields__}
             label = name.name
@@ -129,6 +198,8 @@ def main(argv=None) -> int:
             env.config = ZoomEnvConfig.from_options(env.config, max_pixels_ratio=budget)
             if isinstance(name, str):
                 pick = rule_picker(name, np.random.default_rng(args.seed))
+            elif isinstance(name, tuple):  # greedy-entropy on the entropy + miss map
+                pick = rule_picker("greedy-entropy", gain_of=name[1])
             results[i, budget] = row(label, budget, *rollout(env, pick))
     # rules before agents, budget by budget
     rows += [results[i, b] for b in args.budget for i in range(len(rules))]

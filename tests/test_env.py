@@ -716,6 +716,38 @@ def test_miss_map_learns_where_the_coarse_pass_missed_and_scores_windows(synth_s
         assert r["random_pick"] - 1e-9 <= r["oracle_pick"] and r["first_pick"] <= r["oracle_pick"] + 1e-9
     capsys.readouterr()
 
+    # the rule on entropy + miss map, played on the cache: a map whose mass sits in one spot makes a heavy weight
+    # zoom the window around it first, and zooming it zeroes that mass
+    from zoomdet.envs.zoom_env import ZoomEnv
+    from zoomdet.zoom.windows import window_boxes
+
+    cp = load_benchmark("cache_policies")
+    assert cp.main(["--cache", str(cache.root), "--dataset", "tiny", "--budget", "0.6", "--stop-gain", "0",
+                    "--miss", str(head_path), "--miss-beta", "1", "1e6"]) == 0
+    rows = {r["policy"]: r for r in json.loads((tmp_path / "cache_policies.json").read_text())}
+    assert {"greedy-entropy", "greedy-entropy+miss@1", "greedy-entropy+miss@1e+06"} <= set(rows)
+    for name in ("greedy-entropy+miss@1", "greedy-entropy+miss@1e+06"):
+        assert rows[name]["pixels_ratio"] <= 0.6 + 1e-9 and 0 <= rows[name]["ap"] <= 1
+    capsys.readouterr()
+
+    class Spot:  # a miss map with all its mass in one 8-px cell near (290, 200)
+        coarse_scale = 0.5
+
+        def predict(self, image):
+            probs = torch.zeros(30, 40)
+            probs[25, 36] = 1.0
+            return probs, (8.0, 8.0), None
+
+    env = ZoomEnv(cache.root, state="entropy", stop_gain=0.0, max_pixels_ratio=1.0, order="sequential")
+    env.reset(options={"index": 0})
+    spot = cp.EntropyMissMap(Spot(), lambda image_id: None, beta=1e6)(env)
+    boxes = window_boxes(env.candidates)
+    sums = spot.window_sums(boxes)
+    holds = (boxes[:, 0] <= 288) & (boxes[:, 2] >= 296) & (boxes[:, 1] <= 200) & (boxes[:, 3] >= 208)
+    assert holds.any() and sums[holds].min() > 1e5 > sums[~holds].max()
+    env.step(int(np.flatnonzero(holds)[0]))
+    assert spot(env).m.window_sums(boxes[holds]).max() < 1e-9  # zoomed: the spot is gone from the miss map
+
     # bad input: options out of range, a file that is not a miss map, a map of another detector or coarse scale
     for bad, message in ((["--miss-iou", "0"], "must be"), (["--miss-score", "1.5"], "must be"),
                          (["--epochs", "0"], "must be"), (["--pos-weight", "-1"], "must be"),
@@ -727,6 +759,12 @@ def test_miss_map_learns_where_the_coarse_pass_missed_and_scores_windows(synth_s
     with pytest.raises(SystemExit):
         ws.main(["--cache", str(cache.root), "--miss", str(head_path), "--miss-beta", "0", "--dataset", "tiny"])
     assert "--miss-beta" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cp.main(["--cache", str(cache.root), "--dataset", "tiny", "--miss", str(head_path), "--miss-beta", "-1"])
+    assert "--miss-beta" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cp.main(["--cache", str(cache.root), "--dataset", "tiny", "--miss", str(tmp_path / "none.pt")])
+    assert "miss map checkpoint not found" in capsys.readouterr().err
     for name, change, message in (("other.pt", {"detector_id": "other"}, "trained on detector other"),
                                   ("scale.pt", {"coarse_scale": 0.25}, "reads the coarse view at 0.25"),
                                   ("notmiss.pt", {"kind": "rnet"}, "not a miss map")):
