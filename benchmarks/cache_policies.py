@@ -145,17 +145,12 @@ def main(argv=None) -> int:
         agents += [a.overriding(m, args.stop_gain) for a in list(agents) for m in args.override_margin]
         miss_rules = []
         if args.miss:
-            from miss_map import MissMap
+            from miss_map import miss_map_for_cache
             from window_signal import CacheImages
             from zoomdet.detector.detector import Detector
 
-            detector = Detector.from_checkpoint(cache.manifest["checkpoint"])
-            if detector.detector_id != cache.detector_id:
-                raise ValueError(f"detector {detector.detector_id} is not the cache's {cache.detector_id}")
-            miss, images = MissMap(args.miss, detector), CacheImages(cache)
-            if miss.coarse_scale != cache.zoom.coarse_scale:
-                raise ValueError(f"{args.miss} reads the coarse view at {miss.coarse_scale}, the cache's is at "
-                                 f"{cache.zoom.coarse_scale}")
+            miss = miss_map_for_cache(args.miss, cache, Detector.from_checkpoint(cache.manifest["checkpoint"]))
+            images = CacheImages(cache)
             miss_rules = [(f"greedy-entropy+miss@{b:g}", EntropyMissMap(miss, images, b)) for b in args.miss_beta]
     except (FileNotFoundError, ValueError) as e:
         ap.error(str(e))

@@ -233,6 +233,19 @@ class MissMap:
         return GainMap(W, H, cell_boxes(tuple(probs.shape), cell), probs.flatten().double(), cell=4).window_sums(boxes)
 
 
+def miss_map_for_cache(path: str | Path, cache, detector) -> MissMap:
+    """The :class:`MissMap` at ``path`` for the windows of rollout ``cache``: ``detector`` (the one the head reads)
+    must be the cache's, and the head must read the coarse view at the cache's ``zoom.coarse_scale``; raises
+    ``ValueError`` otherwise (``FileNotFoundError`` for a missing file)."""
+    if detector.detector_id != cache.detector_id:
+        raise ValueError(f"detector {detector.detector_id} is not the cache's {cache.detector_id}")
+    miss = MissMap(path, detector)
+    if miss.coarse_scale != cache.zoom.coarse_scale:
+        raise ValueError(f"{path} reads the coarse view at {miss.coarse_scale}, the cache's is at "
+                         f"{cache.zoom.coarse_scale}")
+    return miss
+
+
 def labelled_images(detector, data: str, coarse_scale: float, ids: list[int], iou: float, score: float,
                     desc: str):
     """Per image id of ``data``: ``(features, target, coarse, cell)`` (:func:`coarse_view`, :func:`cell_target`

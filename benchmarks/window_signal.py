@@ -242,12 +242,9 @@ def main(argv=None) -> int:
             if detector.detector_id != cache.detector_id:
                 raise ValueError(f"detector {detector.detector_id} is not the cache's {cache.detector_id}")
         if args.miss:
-            from miss_map import MissMap
+            from miss_map import miss_map_for_cache
 
-            miss, miss_images = MissMap(args.miss, detector), CacheImages(cache)
-            if miss.coarse_scale != cache.zoom.coarse_scale:
-                raise ValueError(f"{args.miss} reads the coarse view at {miss.coarse_scale}, the cache's is at "
-                                 f"{cache.zoom.coarse_scale}")
+            miss, miss_images = miss_map_for_cache(args.miss, cache, detector), CacheImages(cache)
             if not args.dense:
                 detector = None  # cache_windows computes dense features only when it gets a detector
     except (FileNotFoundError, ValueError) as e:
