@@ -73,22 +73,21 @@ class EntropyMissMap:
         self.episode = None
 
     def __call__(self, env) -> "EntropyMissMap":
-        from miss_map import cell_boxes
+        from miss_map import density_scales, probs_gain_map
         from zoomdet.agents.demos import rule_map
-        from zoomdet.zoom.windows import GainMap, window_boxes
+        from zoomdet.zoom.windows import window_boxes
 
         self.entropy = rule_map(env, "greedy-entropy")
         if self.episode is not env.candidates:  # a new episode (each reset makes a new candidate list)
             rec = env._img.record
             if rec.image_id not in self.maps:
                 probs, cell, _ = self.miss.predict(self.images(rec.image_id))
-                self.maps[rec.image_id] = GainMap(rec.width, rec.height, cell_boxes(tuple(probs.shape), cell),
-                                                  probs.flatten().double())
+                # on the environment's own grid (GainMap's default 16 px), zeroed as its entropy map is
+                self.maps[rec.image_id] = probs_gain_map(probs, cell, rec.width, rec.height, grid=16)
             self.episode, self.m, self.zeroed = env.candidates, self.maps[rec.image_id].copy(), 0
             boxes = window_boxes(env.candidates)
             pixels = np.array([w.source_pixels for w in env.candidates], dtype=np.float64)
-            self.e_max = max(float((self.entropy.window_sums(boxes) / pixels).max()), 1e-12)
-            self.m_max = max(float((self.m.window_sums(boxes) / pixels).max()), 1e-12)
+            self.e_max, self.m_max = density_scales(self.entropy.window_sums(boxes), self.m.window_sums(boxes), pixels)
         for window in env.zoomed[self.zeroed:]:
             self.m.zero_(window)
         self.zeroed = len(env.zoomed)

@@ -226,11 +226,24 @@ class MissMap:
     def window_sums(self, image: Tensor, boxes: np.ndarray) -> np.ndarray:
         """``float64[K]``: the predicted probability mass inside each window (``float[K, 4]`` xyxy full-image
         pixels), each cell's probability spread over its area."""
-        from zoomdet.zoom.windows import GainMap
-
         probs, cell, _ = self.predict(image)
         _, H, W = image.shape
-        return GainMap(W, H, cell_boxes(tuple(probs.shape), cell), probs.flatten().double(), cell=4).window_sums(boxes)
+        return probs_gain_map(probs, cell, W, H).window_sums(boxes)
+
+
+def probs_gain_map(probs: Tensor, cell: tuple[float, float], width: int, height: int, grid: int = 4):
+    """The miss map as a :class:`~zoomdet.zoom.windows.GainMap` of the ``width`` x ``height`` image: each cell's
+    probability (``probs float32[h, w]``, cells of ``cell`` full-image pixels) spread over its area, on an
+    integral grid of ``grid`` px (4: exact for map cells that are multiples of 4 px)."""
+    from zoomdet.zoom.windows import GainMap
+
+    return GainMap(width, height, cell_boxes(tuple(probs.shape), cell), probs.flatten().double(), cell=grid)
+
+
+def density_scales(entropy_sums: np.ndarray, miss_sums: np.ndarray, pixels: np.ndarray) -> tuple[float, float]:
+    """``(e_max, m_max)``: the largest entropy and miss mass per pixel over the windows (``float64[K]`` sums and
+    source pixels), each at least 1e-12. ``entropy+miss@B`` ranks windows by ``e / e_max + B * m / m_max``."""
+    return (max(float((entropy_sums / pixels).max()), 1e-12), max(float((miss_sums / pixels).max()), 1e-12))
 
 
 def miss_map_for_cache(path: str | Path, cache, detector) -> MissMap:
