@@ -36,23 +36,12 @@ from torch import Tensor, nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-LEVELS = ("0", "1")  # FPN levels read: stride 4 and 8 of the coarse input; level 1 is upsampled to level 0's grid
+from zoomdet.rnet.miss import (LEVELS, MissHead, MissMap as _MissMap, cell_boxes, density_scales,  # noqa: E402
+                               level_stack, probs_gain_map)
 
-
-class MissHead(nn.Module):
-    """Logit of "an object the coarse pass missed covers this cell", per cell of FPN level 0.
-
-    Input ``float32[B, 2 * C, h, w]`` (levels 0 and 1, C channels each); output ``float32[B, h, w]`` logits."""
-
-    def __init__(self, in_channels: int, hidden: int = 32) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2), nn.ReLU(),
-            nn.Conv2d(hidden, 1, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)[:, 0]
+__all__ = ["LEVELS", "MissHead", "MissMap", "cell_boxes", "density_scales", "probs_gain_map", "coarse_view",
+           "missed_objects", "cell_target", "entropy_cells", "train_head", "average_precision", "miss_map_for_cache",
+           "labelled_images"]
 
 
 @torch.inference_mode()
@@ -69,27 +58,15 @@ def coarse_view(detector, image: Tensor, coarse_scale: float):
         left out), the coarse :class:`~zoomdet.types.Detections` (full-image pixels) and a cell's side in
         full-resolution pixels (x, y).
     """
-    import torch.nn.functional as F
-
-    from zoomdet.detector.detector import as_float_image, crop_window
     from zoomdet.types import Window
 
-    m = detector.model
-    if not hasattr(m, "backbone") or not hasattr(m, "transform"):
+    if not hasattr(detector.model, "backbone") or not hasattr(detector.model, "transform"):
         raise ValueError("a miss map needs a torchvision detector with a backbone (an R-CNN)")
     _, H, W = image.shape
     window = Window.full(W, H, coarse_scale)
     detections = detector.detect(image, [window], features=False)[0]
-    crop = as_float_image(crop_window(image, window))
-    images, _ = m.transform([crop.to(detector.device)])
-    feats = m.backbone(images.tensors)
-    f0 = feats[LEVELS[0]]
-    f1 = F.interpolate(feats[LEVELS[1]], size=f0.shape[-2:], mode="nearest")
-    stride = images.tensors.shape[-1] / f0.shape[-1]  # model-input pixels per cell
-    h_in, w_in = images.image_sizes[0]
-    h, w = int(np.ceil(h_in / stride)), int(np.ceil(w_in / stride))
-    features = torch.cat([f0, f1], 1)[0, :, :h, :w].float().cpu()
-    return features, detections, (W / (w_in / stride), H / (h_in / stride))
+    maps, cell = detector.feature_maps(image, window)
+    return level_stack(maps), detections, cell
 
 
 def missed_objects(gt_boxes: Tensor, gt_labels: Tensor, gt_crowd: Tensor, coarse, iou: float = 0.5,
@@ -139,14 +116,6 @@ def entropy_cells(coarse, shape: tuple[int, int], cell: tuple[float, float]) -> 
     return gm.window_sums(boxes.numpy()).reshape(h, w)
 
 
-def cell_boxes(shape: tuple[int, int], cell: tuple[float, float]) -> Tensor:
-    """``float32[h * w, 4]``: each cell's box (xyxy full-image pixels), row by row."""
-    h, w = shape
-    jj, ii = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    x0, y0 = ii.flatten() * cell[0], jj.flatten() * cell[1]
-    return torch.stack([x0, y0, x0 + cell[0], y0 + cell[1]], 1).float()
-
-
 def train_head(features: list[Tensor], targets: list[Tensor], epochs: int = 30, lr: float = 1e-3,
                pos_weight: float = 10.0, seed: int = 0, batch: int = 8, progress: bool = True) -> MissHead:
     """Fit a :class:`MissHead` to ``targets`` (``float32[h, w]`` per image) from ``features``
@@ -194,9 +163,9 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(precision[hits].mean())
 
 
-class MissMap:
-    """A trained :class:`MissHead` with the detector it reads: the predicted map of an image, and the
-    probability mass each window holds.
+class MissMap(_MissMap):
+    """A trained miss map (:class:`zoomdet.rnet.miss.MissMap`) with the detector it reads, on whole images: the
+    predicted map of an image, and the probability mass each window holds.
 
     Args:
         path: a checkpoint written by this script.
@@ -204,24 +173,14 @@ class MissMap:
     """
 
     def __init__(self, path: str | Path, detector) -> None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"miss map checkpoint not found: {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if ckpt.get("kind") != "zoomdet-miss-map":
-            raise ValueError(f"{path} is not a miss map checkpoint (benchmarks/miss_map.py)")
-        if ckpt["detector_id"] != detector.detector_id:
-            raise ValueError(f"{path} was trained on detector {ckpt['detector_id']}, not {detector.detector_id}")
-        self.detector, self.coarse_scale = detector, float(ckpt["coarse_scale"])
-        self.head = MissHead(ckpt["in_channels"], ckpt["hidden"])
-        self.head.load_state_dict(ckpt["state_dict"])
-        self.head.eval()
-        self.meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+        super().__init__(path, detector.detector_id)
+        self.detector = detector
 
-    @torch.inference_mode()
     def predict(self, image: Tensor):
         """``(probs float32[h, w], cell (x, y) full-image pixels, coarse detections)`` of ``image``."""
         features, coarse, cell = coarse_view(self.detector, image, self.coarse_scale)
-        return torch.sigmoid(self.head(features[None]))[0], cell, coarse
+        with torch.inference_mode():
+            return torch.sigmoid(self.head(features[None]))[0], cell, coarse
 
     def window_sums(self, image: Tensor, boxes: np.ndarray) -> np.ndarray:
         """``float64[K]``: the predicted probability mass inside each window (``float[K, 4]`` xyxy full-image
@@ -229,21 +188,6 @@ class MissMap:
         probs, cell, _ = self.predict(image)
         _, H, W = image.shape
         return probs_gain_map(probs, cell, W, H).window_sums(boxes)
-
-
-def probs_gain_map(probs: Tensor, cell: tuple[float, float], width: int, height: int, grid: int = 4):
-    """The miss map as a :class:`~zoomdet.zoom.windows.GainMap` of the ``width`` x ``height`` image: each cell's
-    probability (``probs float32[h, w]``, cells of ``cell`` full-image pixels) spread over its area, on an
-    integral grid of ``grid`` px (4: exact for map cells that are multiples of 4 px)."""
-    from zoomdet.zoom.windows import GainMap
-
-    return GainMap(width, height, cell_boxes(tuple(probs.shape), cell), probs.flatten().double(), cell=grid)
-
-
-def density_scales(entropy_sums: np.ndarray, miss_sums: np.ndarray, pixels: np.ndarray) -> tuple[float, float]:
-    """``(e_max, m_max)``: the largest entropy and miss mass per pixel over the windows (``float64[K]`` sums and
-    source pixels), each at least 1e-12. ``entropy+miss@B`` ranks windows by ``e / e_max + B * m / m_max``."""
-    return (max(float((entropy_sums / pixels).max()), 1e-12), max(float((miss_sums / pixels).max()), 1e-12))
 
 
 def miss_map_for_cache(path: str | Path, cache, detector) -> MissMap:

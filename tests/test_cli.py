@@ -168,6 +168,10 @@ def test_evaluate_rejects_unknown_policy(tmp_path, synth_small, tiny_checkpoint,
     code = main(["evaluate", "--data", str(synth_small), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path),
                  "--policy", "magic", "--no-progress"])
     assert code == 2 and "unknown policy 'magic'" in capsys.readouterr().err
+    code = main(["evaluate", "--data", str(synth_small), "--checkpoint", str(tiny_checkpoint), "--out",
+                 str(tmp_path / "miss"), "--policy", "greedy-entropy+miss", "--no-progress"])
+    assert code == 2 and "needs a miss map: set policies.miss_map" in capsys.readouterr().err
+    assert not (tmp_path / "miss").exists()
 
 
 def test_console_script_help():

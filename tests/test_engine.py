@@ -629,3 +629,93 @@ def test_scenes_benchmark_runs_a_framed_variant_beside_the_default(tmp_path, syn
     assert (tmp_path / "work" / "eval-frames-carry" / "report.json").is_file()
     for d in ("toy-k2-frames", "toy-k2-frames-carry"):
         assert by[d, "greedy-entropy"]["pixels_ratio"] <= 0.6 + 1e-9
+
+
+def test_greedy_entropy_plus_miss_reads_the_coarse_views_features_and_ranks_missed_objects_in(tiny_detector, tmp_path,
+                                                                                                monkeypatch):
+    """``greedy-entropy+miss``: the detector's feature maps of the coarse view, the policy built from a miss map
+    checkpoint (and refused for the wrong one), and live episodes where the map moves the picks."""
+    from types import SimpleNamespace
+
+    from tests.conftest import BlobDetector
+    from zoomdet.rnet.miss import EntropyMissPolicy, MissHead, level_stack
+
+    # the feature maps: the backbone's levels as the detection pass computes them, cut to the view
+    img = torch.rand(3, 240, 320)
+    view = Window.full(320, 240, 0.5)
+    maps, cell = tiny_detector.feature_maps(img, view)
+    m = tiny_detector.model
+    with torch.inference_mode():
+        images, _ = m.transform([torch.nn.functional.interpolate(img[None], size=(120, 160), mode="bilinear",
+                                                                 antialias=True, align_corners=False)[0]])
+        full = m.backbone(images.tensors)
+    c, h, w = maps["0"].shape
+    assert (w - 1) * cell[0] < 320 <= w * cell[0] and (h - 1) * cell[1] < 240 <= h * cell[1]
+    assert torch.allclose(maps["0"], full["0"][0, :, :h, :w], atol=1e-4)
+    assert maps["1"].shape == (c, -(-h // 2), -(-w // 2))
+    stack = level_stack(maps)
+    assert stack.shape == (2 * c, h, w) and torch.equal(stack[c:, 3, 5], maps["1"][:, 1, 2])
+    with pytest.raises(ValueError, match="R-CNN"):
+        type(tiny_detector).feature_maps(SimpleNamespace(model=torch.nn.Linear(1, 1), device=torch.device("cpu")),
+                                         img, view)
+
+    # the policy from a checkpoint: checked against the detector and the coarse scale
+    def save(name: str, **change) -> str:
+        head = MissHead(2 * c)
+        ckpt = {"kind": "zoomdet-miss-map", "state_dict": head.state_dict(), "in_channels": 2 * c, "hidden": 32,
+                "detector_id": "blob", "coarse_scale": 0.5, **change}
+        torch.save(ckpt, tmp_path / name)
+        return str(tmp_path / name)
+
+    good = save("miss.pt")
+    zoom = ZoomConfig(coarse_scale=0.5, max_pixels_ratio=0.6)
+    policy = make_policy("greedy-entropy+miss", PolicyConfig(miss_map=good, miss_beta=1e6, greedy_stop=0.0), zoom,
+                         "blob")
+    assert isinstance(policy, EntropyMissPolicy) and policy.name == "greedy-entropy+miss-b1e+06"
+    for cfg, did, err, message in (
+            (PolicyConfig(), "blob", ValueError, "needs a miss map"),
+            (PolicyConfig(miss_map=good), "other", ValueError, "trained on detector blob"),
+            (PolicyConfig(miss_map=save("scale.pt", coarse_scale=0.25)), "blob", ValueError, "coarse view at 0.25"),
+            (PolicyConfig(miss_map=save("rnet.pt", kind="rnet")), "blob", ValueError, "not a miss map"),
+            (PolicyConfig(miss_map=str(tmp_path / "none.pt")), "blob", FileNotFoundError, "not found")):
+        with pytest.raises(err, match=message):
+            make_policy("greedy-entropy+miss", cfg, zoom, did)
+    with pytest.raises(ValueError, match="miss_beta"):
+        PolicyConfig(miss_beta=0)
+
+    # live: blobs the coarse pass sees top left and bottom right; the miss map puts its mass bottom left
+    class FeatureBlobs(BlobDetector):
+        calls = 0
+
+        def feature_maps(self, image, window):
+            FeatureBlobs.calls += 1
+            time.sleep(0.05)
+            return maps, (image.shape[-1] / w, image.shape[-2] / h)
+
+    scene = torch.zeros(3, 240, 320)
+    scene[:, 10:60, 10:60] = 0.6
+    for x, y in ((250, 180), (270, 200)):
+        scene[:, y:y + 12, x:x + 12] = 0.6
+    spot = torch.full((h, w), 0.01)
+    sx, sy = int(30 / (320 / w)), int(200 / (240 / h))  # the cell holding (30, 200): nothing detected there
+    spot[sy, sx] = 1.0
+    whole = ZoomConfig(coarse_scale=0.5, max_pixels_ratio=1.0)  # room for both windows that hold the spot
+    eng = ZoomEngine(FeatureBlobs(), whole)
+    rule = eng.run(scene, make_policy("greedy-entropy", PolicyConfig(greedy_stop=0.0), whole))
+    runs = {}
+    for beta in (1e-9, 1e6):
+        pol = EntropyMissPolicy(policy.miss, beta, stop_gain=0.0)
+        monkeypatch.setattr(pol.miss, "probs", lambda maps: spot)
+        FeatureBlobs.calls = 0
+        runs[beta] = eng.run(scene, pol)
+        assert FeatureBlobs.calls == 1 and runs[beta].timing["gain"] >= 0.05  # once per episode, timed as gain
+        assert runs[beta].cost.model_input_pixels == rule.cost.model_input_pixels - sum(
+            r.window.input_pixels for r in rule.regions) + sum(r.window.input_pixels for r in runs[beta].regions)
+    holds = lambda r: r.window.x0 <= 30 < r.window.x1 and r.window.y0 <= 200 < r.window.y1  # noqa: E731
+    # a weightless map plays the rule's picks (then goes on where only the map holds mass), a heavy one zooms the
+    # spot first, and only once: zooming zeroes it
+    assert rule.regions and not any(holds(r) for r in rule.regions)
+    assert [r.window for r in runs[1e-9].regions][:len(rule.regions)] == [r.window for r in rule.regions]
+    assert sum(holds(SimpleNamespace(window=w)) for w in eng.candidates(320, 240)) == 2  # a second window holds it, and is not taken
+    assert holds(runs[1e6].regions[0]) and not any(holds(r) for r in runs[1e6].regions[1:])
+    assert len(runs[1e6].regions) > 1 and runs[1e6].cost.pixels_ratio <= 1.0

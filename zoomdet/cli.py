@@ -170,9 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(ev, None)
     ev.add_argument("--data", required=True, help="COCO annotation json")
     ev.add_argument("--policy", action="append", required=True, metavar="NAME",
-                    help="policy to run: coarse, fine, sahi, random, oracle, oracle-ap, greedy, greedy-entropy, or a trained agent "
-                         "logs/dqn/ZoomDet-v0_1/best_model.zip, or DQN agents joined by + (a.zip+b.zip: one policy on their mean "
-                         "Q-values) (repeatable)")
+                    help="policy to run: coarse, fine, sahi, random, oracle, oracle-ap, greedy, greedy-entropy, "
+                         "greedy-entropy+miss (with --set policies.miss_map=PATH, a head of benchmarks/miss_map.py), or a "
+                         "trained agent logs/dqn/ZoomDet-v0_1/best_model.zip, or DQN agents joined by + (a.zip+b.zip: one "
+                         "policy on their mean Q-values) (repeatable)")
     ev.add_argument("--rnet", help="R-net checkpoint for the greedy policy (default: config policies.rnet)")
     ev.add_argument("--out", required=True, help="output folder")
     ev.add_argument("--budget", type=float, nargs="+", metavar="RATIO",

@@ -217,6 +217,36 @@ class Detector:
                 results[i] = det
         return results  # type: ignore[return-value]
 
+    @torch.inference_mode()
+    def feature_maps(self, image: Tensor, window: Window) -> tuple[dict[str, Tensor], tuple[float, float]]:
+        """The backbone's feature maps of one window, as the detection pass of that window computes them.
+
+        Args:
+            image: ``Tensor[3, H, W]`` as for :meth:`detect`, full resolution.
+            window: the region and scale (the engine's coarse view: ``Window.full(W, H, coarse_scale)``).
+
+        Returns:
+            ``(maps, stride)``: per backbone level (an FPN's ``"0"``, ``"1"``, ...), ``float32[C, h, w]`` on the
+            CPU, cut to the window (the model's padding left out); and level ``"0"``'s cell side in full-image
+            pixels ``(x, y)`` (level ``k`` has cells ``2**k`` times larger). R-CNN models only (``ValueError``
+            otherwise): this runs the transform and the backbone again, not the RPN or the heads.
+        """
+        m = self.model
+        if not isinstance(m, GeneralizedRCNN):
+            raise ValueError("feature maps need a torchvision R-CNN detector (a backbone and a transform)")
+        crop = as_float_image(crop_window(image.to(self.device), window))
+        images, _ = m.transform([crop])
+        feats = m.backbone(images.tensors)
+        h_in, w_in = images.image_sizes[0]
+        first = next(iter(feats.values()))
+        stride = images.tensors.shape[-1] / first.shape[-1]  # model-input pixels per level-0 cell
+        maps = {}
+        for k, (name, f) in enumerate(feats.items()):
+            s = stride * 2 ** k
+            maps[name] = f[0, :, :math.ceil(h_in / s), :math.ceil(w_in / s)].float().cpu()
+        # the transform may resize the crop: a cell's side in full-image pixels follows the crop's own size
+        return maps, (window.width / (w_in / stride), window.height / (h_in / stride))
+
     def _forward(self, crops: list[Tensor], features: bool = True) -> list[Detections]:
         """Model forward on same-size crops; boxes in crop-input pixels."""
         m = self.model

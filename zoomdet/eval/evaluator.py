@@ -135,7 +135,6 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
              progress: bool = True, detector: Optional[Detector] = None) -> dict:
     """Run the policies over ``data`` and write the report to ``out``; returns ``report.json``'s content."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if not policy_names:
         raise ValueError("give at least one --policy")
     ds = CocoDataset(data, image_root=cfg.image_root)
@@ -155,6 +154,7 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
         policies[pol.name], sources[pol.name] = pol, name
     keys = _run_keys(policies, cfg.budgets, cfg)
     ids = ds.subset(cfg.images, cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)  # only once every input checked: a refused run leaves nothing
     save_config(cfg, out / "config.yaml")
 
     # what every run shares (config but the budget list, images, detector id = weights and settings as built,

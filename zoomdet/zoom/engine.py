@@ -229,6 +229,9 @@ class EpisodeState:
             themselves keep no per-image state.
         zoomed_windows: the windows zoomed so far, after refinement.
         max_pixels_ratio: the episode's pixel budget.
+        coarse_features: ``() -> (maps, stride)``: the detector's backbone maps of the coarse view
+            (:meth:`~zoomdet.detector.detector.Detector.feature_maps`), computed on the first call of an episode
+            and timed with the policy's stage that asked for them (``gain`` when its ``gain_map`` does).
     """
 
     width: int
@@ -245,6 +248,7 @@ class EpisodeState:
     memory: dict = field(default_factory=dict)
     zoomed_windows: list[Window] = field(default_factory=list)
     max_pixels_ratio: float = 1.0
+    coarse_features: Optional[Callable[[], tuple[dict, tuple[float, float]]]] = None
 
 
 @runtime_checkable
@@ -561,10 +565,17 @@ class ZoomEngine:
             lookahead_s[0] += time.perf_counter() - t0
             return [memo[w] for w in windows]
 
+        feature_memo: list = []
+
+        def coarse_features() -> tuple[dict, tuple[float, float]]:  # the same pixels as the coarse pass: no cost
+            if not feature_memo:
+                feature_memo.append(self.detector.feature_maps(image, Window.full(W, H, c.coarse_scale)))
+            return feature_memo[0]
+
         oracle = bool(getattr(policy, "needs_ground_truth", False))  # only oracles may see ground truth
         state = EpisodeState(W, H, coarse, cands, [], cost.pixels_ratio, None, np.ones(len(cands), dtype=bool),
                              np.random.default_rng(seed), ground_truth if oracle else None, lookahead if oracle else None,
-                             max_pixels_ratio=budget)
+                             max_pixels_ratio=budget, coarse_features=coarse_features)
         t = time.perf_counter()
         state.gain = policy.gain_map(state)
         timing["gain"] = time.perf_counter() - t

@@ -37,7 +37,7 @@ __all__ = ["GAIN_POLICIES", "SahiConfig", "PolicyConfig", "CoarsePolicy", "FineP
 BASELINES = ("coarse", "fine", "sahi", "random", "oracle", "oracle-ap")
 SAHI_LOW_MODEL_CONFIDENCE = 0.1
 """``sahi.predict.LOW_MODEL_CONFIDENCE``: below it SAHI switches its postprocess to NMS/IOU."""
-GAIN_POLICIES = ("greedy", "greedy-entropy")
+GAIN_POLICIES = ("greedy", "greedy-entropy", "greedy-entropy+miss")
 
 
 @dataclass
@@ -93,6 +93,13 @@ class PolicyConfig:
     entropy_max_side: Optional[float] = None
     """``greedy-entropy`` counts only the coarse boxes of at most this side √(w·h), full-image pixels (the objects
     a zoomed pass can see better); ``None`` = every box."""
+    miss_map: Optional[str] = None
+    """A miss map checkpoint (``benchmarks/miss_map.py``, trained on this detector at this ``coarse_scale``) for
+    ``greedy-entropy+miss``: ``greedy-entropy`` with the map of objects the coarse pass missed added to its ranking
+    (:mod:`zoomdet.rnet.miss`)."""
+    miss_beta: float = 1.0
+    """``greedy-entropy+miss``'s weight of the miss map against the entropy, each scaled by its largest window
+    density at the episode's start; > 0."""
     agent_override_margin: Optional[float] = None
     """``None``: a trained agent plays alone. A number >= 0: a DQN agent (with ``window_features``) plays
     ``greedy-entropy`` (stopping under ``greedy_stop``) and takes its own pick only where its Q-value beats the
@@ -106,6 +113,8 @@ class PolicyConfig:
             raise ValueError(f"entropy_max_side must be > 0 or null, got {self.entropy_max_side}")
         if self.agent_override_margin is not None and not self.agent_override_margin >= 0:
             raise ValueError(f"agent_override_margin must be >= 0 or null, got {self.agent_override_margin}")
+        if not self.miss_beta > 0:
+            raise ValueError(f"miss_beta must be > 0, got {self.miss_beta}")
 
 
 def _single(det: Detections, region: int = -1, stage: int = STAGE_COARSE) -> MergeResult:
@@ -309,7 +318,8 @@ class APOraclePolicy:
 def make_policy(name: str, cfg: Optional[PolicyConfig] = None, zoom: Optional[ZoomConfig] = None,
                 detector_id: Optional[str] = None):
     """A policy by name: ``coarse``, ``fine``, ``sahi``, ``random``, ``oracle``, ``oracle-ap``, ``greedy`` (needs
-    ``cfg.rnet``, trained on features of the detector ``detector_id``), ``greedy-entropy``, or the
+    ``cfg.rnet``, trained on features of the detector ``detector_id``), ``greedy-entropy``, ``greedy-entropy+miss``
+    (needs ``cfg.miss_map`` of that detector at ``zoom.coarse_scale``), or the
     path of a trained agent (``.zip`` from ``zoomdet train``), or several DQN agents' paths joined by ``+``
     (one policy on their mean Q-values); an agent plays ``greedy-entropy`` where it does not beat it by
     ``cfg.agent_override_margin``, if set."""
@@ -330,6 +340,14 @@ def make_policy(name: str, cfg: Optional[PolicyConfig] = None, zoom: Optional[Zo
 
         if name == "greedy-entropy":
             return GreedyPolicy(EntropyGain(cfg.entropy_max_side), cfg.greedy_stop)
+        if name == "greedy-entropy+miss":
+            from zoomdet.rnet.miss import EntropyMissPolicy, MissMap
+
+            if not cfg.miss_map:
+                raise ValueError("policy 'greedy-entropy+miss' needs a miss map: set policies.miss_map "
+                                 "(--set policies.miss_map=PATH); train one with benchmarks/miss_map.py")
+            miss = MissMap(cfg.miss_map, detector_id, None if zoom is None else zoom.coarse_scale)
+            return EntropyMissPolicy(miss, cfg.miss_beta, cfg.greedy_stop, cfg.entropy_max_side)
         if not cfg.rnet:
             raise ValueError("policy 'greedy' needs an R-net checkpoint: pass --rnet PATH (or set policies.rnet); "
                              "train one with zoomdet rnet train")
