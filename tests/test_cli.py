@@ -99,8 +99,13 @@ def test_evaluate_writes_report_and_resumes(tmp_path, synth_small, tiny_checkpoi
     assert rows["sahi"]["pixels_ratio"] > 1
     assert rows["random@0.5"]["pixels_ratio"] <= 0.5 + 1e-9
     for r in rows.values():
-        for k in ("ap", "ap50", "ap_small", "ap_tiny", "ar100", "detector_calls_per_image", "time_per_image_s"):
+        for k in ("ap", "ap50", "ap75", "ap_small", "ap_tiny", "ar100", "detector_calls_per_image", "time_per_image_s"):
             assert k in r
+    from zoomdet.eval.results import rows_from_report
+
+    bench_rows = {r["policy"] + (f"@{r['budget']:g}" if r["budget"] else ""): r for r in rows_from_report(rep, "toy")}
+    assert {k: (r["ap50"], r["ap75"]) for k, r in bench_rows.items()} == {
+        k: (r["ap50"], r["ap75"]) for k, r in rows.items()}  # the benchmarks' rows carry both thresholds
     assert (out / "pareto.png").stat().st_size > 1000 and "| policy |" in (out / "report.md").read_text()
     # every run's detections as a COCO results file that pycocotools re-scores to the report's AP
     from pycocotools.coco import COCO

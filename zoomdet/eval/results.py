@@ -130,8 +130,8 @@ def rows_from_report(report: dict, dataset: str, seed: int = 0, command: Optiona
     for r in report["policies"]:
         rows.append({
             "dataset": dataset, "images": report["images"], "policy": r["name"], "budget": r["budget"], "seed": seed,
-            "ap": r["ap"], "ap50": r["ap50"], "ap_small": r["ap_small"], "ap_medium": r["ap_medium"],
-            "ap_large": r["ap_large"], "pixels_ratio": r["pixels_ratio"],
+            "ap": r["ap"], "ap50": r["ap50"], "ap75": r.get("ap75"), "ap_small": r["ap_small"],
+            "ap_medium": r["ap_medium"], "ap_large": r["ap_large"], "pixels_ratio": r["pixels_ratio"],
             "detector_calls_per_image": r["detector_calls_per_image"], "time_per_image_s": r["time_per_image_s"],
             "windows_per_image": r.get("windows_per_image"), "zoomed_share": r.get("zoomed_share"),
             "windows_dropped_per_image": r.get("windows_dropped_per_image"), "late_share": r.get("late_share"),
