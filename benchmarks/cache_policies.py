@@ -94,7 +94,9 @@ class EntropyMissMap:
         return self
 
     def window_sums(self, boxes: np.ndarray) -> np.ndarray:
-        return self.entropy.window_sums(boxes) / self.e_max + self.beta * self.m.window_sums(boxes) / self.m_max
+        from zoomdet.rnet.miss import MissRanking
+
+        return MissRanking(self.entropy, self.m, self.e_max, self.m_max, self.beta).window_sums(boxes)
 
 
 def main(argv=None) -> int:

@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from zoomdet.rnet.model import EntropyGain
 from zoomdet.zoom.windows import GainMap, window_boxes
 
-__all__ = ["LEVELS", "MissHead", "MissMap", "EntropyMissPolicy", "level_stack", "cell_boxes", "probs_gain_map",
-           "density_scales"]
+__all__ = ["LEVELS", "MissHead", "MissMap", "MissRanking", "EntropyMissPolicy", "level_stack", "cell_boxes",
+           "probs_gain_map", "density_scales"]
 
 LEVELS = ("0", "1")
 """FPN levels read: stride 4 and 8 of the coarse input; level 1 is upsampled to level 0's grid."""
@@ -122,9 +122,10 @@ class MissMap:
         return probs_gain_map(self.probs(maps), cell, width, height, grid)
 
 
-class _Ranking:
-    """``window_sums`` of ``e / e_max + beta * m / m_max`` over the current (zeroed) maps, for
-    :func:`~zoomdet.rnet.policies.greedy_choice`."""
+class MissRanking:
+    """What ``greedy-entropy+miss`` ranks on: ``window_sums`` of ``e / e_max + beta * m / m_max`` over the current
+    (zeroed) entropy and miss maps, for :func:`~zoomdet.rnet.policies.greedy_choice`; ``e_max`` and ``m_max`` from
+    :func:`density_scales`."""
 
     def __init__(self, entropy: GainMap, miss: GainMap, e_max: float, m_max: float, beta: float) -> None:
         self.entropy, self.miss, self.e_max, self.m_max, self.beta = entropy, miss, e_max, m_max, beta
@@ -164,7 +165,7 @@ class EntropyMissPolicy:
         boxes = window_boxes(state.candidates)
         pixels = np.array([w.source_pixels for w in state.candidates], dtype=np.float64)
         e_max, m_max = density_scales(entropy.window_sums(boxes), miss.window_sums(boxes), pixels)
-        state.memory.update(miss_ranking=_Ranking(entropy, miss, e_max, m_max, self.beta), miss_boxes=boxes,
+        state.memory.update(miss_ranking=MissRanking(entropy, miss, e_max, m_max, self.beta), miss_boxes=boxes,
                             miss_pixels=pixels, miss_zeroed=0)
         return entropy
 
