@@ -58,10 +58,9 @@ def rollout(env, pick) -> tuple[list[dict], list[float], int]:
 
 class EntropyMissMap:
     """The map ``greedy-entropy+miss@B`` ranks on in a ``ZoomEnv`` episode, as ``gain_of`` of
-    :func:`zoomdet.agents.demos.rule_picker`: called with the env at each step, it returns itself, whose
-    ``window_sums`` are the env's entropy map (zeroed where zoomed) over ``e_max`` plus ``beta`` times the image's
-    miss map (zeroed here likewise) over ``m_max``; ``e_max`` and ``m_max`` are each map's largest sum per pixel
-    over the candidates at the episode's start.
+    :func:`zoomdet.agents.demos.rule_picker`: called with the env at each step, it returns the episode's
+    :class:`zoomdet.rnet.miss.MissRanking` of the env's entropy map (zeroed where zoomed) and the image's miss
+    map (zeroed there too).
 
     Args:
         miss: a ``miss_map.MissMap``; images: ``window_signal.CacheImages`` of the cache; beta: the miss map's weight.
@@ -70,33 +69,28 @@ class EntropyMissMap:
     def __init__(self, miss, images, beta: float) -> None:
         self.miss, self.images, self.beta = miss, images, float(beta)
         self.maps: dict = {}  # image id -> the miss map as a GainMap, unzeroed (predicted once per image)
-        self.episode = None
+        self.episode = self.ranking = None
 
-    def __call__(self, env) -> "EntropyMissMap":
-        from miss_map import density_scales, probs_gain_map
+    def __call__(self, env):
+        from miss_map import probs_gain_map
         from zoomdet.agents.demos import rule_map
+        from zoomdet.rnet.miss import MissRanking
         from zoomdet.zoom.windows import window_boxes
 
-        self.entropy = rule_map(env, "greedy-entropy")
+        entropy = rule_map(env, "greedy-entropy")
         if self.episode is not env.candidates:  # a new episode (each reset makes a new candidate list)
             rec = env._img.record
             if rec.image_id not in self.maps:
                 probs, cell, _ = self.miss.predict(self.images(rec.image_id))
                 # on the environment's own grid (GainMap's default 16 px), zeroed as its entropy map is
                 self.maps[rec.image_id] = probs_gain_map(probs, cell, rec.width, rec.height, grid=16)
-            self.episode, self.m, self.zeroed = env.candidates, self.maps[rec.image_id].copy(), 0
-            boxes = window_boxes(env.candidates)
             pixels = np.array([w.source_pixels for w in env.candidates], dtype=np.float64)
-            self.e_max, self.m_max = density_scales(self.entropy.window_sums(boxes), self.m.window_sums(boxes), pixels)
-        for window in env.zoomed[self.zeroed:]:
-            self.m.zero_(window)
-        self.zeroed = len(env.zoomed)
-        return self
-
-    def window_sums(self, boxes: np.ndarray) -> np.ndarray:
-        from zoomdet.rnet.miss import MissRanking
-
-        return MissRanking(self.entropy, self.m, self.e_max, self.m_max, self.beta).window_sums(boxes)
+            self.episode = env.candidates
+            self.ranking = MissRanking(entropy, self.maps[rec.image_id].copy(), window_boxes(env.candidates), pixels,
+                                       self.beta)
+        self.ranking.entropy = entropy
+        self.ranking.sync(env.zoomed)
+        return self.ranking
 
 
 def main(argv=None) -> int:

@@ -170,10 +170,11 @@ class MissMap(_MissMap):
     Args:
         path: a checkpoint written by this script.
         detector: the detector the head was trained on; another detector id is refused.
+        coarse_scale: the coarse scale it must read (``None``: not checked); another is refused.
     """
 
-    def __init__(self, path: str | Path, detector) -> None:
-        super().__init__(path, detector.detector_id)
+    def __init__(self, path: str | Path, detector, coarse_scale: float | None = None) -> None:
+        super().__init__(path, detector.detector_id, coarse_scale)
         self.detector = detector
 
     def predict(self, image: Tensor):
@@ -196,11 +197,7 @@ def miss_map_for_cache(path: str | Path, cache, detector) -> MissMap:
     ``ValueError`` otherwise (``FileNotFoundError`` for a missing file)."""
     if detector.detector_id != cache.detector_id:
         raise ValueError(f"detector {detector.detector_id} is not the cache's {cache.detector_id}")
-    miss = MissMap(path, detector)
-    if miss.coarse_scale != cache.zoom.coarse_scale:
-        raise ValueError(f"{path} reads the coarse view at {miss.coarse_scale}, the cache's is at "
-                         f"{cache.zoom.coarse_scale}")
-    return miss
+    return MissMap(path, detector, cache.zoom.coarse_scale)
 
 
 def labelled_images(detector, data: str, coarse_scale: float, ids: list[int], iou: float, score: float,

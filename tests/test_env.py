@@ -740,13 +740,13 @@ def test_miss_map_learns_where_the_coarse_pass_missed_and_scores_windows(synth_s
 
     env = ZoomEnv(cache.root, state="entropy", stop_gain=0.0, max_pixels_ratio=1.0, order="sequential")
     env.reset(options={"index": 0})
-    spot = cp.EntropyMissMap(Spot(), lambda image_id: None, beta=1e6)(env)
+    spot = cp.EntropyMissMap(Spot(), lambda image_id: None, beta=1e6)
     boxes = window_boxes(env.candidates)
-    sums = spot.window_sums(boxes)
+    sums = spot(env).window_sums(boxes)
     holds = (boxes[:, 0] <= 288) & (boxes[:, 2] >= 296) & (boxes[:, 1] <= 200) & (boxes[:, 3] >= 208)
     assert holds.any() and sums[holds].min() > 1e5 > sums[~holds].max()
     env.step(int(np.flatnonzero(holds)[0]))
-    assert spot(env).m.window_sums(boxes[holds]).max() < 1e-9  # zoomed: the spot is gone from the miss map
+    assert spot(env).miss.window_sums(boxes[holds]).max() < 1e-9  # zoomed: the spot is gone from the miss map
 
     # bad input: options out of range, a file that is not a miss map, a map of another detector or coarse scale
     for bad, message in ((["--miss-iou", "0"], "must be"), (["--miss-score", "1.5"], "must be"),

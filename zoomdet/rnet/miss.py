@@ -104,7 +104,7 @@ class MissMap:
             raise ValueError(f"{path} was trained on detector {ckpt['detector_id']}, not {detector_id}")
         self.coarse_scale = float(ckpt["coarse_scale"])
         if coarse_scale is not None and self.coarse_scale != float(coarse_scale):
-            raise ValueError(f"{path} reads the coarse view at {self.coarse_scale}, this engine's is at {coarse_scale}")
+            raise ValueError(f"{path} reads the coarse view at {self.coarse_scale}, not at {coarse_scale}")
         self.path, self.detector_id = str(path), ckpt["detector_id"]
         self.head = MissHead(ckpt["in_channels"], ckpt["hidden"])
         self.head.load_state_dict(ckpt["state_dict"])
@@ -123,12 +123,22 @@ class MissMap:
 
 
 class MissRanking:
-    """What ``greedy-entropy+miss`` ranks on: ``window_sums`` of ``e / e_max + beta * m / m_max`` over the current
-    (zeroed) entropy and miss maps, for :func:`~zoomdet.rnet.policies.greedy_choice`; ``e_max`` and ``m_max`` from
-    :func:`density_scales`."""
+    """What ``greedy-entropy+miss`` ranks on in one episode: ``window_sums`` of ``e / e_max + beta * m / m_max``
+    over the current entropy and miss maps, for :func:`~zoomdet.rnet.policies.greedy_choice`.
 
-    def __init__(self, entropy: GainMap, miss: GainMap, e_max: float, m_max: float, beta: float) -> None:
-        self.entropy, self.miss, self.e_max, self.m_max, self.beta = entropy, miss, e_max, m_max, beta
+    ``e_max`` and ``m_max`` (:func:`density_scales`) are taken over the candidates (``boxes``, ``pixels``) at the
+    episode's start. The caller zeroes the entropy map where zoomed (the engine or the environment owns it);
+    :meth:`sync` zeroes the miss map likewise."""
+
+    def __init__(self, entropy: GainMap, miss: GainMap, boxes: np.ndarray, pixels: np.ndarray, beta: float) -> None:
+        self.entropy, self.miss, self.beta, self.zeroed = entropy, miss, beta, 0
+        self.e_max, self.m_max = density_scales(entropy.window_sums(boxes), miss.window_sums(boxes), pixels)
+
+    def sync(self, zoomed) -> None:
+        """Zero the miss map over the windows of ``zoomed`` (every window zoomed so far, in order) not yet zeroed."""
+        for window in zoomed[self.zeroed:]:
+            self.miss.zero_(window)
+        self.zeroed = len(zoomed)
 
     def window_sums(self, boxes: np.ndarray) -> np.ndarray:
         return self.entropy.window_sums(boxes) / self.e_max + self.beta * self.miss.window_sums(boxes) / self.m_max
@@ -164,9 +174,8 @@ class EntropyMissPolicy:
         miss = self.miss.gain_map(maps, cell, state.width, state.height, grid=entropy.cell)
         boxes = window_boxes(state.candidates)
         pixels = np.array([w.source_pixels for w in state.candidates], dtype=np.float64)
-        e_max, m_max = density_scales(entropy.window_sums(boxes), miss.window_sums(boxes), pixels)
-        state.memory.update(miss_ranking=MissRanking(entropy, miss, e_max, m_max, self.beta), miss_boxes=boxes,
-                            miss_pixels=pixels, miss_zeroed=0)
+        state.memory.update(miss_ranking=MissRanking(entropy, miss, boxes, pixels, self.beta), miss_boxes=boxes,
+                            miss_pixels=pixels)
         return entropy
 
     def select(self, state) -> Optional[int]:
@@ -174,9 +183,7 @@ class EntropyMissPolicy:
 
         mem = state.memory
         ranking = mem["miss_ranking"]
-        for window in state.zoomed_windows[mem["miss_zeroed"]:]:  # the engine zeroed the entropy map already
-            ranking.miss.zero_(window)
-        mem["miss_zeroed"] = len(state.zoomed_windows)
+        ranking.sync(state.zoomed_windows)  # the engine zeroed the entropy map already
         if state.gain.positive_total() < self.stop_gain:
             return None
         return greedy_choice(ranking, mem["miss_boxes"], mem["miss_pixels"], state.available)
