@@ -719,3 +719,57 @@ def test_greedy_entropy_plus_miss_reads_the_coarse_views_features_and_ranks_miss
     assert sum(holds(SimpleNamespace(window=w)) for w in eng.candidates(320, 240)) == 2  # a second window holds it, and is not taken
     assert holds(runs[1e6].regions[0]) and not any(holds(r) for r in runs[1e6].regions[1:])
     assert len(runs[1e6].regions) > 1 and runs[1e6].cost.pixels_ratio <= 1.0
+
+
+def test_the_coarse_pass_hands_its_own_backbone_maps_to_a_policy_that_reads_them(tiny_detector, tmp_path, monkeypatch):
+    """``Detector.detect_with_maps`` is ``detect`` plus ``feature_maps`` from one forward pass, and the engine uses
+    it for the coarse pass of a policy with ``reads_coarse_features``: the backbone runs once per detector call,
+    a memoised pass hands the same maps again, and a tiled coarse view falls back to ``feature_maps``."""
+    from zoomdet.rnet.miss import EntropyMissPolicy, MissHead, MissMap
+
+    img = torch.rand(3, 240, 320)
+    view = Window.full(320, 240, 0.5)
+    det, maps, cell = tiny_detector.detect_with_maps(img, view)
+    (alone,) = tiny_detector.detect(img, [view])
+    assert torch.equal(det.boxes, alone.boxes) and torch.equal(det.scores, alone.scores)
+    assert torch.equal(det.features, alone.features)
+    maps2, cell2 = tiny_detector.feature_maps(img, view)
+    assert cell == cell2 and maps.keys() == maps2.keys()
+    assert all(torch.allclose(maps[k], maps2[k], atol=1e-5) for k in maps)
+
+    c = maps["0"].shape[0]
+    torch.save({"kind": "zoomdet-miss-map", "state_dict": MissHead(2 * c).state_dict(), "in_channels": 2 * c,
+                "hidden": 32, "detector_id": tiny_detector.detector_id, "coarse_scale": 0.5}, tmp_path / "miss.pt")
+    policy = EntropyMissPolicy(MissMap(tmp_path / "miss.pt", tiny_detector.detector_id, 0.5), 1.0, stop_gain=0.0)
+    seen = []
+    read = policy.miss.gain_map
+    monkeypatch.setattr(policy.miss, "gain_map", lambda m, *a, **k: (seen.append(m), read(m, *a, **k))[1])
+    backbone = tiny_detector.model.backbone
+    calls = [0]
+    forward = backbone.forward
+
+    def counted(x):
+        calls[0] += 1
+        return forward(x)
+
+    monkeypatch.setattr(backbone, "forward", counted)
+    fetched = [0]
+    original = type(tiny_detector).feature_maps
+    monkeypatch.setattr(tiny_detector, "feature_maps",
+                        lambda *a: (fetched.__setitem__(0, fetched[0] + 1), original(tiny_detector, *a))[1])
+    zoom = ZoomConfig(coarse_scale=0.5, max_pixels_ratio=0.6)
+    eng = ZoomEngine(tiny_detector, zoom)
+    memo: dict = {}
+    for run in range(2):
+        calls[0] = 0
+        res = eng.run(img, policy, pass_memo=memo)
+        # one backbone pass per detector call, none over the coarse view again; the memo replays every pass
+        assert res.cost.detector_calls >= 2 and calls[0] == (res.cost.detector_calls if run == 0 else 0)
+        assert all(torch.allclose(seen[-1][k], maps[k], atol=1e-5) for k in maps)
+    assert fetched[0] == 0 and len(seen) == 2
+
+    tiled = ZoomEngine(tiny_detector, ZoomConfig(coarse_scale=0.5, max_pixels_ratio=0.6, max_pass_pixels=10_000))
+    calls[0] = 0
+    res = tiled.run(img, policy)
+    assert fetched[0] == 1 and res.cost.detector_calls > 1
+    assert all(torch.allclose(seen[-1][k], maps[k], atol=1e-5) for k in maps)

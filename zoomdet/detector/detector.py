@@ -124,6 +124,28 @@ MIN_PROPOSALS = 100
 """Default ``proposal_min`` of :class:`Detector`."""
 
 
+def _rcnn_for_maps(model: nn.Module) -> GeneralizedRCNN:
+    """``model`` if it has the backbone maps the feature-map methods read (a torchvision R-CNN), else ``ValueError``."""
+    if not isinstance(model, GeneralizedRCNN) or not hasattr(model, "roi_heads"):
+        raise ValueError("feature maps need a torchvision R-CNN detector (a backbone and a transform)")
+    return model
+
+
+def _window_maps(feats: dict[str, Tensor], images, index: int, window: Window
+                 ) -> tuple[dict[str, Tensor], tuple[float, float]]:
+    """Crop ``index``'s backbone maps of a batch, cut to its input (the transform's padding left out), on the CPU,
+    and level ``"0"``'s cell side in full-image pixels for ``window`` (see :meth:`Detector.feature_maps`)."""
+    h_in, w_in = images.image_sizes[index]
+    first = next(iter(feats.values()))
+    stride = images.tensors.shape[-1] / first.shape[-1]  # model-input pixels per level-0 cell
+    maps = {}
+    for k, (name, f) in enumerate(feats.items()):
+        s = stride * 2 ** k
+        maps[name] = f[index, :, :math.ceil(h_in / s), :math.ceil(w_in / s)].float().cpu()
+    # the transform may resize the crop: a cell's side in full-image pixels follows the crop's own size
+    return maps, (window.width / (w_in / stride), window.height / (h_in / stride))
+
+
 class Detector:
     """A detection model plus the explicit input scale it runs at.
 
@@ -229,30 +251,38 @@ class Detector:
             ``(maps, stride)``: per backbone level (an FPN's ``"0"``, ``"1"``, ...), ``float32[C, h, w]`` on the
             CPU, cut to the window (the model's padding left out); and level ``"0"``'s cell side in full-image
             pixels ``(x, y)`` (level ``k`` has cells ``2**k`` times larger). R-CNN models only (``ValueError``
-            otherwise): this runs the transform and the backbone again, not the RPN or the heads.
+            otherwise): this runs the transform and the backbone again, not the RPN or the heads; a caller that
+            also wants the window's detections gets both from one pass with :meth:`detect_with_maps`.
         """
-        m = self.model
-        if not isinstance(m, GeneralizedRCNN):
-            raise ValueError("feature maps need a torchvision R-CNN detector (a backbone and a transform)")
-        crop = as_float_image(crop_window(image.to(self.device), window))
-        images, _ = m.transform([crop])
-        feats = m.backbone(images.tensors)
-        h_in, w_in = images.image_sizes[0]
-        first = next(iter(feats.values()))
-        stride = images.tensors.shape[-1] / first.shape[-1]  # model-input pixels per level-0 cell
-        maps = {}
-        for k, (name, f) in enumerate(feats.items()):
-            s = stride * 2 ** k
-            maps[name] = f[0, :, :math.ceil(h_in / s), :math.ceil(w_in / s)].float().cpu()
-        # the transform may resize the crop: a cell's side in full-image pixels follows the crop's own size
-        return maps, (window.width / (w_in / stride), window.height / (h_in / stride))
+        m = _rcnn_for_maps(self.model)
+        images, _ = m.transform([as_float_image(crop_window(image.to(self.device), window))])
+        return _window_maps(m.backbone(images.tensors), images, 0, window)
 
-    def _forward(self, crops: list[Tensor], features: bool = True) -> list[Detections]:
-        """Model forward on same-size crops; boxes in crop-input pixels."""
+    @torch.inference_mode()
+    def detect_with_maps(self, image: Tensor, window: Window, features: bool = True
+                         ) -> tuple[Detections, dict[str, Tensor], tuple[float, float]]:
+        """:meth:`detect` of one window and :meth:`feature_maps` of it from the same forward pass: the backbone
+        runs once (the engine's coarse pass when its policy reads the coarse view's maps). Returns
+        ``(detections, maps, stride)``, each as those methods return it. R-CNN models only (``ValueError``)."""
+        _rcnn_for_maps(self.model)
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"image must be Tensor[3, H, W], got {tuple(image.shape)}")
+        crop = as_float_image(crop_window(image.to(self.device), window))
+        maps: list = []
+        (det,) = self._forward([crop], features, maps_of=[window], maps_out=maps)
+        return det.with_boxes(window.to_image(det.boxes)), *maps[0]
+
+    def _forward(self, crops: list[Tensor], features: bool = True, maps_of: Sequence[Window] = (),
+                 maps_out: Optional[list] = None) -> list[Detections]:
+        """Model forward on same-size crops; boxes in crop-input pixels. With ``maps_of`` (R-CNN models: the
+        crops' windows), each crop's backbone maps are appended to ``maps_out`` as :meth:`feature_maps` returns
+        them."""
         m = self.model
         if isinstance(m, GeneralizedRCNN) and hasattr(m, "roi_heads"):
             images, _ = m.transform(crops)
             feats = m.backbone(images.tensors)
+            if maps_of:
+                maps_out.extend(_window_maps(feats, images, i, w) for i, w in enumerate(maps_of))
             h, w = crops[0].shape[-2:]
             proposals, _ = self._rpn_for(h * w)(images, feats)
             rh = m.roi_heads

@@ -13,8 +13,9 @@ source pixel, ``e_max`` and ``m_max`` their largest values over the candidates a
 are zeroed where zoomed, and the engine refines each pick on the entropy map as it does ``greedy-entropy``'s. It
 stops where the entropy map's positive total falls under ``greedy_stop`` (as ``greedy-entropy``), or when no
 window holds anything on either map. The map reads the same coarse pixels as the coarse pass, so it adds no
-pixels; the backbone runs once more on the coarse view (:meth:`~zoomdet.detector.detector.Detector.feature_maps`),
-and that time is in the answer's ``gain`` stage.
+pixels, and the engine takes the coarse view's backbone maps from the coarse pass's own forward
+(:meth:`~zoomdet.detector.detector.Detector.detect_with_maps`; a tiled coarse view runs the backbone once more,
+:meth:`~zoomdet.detector.detector.Detector.feature_maps`); the head's time is in the answer's ``gain`` stage.
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class EntropyMissPolicy:
     """
 
     needs_ground_truth = False
+    reads_coarse_features = True  # the engine keeps the coarse pass's backbone maps for state.coarse_features
 
     def __init__(self, miss: MissMap, beta: float = 1.0, stop_gain: float = 0.1,
                  entropy_max_side: Optional[float] = None) -> None:

@@ -230,8 +230,11 @@ class EpisodeState:
         zoomed_windows: the windows zoomed so far, after refinement.
         max_pixels_ratio: the episode's pixel budget.
         coarse_features: ``() -> (maps, stride)``: the detector's backbone maps of the coarse view
-            (:meth:`~zoomdet.detector.detector.Detector.feature_maps`), computed on the first call of an episode
-            and timed with the policy's stage that asked for them (``gain`` when its ``gain_map`` does).
+            (:meth:`~zoomdet.detector.detector.Detector.feature_maps`). A policy with a true
+            ``reads_coarse_features`` attribute gets the coarse pass's own (the backbone runs once, timed in
+            ``coarse``); otherwise, or when the pass cannot return them (a tiled coarse view), they are computed
+            on the first call of an episode and timed with the policy's stage that asked for them (``gain`` when
+            its ``gain_map`` does).
     """
 
     width: int
@@ -323,17 +326,25 @@ class ZoomEngine:
         return sum(t.input_pixels for t in split_window(window, cap, self.config.tile_overlap))
 
     def detect_windows(self, image: Tensor, windows: Sequence[Window], cost: Optional[Cost] = None,
-                       features: bool = False) -> list[Detections]:
+                       features: bool = False, maps: Optional[list] = None) -> list[Detections]:
         """The detector on ``windows`` of ``image`` as every pass of the engine runs it: one :class:`Detections`
         per window, boxes xyxy in full-image pixels, a window above ``max_pass_pixels`` split into overlapping
         tiles whose detections are merged (:func:`merge_tiles`). The calls run are added to ``cost``. Only the
-        sequential policies' coarse pass asks for RoI ``features`` (the R-net reads them)."""
+        sequential policies' coarse pass asks for RoI ``features`` (the R-net reads them). With ``maps`` (a list),
+        a pass of one untiled window on a detector that has ``detect_with_maps`` appends the window's backbone
+        maps to it from the same forward pass (:meth:`~zoomdet.detector.detector.Detector.detect_with_maps`);
+        otherwise ``maps`` stays as it was."""
         if not windows:
             return []
         cap = self.config.max_pass_pixels
         tiles = [split_window(w, cap, self.config.tile_overlap) if cap else [w] for w in windows]
         flat = [t for ts in tiles for t in ts]
-        dets = self.detector.detect(image, flat, features=features)
+        if maps is not None and len(flat) == 1 and hasattr(self.detector, "detect_with_maps"):
+            det, window_maps, cell = self.detector.detect_with_maps(image, flat[0], features=features)
+            dets = [det]
+            maps.append((window_maps, cell))
+        else:
+            dets = self.detector.detect(image, flat, features=features)
         if cost is not None:
             cost.add(flat, len(batch_plan(flat, self.detector.batch_size)))
         out, start = [], 0
@@ -344,19 +355,23 @@ class ZoomEngine:
         return out
 
     def _pass(self, image: Tensor, windows: Sequence[Window], cost: Cost, memo: Optional[dict],
-              features: bool = False) -> tuple[list[Detections], float]:
+              features: bool = False, maps: Optional[list] = None) -> tuple[list[Detections], float]:
         """One detector pass over ``windows`` and its seconds. With ``memo`` (one image's), a pass over the same
-        windows is run once and every later run is charged the same pixels, calls and measured seconds."""
-        key = ("pass", tuple(windows), features)
+        windows is run once and every later run is charged the same pixels, calls and measured seconds (and
+        given the same ``maps``, see :meth:`detect_windows`)."""
+        key = ("pass", tuple(windows), features, maps is not None)
         if memo is not None and key in memo:
-            dets, seconds, pass_cost = memo[key]
+            dets, seconds, pass_cost, pass_maps = memo[key]
         else:
             t = time.perf_counter()
             pass_cost = Cost(image_pixels=cost.image_pixels)
-            dets = self.detect_windows(image, windows, pass_cost, features=features)
+            pass_maps = None if maps is None else []
+            dets = self.detect_windows(image, windows, pass_cost, features=features, maps=pass_maps)
             seconds = time.perf_counter() - t
             if memo is not None:
-                memo[key] = (dets, seconds, pass_cost)
+                memo[key] = (dets, seconds, pass_cost, pass_maps)
+        if maps is not None:
+            maps.extend(pass_maps)
         cost.pixels_source += pass_cost.pixels_source
         cost.model_input_pixels += pass_cost.model_input_pixels
         cost.detector_calls += pass_cost.detector_calls
@@ -548,7 +563,10 @@ class ZoomEngine:
                                     decode_seconds=decode_seconds, lookahead_memo=lookahead_memo,
                                     pass_memo=pass_memo, deadline=deadline)
         t = time.perf_counter()
-        (coarse,), timing["coarse"] = self._pass(image, [Window.full(W, H, c.coarse_scale)], cost, pass_memo, features=True)
+        # a policy that reads the coarse view's backbone maps gets them from the coarse pass's own forward
+        feature_memo: Optional[list] = [] if getattr(policy, "reads_coarse_features", False) else None
+        (coarse,), timing["coarse"] = self._pass(image, [Window.full(W, H, c.coarse_scale)], cost, pass_memo,
+                                                 features=True, maps=feature_memo)
         reused_s = timing["coarse"] - (time.perf_counter() - t)  # > 0 when the memo saved running the pass again
 
         cands = self.candidates(W, H)
@@ -565,10 +583,11 @@ class ZoomEngine:
             lookahead_s[0] += time.perf_counter() - t0
             return [memo[w] for w in windows]
 
-        feature_memo: list = []
+        if feature_memo is None:
+            feature_memo = []
 
         def coarse_features() -> tuple[dict, tuple[float, float]]:  # the same pixels as the coarse pass: no cost
-            if not feature_memo:
+            if not feature_memo:  # the pass could not return them (a tiled view, a detector without them)
                 feature_memo.append(self.detector.feature_maps(image, Window.full(W, H, c.coarse_scale)))
             return feature_memo[0]
 
