@@ -60,12 +60,9 @@ def coarse_view(detector, image: Tensor, coarse_scale: float):
     """
     from zoomdet.types import Window
 
-    if not hasattr(detector.model, "backbone") or not hasattr(detector.model, "transform"):
-        raise ValueError("a miss map needs a torchvision detector with a backbone (an R-CNN)")
     _, H, W = image.shape
-    window = Window.full(W, H, coarse_scale)
-    detections = detector.detect(image, [window], features=False)[0]
-    maps, cell = detector.feature_maps(image, window)
+    # one forward pass: the detections and the backbone maps (ValueError for a detector that is no R-CNN)
+    detections, maps, cell = detector.detect_with_maps(image, Window.full(W, H, coarse_scale), features=False)
     return level_stack(maps), detections, cell
 
 
@@ -180,8 +177,7 @@ class MissMap(_MissMap):
     def predict(self, image: Tensor):
         """``(probs float32[h, w], cell (x, y) full-image pixels, coarse detections)`` of ``image``."""
         features, coarse, cell = coarse_view(self.detector, image, self.coarse_scale)
-        with torch.inference_mode():
-            return torch.sigmoid(self.head(features[None]))[0], cell, coarse
+        return self.head.probs(features), cell, coarse
 
     def window_sums(self, image: Tensor, boxes: np.ndarray) -> np.ndarray:
         """``float64[K]``: the predicted probability mass inside each window (``float[K, 4]`` xyxy full-image
@@ -279,7 +275,7 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             for f, t, coarse, cell, missed, present in labelled_images(
                     detector, args.val_data, scale, val_ids, args.miss_iou, args.miss_score, "val images"):
-                scores.append(torch.sigmoid(head(f[None]))[0].flatten().numpy())
+                scores.append(head.probs(f).flatten().numpy())
                 entropy.append(entropy_cells(coarse, tuple(t.shape), cell).flatten())
                 labels.append(t.flatten().numpy())
                 vm, vo = vm + missed, vo + present

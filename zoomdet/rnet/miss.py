@@ -54,6 +54,11 @@ class MissHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)[:, 0]
 
+    @torch.inference_mode()
+    def probs(self, stack: Tensor) -> Tensor:
+        """``float32[h, w]``: the probabilities of one image's :func:`level_stack` ``float32[2 * C, h, w]``."""
+        return torch.sigmoid(self(stack[None]))[0]
+
 
 def level_stack(maps: dict[str, Tensor]) -> Tensor:
     """``float32[2 * C, h, w]``: :data:`LEVELS` of ``maps`` (:meth:`Detector.feature_maps`) on level 0's cells,
@@ -115,7 +120,7 @@ class MissMap:
     @torch.inference_mode()
     def probs(self, maps: dict[str, Tensor]) -> Tensor:
         """``float32[h, w]``: the probability that a missed object covers each level-0 cell of ``maps``."""
-        return torch.sigmoid(self.head(level_stack(maps)[None]))[0]
+        return self.head.probs(level_stack(maps))
 
     def gain_map(self, maps: dict[str, Tensor], cell: tuple[float, float], width: int, height: int,
                  grid: int = 4) -> GainMap:
