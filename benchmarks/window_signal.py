@@ -242,7 +242,8 @@ def main(argv=None) -> int:
             if detector.detector_id != cache.detector_id:
                 raise ValueError(f"detector {detector.detector_id} is not the cache's {cache.detector_id}")
         if args.miss:
-            from miss_map import density_scales, miss_map_for_cache
+            from miss_map import miss_map_for_cache
+            from zoomdet.rnet.miss import blend, density_scales
 
             miss, miss_images = miss_map_for_cache(args.miss, cache, detector), CacheImages(cache)
             if not args.dense:
@@ -279,9 +280,9 @@ def main(argv=None) -> int:
             scores[n] = predict(features[n.split(":", 1)[1]])
         if miss is not None:
             scores["miss"] = miss.window_sums(miss_images(rec.image_id), boxes)
-            e_max, m_max = density_scales(scores["entropy"], scores["miss"], pixels)
+            scales = density_scales(scores["entropy"], scores["miss"], pixels)
             for b in args.miss_beta:
-                scores[f"entropy+miss@{b:g}"] = scores["entropy"] / e_max + b * scores["miss"] / m_max
+                scores[f"entropy+miss@{b:g}"] = blend(scores["entropy"], scores["miss"], scales, b)
         scores["fine-objects"] = GainMap(rec.width, rec.height, rec.gt_boxes, object_fine_gains(
             rec.coarse, rec.fine[:k], rec.gt_boxes, rec.gt_labels)).window_sums(boxes)
         for n, sc in scores.items():

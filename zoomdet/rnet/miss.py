@@ -32,7 +32,7 @@ from zoomdet.rnet.model import EntropyGain
 from zoomdet.zoom.windows import GainMap, window_boxes
 
 __all__ = ["LEVELS", "MissHead", "MissMap", "MissRanking", "EntropyMissPolicy", "level_stack", "cell_boxes",
-           "probs_gain_map", "density_scales"]
+           "probs_gain_map", "density_scales", "blend"]
 
 LEVELS = ("0", "1")
 """FPN levels read: stride 4 and 8 of the coarse input; level 1 is upsampled to level 0's grid."""
@@ -147,7 +147,14 @@ class MissRanking:
         self.zeroed = len(zoomed)
 
     def window_sums(self, boxes: np.ndarray) -> np.ndarray:
-        return self.entropy.window_sums(boxes) / self.e_max + self.beta * self.miss.window_sums(boxes) / self.m_max
+        return blend(self.entropy.window_sums(boxes), self.miss.window_sums(boxes), (self.e_max, self.m_max),
+                     self.beta)
+
+
+def blend(entropy: np.ndarray, miss: np.ndarray, scales: tuple[float, float], beta: float) -> np.ndarray:
+    """``float64[K]``: ``greedy-entropy+miss``'s window score ``e / e_max + beta * m / m_max`` of the windows'
+    entropy and miss-map sums (``float64[K]`` each), ``scales`` = ``(e_max, m_max)`` (:func:`density_scales`)."""
+    return entropy / scales[0] + beta * miss / scales[1]
 
 
 class EntropyMissPolicy:
