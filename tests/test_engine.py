@@ -725,6 +725,8 @@ def test_the_coarse_pass_hands_its_own_backbone_maps_to_a_policy_that_reads_them
     """``Detector.detect_with_maps`` is ``detect`` plus ``feature_maps`` from one forward pass, and the engine uses
     it for the coarse pass of a policy with ``reads_coarse_features``: the backbone runs once per detector call,
     a memoised pass hands the same maps again, and a tiled coarse view falls back to ``feature_maps``."""
+    from types import SimpleNamespace
+
     from zoomdet.rnet.miss import EntropyMissPolicy, MissHead, MissMap
 
     img = torch.rand(3, 240, 320)
@@ -736,6 +738,10 @@ def test_the_coarse_pass_hands_its_own_backbone_maps_to_a_policy_that_reads_them
     maps2, cell2 = tiny_detector.feature_maps(img, view)
     assert cell == cell2 and maps.keys() == maps2.keys()
     assert all(torch.allclose(maps[k], maps2[k], atol=1e-5) for k in maps)
+    with pytest.raises(ValueError, match=r"Tensor\[3, H, W\]"):
+        tiny_detector.detect_with_maps(img[0], view)
+    with pytest.raises(ValueError, match="R-CNN"):
+        type(tiny_detector).detect_with_maps(SimpleNamespace(model=torch.nn.Linear(1, 1)), img, view)
 
     c = maps["0"].shape[0]
     torch.save({"kind": "zoomdet-miss-map", "state_dict": MissHead(2 * c).state_dict(), "in_channels": 2 * c,
