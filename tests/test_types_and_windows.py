@@ -64,6 +64,29 @@ def test_gain_map_integral_matches_spread_gains():
     assert z.total() == pytest.approx(0.5) and gm.total() == pytest.approx(2.5)
 
 
+@pytest.mark.parametrize("size, cell", [((16.0, 16.0), 16), ((12.5, 9.75), 4), ((40.0, 30.0), 1)])
+def test_a_grid_of_boxes_gives_the_map_its_boxes_give(size, cell):
+    """``GainMap.from_grid`` is the constructor on the grid's boxes, cells past the image edge and gains of either
+    sign included, with non-integer cell sides and integral cells that do not line up with the grid's."""
+    rng = np.random.default_rng(0)
+    h, w = 9, 11
+    values = torch.from_numpy(rng.normal(size=(h, w)))
+    width, height = 130, 77  # the grid overhangs the image on both axes in every case
+    jj, ii = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    boxes = torch.from_numpy(np.stack([ii.ravel() * size[0], jj.ravel() * size[1], (ii.ravel() + 1) * size[0],
+                                       (jj.ravel() + 1) * size[1]], 1))
+    by_boxes = GainMap(width, height, boxes, values.flatten(), cell=cell)
+    grid = GainMap.from_grid(width, height, values, size, cell=cell)
+    assert grid.cells.shape == by_boxes.cells.shape and np.allclose(grid.cells, by_boxes.cells, atol=1e-12)
+    assert np.allclose(grid.integral, by_boxes.integral, atol=1e-12) and grid.positive_total() > 0
+    b = boxes.numpy()  # the part of a box outside the image is lost
+    kept = ((np.minimum(b[:, 2], width) - b[:, 0]).clip(0) * (np.minimum(b[:, 3], height) - b[:, 1]).clip(0)
+            / ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))
+    assert kept.min() < 1 and np.isclose(grid.integral[-1, -1], (values.numpy().ravel() * kept).sum())
+    probe = np.array([[0, 0, 64, 40], [17.5, 3.25, 129, 77], [100, 50, 130, 77]])
+    assert np.allclose(grid.window_sums(probe), by_boxes.window_sums(probe), atol=1e-12)
+
+
 def test_refinement_shifts_toward_gain_and_stays_inside():
     gm = GainMap(100, 100, torch.tensor([[80.0, 40, 100, 60]]), torch.tensor([1.0]))
     w = Window(40, 30, 80, 70)  # touches the gain box only at its edge

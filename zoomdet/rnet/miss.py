@@ -80,7 +80,7 @@ def probs_gain_map(probs: Tensor, cell: tuple[float, float], width: int, height:
     """The miss map as a :class:`~zoomdet.zoom.windows.GainMap` of the ``width`` x ``height`` image: each cell's
     probability (``probs float32[h, w]``, cells of ``cell`` full-image pixels) spread over its area, on an
     integral grid of ``grid`` px (4: exact for map cells that are multiples of 4 px)."""
-    return GainMap(width, height, cell_boxes(tuple(probs.shape), cell), probs.flatten().double(), cell=grid)
+    return GainMap.from_grid(width, height, probs, cell, cell=grid)  # the cells of cell_boxes, separably
 
 
 def density_scales(entropy_sums: np.ndarray, miss_sums: np.ndarray, pixels: np.ndarray) -> tuple[float, float]:
