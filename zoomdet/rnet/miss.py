@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoomdet.rnet.model import EntropyGain
+from zoomdet.rnet.policies import GreedyPolicy, greedy_choice
 from zoomdet.zoom.windows import GainMap, window_boxes
 
 __all__ = ["LEVELS", "MissHead", "MissMap", "MissRanking", "EntropyMissPolicy", "level_stack", "cell_boxes",
@@ -117,7 +118,6 @@ class MissMap:
         self.head.eval()
         self.meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
 
-    @torch.inference_mode()
     def probs(self, maps: dict[str, Tensor]) -> Tensor:
         """``float32[h, w]``: the probability that a missed object covers each level-0 cell of ``maps``."""
         return self.head.probs(level_stack(maps))
@@ -157,8 +157,10 @@ def blend(entropy: np.ndarray, miss: np.ndarray, scales: tuple[float, float], be
     return entropy / scales[0] + beta * miss / scales[1]
 
 
-class EntropyMissPolicy:
-    """``greedy-entropy+miss``: ``greedy-entropy`` with a miss map added to its ranking (module docstring).
+class EntropyMissPolicy(GreedyPolicy):
+    """``greedy-entropy+miss``: ``greedy-entropy`` with a miss map added to its ranking (module docstring). It is
+    :class:`~zoomdet.rnet.policies.GreedyPolicy` on the entropy map (which the engine refines and zeroes, and whose
+    positive total stops it), ranking the allowed windows by :class:`MissRanking` instead of that map alone.
 
     Args:
         miss: the :class:`MissMap` (checked against the engine's detector and coarse scale by its builder).
@@ -167,23 +169,23 @@ class EntropyMissPolicy:
         entropy_max_side: as ``policies.entropy_max_side``.
     """
 
-    needs_ground_truth = False
     reads_coarse_features = True  # the engine keeps the coarse pass's backbone maps for state.coarse_features
 
     def __init__(self, miss: MissMap, beta: float = 1.0, stop_gain: float = 0.1,
                  entropy_max_side: Optional[float] = None) -> None:
         if not beta > 0:
             raise ValueError(f"miss_beta must be > 0, got {beta}")
-        self.miss, self.beta, self.stop_gain = miss, float(beta), float(stop_gain)
-        self.entropy = EntropyGain(entropy_max_side)
+        beta = float(beta)
         # not "@beta": "@" separates a policy's name from its budget in the evaluator's rows
-        self.name = "greedy-entropy+miss" if self.beta == 1 else f"greedy-entropy+miss-b{self.beta:g}"
+        super().__init__(EntropyGain(entropy_max_side), stop_gain,
+                         name="greedy-entropy+miss" if beta == 1 else f"greedy-entropy+miss-b{beta:g}")
+        self.miss, self.beta = miss, beta
 
     def gain_map(self, state) -> GainMap:
-        """The entropy map (the engine refines and zeroes it); the miss map and both scales go in ``state.memory``."""
+        """The entropy map (``greedy-entropy``'s); the miss map and both scales go in ``state.memory``."""
         if state.coarse_features is None:
             raise ValueError(f"policy {self.name!r} needs the engine's coarse_features")
-        entropy = GainMap(state.width, state.height, state.coarse.boxes, self.entropy.predict(state.coarse))
+        entropy = super().gain_map(state)
         maps, cell = state.coarse_features()
         miss = self.miss.gain_map(maps, cell, state.width, state.height, grid=entropy.cell)
         boxes = window_boxes(state.candidates)
@@ -193,8 +195,6 @@ class EntropyMissPolicy:
         return entropy
 
     def select(self, state) -> Optional[int]:
-        from zoomdet.rnet.policies import greedy_choice
-
         mem = state.memory
         ranking = mem["miss_ranking"]
         ranking.sync(state.zoomed_windows)  # the engine zeroed the entropy map already
