@@ -31,7 +31,7 @@ from zoomdet.envs.zoom_env import (ZoomEnvConfig, budget_left, context_planes, c
 from zoomdet.zoom.engine import EpisodeState
 from zoomdet.zoom.windows import GainMap, window_boxes
 
-__all__ = ["AgentPolicy", "RUN_FILE", "load_run_info", "ALGOS", "algorithm_class", "override_action"]
+__all__ = ["AgentPolicy", "RUN_FILE", "load_run_info", "run_folder", "ALGOS", "algorithm_class", "override_action"]
 
 RUN_FILE = "zoomdet.json"
 
@@ -69,13 +69,26 @@ def override_action(q: np.ndarray, rule_action: int, margin: float) -> int:
     return a if q[a] - q[rule_action] > margin else int(rule_action)
 
 
-def load_run_info(model_path: str | Path) -> dict:
-    """``zoomdet.json`` of the run a model file belongs to (its folder, or the one above for checkpoints)."""
+def run_folder(model_path: str | Path) -> Path:
+    """The run folder a model file belongs to: the one holding ``zoomdet.json`` (the model's folder, or the one
+    above for checkpoints)."""
     p = Path(model_path)
     for folder in (p.parent, p.parent.parent):
         if (folder / RUN_FILE).is_file():
-            return json.loads((folder / RUN_FILE).read_text())
+            return folder
     raise FileNotFoundError(f"no {RUN_FILE} next to {p} or in its parent folder; was it trained with zoomdet train?")
+
+
+def load_run_info(model_path: str | Path) -> dict:
+    """``zoomdet.json`` of the run a model file belongs to (:func:`run_folder`). In a folder written by
+    ``zoomdet export`` (``relative_paths: true``) the R-net's path is made relative to the working directory
+    again, so ``env_config.rnet`` always names a file from here."""
+    folder = run_folder(model_path)
+    info = json.loads((folder / RUN_FILE).read_text())
+    if info.get("relative_paths") and info.get("env_config", {}).get("rnet"):
+        info["env_config"]["rnet"] = str(folder / info["env_config"]["rnet"])
+        info["relative_paths"] = False
+    return info
 
 
 class AgentPolicy:

@@ -43,7 +43,7 @@ from zoomdet.agents.policy import ALGOS, RUN_FILE, algorithm_class
 from zoomdet.config import exponent_float, parse_value
 from zoomdet.envs import ENV_ID, ZoomEnv, ZoomEnvConfig
 
-__all__ = ["TrainArgs", "train_agent", "parse_key_values", "next_run_dir"]
+__all__ = ["TrainArgs", "train_agent", "parse_key_values", "next_run_dir", "best_eval_return"]
 
 
 @dataclass
@@ -222,6 +222,17 @@ def train_agent(args: TrainArgs) -> Path:
     return run
 
 
+def best_eval_return(run: Path) -> tuple[float, int]:
+    """(mean return, step) of a run's best evaluation on its eval cache (``evaluations.npz``): the model
+    ``best_model.zip`` holds. The first of equal bests, as SB3's ``EvalCallback`` keeps it."""
+    import numpy as np
+
+    ev = np.load(Path(run) / "evaluations.npz")
+    means = ev["results"].mean(axis=1)
+    best = int(np.argmax(means))
+    return float(means[best]), int(ev["timesteps"][best])
+
+
 def best_model_line(run: Path) -> str:
     """One line on the run's best model: its step and mean return on the eval cache (``evaluations.npz``),
     beside the demonstrating rule's return on the same episodes (``demonstrations.json``) when there is one."""
@@ -230,11 +241,9 @@ def best_model_line(run: Path) -> str:
     path = run / "evaluations.npz"
     if not path.is_file():
         return "no evaluation on an eval cache: the final model is the only one"
-    ev = np.load(path)
-    means = ev["results"].mean(axis=1)
-    best = int(np.argmax(means))
-    line = (f"best model: mean return {means[best]:.3f} on the eval cache at step {int(ev['timesteps'][best])} "
-            f"(of {len(means)} evaluations)")
+    ret, step = best_eval_return(run)
+    line = (f"best model: mean return {ret:.3f} on the eval cache at step {step} "
+            f"(of {len(np.load(path)['timesteps'])} evaluations)")
     demos = run / "demonstrations.json"
     if demos.is_file():
         stats = json.loads(demos.read_text())

@@ -85,15 +85,18 @@ def local_handle():
     yield handle
 
 
-def in_process(policy_name: str, image: torch.Tensor, max_pixels_ratio: float):
+def in_process(policy_name: str, image: torch.Tensor, max_pixels_ratio: float,
+               engine_config: str = "configs/eval/synth.yaml", rnet: str | None = None):
+    """``policy_name`` run by the engine in this process on ``image``, with ``engine_config``'s detector (the
+    embedded one when it names none), windows and policy options."""
     from zoomdet.config import load_config
-    from zoomdet.detector.detector import Detector, default_checkpoint
-    from zoomdet.eval.evaluator import EvalConfig
+    from zoomdet.eval.evaluator import EvalConfig, load_detector
     from zoomdet.zoom.engine import ZoomEngine
     from zoomdet.zoom.policies import make_policy
 
-    cfg = load_config(EvalConfig, "configs/eval/synth.yaml")
-    det = Detector.from_checkpoint(default_checkpoint())
+    cfg = load_config(EvalConfig, engine_config)
+    cfg.policies.rnet = rnet or cfg.policies.rnet
+    det = load_detector(cfg)
     pol = make_policy(policy_name, cfg.policies, cfg.zoom, det.detector_id)
     return ZoomEngine(det, cfg.zoom).run(image, pol, max_pixels_ratio=max_pixels_ratio)
 
@@ -160,6 +163,46 @@ def test_colocated_layout_runs_the_detector_in_the_ingress_with_the_same_answer(
     assert ans["model"]["detector"] and ans["cost"]["detector_calls"] >= 2
     assert_same_detections(ans, in_process("greedy-entropy", decode_image(data, CAP), 0.6), threshold=0.05)
     assert doc["bad_status"] == 422  # bad options are still refused
+
+
+HITUAV = """
+import json, sys
+from ray import serve
+from zoomdet.serving.app import build_colocated_app
+from zoomdet.serving.launch import resolve_config
+service = resolve_config("serving/config.hituav.yaml")["applications"][0]["deployments"][0]["user_config"]
+h = serve.run(build_colocated_app({"service": service}), _local_testing_mode=True)
+data = open(sys.argv[1], "rb").read()
+print(json.dumps({"default": h.infer.remote(data, {}).result(),
+                  "greedy": h.infer.remote(data, {"policy": "greedy", "max_pixels_ratio": 0.6}).result(),
+                  "agent": h.infer.remote(data, {"policy": "agent", "max_pixels_ratio": 0.6}).result()}))
+"""
+
+
+def test_the_hituav_config_serves_the_shipped_agent_as_its_default(tmp_path):
+    """serving/config.hituav.yaml: the GPU-trained HIT-UAV detector, its 29 windows, and the agent of
+    zoomdet/assets/agents/hituav_gpu (with its R-net, which also enables greedy) as the default policy; the answers
+    are the in-process engine's. (A subprocess, as the colocated test above.)"""
+    import json
+    import subprocess
+    import sys
+
+    data = encode(scene(640, 512))
+    (tmp_path / "frame.png").write_bytes(data)
+    out = subprocess.run([sys.executable, "-c", HITUAV, str(tmp_path / "frame.png")], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    ans = json.loads(out.strip().splitlines()[-1])
+    assert ans["default"]["policy"] == ans["agent"]["policy"] == "dqn:hituav_gpu/best_model"  # the agent's own name
+    assert ans["default"]["max_pixels_ratio"] == 0.45
+    assert ans["agent"]["model"]["agent"] and ans["agent"]["model"]["rnet"]
+    assert len(ans["agent"]["regions"]) >= 1 and ans["agent"]["cost"]["pixels_ratio"] <= 0.6 + 1e-9
+    image = decode_image(data, CAP)
+    agent = "zoomdet/assets/agents/hituav_gpu"
+    for name, policy, budget in (("default", f"{agent}/best_model.zip", 0.45), ("agent", f"{agent}/best_model.zip", 0.6),
+                                 ("greedy", "greedy", 0.6)):
+        expected = in_process(policy, image, budget, "configs/eval/hituav_gpu_agent.yaml", rnet=f"{agent}/rnet.pt")
+        assert len(ans[name]["regions"]) == len(expected.regions)
+        assert_same_detections(ans[name], expected, threshold=0.05)
 
 
 def test_colocated_config_resolves_the_nested_detector_checkpoint(tmp_path):

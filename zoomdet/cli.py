@@ -304,6 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--verbose", type=int, default=0)
     tr.add_argument("--no-progress", action="store_true")
 
+    ex = sub.add_parser("export", help="write a trained agent (or the best of several seeds) to a folder that loads "
+                                       "anywhere: model, R-net, zoomdet.json",
+                        description="Copy an agent's model and R-net into OUT with a zoomdet.json whose paths are "
+                                    "relative to OUT, so `zoomdet evaluate --policy OUT/best_model.zip`, `zoomdet "
+                                    "detect` and the service's `agent` load it from any folder. Given several runs of "
+                                    "one recipe (e.g. seeds), keeps the one with the best return on their common eval "
+                                    "cache (evaluations.npz: the figure each run chose its best_model.zip by).")
+    ex.add_argument("models", nargs="+", metavar="MODEL", help="best_model.zip (or checkpoint) of zoomdet train runs")
+    ex.add_argument("--out", required=True, help="folder to write")
+    ex.add_argument("--force", action="store_true", help="replace an agent already in --out")
+
     rp = sub.add_parser("replay", help="run a policy through the live engine and record one episode file per image")
     _add_config_args(rp, "configs/eval/synth.yaml")
     rp.add_argument("--policy", required=True, help="a trained agent .zip or a policy name (greedy, oracle, ...)")
@@ -543,6 +554,22 @@ def _cmd_quickstart(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from zoomdet.agents.export import export_agent
+    from zoomdet.agents.policy import AgentPolicy
+
+    info = export_agent(args.models, args.out, force=args.force)
+    ex = info["exported"]
+    for c in ex["candidates"]:
+        if "eval_return" in c:
+            mark = "*" if c["model"] == ex["model"] else " "
+            print(f"{mark} {c['model']}: seed {c['seed']}, eval-cache return {c['eval_return']:.3f} at step {c['eval_step']}")
+    agent = AgentPolicy.from_path(Path(args.out) / "best_model.zip")  # the folder loads on its own
+    print(f"wrote {args.out}: {ex['model']} ({ex['picked_by']}), {agent.algo}, detector {info['detector_id']}"
+          + (f", R-net {ex['rnet']}" if ex["rnet"] else ""))
+    return 0
+
+
 def _cmd_serve(args) -> int:
     from zoomdet.serving.launch import serve_config
 
@@ -607,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = {"doctor": _cmd_doctor, "data": _cmd_data, "detector": _cmd_detector, "evaluate": _cmd_evaluate,
                 "cache": _cmd_cache, "rnet": _cmd_rnet, "train": _cmd_train, "replay": _cmd_replay, "detect": _cmd_detect,
+                "export": _cmd_export,
                 "quickstart": _cmd_quickstart, "serve": _cmd_serve, "query": _cmd_query}
     if args.command not in commands:
         parser.error(f"unknown command {args.command}")
