@@ -80,9 +80,9 @@ def run_folder(model_path: str | Path) -> Path:
 
 
 def load_run_info(model_path: str | Path) -> dict:
-    """``zoomdet.json`` of the run a model file belongs to (:func:`run_folder`). In a folder written by
-    ``zoomdet export`` (``relative_paths: true``) the R-net's path is made relative to the working directory
-    again, so ``env_config.rnet`` always names a file from here."""
+    """``zoomdet.json`` of the run a model file belongs to (:func:`run_folder`). A folder written by ``zoomdet
+    export`` (``relative_paths: true``) names its R-net relative to itself; that path is joined to the folder
+    here, so the returned ``env_config.rnet`` always opens from the working directory."""
     folder = run_folder(model_path)
     info = json.loads((folder / RUN_FILE).read_text())
     if info.get("relative_paths") and info.get("env_config", {}).get("rnet"):
