@@ -63,6 +63,7 @@ def export_agent(models: Sequence[str | Path], out: str | Path, force: bool = Fa
             raise FileNotFoundError(f"agent model not found: {p}")
     infos = [load_run_info(p) for p in paths]
     runs = [run_folder(p) for p in paths]
+    run_args = [_run_args(r) for r in runs]
     out = Path(out)
     if any(r.resolve() == out.resolve() for r in runs):
         raise ValueError(f"{out} is one of the runs being exported; give another folder")
@@ -70,8 +71,8 @@ def export_agent(models: Sequence[str | Path], out: str | Path, force: bool = Fa
         raise FileExistsError(f"{out} already holds an agent ({RUN_FILE}); pass --force to replace it")
 
     candidates = []
-    for p, run, info in zip(paths, runs, infos):
-        entry = {"model": str(p), "seed": _run_args(run).get("seed")}
+    for p, run, args in zip(paths, runs, run_args):
+        entry = {"model": str(p), "seed": args.get("seed")}
         if len(paths) > 1:
             if not (run / "evaluations.npz").is_file():
                 raise ValueError(f"{run} has no evaluations.npz: runs are compared by their eval-cache return; "
@@ -79,12 +80,11 @@ def export_agent(models: Sequence[str | Path], out: str | Path, force: bool = Fa
             entry["eval_return"], entry["eval_step"] = best_eval_return(run)
         candidates.append(entry)
     if len(paths) > 1:
-        first, first_run = infos[0], runs[0]
-        for p, run, info in zip(paths[1:], runs[1:], infos[1:]):
+        for p, info, args in zip(paths[1:], infos[1:], run_args[1:]):
             for key in ("algo", "env_config", "detector_id"):
-                if info.get(key) != first.get(key):
+                if info.get(key) != infos[0].get(key):
                     raise ValueError(f"{p} differs from {paths[0]} in {key}: only runs of one recipe are compared")
-            here, there = _run_args(run).get("eval_cache"), _run_args(first_run).get("eval_cache")
+            here, there = args.get("eval_cache"), run_args[0].get("eval_cache")
             if here != there:
                 raise ValueError(f"{p} was evaluated on {here}, {paths[0]} on {there}: "
                                  "their returns are not comparable")
@@ -102,7 +102,7 @@ def export_agent(models: Sequence[str | Path], out: str | Path, force: bool = Fa
     info["env_config"] = env
     info["relative_paths"] = True
     info["exported"] = {"date": datetime.date.today().isoformat(), "model": str(model), "run": str(run),
-                        "eval_cache": _run_args(run).get("eval_cache"), "rnet": str(rnet_src) if rnet_src else None,
+                        "eval_cache": run_args[best].get("eval_cache"), "rnet": str(rnet_src) if rnet_src else None,
                         "picked_by": "the best eval-cache return" if len(paths) > 1 else "given",
                         "candidates": candidates}
     if infos[best].get("exported"):  # an exported folder exported again keeps where it came from
