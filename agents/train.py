@@ -43,7 +43,18 @@ from zoomdet.agents.policy import ALGOS, RUN_FILE, algorithm_class
 from zoomdet.config import exponent_float, parse_value
 from zoomdet.envs import ENV_ID, ZoomEnv, ZoomEnvConfig
 
-__all__ = ["TrainArgs", "train_agent", "parse_key_values", "next_run_dir", "best_eval_return"]
+__all__ = ["TrainArgs", "train_agent", "parse_key_values", "next_run_dir", "best_eval_return", "RECIPE",
+           "RECIPE_SCHEDULE"]
+
+RECIPE = ("reward:ap", "lam:0", "stop_gain:0", "budget_range:[0.3,0.7]", "window_features:true",
+          "window_extras:[density]", "exhausted:terminate", "dqn.demo_rule:greedy-entropy")
+"""The recommended agent, as ``--env-kwargs`` items and (prefixed ``dqn.``) ``--hyperparams`` items: the step's
+change of the image's AP as the reward, the budget drawn per episode, the per-window feature Q-net with each
+window's sums per unit of cost, the episode ended when no window fits, and a start from ``greedy-entropy``'s
+demonstrations (DQfD). It is ``qnet-dqfd-term`` of ``benchmarks/agents.py``, the agent ahead of both rules on
+HIT-UAV; ``zoomdet quickstart`` trains it."""
+RECIPE_SCHEDULE = ("exploration_fraction:0.8",)
+"""``--hyperparams`` the recipe is run with: exploration decays over 80% of the steps."""
 
 
 @dataclass

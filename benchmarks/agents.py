@@ -42,6 +42,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from zoomdet.agents.train import RECIPE  # noqa: E402
+
 CONTEXT = "extra_channels:[entropy,scores,small,budget]"
 VARIANTS = {
     # the main agent: the metric as reward (AP points, no pixel price: the budget is the price), a budget drawn
@@ -66,8 +68,7 @@ VARIANTS = {
     "qnet-dqfd": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,window_extras:[density],"
                  "dqn.demo_rule:greedy-entropy",
     # qnet-dqfd with the episode terminated, not truncated, when no window fits the budget (ZoomEnvConfig.exhausted)
-    "qnet-dqfd-term": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,window_extras:[density],"
-                      "exhausted:terminate,dqn.demo_rule:greedy-entropy",
+    "qnet-dqfd-term": ",".join(RECIPE),  # zoomdet.agents.train.RECIPE, the recipe zoomdet quickstart trains
     # qnet-dqfd-term with each class's entropy and score mass per unit of cost as inputs (AP is a mean over classes)
     "qnet-dqfd-term-cls": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                           "window_extras:[density,classes],exhausted:terminate,dqn.demo_rule:greedy-entropy",

@@ -19,8 +19,16 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, tiny_checkpoint, caps
         assert f"[quickstart] {stage}: running" in text
     report = json.loads((out / "eval" / "report.json").read_text())
     names = {r["name"] for r in report["policies"]}
-    assert {"coarse", "fine", "sahi", "greedy", "oracle"} <= names and any(n.startswith("dqn:") for n in names)
+    assert {"coarse", "fine", "sahi", "greedy", "greedy-entropy", "oracle"} <= names
+    assert any(n.startswith("dqn:") for n in names)
+    # the agent is the project's recipe: its run says so, with a budget range that holds the evaluated budget
+    run = json.loads(next((out / "logs" / "dqn").glob("ZoomDet-v0_*/zoomdet.json")).read_text())
+    env = run["env_config"]
+    assert env["reward"] == "ap" and env["window_features"] and env["budget_range"][0] < 0.6 < env["budget_range"][1]
+    assert next((out / "logs" / "dqn").glob("ZoomDet-v0_*/demonstrations.json")).is_file()
     assert report["images"] == 2 and (out / "eval" / "pareto.png").is_file()
+    import torch  # the report names the CPU kernels torch chose: they round differently, and the numbers follow
+    assert f"({torch.backends.cpu.get_cpu_capability()} kernels)" in report["hardware"]
     assert len(list((out / "replay").glob("episode_*.json"))) == 1 and list((out / "replay").glob("*.gif"))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["agent"].endswith(".zip") and (out / "quickstart.yaml").is_file()
@@ -32,7 +40,9 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, tiny_checkpoint, caps
     assert main(["quickstart", "--out", str(out), "--set", "train_imgs=3"]) == 2
     assert "unknown option" in capsys.readouterr().err
     for item, said in [("train_images=0", "train_images must be >= 2"), ("width=5", "width and height must be"),
-                       ("agent_steps=-5", "agent_steps must be >= 1"), ("workers=-1", "workers must be >= 0")]:
+                       ("agent_steps=-5", "agent_steps must be >= 1"), ("workers=-1", "workers must be >= 0"),
+                       ("agent_recipe=magic", "agent_recipe must be one of dqfd, paper"),
+                       ("budgets=[]", "budgets > 0 (at least one)")]:
         fresh = tmp_path / f"bad-{item.split('=')[0]}"
         assert main(["quickstart", "--out", str(fresh), "--set", item]) == 2
         assert said in capsys.readouterr().err and not fresh.exists()  # refused before any stage ran

@@ -114,11 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     qs = sub.add_parser("quickstart", help="the whole pipeline on synthetic data: data, cache, R-net, agent, evaluation, replay",
                         description="Synthetic data -> embedded detector -> rollout cache -> R-net -> DQN agent -> "
-                                    "evaluation against coarse, fine, sahi, greedy and oracle on held-out images -> "
-                                    "report, AP-vs-pixels plot and recorded episodes, all under one run folder. "
-                                    "Rerunning reuses the finished stages.")
+                                    "evaluation against coarse, fine, sahi, greedy, greedy-entropy and oracle on "
+                                    "held-out images -> report, AP-vs-pixels plot and recorded episodes, all under "
+                                    "one run folder. Rerunning reuses the finished stages. The agent is the "
+                                    "project's recipe (agent_recipe=dqfd: AP reward, per-window features, a start "
+                                    "from greedy-entropy's demonstrations) or the paper's (agent_recipe=paper).")
     _add_config_args(qs, None, example="train_images=48 (fields of QuickstartConfig: out, width, height, "
-                                       "train_images, tune_images, val_images, agent_steps, lam, budgets, ...)")
+                                       "train_images, tune_images, val_images, agent_steps, agent_recipe, lam, "
+                                       "budgets, ...)")
     qs.add_argument("--out", help="run folder (default runs/quickstart)")
     qs.add_argument("--no-progress", action="store_true")
 

@@ -5,9 +5,10 @@ Stages, each skipped when its output exists (rerunning the command resumes):
 1. ``data``: synthetic train / tune / held-out val sets (2048x1536 by default);
 2. ``cache``: rollout caches of train and tune with the embedded detector (Ray-parallel);
 3. ``rnet``: the R-net on the train cache, validated on tune;
-4. ``agent``: a DQN agent (the paper's Q-net) on the train cache, best model chosen on tune;
-5. ``eval``: coarse, fine, sahi, greedy, oracle and the agent through the live engine on the
-   held-out images: ``eval/report.json``, ``report.md``, ``pareto.png``;
+4. ``agent``: a DQN agent on the train cache, best model chosen on tune: the project's recipe
+   (:data:`zoomdet.agents.train.RECIPE`, ``agent_recipe: dqfd``) or the paper's (``agent_recipe: paper``);
+5. ``eval``: coarse, fine, sahi, greedy, greedy-entropy, oracle and the agent through the live engine
+   on the held-out images: ``eval/report.json``, ``report.md``, ``pareto.png``;
 6. ``replay``: the agent's episodes on a few held-out images, rendered (``replay/``).
 
 Every stage calls the same functions as the documented CLI commands; the
@@ -22,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["QuickstartConfig", "run_quickstart"]
+__all__ = ["QuickstartConfig", "run_quickstart", "AGENT_RECIPES"]
+
+AGENT_RECIPES = ("dqfd", "paper")
 
 
 @dataclass
@@ -41,8 +44,12 @@ class QuickstartConfig:
     """Held-out images of the final evaluation (never trained or tuned on)."""
     agent_steps: int = 20000
     """DQN environment steps."""
+    agent_recipe: str = "dqfd"
+    """``dqfd``: the project's recipe (:data:`zoomdet.agents.train.RECIPE`: the image's AP as the reward, the
+    budget drawn per episode around ``budgets``, the per-window feature Q-net, a start from ``greedy-entropy``'s
+    demonstrations); ``paper``: the paper's Q-net on the R-net map with its gain reward minus ``lam``."""
     lam: float = 5.0
-    """λ of the agent's reward: cost of zooming into the whole image, in gain units."""
+    """λ of the ``paper`` agent's reward: cost of zooming into the whole image, in gain units."""
     budgets: list[float] = field(default_factory=lambda: [0.45, 0.6, 0.8])
     """max_pixels_ratio sweep of the evaluation."""
     replay_images: int = 3
@@ -61,8 +68,24 @@ class QuickstartConfig:
         bad = [f"{k} must be >= {least}, got {v}" for k, (v, least) in counts.items() if v < least]
         if bad:
             raise ValueError("; ".join(bad))
-        if self.lam < 0 or not all(b > 0 for b in self.budgets):
-            raise ValueError(f"lam must be >= 0 and budgets > 0, got {self.lam} and {self.budgets}")
+        if self.lam < 0 or not self.budgets or not all(b > 0 for b in self.budgets):
+            raise ValueError(f"lam must be >= 0 and budgets > 0 (at least one), got {self.lam} and {self.budgets}")
+        if self.agent_recipe not in AGENT_RECIPES:
+            raise ValueError(f"agent_recipe must be one of {', '.join(AGENT_RECIPES)}, got {self.agent_recipe!r}")
+
+    def agent_options(self, rnet: str) -> tuple[dict, dict]:
+        """``(env_kwargs, hyperparams)`` of the agent's ``zoomdet train`` run, with the R-net at ``rnet``."""
+        from zoomdet.agents.train import RECIPE, RECIPE_SCHEDULE, parse_key_values
+        from zoomdet.eval.results import split_variant
+
+        if self.agent_recipe == "paper":
+            return {"rnet": rnet, "lam": self.lam}, {}
+        env_items, hp_items = split_variant(RECIPE)
+        env_kwargs = parse_key_values(env_items)
+        # each episode draws its budget from a range that holds every evaluated budget
+        env_kwargs.update(rnet=rnet, budget_range=[round(max(0.05, min(self.budgets) - 0.1), 4),
+                                                   round(max(self.budgets) + 0.1, 4)])
+        return env_kwargs, parse_key_values([*hp_items, *RECIPE_SCHEDULE])
 
 
 def _stage(name: str, done: bool) -> bool:
@@ -116,8 +139,9 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     t = time.time()
     runs = sorted((out / "logs" / "dqn").glob("ZoomDet-v0_*/ZoomDet-v0.zip"))
     if _stage("agent", bool(runs)):
+        env_kwargs, hyperparams = cfg.agent_options(str(rnet))
         train_agent(TrainArgs(cache=str(caches["train"]), eval_cache=str(caches["tune"]), n_timesteps=cfg.agent_steps,
-                              seed=cfg.seed, env_kwargs={"rnet": str(rnet), "lam": cfg.lam}, eval_freq=2500,
+                              seed=cfg.seed, env_kwargs=env_kwargs, hyperparams=hyperparams, eval_freq=2500,
                               log_folder=str(out / "logs"), progress=progress))
         runs = sorted((out / "logs" / "dqn").glob("ZoomDet-v0_*/ZoomDet-v0.zip"))
     run = runs[-1].parent
@@ -128,7 +152,7 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     ecfg.policies.rnet = str(rnet)
     report_path = out / "eval" / "report.json"
     if _stage("eval", report_path.is_file()):
-        evaluate(ecfg, str(ann["val"]), ["coarse", "fine", "sahi", "greedy", "oracle", str(agent)], out / "eval",
+        evaluate(ecfg, str(ann["val"]), ["coarse", "fine", "sahi", "greedy", "greedy-entropy", "oracle", str(agent)], out / "eval",
                  progress=progress)
     report = json.loads(report_path.read_text())
     times["eval"] = time.time() - t

@@ -258,10 +258,19 @@ def _report(cfg, data, ds, ids, keys, state, detector) -> dict:
     return {
         "data": str(data), "images": len(ids), "image_ids": list(ids), "checkpoint": detector.checkpoint_id,
         "date": _dt.date.today().isoformat(),
-        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, device {detector.device}",
+        "hardware": hardware_line(detector.device),
         "ap_note": "COCOeval AP@[.5:.95] over up to 1000 detections per image; small < 32² px, tiny < 16² px",
         "config": to_dict(cfg), "policies": rows,
     }
+
+
+def hardware_line(device) -> str:
+    """Where a run's numbers come from: machine, CPU count, the CPU kernels torch chose (``AVX2``, ``AVX512``:
+    they round floating point differently, so a detector's scores, and the windows a policy picks on near ties,
+    can differ between machines), torch's version and threads, and the device."""
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus "
+            f"({torch.backends.cpu.get_cpu_capability()} kernels), torch {torch.__version__} "
+            f"threads {torch.get_num_threads()}, device {device}")
 
 
 def results_file_name(key: str) -> str:
