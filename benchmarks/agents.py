@@ -182,6 +182,9 @@ def main(argv=None) -> int:
                     help=f"agent variant (repeatable; default qnet-ap); named: {', '.join(VARIANTS)}")
     ap.add_argument("--ablations", action="store_true", help=f"also train {', '.join(ABLATIONS)}")
     ap.add_argument("--steps", type=int, default=30000, help="environment steps per agent (default 30000)")
+    ap.add_argument("--eval-freq", type=int, default=None,
+                    help="steps between evaluations on --eval-cache (default: a tenth of --steps, at least 500; "
+                         "zoomdet quickstart's agent: 2500)")
     ap.add_argument("--budget-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                     help="the per-episode budget range of every variant that draws one (default: the variant's, "
                          "[0.3, 0.7]; e.g. 0.08 0.3 for a coarse pass at 0.25)")
@@ -206,6 +209,8 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default="agents", help="results file name under benchmarks/results (default agents)")
     args = ap.parse_args(argv)
 
+    if args.eval_freq is not None and args.eval_freq < 1:
+        ap.error(f"--eval-freq must be >= 1, got {args.eval_freq}")
     size = args.ensemble_size or len(args.seeds)
     if args.ensemble_size and not args.ensemble:
         ap.error("--ensemble-size needs --ensemble")
@@ -232,7 +237,8 @@ def main(argv=None) -> int:
     for note in merge_notes + demonstrator_notes(specs, config.policies.greedy_stop):
         print(f"note: {note}", file=sys.stderr)
     out = Path(args.out)
-    agents = train_agents(specs, args.seeds, args.cache, args.eval_cache, args.rnet, args.steps, out, args.hyperparams)
+    agents = train_agents(specs, args.seeds, args.cache, args.eval_cache, args.rnet, args.steps, out, args.hyperparams,
+                          eval_freq=args.eval_freq)
     if args.train_only:
         return 0
     if args.model == "final":  # the last step's model, saved beside best_model.zip by `zoomdet train` as <env id>.zip

@@ -384,6 +384,38 @@ def test_every_zoomdet_command_in_the_docs_code_blocks_parses():
             pytest.fail(f"{doc}: `{command}` does not parse")
 
 
+def test_every_link_within_a_page_of_the_docs_names_one_of_its_headings():
+    """``[text](#anchor)`` in README.md, docs/agents.md and benchmarks/README.md points at a heading of that page,
+    by GitHub's rule (lower case, punctuation dropped, spaces to hyphens, ``-1`` for a repeated title); a renamed
+    section fails here, not for the reader. Links to other files must name files that exist."""
+    import re
+    from pathlib import Path
+
+    def anchors(text: str) -> set[str]:
+        seen, out, in_block = {}, set(), False
+        for line in text.splitlines():
+            if line.startswith("```"):
+                in_block = not in_block
+            elif not in_block and (m := re.match(r"#{1,6} (.+)", line)):
+                slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+                out.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+                seen[slug] = seen.get(slug, 0) + 1
+        return out
+
+    root = Path(__file__).resolve().parents[1]
+    checked = 0
+    for doc in ("README.md", "docs/agents.md", "benchmarks/README.md"):
+        text = (root / doc).read_text()
+        have = anchors(text)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith("#"):
+                assert target[1:] in have, f"{doc}: no heading for the link {target}"
+            elif not re.match(r"[a-z]+://", target):
+                assert (root / doc).parent.joinpath(target.split("#")[0]).exists(), f"{doc}: {target} not found"
+            checked += 1
+    assert checked >= 20
+
+
 def test_detect_answers_each_image_as_the_engine_does_keeps_going_past_a_bad_file_and_resumes(
         tmp_path, synth_small, tiny_checkpoint, capsys):
     import shutil
