@@ -8,7 +8,7 @@ from zoomdet.cli import main
 def test_quickstart_runs_every_stage_and_resumes(tmp_path, tiny_checkpoint, capsys):
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(f"checkpoint: {tiny_checkpoint}\nzoom:\n  windows:\n    refine_steps: 0  # no refinement positions: 14 cached windows per image\n"
-                   "policies:\n  sahi:\n    slice_width: 160\n    slice_height: 160\n")
+                   "policies:\n  greedy_stop: 0.05\n  sahi:\n    slice_width: 160\n    slice_height: 160\n")
     out = tmp_path / "qs"
     args = ["quickstart", "--out", str(out), "--no-progress", "--set", "width=320", "--set", "height=240",
             "--set", "train_images=3", "--set", "tune_images=1", "--set", "val_images=2", "--set", "agent_steps=300",
@@ -26,6 +26,9 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, tiny_checkpoint, caps
     env = run["env_config"]
     assert env["reward"] == "ap" and env["window_features"] and env["budget_range"][0] < 0.6 < env["budget_range"][1]
     assert next((out / "logs" / "dqn").glob("ZoomDet-v0_*/demonstrations.json")).is_file()
+    import yaml  # its demonstrator stops as the eval config's rules do
+    hp = yaml.safe_load(next((out / "logs" / "dqn").glob("ZoomDet-v0_*/config.yml")).read_text())["ZoomDet-v0"]
+    assert hp["demo_stop_gain"] == 0.05 and hp["demo_rule"] == "greedy-entropy"
     assert report["images"] == 2 and (out / "eval" / "pareto.png").is_file()
     import torch  # the report names the CPU kernels torch chose: they round differently, and the numbers follow
     assert f"({torch.backends.cpu.get_cpu_capability()} kernels)" in report["hardware"]

@@ -73,8 +73,9 @@ class QuickstartConfig:
         if self.agent_recipe not in AGENT_RECIPES:
             raise ValueError(f"agent_recipe must be one of {', '.join(AGENT_RECIPES)}, got {self.agent_recipe!r}")
 
-    def agent_options(self, rnet: str) -> tuple[dict, dict]:
-        """``(env_kwargs, hyperparams)`` of the agent's ``zoomdet train`` run, with the R-net at ``rnet``."""
+    def agent_options(self, rnet: str, greedy_stop: float) -> tuple[dict, dict]:
+        """``(env_kwargs, hyperparams)`` of the agent's ``zoomdet train`` run, with the R-net at ``rnet``; the
+        recipe's demonstrator stops as the eval config's rules do (``policies.greedy_stop``)."""
         from zoomdet.agents.train import RECIPE, RECIPE_SCHEDULE, parse_key_values
         from zoomdet.eval.results import split_variant
 
@@ -85,7 +86,7 @@ class QuickstartConfig:
         # each episode draws its budget from a range that holds every evaluated budget
         env_kwargs.update(rnet=rnet, budget_range=[round(max(0.05, min(self.budgets) - 0.1), 4),
                                                    round(max(self.budgets) + 0.1, 4)])
-        return env_kwargs, parse_key_values([*hp_items, *RECIPE_SCHEDULE])
+        return env_kwargs, {**parse_key_values([*hp_items, *RECIPE_SCHEDULE]), "demo_stop_gain": greedy_stop}
 
 
 def _stage(name: str, done: bool) -> bool:
@@ -139,7 +140,7 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     t = time.time()
     runs = sorted((out / "logs" / "dqn").glob("ZoomDet-v0_*/ZoomDet-v0.zip"))
     if _stage("agent", bool(runs)):
-        env_kwargs, hyperparams = cfg.agent_options(str(rnet))
+        env_kwargs, hyperparams = cfg.agent_options(str(rnet), ecfg.policies.greedy_stop)
         train_agent(TrainArgs(cache=str(caches["train"]), eval_cache=str(caches["tune"]), n_timesteps=cfg.agent_steps,
                               seed=cfg.seed, env_kwargs=env_kwargs, hyperparams=hyperparams, eval_freq=2500,
                               log_folder=str(out / "logs"), progress=progress))
@@ -152,8 +153,8 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     ecfg.policies.rnet = str(rnet)
     report_path = out / "eval" / "report.json"
     if _stage("eval", report_path.is_file()):
-        evaluate(ecfg, str(ann["val"]), ["coarse", "fine", "sahi", "greedy", "greedy-entropy", "oracle", str(agent)], out / "eval",
-                 progress=progress)
+        policies = ["coarse", "fine", "sahi", "greedy", "greedy-entropy", "oracle", str(agent)]
+        evaluate(ecfg, str(ann["val"]), policies, out / "eval", progress=progress)
     report = json.loads(report_path.read_text())
     times["eval"] = time.time() - t
 
