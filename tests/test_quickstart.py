@@ -19,7 +19,7 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, tiny_checkpoint, caps
         assert f"[quickstart] {stage}: running" in text
     report = json.loads((out / "eval" / "report.json").read_text())
     names = {r["name"] for r in report["policies"]}
-    assert {"coarse", "fine", "sahi", "greedy", "greedy-entropy", "oracle"} <= names
+    assert {"coarse", "fine", "sahi", "greedy", "greedy-entropy", "oracle", "oracle-ap"} <= names
     assert any(n.startswith("dqn:") for n in names)
     # the agent is the project's recipe: its run says so, with a budget range that holds the evaluated budget
     run = json.loads(next((out / "logs" / "dqn").glob("ZoomDet-v0_*/zoomdet.json")).read_text())

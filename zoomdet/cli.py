@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     qs = sub.add_parser("quickstart", help="the whole pipeline on synthetic data: data, cache, R-net, agent, evaluation, replay",
                         description="Synthetic data -> embedded detector -> rollout cache -> R-net -> DQN agent -> "
-                                    "evaluation against coarse, fine, sahi, greedy, greedy-entropy and oracle on "
-                                    "held-out images -> report, AP-vs-pixels plot and recorded episodes, all under "
+                                    "evaluation against coarse, fine, sahi, greedy, greedy-entropy, the paper's "
+                                    "oracle and the AP oracle (the upper bound) on held-out images -> report, "
+                                    "AP-vs-pixels plot and recorded episodes, all under "
                                     "one run folder. Rerunning reuses the finished stages. The agent is the "
                                     "project's recipe (agent_recipe=dqfd: AP reward, per-window features, a start "
                                     "from greedy-entropy's demonstrations) or the paper's (agent_recipe=paper).")

@@ -7,8 +7,9 @@ Stages, each skipped when its output exists (rerunning the command resumes):
 3. ``rnet``: the R-net on the train cache, validated on tune;
 4. ``agent``: a DQN agent on the train cache, best model chosen on tune: the project's recipe
    (:data:`zoomdet.agents.train.RECIPE`, ``agent_recipe: dqfd``) or the paper's (``agent_recipe: paper``);
-5. ``eval``: coarse, fine, sahi, greedy, greedy-entropy, oracle and the agent through the live engine
-   on the held-out images: ``eval/report.json``, ``report.md``, ``pareto.png``;
+5. ``eval``: coarse, fine, sahi, greedy, greedy-entropy, the paper's oracle, the AP oracle (the upper
+   bound) and the agent through the live engine on the held-out images: ``eval/report.json``, ``report.md``,
+   ``pareto.png``;
 6. ``replay``: the agent's episodes on a few held-out images, rendered (``replay/``).
 
 Every stage calls the same functions as the documented CLI commands; the
@@ -153,7 +154,7 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     ecfg.policies.rnet = str(rnet)
     report_path = out / "eval" / "report.json"
     if _stage("eval", report_path.is_file()):
-        policies = ["coarse", "fine", "sahi", "greedy", "greedy-entropy", "oracle", str(agent)]
+        policies = ["coarse", "fine", "sahi", "greedy", "greedy-entropy", "oracle", "oracle-ap", str(agent)]
         evaluate(ecfg, str(ann["val"]), policies, out / "eval", progress=progress)
     report = json.loads(report_path.read_text())
     times["eval"] = time.time() - t
