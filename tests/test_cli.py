@@ -11,6 +11,8 @@ def test_doctor_passes_on_this_install(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "torchvision.ops.nms and roi_align load and run" in out and "torch " in out
+    import torch  # the kernels torch chose round floating point their own way: the README's tables name them
+    assert f"cpu kernels: {torch.backends.cpu.get_cpu_capability()}" in out
 
 
 def test_doctor_compares_the_installed_versions_with_the_pins(tmp_path, capsys):

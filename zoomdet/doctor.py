@@ -79,7 +79,8 @@ def run_doctor(verbose: bool = True, constraints: Optional[Path] = None) -> int:
     out(f"torchvision   {torchvision.__version__}")
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
-    out(f"device        {device} (cuda available: {cuda}, cpu threads: {torch.get_num_threads()})")
+    out(f"device        {device} (cuda available: {cuda}, cpu threads: {torch.get_num_threads()}, "
+        f"cpu kernels: {torch.backends.cpu.get_cpu_capability()})")
     try:
         from torchvision.ops import nms, roi_align
 
