@@ -386,6 +386,22 @@ def test_every_zoomdet_command_in_the_docs_code_blocks_parses():
             pytest.fail(f"{doc}: `{command}` does not parse")
 
 
+def test_train_help_gives_the_recipe_as_zoomdet_agents_train_defines_it():
+    """``zoomdet train --help`` shows the recommended agent's command; it is written out (importing the agents
+    would slow every ``--help``), so this checks it against :data:`RECIPE` and :data:`RECIPE_SCHEDULE`."""
+    import shlex
+
+    from zoomdet.agents.train import RECIPE, RECIPE_SCHEDULE
+    from zoomdet.cli import TRAIN_EPILOG, build_parser
+    from zoomdet.eval.results import split_variant
+
+    first = TRAIN_EPILOG.split("zoomdet train ")[1].split("\n  #")[0].replace("\\\n", " ")
+    args = build_parser().parse_args(["train", *shlex.split(first)])
+    env_items, hp_items = split_variant(RECIPE)
+    assert sorted(args.env_kwargs) == sorted(["rnet:RNET.pt", *env_items])
+    assert sorted(args.hyperparams) == sorted([*hp_items, *RECIPE_SCHEDULE])
+
+
 def test_every_link_within_a_page_of_the_docs_names_one_of_its_headings():
     """``[text](#anchor)`` in README.md, docs/agents.md and benchmarks/README.md points at a heading of that page,
     by GitHub's rule (lower case, punctuation dropped, spaces to hyphens, ``-1`` for a repeated title); a renamed

@@ -101,6 +101,19 @@ def _detector_overrides(args) -> list[str]:
     return overrides
 
 
+TRAIN_EPILOG = """\
+examples:
+  # the recommended agent (zoomdet.agents.train.RECIPE: the image's AP as the reward, a budget per
+  # episode, per-window features, a start from greedy-entropy's demonstrations); make demo trains it
+  zoomdet train --cache CACHE --eval-cache VAL_CACHE -n 30000 --env-kwargs rnet:RNET.pt \\
+      reward:ap lam:0 stop_gain:0 'budget_range:[0.3,0.7]' window_features:true \\
+      'window_extras:[density]' exhausted:terminate \\
+      --hyperparams demo_rule:greedy-entropy exploration_fraction:0.8
+  # the paper's agent: its Q-net on the R-net map, the gain reward minus lam x pixels
+  zoomdet train --cache CACHE --eval-cache VAL_CACHE --env-kwargs rnet:RNET.pt lam:5 -n 20000
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zoomdet",
@@ -276,9 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--no-progress", action="store_true")
 
     tr = sub.add_parser("train", help="train a zoom agent (Q-net DQN or MaskablePPO) on a rollout cache, rl-zoo style",
-                        description="Train an agent on ZoomDet-v0 (episodes are images of a rollout cache). Artifacts go "
-                                    "to LOG_FOLDER/ALGO/ENV_N/: final and best model, checkpoints, config.yml, args.yml, "
-                                    "zoomdet.json, evaluations.npz.")
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Train an agent on ZoomDet-v0 (episodes are images of a rollout cache). Artifacts go\n"
+                                    "to LOG_FOLDER/ALGO/ENV_N/: final and best model, checkpoints, config.yml, args.yml,\n"
+                                    "zoomdet.json, evaluations.npz.",
+                        epilog=TRAIN_EPILOG)
     tr.add_argument("--algo", default="dqn", choices=["dqn", "ppo_mask"], help="dqn: the paper's Q-net (default); ppo_mask: MaskablePPO")
     tr.add_argument("--env", default="ZoomDet-v0", help="environment id (default ZoomDet-v0)")
     tr.add_argument("--cache", required=True, help="rollout cache of the training images")
