@@ -129,10 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Synthetic data -> embedded detector -> rollout cache -> R-net -> DQN agent -> "
                                     "evaluation against coarse, fine, sahi, greedy, greedy-entropy, the paper's "
                                     "oracle and the AP oracle (the upper bound) on held-out images -> report, "
-                                    "AP-vs-pixels plot and recorded episodes, all under "
-                                    "one run folder. Rerunning reuses the finished stages. The agent is the "
-                                    "project's recipe (agent_recipe=dqfd: AP reward, per-window features, a start "
-                                    "from greedy-entropy's demonstrations) or the paper's (agent_recipe=paper).")
+                                    "AP-vs-pixels plot and recorded episodes, all under one run folder. Rerunning "
+                                    "reuses the finished stages. The agent is the project's recipe "
+                                    "(agent_recipe=dqfd: AP reward, per-window features, a start from "
+                                    "greedy-entropy's demonstrations) or the paper's (agent_recipe=paper).")
     _add_config_args(qs, None, example="train_images=48 (fields of QuickstartConfig: out, width, height, "
                                        "train_images, tune_images, val_images, agent_steps, agent_recipe, lam, "
                                        "budgets, ...)")
