@@ -2,6 +2,9 @@
 
 import json
 
+import torch
+import yaml
+
 from zoomdet.cli import main
 
 
@@ -22,15 +25,15 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, tiny_checkpoint, caps
     assert {"coarse", "fine", "sahi", "greedy", "greedy-entropy", "oracle", "oracle-ap"} <= names
     assert any(n.startswith("dqn:") for n in names)
     # the agent is the project's recipe: its run says so, with a budget range that holds the evaluated budget
-    run = json.loads(next((out / "logs" / "dqn").glob("ZoomDet-v0_*/zoomdet.json")).read_text())
-    env = run["env_config"]
+    run = next((out / "logs" / "dqn").glob("ZoomDet-v0_*"))
+    env = json.loads((run / "zoomdet.json").read_text())["env_config"]
     assert env["reward"] == "ap" and env["window_features"] and env["budget_range"][0] < 0.6 < env["budget_range"][1]
-    assert next((out / "logs" / "dqn").glob("ZoomDet-v0_*/demonstrations.json")).is_file()
-    import yaml  # its demonstrator stops as the eval config's rules do
-    hp = yaml.safe_load(next((out / "logs" / "dqn").glob("ZoomDet-v0_*/config.yml")).read_text())["ZoomDet-v0"]
+    assert (run / "demonstrations.json").is_file()
+    # its demonstrator stops as the eval config's rules do
+    hp = yaml.safe_load((run / "config.yml").read_text())["ZoomDet-v0"]
     assert hp["demo_stop_gain"] == 0.05 and hp["demo_rule"] == "greedy-entropy"
     assert report["images"] == 2 and (out / "eval" / "pareto.png").is_file()
-    import torch  # the report names the CPU kernels torch chose: they round differently, and the numbers follow
+    # the report names the CPU kernels torch chose: they round differently, and the numbers follow
     assert f"({torch.backends.cpu.get_cpu_capability()} kernels)" in report["hardware"]
     assert len(list((out / "replay").glob("episode_*.json"))) == 1 and list((out / "replay").glob("*.gif"))
     summary = json.loads((out / "summary.json").read_text())
