@@ -355,8 +355,9 @@ def test_help_pages_keep_to_a_terminal_width(monkeypatch):
 
 
 def test_every_zoomdet_command_in_the_docs_code_blocks_parses():
-    """The commands a reader copies from README.md and docs/agents.md (```bash blocks, continuation lines joined,
-    comments dropped) are accepted by the CLI's parser: a renamed or removed flag fails here, not for the reader."""
+    """The commands a reader copies from README.md and the pages of docs/ (```bash blocks, continuation lines
+    joined, comments dropped) are accepted by the CLI's parser: a renamed or removed flag fails here, not for the
+    reader."""
     import re
     import shlex
     from pathlib import Path
@@ -365,7 +366,9 @@ def test_every_zoomdet_command_in_the_docs_code_blocks_parses():
 
     root = Path(__file__).resolve().parents[1]
     commands = []
-    for doc in ("README.md", "docs/agents.md"):
+    docs = ["README.md", *sorted(str(p.relative_to(root)) for p in (root / "docs").glob("*.md"))]
+    assert len(docs) >= 3
+    for doc in docs:
         for block in re.findall(r"```bash\n(.*?)```", (root / doc).read_text(), re.S):
             current = ""
             for line in block.splitlines():
@@ -402,10 +405,11 @@ def test_train_help_gives_the_recipe_as_zoomdet_agents_train_defines_it():
     assert sorted(args.hyperparams) == sorted([*hp_items, *RECIPE_SCHEDULE])
 
 
-def test_every_link_within_a_page_of_the_docs_names_one_of_its_headings():
-    """``[text](#anchor)`` in README.md, docs/agents.md and benchmarks/README.md points at a heading of that page,
-    by GitHub's rule (lower case, punctuation dropped, spaces to hyphens, ``-1`` for a repeated title); a renamed
-    section fails here, not for the reader. Links to other files must name files that exist."""
+def test_every_link_of_the_docs_names_a_heading_of_the_page_it_points_at():
+    """``[text](#anchor)`` and ``[text](page.md#anchor)`` in README.md, benchmarks/README.md and the pages of docs/
+    point at a heading of that page, by GitHub's rule (lower case, punctuation dropped, spaces to hyphens, ``-1``
+    for a repeated title); a renamed or moved section fails here, not for the reader. Links to other files must
+    name files that exist."""
     import re
     from pathlib import Path
 
@@ -421,15 +425,18 @@ def test_every_link_within_a_page_of_the_docs_names_one_of_its_headings():
         return out
 
     root = Path(__file__).resolve().parents[1]
+    docs = [root / "README.md", root / "benchmarks" / "README.md", *sorted((root / "docs").glob("*.md"))]
     checked = 0
-    for doc in ("README.md", "docs/agents.md", "benchmarks/README.md"):
-        text = (root / doc).read_text()
-        have = anchors(text)
+    for doc in docs:
+        text = doc.read_text()
         for target in re.findall(r"\]\(([^)\s]+)\)", text):
-            if target.startswith("#"):
-                assert target[1:] in have, f"{doc}: no heading for the link {target}"
-            elif not re.match(r"[a-z]+://", target):
-                assert (root / doc).parent.joinpath(target.split("#")[0]).exists(), f"{doc}: {target} not found"
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            page = doc.parent.joinpath(path).resolve() if path else doc
+            assert page.exists(), f"{doc.relative_to(root)}: {target} not found"
+            if anchor:
+                assert anchor in anchors(page.read_text()), f"{doc.relative_to(root)}: no heading for the link {target}"
             checked += 1
     assert checked >= 20
 

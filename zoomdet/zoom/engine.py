@@ -118,7 +118,7 @@ class ZoomConfig:
     frame_carry: bool = False
     """With ``frame_size``: the frames run from the least predicted gain to the most, and the pixels a frame leaves
     of its share go to the frames after it (in proportion to their gain), instead of staying unspent. Off by
-    default: with ``greedy-entropy`` on Airbus scenes it bought nothing (README, *Whole scenes*)."""
+    default: with ``greedy-entropy`` on Airbus scenes it bought nothing (docs/airbus.md, *Whole scenes*)."""
 
     @property
     def zoom_scale(self) -> float:
