@@ -185,6 +185,9 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-freq", type=int, default=None,
                     help="steps between evaluations on --eval-cache (default: a tenth of --steps, at least 500; "
                          "zoomdet quickstart's agent: 2500)")
+    ap.add_argument("--save-freq", type=int, default=None, metavar="N",
+                    help="keep a checkpoint of each agent every N steps in <out>/<variant>-s<seed>/checkpoints, to "
+                         "play each later (benchmarks/cache_policies.py --agent); default: none")
     ap.add_argument("--budget-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                     help="the per-episode budget range of every variant that draws one (default: the variant's, "
                          "[0.3, 0.7]; e.g. 0.08 0.3 for a coarse pass at 0.25)")
@@ -211,6 +214,8 @@ def main(argv=None) -> int:
 
     if args.eval_freq is not None and args.eval_freq < 1:
         ap.error(f"--eval-freq must be >= 1, got {args.eval_freq}")
+    if args.save_freq is not None and args.save_freq < 1:
+        ap.error(f"--save-freq must be >= 1, got {args.save_freq}")
     size = args.ensemble_size or len(args.seeds)
     if args.ensemble_size and not args.ensemble:
         ap.error("--ensemble-size needs --ensemble")
@@ -238,7 +243,7 @@ def main(argv=None) -> int:
         print(f"note: {note}", file=sys.stderr)
     out = Path(args.out)
     agents = train_agents(specs, args.seeds, args.cache, args.eval_cache, args.rnet, args.steps, out, args.hyperparams,
-                          eval_freq=args.eval_freq)
+                          eval_freq=args.eval_freq, save_freq=args.save_freq)
     if args.train_only:
         return 0
     if args.model == "final":  # the last step's model, saved beside best_model.zip by `zoomdet train` as <env id>.zip

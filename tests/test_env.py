@@ -525,7 +525,8 @@ def test_agents_benchmark_evaluates_the_final_models_when_asked(monkeypatch, tmp
     assert "| qnet-win-ensemble | 0.45 | 2 |" in capsys.readouterr().out  # two ensembles, one mean
     for bad, message in ((["--ensemble", "--ensemble-size", "3"], "divide the 4 --seeds"),
                          (["--ensemble", "--ensemble-size", "1"], "at least 2 seeds"),
-                         (["--ensemble-size", "2"], "needs --ensemble")):
+                         (["--ensemble-size", "2"], "needs --ensemble"),
+                         (["--save-freq", "0"], "--save-freq must be >= 1")):
         with pytest.raises(SystemExit):
             mod.main([*four, *bad])
         assert message in capsys.readouterr().err
@@ -549,6 +550,10 @@ def test_train_agents_passes_a_variants_dqn_items_as_hyperparameters(monkeypatch
                                   "e", "r.pt", 100, tmp_path / "out", hyperparams=["gamma:0.5"])
     assert len(calls) == 2 and len(agents) == 2
     v, w = calls
+    assert "--save-freq" not in v
+    results.train_agents({"x": ["reward:ap"]}, [0], "c", "e", "r.pt", 100, tmp_path / "out", save_freq=25)
+    x = calls[-1]
+    assert x[x.index("--save-freq") + 1] == "25"
     assert v[v.index("--env-kwargs") + 1:v.index("--eval-freq")] == ["rnet:r.pt", "reward:ap"]
     assert v[v.index("--hyperparams") + 1:] == ["gamma:0.5", "demo_rule:greedy-entropy"]
     assert w[w.index("--hyperparams") + 1:] == ["gamma:0.5"]

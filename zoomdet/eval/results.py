@@ -65,12 +65,13 @@ def split_variant(items: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def train_agents(variants: dict[str, list[str]], seeds: Sequence[int], cache: str, eval_cache: str, rnet: str,
-                 steps: int, out: Path, hyperparams: Sequence[str] = (), eval_freq: Optional[int] = None
-                 ) -> dict[Path, tuple[str, int]]:
+                 steps: int, out: Path, hyperparams: Sequence[str] = (), eval_freq: Optional[int] = None,
+                 save_freq: Optional[int] = None) -> dict[Path, tuple[str, int]]:
     """Train (or reuse) one DQN agent per variant (``--env-kwargs`` items; items ``dqn.KEY:VALUE`` are
     ``--hyperparams`` of that variant, after ``hyperparams``) and seed with ``zoomdet train``, into
     ``out/<variant>-s<seed>`` (the agent's name in reports comes from that folder); its best model is chosen on
-    ``eval_cache`` every ``eval_freq`` steps (default: a tenth of ``steps``, at least 500).
+    ``eval_cache`` every ``eval_freq`` steps (default: a tenth of ``steps``, at least 500). With ``save_freq``, a
+    checkpoint every that many steps lands in ``out/<variant>-s<seed>/checkpoints`` (``zoomdet train --save-freq``).
     Returns ``{best_model.zip: (variant, seed)}``."""
     import shutil
 
@@ -86,6 +87,8 @@ def train_agents(variants: dict[str, list[str]], seeds: Sequence[int], cache: st
                 argv = ["train", "--cache", cache, "--eval-cache", eval_cache, "-n", str(steps), "--seed", str(seed),
                         "--env-kwargs", f"rnet:{rnet}", *env_items,
                         "--eval-freq", str(eval_freq or max(steps // 10, 500)), "-f", str(logs), "--no-progress"]
+                if save_freq:
+                    argv += ["--save-freq", str(save_freq)]
                 if hyperparams or own:
                     argv += ["--hyperparams", *hyperparams, *own]
                 run_zoomdet(argv)
