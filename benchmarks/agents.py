@@ -22,6 +22,9 @@ Q-values of all its seeds (``a.zip+b.zip+c.zip``; rows ``NAME-ensemble``);
 ``--ensemble-size K`` makes it one policy per K consecutive seeds instead, so
 an ensemble of K nets has seeds of its own (the rows' ``seed`` is the group's
 place, ``seeds`` its members) and gets a mean and a spread like any variant.
+``--save-freq N`` keeps each agent's checkpoint every N steps under
+``<out>/<variant>-s<seed>/checkpoints``, to play each one later on a rollout
+cache (``benchmarks/cache_policies.py --agent NAME=PATH``).
 
 Prints the table ``benchmarks/tables.py --agents`` prints: per budget, each
 variant's AP (mean ± population std over seeds), its margin over the best
