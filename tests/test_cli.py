@@ -410,12 +410,14 @@ def test_every_link_of_the_docs_names_a_heading_of_the_page_it_points_at():
     point at a heading of that page, by GitHub's rule (lower case, punctuation dropped, spaces to hyphens, ``-1``
     for a repeated title); a renamed or moved section fails here, not for the reader. Links to other files must
     name files that exist."""
+    import functools
     import re
     from pathlib import Path
 
-    def anchors(text: str) -> set[str]:
+    @functools.cache
+    def anchors(page: Path) -> set[str]:  # each page's headings, read once however many links point at it
         seen, out, in_block = {}, set(), False
-        for line in text.splitlines():
+        for line in page.read_text().splitlines():
             if line.startswith("```"):
                 in_block = not in_block
             elif not in_block and (m := re.match(r"#{1,6} (.+)", line)):
@@ -433,10 +435,10 @@ def test_every_link_of_the_docs_names_a_heading_of_the_page_it_points_at():
             if re.match(r"[a-z]+://", target):
                 continue
             path, _, anchor = target.partition("#")
-            page = doc.parent.joinpath(path).resolve() if path else doc
+            page = doc.parent.joinpath(path).resolve() if path else doc.resolve()
             assert page.exists(), f"{doc.relative_to(root)}: {target} not found"
             if anchor:
-                assert anchor in anchors(page.read_text()), f"{doc.relative_to(root)}: no heading for the link {target}"
+                assert anchor in anchors(page), f"{doc.relative_to(root)}: no heading for the link {target}"
             checked += 1
     assert checked >= 20
 
