@@ -170,7 +170,19 @@ def random_masked_actions(observation: dict, rng: np.random.Generator) -> np.nda
 
 
 class MaskableDQN(DQN):
-    """SB3 DQN whose warm-up and epsilon-greedy actions respect the observation's action mask."""
+    """SB3 DQN whose warm-up and epsilon-greedy actions respect the observation's action mask.
+
+    ``double_q=True`` (``--hyperparams double_q:true``) makes the TD target Double DQN's (van Hasselt et al.,
+    2016): the next state's action is the online net's argmax among allowed actions, its value the target
+    net's, ``r + gamma * Q_target(s', argmax_a' Q(s', a'))``, instead of ``max_a' Q_target(s', a')``. With
+    a noisy reward (one image's AP change) and up to 30 actions, the plain max favours whichever action's
+    estimate is noisiest upwards; the double target does not."""
+
+    def __init__(self, *args: Any, double_q: bool = False, **kwargs: Any) -> None:
+        if not isinstance(double_q, bool):
+            raise ValueError(f"double_q must be true or false, got {double_q!r}")
+        self.double_q = double_q
+        super().__init__(*args, **kwargs)
 
     def _mask_rng(self) -> np.random.Generator:
         if not hasattr(self, "_masked_rng"):
@@ -199,10 +211,16 @@ class MaskableDQN(DQN):
         self.demo_buffer, self.demo = buffer, config
 
     def _td_loss(self, data) -> Tensor:
-        """SB3 DQN's loss: Huber between ``Q(s, a)`` and ``r + gamma * max_a' Q_target(s', a')``."""
+        """SB3 DQN's loss: Huber between ``Q(s, a)`` and ``r + gamma * max_a' Q_target(s', a')`` (with
+        ``double_q``, ``r + gamma * Q_target(s', argmax_a' Q(s', a'))``)."""
         discounts = data.discounts if data.discounts is not None else self.gamma
         with torch.no_grad():
-            next_q = self.q_net_target(data.next_observations).max(dim=1).values.reshape(-1, 1)
+            target_q = self.q_net_target(data.next_observations)
+            if getattr(self, "double_q", False):  # models saved before the option load without it
+                best = self.q_net(data.next_observations).argmax(dim=1, keepdim=True)
+                next_q = target_q.gather(1, best)
+            else:
+                next_q = target_q.max(dim=1).values.reshape(-1, 1)
             target = data.rewards + (1 - data.dones) * discounts * next_q
         return F.smooth_l1_loss(self.q_net(data.observations).gather(1, data.actions.long()), target)
 
@@ -250,15 +268,16 @@ class MaskableDQN(DQN):
                 "margin_loss": float(np.mean(margin_losses[-100:] or [0.0])), "agreement": agree}
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
-        """SB3 DQN's update; with demonstrations, each step's loss adds their TD and large-margin terms (DQfD)."""
-        if self.demo_buffer is None:
+        """SB3 DQN's update (with ``double_q``, on the double target); with demonstrations, each step's loss adds
+        their TD and large-margin terms (DQfD)."""
+        if self.demo_buffer is None and not getattr(self, "double_q", False):
             return super().train(gradient_steps, batch_size)
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         losses, demo_td, demo_margin = [], [], []
         for _ in range(gradient_steps):
             agent = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
-            td, margin = self._demo_losses(batch_size)
+            td, margin = self._demo_losses(batch_size) if self.demo_buffer is not None else (torch.zeros(()),) * 2
             loss = self._td_loss(agent)
             self._gradient_step(loss + td + margin)
             losses.append(loss.item())
@@ -267,8 +286,9 @@ class MaskableDQN(DQN):
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", np.mean(losses))
-        self.logger.record("train/demo_td_loss", np.mean(demo_td))
-        self.logger.record("train/demo_margin_loss", np.mean(demo_margin))
+        if self.demo_buffer is not None:
+            self.logger.record("train/demo_td_loss", np.mean(demo_td))
+            self.logger.record("train/demo_margin_loss", np.mean(demo_margin))
 
     def _excluded_save_params(self) -> list[str]:
         return super()._excluded_save_params() + ["_masked_rng", "demo_buffer", "demo"]

@@ -94,6 +94,12 @@ VARIANTS = {
                           "window_extras:[density],exhausted:terminate,dqn.demo_rule:greedy-entropy",
     "qnet-win-density-term": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                              "window_extras:[density],exhausted:terminate",  # the same without demonstrations
+    # qnet-dqfd-term (and its class-column form) with Double DQN's TD target (MaskableDQN double_q): the next
+    # action the online net's, valued by the target net, so a noisy per-image reward is not maximised over
+    "qnet-dqfd-term-double": ",".join(RECIPE) + ",dqn.double_q:true",
+    "qnet-dqfd-term-cls-double": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
+                                 "window_extras:[density,classes],exhausted:terminate,dqn.demo_rule:greedy-entropy,"
+                                 "dqn.double_q:true",
     # qnet-dqfd-term rewarded (and its checkpoint chosen) by the change of the cache's COCO AP, the test's metric
     "qnet-dqfd-term-dsap": "reward:dataset-ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                            "window_extras:[density],exhausted:terminate,dqn.demo_rule:greedy-entropy",

@@ -1494,3 +1494,56 @@ def test_a_merge_override_trains_for_the_live_merge_and_refuses_bad_fields(toy_c
                        ({"fuse_iou": "high"}, r"merge\.fuse_iou must be a number"), ("fuse", "merge must be a mapping")):
         with pytest.raises(ValueError, match=match):
             make(toy_cache, merge=bad)
+
+
+def test_double_q_takes_the_online_nets_pick_valued_by_the_target_net(toy_cache, tmp_path, capsys):
+    """``double_q: true`` (Double DQN): the TD target is ``r + gamma * Q_target(s', argmax_a' Q(s', a'))``, not the
+    target net's max; the option survives a save and load, trains with and without demonstrations, and a value that
+    is not a boolean is refused before a run folder is made."""
+    import torch
+    from torch.nn import functional as F
+
+    from zoomdet.agents.policy import algorithm_class
+    from zoomdet.agents.train import TrainArgs, train_agent
+    from zoomdet.cli import main
+
+    kw = {"state": "entropy", "lam": 1.0, "window_features": True, "window_extras": ["density"]}
+    for extra in ({}, {"demo_rule": "greedy-entropy", "demo_episodes": 20, "demo_pretrain_steps": 50}):
+        hp = {"learning_starts": 50, "buffer_size": 500, "double_q": True, **extra}
+        run = train_agent(TrainArgs(cache=str(toy_cache), n_timesteps=150, progress=False, env_kwargs=kw,
+                                    hyperparams=hp, log_folder=str(tmp_path / "logs"), conf_file="configs/agents/dqn.yml"))
+        model = algorithm_class("dqn").load(str(run / "ZoomDet-v0.zip"))
+        assert model.double_q is True
+    trained = algorithm_class("dqn").load(str(run / "ZoomDet-v0.zip"))
+    env = make(toy_cache, **kw)
+    from stable_baselines3.common.buffers import DictReplayBuffer
+
+    buf = DictReplayBuffer(300, env.observation_space, env.action_space, device="cpu")
+    obs, _ = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = int(rng.choice(np.flatnonzero(obs["mask"])))
+        nxt, r, term, trunc, _ = env.step(a)
+        buf.add({k: v[None] for k, v in obs.items()}, {k: v[None] for k, v in nxt.items()}, np.array([a]),
+                np.array([r]), np.array([term]), [{}])
+        obs = env.reset()[0] if term or trunc else nxt
+    with torch.no_grad():  # a target net unlike the online one, so the two targets differ
+        for p in trained.q_net_target.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    data = buf.sample(128)
+    with torch.no_grad():
+        q_next, t_next = trained.q_net(data.next_observations), trained.q_net_target(data.next_observations)
+        double = t_next.gather(1, q_next.argmax(dim=1, keepdim=True))
+        plain = t_next.max(dim=1, keepdim=True).values
+        q = trained.q_net(data.observations).gather(1, data.actions.long())
+        expect = {flag: F.smooth_l1_loss(q, data.rewards + (1 - data.dones) * trained.gamma * nxt_q).item()
+                  for flag, nxt_q in ((True, double), (False, plain))}
+    assert (plain >= double).all() and (plain > double).any()  # the max over the target net is never below
+    for flag in (True, False):
+        trained.double_q = flag
+        assert trained._td_loss(data).item() == pytest.approx(expect[flag], rel=1e-5)
+    assert expect[True] != pytest.approx(expect[False])
+    assert main(["train", "--cache", str(toy_cache), "-f", str(tmp_path / "bad"), "--no-progress", "-n", "10",
+                 "--env-kwargs", "state:entropy", "--hyperparams", "double_q:2"]) == 2
+    assert "double_q must be true or false" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").rglob("ZoomDet-v0_*"))

@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--conf-file", help="hyperparameter YAML (default configs/agents/ALGO.yml)")
     tr.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="override hyperparameters, e.g. learning_rate:1e-3; demo_rule:greedy-entropy (DQN) "
                          "first learns from the rule's demonstrations and keeps their losses (DQfD; also demo_episodes, "
-                         "demo_pretrain_steps, demo_margin, demo_weight, demo_td_weight, demo_stop_gain)")
+                         "demo_pretrain_steps, demo_margin, demo_weight, demo_td_weight, demo_stop_gain); double_q:true "
+                         "(DQN) takes Double DQN's TD target")
     tr.add_argument("--env-kwargs", nargs="+", default=[], metavar="KEY:VALUE",
                     help="environment options (ZoomEnvConfig), e.g. rnet:runs/rnet/rnet.pt lam:5 max_pixels_ratio:0.6; "
                          "reward:ap (the image's COCO AP change), reward:dataset-ap (the change of the cache's COCO AP, the "
