@@ -104,7 +104,8 @@ def main(argv=None) -> int:
         for row, r in zip(run_rows, report["policies"]):
             print(f"{r['policy']:<22}{r['ap']:7.3f}{r['ap_small']:7.3f}{r['pixels_ratio']:8.3f}"
                   + "".join(f"{row['timing_ms'][s]:8.1f}" for s in stages)
-                  + f"{100 * row['rel_time']:6.1f}%{100 * row['rel_pixels']:6.1f}%{100 * row['overhead_share']:5.1f}%")
+                  + (f"{100 * row['rel_time']:6.1f}%" if row["rel_time"] is not None else f"{'–':>7}")
+                  + f"{100 * row['rel_pixels']:6.1f}%{100 * row['overhead_share']:5.1f}%")
     path = write_results("latency", rows, replace={"dataset": args.dataset})
     print(f"\nwrote {path}")
     return 0

@@ -103,6 +103,7 @@ def test_evaluate_writes_report_and_resumes(tmp_path, synth_small, tiny_checkpoi
     for r in rows.values():
         for k in ("ap", "ap50", "ap75", "ap_small", "ap_tiny", "ar100", "detector_calls_per_image", "time_per_image_s"):
             assert k in r
+    from zoomdet.eval.evaluator import report_markdown
     from zoomdet.eval.results import rows_from_report
 
     bench_rows = {r["policy"] + (f"@{r['budget']:g}" if r["budget"] else ""): r for r in rows_from_report(rep, "toy")}
@@ -140,7 +141,15 @@ def test_evaluate_writes_report_and_resumes(tmp_path, synth_small, tiny_checkpoi
     rows3 = {r["policy"]: r for r in json.loads((out / "report.json").read_text())["policies"]}
     for key, r in rows.items():
         assert rows3[key]["ap"] == r["ap"] and rows3[key]["time_per_image_s"] == r["time_per_image_s"]
+        assert rows3[key]["rel_time"] == pytest.approx(r["rel_time"]) and rows3[key]["timed_by"] == r["timed_by"]
     assert {"random@0.6", "greedy-entropy@0.8"} <= set(rows3)
+    # the runs added were timed by another evaluation than fine's: their time is their own, not relative to fine's
+    assert all(r["rel_time"] is not None and len(r["timed_by"]) == 1 for r in rows.values())
+    for key in set(rows3) - set(rows):
+        assert rows3[key]["rel_time"] is None and rows3[key]["time_per_image_s"] > 0
+        assert rows3[key]["timed_by"] != rows["fine"]["timed_by"]
+    assert "rel time –: the run was not timed by the same evaluations as `fine`" in (out / "report.md").read_text()
+    assert "rel time –" not in report_markdown(rep)
     state = json.loads((out / "partial.json").read_text())
     assert all(sorted(state["runs"][k]["done"]) == sorted(rep["image_ids"]) for k in rows3)
 

@@ -16,7 +16,10 @@ so any COCO tool can re-score or inspect them. Progress is checkpointed in
 evaluation continues where it stopped, and adding a policy or a budget to a
 finished one runs only the new runs (an agent retrained in place, a changed
 config, other images, detector or R-net start over). A run added later was
-timed then, not beside the others: for ``rel_time`` measured together, use an
+timed then, not beside the others: each run records the evaluations that
+timed it (``timed_by``, their start times), and a row whose run was not timed
+by the same evaluations as ``fine``'s gets no ``rel_time`` (– in the table;
+its ``time_per_image_s`` stays). For ``rel_time`` measured together, use an
 empty folder. All files are written atomically.
 """
 
@@ -185,6 +188,7 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
               + (f" (new runs: {', '.join(fresh)})" if fresh and len(fresh) < len(keys) else ""))
 
     todo = [i for i in ids if i not in complete]
+    session = _dt.datetime.now().isoformat(timespec="milliseconds")  # this evaluation, in each run it times
     timed = cfg.max_latency_ms is not None  # a deadline needs each run's own passes and clock
     limit_s = cfg.max_latency_ms / 1000 if timed else None
     for k, iid in enumerate(tqdm(todo, desc="evaluate", unit="img", disable=not progress)):
@@ -203,6 +207,8 @@ def evaluate(cfg: EvalConfig, data: str, policy_names: Sequence[str], out: str |
                              pass_memo=None if timed else passes,
                              deadline=time.perf_counter() + limit_s - decode if timed else None)
             run = state["runs"][key]
+            if session not in run.setdefault("timed_by", []):
+                run["timed_by"].append(session)
             run["results"] += res.detections.to_coco(iid)
             run["done"].append(iid)
             for f, v in res.cost.as_dict().items():
@@ -252,9 +258,14 @@ def _report(cfg, data, ds, ids, keys, state, detector) -> dict:
                "late_ms_mean": 1000 * run["cost"]["late_s"] / run["cost"]["late"] if run["cost"].get("late") else None,
                "zoomed_share": run["cost"].get("zoomed_images", 0) / n,
                "time_per_image_s": run["timing"].get("total", 0.0) / n,
-               "timing_ms": {s: 1000 * run["timing"].get(s, 0.0) / n for s in (*STAGES, "total")}}
+               "timing_ms": {s: 1000 * run["timing"].get(s, 0.0) / n for s in (*STAGES, "total")},
+               "timed_by": run.get("timed_by")}  # None: a run of a partial.json written before the field
         rows.append(row)
-    relative_to_fine(rows, next((r for r in rows if r["name"] == "fine"), None))
+    fine = next((r for r in rows if r["name"] == "fine"), None)
+    relative_to_fine(rows, fine)
+    for r in rows:  # a time is compared with fine's only where the same evaluations timed both
+        if fine is not None and sorted(r["timed_by"] or []) != sorted(fine["timed_by"] or []):
+            r["rel_time"] = None
     return {
         "data": str(data), "images": len(ids), "image_ids": list(ids), "checkpoint": detector.checkpoint_id,
         "date": _dt.date.today().isoformat(),
@@ -293,6 +304,9 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {r['policy']} | {_fmt(r['ap'])} | {_fmt(r['ap50'])} | {_fmt(r['ap_small'])} | {_fmt(r['ap_tiny'])} | "
                      f"{_fmt(r['ar100'])} | {r['pixels_ratio']:.3f} | {r['detector_calls_per_image']:.1f} | "
                      f"{r['time_per_image_s']:.2f} | {_fmt(r['rel_ap'], True)} | {_fmt(r['rel_pixels'], True)} | {_fmt(r['rel_time'], True)} |")
+    if any(r["rel_time"] is None and r.get("timed_by") for r in report["policies"]):
+        lines += ["", "rel time –: the run was not timed by the same evaluations as `fine` (it was added to, or "
+                  "resumed in, another evaluation of this folder); its time/img is its own."]
     classes = list(report["policies"][0].get("per_class", {})) if report["policies"] else []
     if len(classes) > 1:
         lines += ["", "Per-class AP@[.5:.95] (– where the class has no ground truth in these images):", "",
