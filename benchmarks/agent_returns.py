@@ -15,8 +15,13 @@ plays, in that same environment and with the variant's options (:data:`VARIANTS`
   ``zoomdet train --seed S`` starts from);
 - every ``--agent`` (a trained ``.zip``; it must have been trained with the variant's options);
 
-and prints each one's mean return: with ``reward: ap`` the AP points per image its zooms added. Rows
-(``dataset``, ``policy``, ``kind``, ``seed``, ``mean_return``, ``images``, ``variant``) go to
+and prints each one's mean return: with ``reward: ap`` the AP points per image its zooms added. For a trained
+DQN agent it also gives how far its Q-values overestimate what it then collects: ``q_first``, the mean over
+images of its Q-value at the episode's first state (the value of the action it takes), against
+``discounted_return``, the mean of ``sum_t gamma^t r_t`` of the episode it then plays (``gamma`` its own), the
+quantity that Q-value estimates; ``q_bias`` is their difference (Double DQN's target is meant to bring it
+down). Rows (``dataset``, ``policy``, ``kind``, ``seed``, ``mean_return``, ``images``, ``variant``, and for
+trained DQN agents ``q_first``, ``discounted_return``, ``q_bias``) go to
 ``benchmarks/results/agent_returns.json`` (replacing ``--dataset``'s rows).
 """
 
@@ -91,13 +96,44 @@ def main(argv=None) -> int:
     rows = []
     for label, kind, seed, pick in tqdm(players, desc="policies"):
         rows.append({**common, "policy": label, "kind": kind, "seed": seed, "mean_return": sequential_mean_return(env, pick)})
-    print(f"{args.dataset}: {len(env.records)} cached images, variant {name} ({', '.join(items)}); mean return per image")
+    for agent, row in zip(agents, rows[len(rows) - len(agents):]):
+        if agent.algo == "dqn":
+            row.update(value_bias(env, agent))
+    print(f"{args.dataset}: {len(env.records)} cached images, variant {name} ({', '.join(items)}); mean return per image"
+          + ("; for trained DQN agents the first state's Q-value, the discounted return, their difference" if agents else ""))
     for r in rows:
-        print(f"  {r['policy']:40s} {'' if r['seed'] is None else r['seed']:>4} {r['mean_return']:8.3f}")
+        print(f"  {r['policy']:40s} {'' if r['seed'] is None else r['seed']:>4} {r['mean_return']:8.3f}"
+              + (f" {r['q_first']:8.3f} {r['discounted_return']:8.3f} {r['q_bias']:+8.3f}" if "q_bias" in r else ""))
     path = write_results("agent_returns", rows, replace={"dataset": args.dataset},
                          required=("dataset", "images", "policy", "kind", "mean_return", "command", "date"))
     print(f"wrote {path}")
     return 0
+
+
+def value_bias(env, agent) -> dict:
+    """One pass of ``env``'s cached images (as :func:`~zoomdet.agents.demos.sequential_mean_return`) with the
+    DQN ``agent`` (an :class:`~zoomdet.agents.policy.AgentPolicy`): ``q_first``, the mean of its Q-value for the
+    action it takes in each episode's first state; ``discounted_return``, the mean of ``sum_t gamma^t r_t`` that
+    the episode then gives, ``gamma`` the model's; ``q_bias = q_first - discounted_return`` (> 0: the Q-values
+    promise more than the agent collects)."""
+    import numpy as np
+
+    gamma = float(agent.model.gamma)
+    firsts, returns = [], []
+    for k in range(len(env.records)):
+        obs, _ = env.reset(options={"index": k})
+        q = agent.mean_q_values(obs)
+        action = agent.act(obs)
+        firsts.append(float(q[action]))
+        total, t, done = 0.0, 0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total, t, done = total + gamma ** t * float(reward), t + 1, terminated or truncated
+            if not done:
+                action = agent.act(obs)
+        returns.append(total)
+    q_first, disc = float(np.mean(firsts)), float(np.mean(returns))
+    return {"q_first": q_first, "discounted_return": disc, "q_bias": q_first - disc}
 
 
 if __name__ == "__main__":

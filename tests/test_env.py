@@ -1304,6 +1304,28 @@ def test_agent_returns_benchmark_replays_trains_evaluation_and_the_untrained_sta
         assert torch.equal(v, initial[k]), k
     assert rows["greedy-entropy"]["mean_return"] > 0  # the toy's small objects are found by zooming on entropy
     assert "v untrained" in capsys.readouterr().out
+    # the trained DQN agent's value bias: its first Q-value against the discounted return it then collects
+    final = rows["final"]
+    assert final["q_bias"] == pytest.approx(final["q_first"] - final["discounted_return"])
+    assert "q_bias" not in rows["greedy-entropy"] and "q_bias" not in rows["v untrained"]
+    from zoomdet.agents.policy import AgentPolicy
+    from zoomdet.envs import ZoomEnv
+
+    env = ZoomEnv(str(toy_cache), **kw, order="sequential", info_detections=False)
+    agent = AgentPolicy.from_path(run / "ZoomDet-v0.zip", name="final")
+    obs, _ = env.reset(options={"index": 0})
+    first_q = float(agent.mean_q_values(obs)[agent.act(obs)])
+    agent.model.gamma = 1.0  # undiscounted, the discounted return is the mean return
+    bias = mod.value_bias(env, agent)
+    assert bias["discounted_return"] == pytest.approx(final["mean_return"], abs=1e-4)
+    assert bias["q_first"] == pytest.approx(final["q_first"], abs=1e-5)
+    agent.model.gamma = 0.0  # only the first reward counts
+    first_rewards = []
+    for k in range(len(env.records)):
+        obs, _ = env.reset(options={"index": k})
+        first_rewards.append(env.step(agent.act(obs))[1])
+    assert mod.value_bias(env, agent)["discounted_return"] == pytest.approx(float(np.mean(first_rewards)), abs=1e-5)
+    assert len(env.records) > 1 and first_q == pytest.approx(float(agent.mean_q_values(env.reset(options={"index": 0})[0]).max()))
     with pytest.raises(SystemExit):  # an agent of another observation
         plain = train_agent(TrainArgs(**{**args.__dict__, "n_timesteps": 50, "eval_freq": -1,
                                          "env_kwargs": {"state": "entropy", "lam": 1.0}}))
