@@ -57,15 +57,15 @@ def main(argv=None) -> int:
     from zoomdet.agents.policy import AgentPolicy
     from zoomdet.agents.qnet import MaskableDQN, ZoomDQNPolicy
     from zoomdet.agents.train import TrainArgs, load_hyperparams, parse_key_values
-    from zoomdet.envs import ZoomEnv, ZoomEnvConfig
+    from zoomdet.envs import ZoomEnv
     from zoomdet.envs.zoom_env import window_geometry
     from zoomdet.eval.results import command_line, split_variant, write_results
 
     name, items = parse_variant(args.variant)
     try:
         options = {"rnet": args.rnet, **parse_key_values(split_variant(items)[0])}
-        config = ZoomEnvConfig.from_options(**options)
         env = ZoomEnv(args.cache, **options, order="sequential", info_detections=False)
+        config = env.config  # as the cache completes it (a class-column variant's category ids)
         agents = []
         for spec in args.agent:
             if "=" not in spec:

@@ -100,6 +100,10 @@ VARIANTS = {
     "qnet-dqfd-term-cls-double": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                                  "window_extras:[density,classes],exhausted:terminate,dqn.demo_rule:greedy-entropy,"
                                  "dqn.double_q:true",
+    # qnet-dqfd-term-cls learning from greedy (the R-net map's rule) instead of greedy-entropy: on the synthetic
+    # set, where the R-net ranks windows well, greedy returns more per image on the train and val caches
+    "qnet-dqfd-term-cls-gdemo": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
+                                "window_extras:[density,classes],exhausted:terminate,dqn.demo_rule:greedy",
     # qnet-dqfd-term rewarded (and its checkpoint chosen) by the change of the cache's COCO AP, the test's metric
     "qnet-dqfd-term-dsap": "reward:dataset-ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                            "window_extras:[density],exhausted:terminate,dqn.demo_rule:greedy-entropy",

@@ -971,7 +971,7 @@ def test_position_columns_are_each_windows_centre_in_fractions_of_the_image(toy_
         obs, *_ = env.step(4)
 
 
-def test_class_columns_read_the_category_ids_from_the_caches_detector(tiny_checkpoint, tmp_path):
+def test_class_columns_read_the_category_ids_from_the_caches_detector(tiny_checkpoint, tmp_path, monkeypatch):
     from tests.conftest import write_fake_cache
     from zoomdet.detector.detector import checkpoint_categories
 
@@ -983,6 +983,13 @@ def test_class_columns_read_the_category_ids_from_the_caches_detector(tiny_check
     env = make(root, state="entropy", window_features=True, window_extras=["classes"]).unwrapped
     assert env.config.classes == tuple(sorted(cats)) == (1, 2, 3)
     assert env.reset(options={"index": 0})[0]["windows"].shape[-1] == len(env.config.window_columns)
+    # benchmarks/agent_returns.py plays a class-column variant on that cache, the ids taken from it as well
+    monkeypatch.setattr("zoomdet.eval.results.RESULTS_DIR", tmp_path / "results")
+    assert load_benchmark("agent_returns").main([
+        "--cache", str(root), "--rnet", "unused.pt", "--dataset", "toy-cls", "--untrained-seeds", "0",
+        "--variant", "v=state:entropy,lam:1.0,window_features:true,window_extras:[density,classes]"]) == 0
+    rows = json.loads((tmp_path / "results" / "agent_returns.json").read_text())
+    assert {r["policy"] for r in rows} == {"greedy-entropy", "v untrained"} and rows[0]["images"] == 3
 
 
 def test_feature_qnet_learns_and_the_live_agent_builds_the_envs_windows(toy_cache, tmp_path):
@@ -1333,6 +1340,7 @@ def test_agent_returns_benchmark_replays_trains_evaluation_and_the_untrained_sta
                   "--agent", f"p={plain / 'ZoomDet-v0.zip'}"])
     with pytest.raises(SystemExit):
         mod.main(["--cache", str(toy_cache), "--rnet", "x.pt", "--dataset", "toy", "--agent", "no-name.zip"])
+
 
 
 def test_large_margin_loss_is_zero_only_when_the_rules_action_leads_by_the_margin():
