@@ -216,7 +216,7 @@ class MaskableDQN(DQN):
         discounts = data.discounts if data.discounts is not None else self.gamma
         with torch.no_grad():
             target_q = self.q_net_target(data.next_observations)
-            if getattr(self, "double_q", False):  # models saved before the option load without it
+            if self.double_q:  # False for models saved before the option: SB3's load runs __init__ first
                 best = self.q_net(data.next_observations).argmax(dim=1, keepdim=True)
                 next_q = target_q.gather(1, best)
             else:
@@ -270,7 +270,7 @@ class MaskableDQN(DQN):
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         """SB3 DQN's update (with ``double_q``, on the double target); with demonstrations, each step's loss adds
         their TD and large-margin terms (DQfD)."""
-        if self.demo_buffer is None and not getattr(self, "double_q", False):
+        if self.demo_buffer is None and not self.double_q:
             return super().train(gradient_steps, batch_size)
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)

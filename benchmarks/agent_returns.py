@@ -78,27 +78,30 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, TypeError) as e:
         ap.error(str(e))
 
+    def returns(pick):  # what each player is measured by: its mean return over one pass of the cache
+        return lambda env: {"mean_return": sequential_mean_return(env, pick)}
+
     players = []
     if config.window_features or config.state == "entropy":  # the entropy map (zeroed where zoomed) is in the env
-        players.append(("greedy-entropy", "rule", None, rule_picker("greedy-entropy", stop_gain=args.stop_gain)))
+        players.append(("greedy-entropy", "rule", None, returns(rule_picker("greedy-entropy", stop_gain=args.stop_gain))))
     if config.state == "rnet":  # greedy ranks on the R-net map
-        players.append(("greedy", "rule", None, rule_picker("greedy", stop_gain=args.stop_gain)))
+        players.append(("greedy", "rule", None, returns(rule_picker("greedy", stop_gain=args.stop_gain))))
     policy_kwargs = {**window_geometry(env), **(load_hyperparams(TrainArgs()).get("policy_kwargs") or {})}  # as train
     for seed in args.untrained_seeds:
         model = MaskableDQN(ZoomDQNPolicy, env, seed=seed, learning_starts=1, buffer_size=10, device="cpu",
                             policy_kwargs=policy_kwargs)
         players.append((f"{name} untrained", "untrained", seed,
-                        lambda env, obs, m=model: int(m.predict(obs, deterministic=True)[0])))
-    players += [(a.name, "trained", None, lambda env, obs, a=a: a.act(obs)) for a in agents]
+                        returns(lambda env, obs, m=model: int(m.predict(obs, deterministic=True)[0]))))
+    # a DQN agent's one pass gives its value bias beside its mean return
+    players += [(a.name, "trained", None,
+                 (lambda env, a=a: value_bias(env, a)) if a.algo == "dqn" else returns(lambda env, obs, a=a: a.act(obs)))
+                for a in agents]
 
     common = {"dataset": args.dataset, "images": len(env.records), "variant": name, "cache": args.cache,
               "command": command_line(), "date": __import__("datetime").date.today().isoformat()}
     rows = []
-    for label, kind, seed, pick in tqdm(players, desc="policies"):
-        rows.append({**common, "policy": label, "kind": kind, "seed": seed, "mean_return": sequential_mean_return(env, pick)})
-    for agent, row in zip(agents, rows[len(rows) - len(agents):]):
-        if agent.algo == "dqn":
-            row.update(value_bias(env, agent))
+    for label, kind, seed, measure in tqdm(players, desc="policies"):
+        rows.append({**common, "policy": label, "kind": kind, "seed": seed, **measure(env)})
     print(f"{args.dataset}: {len(env.records)} cached images, variant {name} ({', '.join(items)}); mean return per image"
           + ("; for trained DQN agents the first state's Q-value, the discounted return, their difference" if agents else ""))
     for r in rows:
@@ -111,29 +114,32 @@ def main(argv=None) -> int:
 
 
 def value_bias(env, agent) -> dict:
-    """One pass of ``env``'s cached images (as :func:`~zoomdet.agents.demos.sequential_mean_return`) with the
-    DQN ``agent`` (an :class:`~zoomdet.agents.policy.AgentPolicy`): ``q_first``, the mean of its Q-value for the
-    action it takes in each episode's first state; ``discounted_return``, the mean of ``sum_t gamma^t r_t`` that
-    the episode then gives, ``gamma`` the model's; ``q_bias = q_first - discounted_return`` (> 0: the Q-values
-    promise more than the agent collects)."""
+    """One pass of ``env``'s cached images (the episodes of :func:`~zoomdet.agents.demos.sequential_mean_return`)
+    with the DQN ``agent`` (an :class:`~zoomdet.agents.policy.AgentPolicy`): ``mean_return``, as that function
+    gives it; ``q_first``, the mean of its Q-value for the action it takes in each episode's first state;
+    ``discounted_return``, the mean of ``sum_t gamma^t r_t`` that the episode then gives, ``gamma`` the model's;
+    ``q_bias = q_first - discounted_return`` (> 0: the Q-values promise more than the agent collects)."""
     import numpy as np
 
     gamma = float(agent.model.gamma)
-    firsts, returns = [], []
+    firsts, returns, discounted = [], [], []
     for k in range(len(env.records)):
         obs, _ = env.reset(options={"index": k})
         q = agent.mean_q_values(obs)
         action = agent.act(obs)
         firsts.append(float(q[action]))
-        total, t, done = 0.0, 0, False
+        total, disc, t, done = 0.0, 0.0, 0, False
         while not done:
             obs, reward, terminated, truncated, _ = env.step(action)
-            total, t, done = total + gamma ** t * float(reward), t + 1, terminated or truncated
+            total, disc = total + float(reward), disc + gamma ** t * float(reward)
+            t, done = t + 1, terminated or truncated
             if not done:
                 action = agent.act(obs)
         returns.append(total)
-    q_first, disc = float(np.mean(firsts)), float(np.mean(returns))
-    return {"q_first": q_first, "discounted_return": disc, "q_bias": q_first - disc}
+        discounted.append(disc)
+    q_first, disc = float(np.mean(firsts)), float(np.mean(discounted))
+    return {"mean_return": float(np.mean(returns)), "q_first": q_first, "discounted_return": disc,
+            "q_bias": q_first - disc}
 
 
 if __name__ == "__main__":

@@ -1342,7 +1342,6 @@ def test_agent_returns_benchmark_replays_trains_evaluation_and_the_untrained_sta
         mod.main(["--cache", str(toy_cache), "--rnet", "x.pt", "--dataset", "toy", "--agent", "no-name.zip"])
 
 
-
 def test_large_margin_loss_is_zero_only_when_the_rules_action_leads_by_the_margin():
     from zoomdet.agents.demos import large_margin_loss
     from zoomdet.agents.qnet import MASKED_Q
