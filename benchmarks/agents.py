@@ -104,6 +104,9 @@ VARIANTS = {
     # set, where the R-net ranks windows well, greedy returns more per image on the train and val caches
     "qnet-dqfd-term-cls-gdemo": "reward:ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                                 "window_extras:[density,classes],exhausted:terminate,dqn.demo_rule:greedy",
+    # qnet-dqfd-term without discounting (gamma 1 instead of configs/agents/dqn.yml's 0.9): an episode's objective
+    # is the sum of its AP changes, and with 0.9 a window's gain five steps on counts 0.59 of one taken now
+    "qnet-dqfd-term-g1": ",".join(RECIPE) + ",dqn.gamma:1.0",
     # qnet-dqfd-term rewarded (and its checkpoint chosen) by the change of the cache's COCO AP, the test's metric
     "qnet-dqfd-term-dsap": "reward:dataset-ap,lam:0,stop_gain:0,budget_range:[0.3,0.7],window_features:true,"
                            "window_extras:[density],exhausted:terminate,dqn.demo_rule:greedy-entropy",
