@@ -4,6 +4,7 @@
     python benchmarks/tables.py benchmarks/results/sahi_peer.json --dataset airbus-test
     python benchmarks/tables.py benchmarks/results/latency.json --dataset hituav-test --stages
     python benchmarks/tables.py benchmarks/results/agents.json --dataset hituav-test --agents
+    python benchmarks/tables.py benchmarks/results/ap_compare.json --margins hituav-test-gpudet
 
 The README's tables are pasted from this output, so they are the files' numbers.
 """
@@ -24,11 +25,19 @@ def fmt(v, pct: bool = False) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results")
-    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--dataset", help="the rows of this dataset (required unless --margins is given)")
     ap.add_argument("--stages", action="store_true", help="latency rows: the detector setting and ms per stage")
     ap.add_argument("--agents", action="store_true", help="benchmarks/agents.py rows: each variant's mean ± std over "
                                                           "seeds per budget, and its margin over the best rule")
+    ap.add_argument("--margins", metavar="PREFIX",
+                    help="benchmarks/ap_compare.py rows: every agent's mean over seeds against greedy-entropy (and "
+                         "greedy) at each budget, one line per dataset whose name starts with PREFIX, in the "
+                         "file's order")
     args = ap.parse_args(argv)
+    if args.margins is not None:
+        return margin_table(json.loads(open(args.results).read()), args.margins)
+    if not args.dataset:
+        ap.error("--dataset is required (or --margins PREFIX)")
     rows = [r for r in json.loads(open(args.results).read()) if r["dataset"] == args.dataset]
     if not rows:
         print(f"no rows for {args.dataset}", file=sys.stderr)
@@ -100,6 +109,40 @@ def agent_table(rows: list[dict]) -> int:
         print(f"| {name} | {'–' if b is None else f'{b:g}'} | {len(g)} | {ap} | {margin} | "
               f"{pct100(mean(r['ap_small'] for r in g))} | {mean(r['pixels_ratio'] for r in g):.3f} | "
               f"{100 * zoom:.0f}% | {fmt(mean(r['rel_ap'] for r in g), True)} | {fmt(mean(rel_t) if rel_t else None, True)} |")
+    return 0
+
+
+def margin_table(rows: list[dict], prefix: str) -> int:
+    """Rows of ``benchmarks/ap_compare.py`` with ``greedy-entropy`` as the baseline: for each dataset starting with
+    ``prefix`` and each agent there played with more than one seed (its ``(mean of N seeds)`` row), the mean's AP x 100
+    minus ``greedy-entropy``'s at each budget, with its 95% bootstrap interval and, where the dataset has a
+    ``greedy`` row at that budget, the margin over ``greedy`` in parentheses. Every agent experiment at a glance."""
+    rows = [r for r in rows if r["dataset"].startswith(prefix) and r["baseline"] == "greedy-entropy"]
+    lines: dict = {}
+    for r in rows:
+        if (r.get("seeds") or 1) > 1:
+            lines.setdefault((r["dataset"], r["policy"].split(" (mean of")[0], r["seeds"]), {})[r["budget"]] = r
+    if not lines:
+        print(f"no agent rows of more than one seed against greedy-entropy in datasets starting with {prefix!r}",
+              file=sys.stderr)
+        return 1
+    greedy = {(r["dataset"], r["budget"]): r["diff"] for r in rows if r["policy"] == "greedy"}
+    budgets = sorted({b for cells in lines.values() for b in cells})
+    print(f"AP x 100 against `greedy-entropy` (95% interval; against `greedy` in parentheses), mean over seeds, "
+          f"{len(lines)} experiments\n")
+    print("| dataset | agent | seeds | " + " | ".join(f"{b:g}" for b in budgets) + " |")
+    print("|---|---|---|" + "---|" * len(budgets))
+    for (dataset, agent, seeds), cells in lines.items():
+        out = []
+        for b in budgets:
+            r = cells.get(b)
+            if r is None:
+                out.append("–")
+                continue
+            g = greedy.get((dataset, b))
+            out.append(f"{r['diff']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+                       + ("" if g is None else f" ({r['diff'] - g:+.2f})"))
+        print(f"| {dataset} | {agent} | {seeds} | " + " | ".join(out) + " |")
     return 0
 
 

@@ -452,6 +452,43 @@ def test_every_link_of_the_docs_names_a_heading_of_the_page_it_points_at():
     assert checked >= 20
 
 
+def test_the_margins_page_is_the_tables_output_of_the_committed_results(capsys, tmp_path):
+    """docs/agent_margins.md holds, for each ``--margins PREFIX`` its code block names, exactly what
+    ``benchmarks/tables.py`` prints from benchmarks/results/ap_compare.json; a results row rewritten without the page
+    fails here. The mode itself: means of several seeds only, greedy's margin in parentheses, a prefix with no
+    agent row refused, and --dataset still required without --margins."""
+    import re
+    from pathlib import Path
+
+    from conftest import load_benchmark
+
+    tables = load_benchmark("tables")
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "agent_margins.md").read_text()
+    results = root / "benchmarks" / "results" / "ap_compare.json"
+    prefixes = re.findall(r"--margins (\S+)", page)
+    assert len(prefixes) >= 3
+    for prefix in prefixes:
+        assert tables.main([str(results), "--margins", prefix]) == 0
+        assert capsys.readouterr().out.strip() in page, f"docs/agent_margins.md: the {prefix} table is stale"
+
+    row = dict(images=10, baseline="greedy-entropy", ci_low=-1.0, ci_high=1.0)
+    rows = [dict(row, dataset="d-a", policy="greedy", budget=0.5, seeds=1, diff=-0.5),
+            dict(row, dataset="d-a", policy="agent-s0", budget=0.5, seeds=1, diff=0.9),
+            dict(row, dataset="d-a", policy="agent (mean of 3 seeds)", budget=0.5, seeds=3, diff=0.25),
+            dict(row, dataset="e-a", policy="agent (mean of 3 seeds)", budget=0.5, seeds=3, diff=2.0)]
+    path = tmp_path / "ap_compare.json"
+    path.write_text(json.dumps(rows))
+    assert tables.main([str(path), "--margins", "d-"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| d-a")]
+    assert lines == ["| d-a | agent | 3 | +0.25 [-1.00, +1.00] (+0.75) |"]
+    assert tables.main([str(path), "--margins", "x-"]) == 1
+    assert "no agent rows" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tables.main([str(path)])
+    assert "--dataset is required" in capsys.readouterr().err
+
+
 def test_detect_answers_each_image_as_the_engine_does_keeps_going_past_a_bad_file_and_resumes(
         tmp_path, synth_small, tiny_checkpoint, capsys):
     import shutil
