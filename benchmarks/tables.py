@@ -34,11 +34,12 @@ def main(argv=None) -> int:
                          "greedy) at each budget, one line per dataset whose name starts with PREFIX, in the "
                          "file's order")
     args = ap.parse_args(argv)
-    if args.margins is not None:
-        return margin_table(json.loads(open(args.results).read()), args.margins)
-    if not args.dataset:
+    if args.margins is None and not args.dataset:
         ap.error("--dataset is required (or --margins PREFIX)")
-    rows = [r for r in json.loads(open(args.results).read()) if r["dataset"] == args.dataset]
+    rows = json.loads(open(args.results).read())
+    if args.margins is not None:
+        return margin_table(rows, args.margins)
+    rows = [r for r in rows if r["dataset"] == args.dataset]
     if not rows:
         print(f"no rows for {args.dataset}", file=sys.stderr)
         return 1
@@ -120,7 +121,7 @@ def margin_table(rows: list[dict], prefix: str) -> int:
     rows = [r for r in rows if r["dataset"].startswith(prefix) and r["baseline"] == "greedy-entropy"]
     lines: dict = {}
     for r in rows:
-        if (r.get("seeds") or 1) > 1:
+        if r["seeds"] > 1:
             lines.setdefault((r["dataset"], r["policy"].split(" (mean of")[0], r["seeds"]), {})[r["budget"]] = r
     if not lines:
         print(f"no agent rows of more than one seed against greedy-entropy in datasets starting with {prefix!r}",
